@@ -1,0 +1,202 @@
+"""ProsQA items in the official JSON format: loading, validation and saving."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import networkx as nx
+
+REQUIRED_FIELDS = ("question", "steps", "answer", "idx_to_symbol", "edges", "root", "target", "neg_target")
+
+_FACT = re.compile(r"^(?:Every (?P<concept>\S+)|(?P<person>\S+)) is a (?P<child>\S+)$")
+_QUERY = re.compile(r"^Is (?P<root>\S+) a (?P<a>\S+) or (?P<b>\S+)\?$")
+
+
+class DataError(ValueError):
+    """A ProsQA file or item that breaks the official format."""
+
+
+@dataclass(frozen=True)
+class ProsQAItem:
+    """One ProsQA question: a DAG of 'Every X is a Y' facts, a root person and two candidate concepts."""
+
+    question: str
+    steps: tuple[str, ...]
+    answer: str
+    idx_to_symbol: tuple[str, ...]
+    edges: tuple[tuple[int, int], ...]
+    root: int
+    target: int
+    neg_target: int
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.idx_to_symbol)
+
+    def name(self, node: int) -> str:
+        return self.idx_to_symbol[node]
+
+    def index(self, name: str) -> int:
+        """Node index of a symbol name."""
+        try:
+            return self.idx_to_symbol.index(name)
+        except ValueError:
+            raise KeyError(f"{name!r} is not a node of this item") from None
+
+    def question_facts(self) -> list[tuple[int, int]]:
+        """The (parent, child) edges in the order the question states them."""
+        facts, _ = parse_question(self.question)
+        return [(self.index(p), self.index(c)) for p, c in facts]
+
+    def options(self) -> tuple[int, int]:
+        """The two candidate concepts in the order the question asks them."""
+        _, (_, a, b) = parse_question(self.question)
+        return self.index(a), self.index(b)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["steps"] = list(self.steps)
+        d["idx_to_symbol"] = list(self.idx_to_symbol)
+        d["edges"] = [list(e) for e in self.edges]
+        return {k: d[k] for k in REQUIRED_FIELDS}
+
+
+def parse_question(question: str) -> tuple[list[tuple[str, str]], tuple[str, str, str]]:
+    """Split a ProsQA question into its facts [(parent, child)] and its query (root, a, b)."""
+    sentences = [s.strip() for s in re.split(r"(?<=[.?])\s+", question.strip()) if s.strip()]
+    if not sentences or not (m := _QUERY.match(sentences[-1])):
+        raise ValueError(f"the question does not end with 'Is X a A or B?': {question[-60:]!r}")
+    facts = []
+    for s in sentences[:-1]:
+        f = _FACT.match(s.rstrip("."))
+        if not s.endswith(".") or not f:
+            raise ValueError(f"cannot parse the fact {s!r} (expected 'Every X is a Y.' or 'Name is a Y.')")
+        facts.append((f["concept"] or f["person"], f["child"]))
+    return facts, (m["root"], m["a"], m["b"])
+
+
+def _check_item(raw: Any) -> ProsQAItem:
+    """Build an item from a decoded JSON object, raising ValueError with what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected an object, got {type(raw).__name__}")
+    missing = [k for k in REQUIRED_FIELDS if k not in raw]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(missing)}")
+    for k in ("question", "answer"):
+        if not isinstance(raw[k], str):
+            raise ValueError(f"field {k!r} must be a string")
+    for k in ("steps", "idx_to_symbol"):
+        if not isinstance(raw[k], list) or not all(isinstance(s, str) for s in raw[k]):
+            raise ValueError(f"field {k!r} must be a list of strings")
+    symbols = raw["idx_to_symbol"]
+    n = len(symbols)
+    if len(set(symbols)) != n:
+        raise ValueError("idx_to_symbol holds a name twice")
+    if not raw["steps"]:
+        raise ValueError("field 'steps' is empty")
+    for k in ("root", "target", "neg_target"):
+        v = raw[k]
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"field {k!r} must be an integer")
+        if not 0 <= v < n:
+            raise ValueError(f"{k} index {v} is out of range for {n} symbols")
+    edges = raw["edges"]
+    if not isinstance(edges, list):
+        raise ValueError("field 'edges' must be a list of [parent, child] pairs")
+    for j, e in enumerate(edges):
+        if not (isinstance(e, list) and len(e) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in e)):
+            raise ValueError(f"edge {j} must be a [parent, child] pair of integers, got {e!r}")
+        if not all(0 <= x < n for x in e):
+            raise ValueError(f"edge {j} {e} has an index out of range for {n} symbols")
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(tuple(e) for e in edges)
+    if not nx.is_directed_acyclic_graph(g):
+        cycle = [symbols[u] for u, _ in nx.find_cycle(g)]
+        raise ValueError(f"the graph has a cycle: {' -> '.join(cycle + cycle[:1])}")
+    root, target, neg = raw["root"], raw["target"], raw["neg_target"]
+    if not nx.has_path(g, root, target):
+        raise ValueError(f"target {symbols[target]!r} is not reachable from root {symbols[root]!r}")
+    if nx.has_path(g, root, neg):
+        raise ValueError(f"neg_target {symbols[neg]!r} is reachable from root {symbols[root]!r}")
+    facts, (q_root, a, b) = parse_question(raw["question"])
+    index = {s: i for i, s in enumerate(symbols)}
+    unknown = sorted({x for f in facts for x in f} - index.keys())
+    if unknown:
+        raise ValueError(f"the question names {unknown} that are not in idx_to_symbol")
+    if {(index[p], index[c]) for p, c in facts} != {tuple(e) for e in edges}:
+        raise ValueError("the facts in the question differ from the edges")
+    if q_root != symbols[root] or {a, b} != {symbols[target], symbols[neg]}:
+        raise ValueError(f"the query 'Is {q_root} a {a} or {b}?' does not ask about root, target and neg_target")
+    return ProsQAItem(
+        question=raw["question"],
+        steps=tuple(raw["steps"]),
+        answer=raw["answer"],
+        idx_to_symbol=tuple(symbols),
+        edges=tuple((int(p), int(c)) for p, c in edges),
+        root=root,
+        target=target,
+        neg_target=neg,
+    )
+
+
+def items_from_json(data: Any, source: str = "<data>") -> list[ProsQAItem]:
+    """Validate a decoded official-format list; errors name the source and the item index."""
+    if not isinstance(data, list):
+        raise DataError(f"{source}: expected a JSON list of ProsQA items, got {type(data).__name__}")
+    items = []
+    for i, raw in enumerate(data):
+        try:
+            items.append(_check_item(raw))
+        except ValueError as e:
+            raise DataError(f"{source}: item {i}: {e}") from None
+    return items
+
+
+def load_items(path: str | os.PathLike, limit: int | None = None) -> list[ProsQAItem]:
+    """Load and validate a ProsQA file in the official JSON format."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such ProsQA data file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a valid JSON file ({e})") from None
+    if isinstance(data, list) and limit is not None:
+        data = data[:limit]
+    return items_from_json(data, str(path))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to a temporary file beside path, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_items(items: Iterable[ProsQAItem], path: str | os.PathLike) -> None:
+    """Write items in the official JSON format (atomically)."""
+    atomic_write_text(path, json.dumps([it.to_json() for it in items], indent=1))
+
+
+def persons_and_concepts(items: Sequence[ProsQAItem]) -> tuple[list[str], list[str]]:
+    """Sorted names of parentless nodes (persons) and of the other nodes (concepts)."""
+    persons, concepts = set(), set()
+    for it in items:
+        has_parent = {c for _, c in it.edges}
+        for i, s in enumerate(it.idx_to_symbol):
+            (concepts if i in has_parent else persons).add(s)
+    return sorted(persons), sorted(concepts)

@@ -1,0 +1,215 @@
+"""The Coconut model: any Hugging Face causal LM, with continuous thoughts fed back over a KV cache.
+
+A continuous thought is the last hidden state (after the final layer norm) at the position
+before a `<|latent|>` token; it replaces that token's input embedding. The sequence is run
+in segments that end just before each column holding a latent, so every thought is computed
+before it is needed and the KV cache is reused throughout (as in the official
+implementation, batched). Items may differ in length and in number of thoughts: rows are
+padded, masked and given their own position ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import DynamicCache, PreTrainedModel
+
+from probe.data.render import IGNORE_INDEX, MODES, StageSpec
+from probe.model.tokenizer import SpecialTokens
+
+FEEDBACK_MODES = ("coconut",)
+
+
+@dataclass(frozen=True)
+class CoconutConfig:
+    """What a Coconut checkpoint needs beyond its base model: token ids, mode and curriculum."""
+
+    start_id: int
+    end_id: int
+    latent_id: int
+    eos_id: int
+    pad_id: int
+    mode: str = "coconut"
+    c_thought: int = 1
+    max_latent_stage: int = 6
+    pad_latent_to_max: bool = True
+    data_format: str = "sentences"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+
+    @classmethod
+    def from_special(cls, special: SpecialTokens, **kw: Any) -> "CoconutConfig":
+        return cls(**asdict(special), **kw)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CoconutConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def special(self) -> SpecialTokens:
+        return SpecialTokens(self.start_id, self.end_id, self.latent_id, self.eos_id, self.pad_id)
+
+    @property
+    def stage_spec(self) -> StageSpec:
+        return StageSpec(self.mode, self.c_thought, self.max_latent_stage, self.pad_latent_to_max)
+
+    @property
+    def default_thoughts(self) -> int:
+        """Thoughts at inference when none are asked for: the last stage's count."""
+        return self.stage_spec.inference_thoughts(self.max_latent_stage, self.max_latent_stage)
+
+
+@dataclass
+class CoconutOutput:
+    """A forward pass: logits at every position and the thoughts fed back."""
+
+    logits: Tensor  # [batch, seq, vocab]
+    thoughts: Tensor  # [batch, max_thoughts, d_model], zero past each row's n_thoughts
+    n_thoughts: Tensor  # [batch]
+    loss: Tensor | None = None
+    past_key_values: Any = None
+
+
+@dataclass
+class Generation:
+    """Greedy generation after forced thoughts."""
+
+    tokens: list[list[int]]  # new tokens per item, eos excluded
+    thoughts: Tensor  # [batch, max_thoughts, d_model]
+    n_thoughts: Tensor  # [batch]
+    first_logits: Tensor  # [batch, vocab] logits of the first generated token
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """[batch, seq] positions counted over real tokens only; 0 on padding."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class CoconutModel(nn.Module):
+    """A causal LM that reasons with continuous thoughts."""
+
+    def __init__(self, base: PreTrainedModel, config: CoconutConfig):
+        super().__init__()
+        self.base = base
+        self.config = config
+        vocab = base.get_input_embeddings().num_embeddings
+        for name in ("start_id", "end_id", "latent_id", "eos_id", "pad_id"):
+            if not 0 <= getattr(config, name) < vocab:
+                raise ValueError(f"{name}={getattr(config, name)} is outside the model's vocabulary of {vocab}")
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.get_input_embeddings().weight.device
+
+    @property
+    def d_model(self) -> int:
+        return self.base.get_input_embeddings().embedding_dim
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """[batch, seq] -> [batch, seq, d_model] token embeddings."""
+        return self.base.get_input_embeddings()(input_ids)
+
+    def unembed(self, hidden: Tensor) -> Tensor:
+        """Final-normalised hidden states [..., d_model] -> logits [..., vocab]."""
+        logits = self.base.get_output_embeddings()(hidden)
+        cap = getattr(self.base.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def _run(self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: DynamicCache) -> Tensor:
+        """Run one segment over the cache; returns the final-normalised hidden states."""
+        out = self.base.base_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+            past_key_values=cache, use_cache=True,
+        )
+        return out.last_hidden_state
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> CoconutOutput:
+        """Run [batch, seq] sequences, feeding each thought back at its <|latent|> position."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        batch, seq = input_ids.shape
+        embeds = self.embed(input_ids)
+        is_latent = input_ids == self.config.latent_id
+        n_thoughts = is_latent.sum(-1)
+        max_k = int(n_thoughts.max()) if batch else 0
+        thoughts = embeds.new_zeros(batch, max_k, embeds.shape[-1])
+        feedback = self.config.mode in FEEDBACK_MODES
+        # Columns that hold a latent in some row: a segment ends before each of them.
+        cuts = torch.nonzero(is_latent.any(0)).flatten().tolist() if feedback else []
+        cache = DynamicCache(config=self.base.config)
+        hidden, start = [], 0
+        for col in cuts + [seq]:
+            if col > start:
+                h = self._run(embeds[:, start:col], attention_mask[:, :col], position_ids[:, start:col], cache)
+                hidden.append(h)
+            start = col
+            if col == seq:
+                break
+            if col == 0:
+                raise ValueError("a sequence starts with <|latent|>: a thought needs a position before it")
+            rows = torch.nonzero(is_latent[:, col]).flatten()
+            thought = hidden[-1][rows, -1]  # the state at col - 1
+            slot = is_latent[rows, :col].sum(-1)  # index of this thought within its row
+            thoughts = thoughts.index_put((rows, slot), thought)
+            embeds = embeds.index_put((rows, torch.full_like(rows, col)), thought)
+        h = torch.cat(hidden, dim=1)
+        if not feedback and max_k:
+            # Pause tokens are not fed back; still report the state before each of them.
+            rows, cols = torch.nonzero(is_latent, as_tuple=True)
+            slot = (is_latent.long().cumsum(-1) - 1)[rows, cols]
+            thoughts = thoughts.index_put((rows, slot), h[rows, cols - 1])
+        logits = self.unembed(h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                ignore_index=IGNORE_INDEX,
+            )
+        return CoconutOutput(logits, thoughts, n_thoughts, loss, cache)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], max_new_tokens: int = 128) -> Generation:
+        """Greedy decoding after each prompt (which holds its own latents), batched with left padding.
+
+        As in the official implementation, the first new token is kept even if it is eos;
+        after it, eos ends the item and is not returned.
+        """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("generate needs a non-empty list of non-empty prompts")
+        device, pad = self.device, self.config.pad_id
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        out = self.forward(ids, mask)
+        cache, positions = out.past_key_values, position_ids_from_mask(mask)[:, -1]
+        logits = out.logits[:, -1]
+        tokens: list[list[int]] = [[] for _ in prompts]
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            nxt = logits.argmax(-1)
+            if step > 0:
+                done |= nxt == self.config.eos_id
+            for i in torch.nonzero(~done).flatten().tolist():
+                tokens[i].append(int(nxt[i]))
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions + 1
+            h = self._run(self.embed(nxt[:, None]), mask, positions[:, None], cache)
+            logits = self.unembed(h[:, -1])
+        return Generation(tokens, out.thoughts, out.n_thoughts, out.logits[:, -1])

@@ -1,0 +1,103 @@
+"""Tokenizers: a word-level ProsQA tokenizer, and the three Coconut latent tokens for any tokenizer."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+# The official repository adds them in this order, as ordinary (not special) tokens.
+START_LATENT, END_LATENT, LATENT = "<|start-latent|>", "<|end-latent|>", "<|latent|>"
+LATENT_TOKENS = (START_LATENT, END_LATENT, LATENT)
+EOS, UNK = "<|endoftext|>", "<|unk|>"
+
+# Words of the ProsQA templates in both data formats (see probe.data.render).
+TEMPLATE_WORDS = ("Every", "is", "a", "Is", "or", ".", "?", "\n", "###", "|")
+
+# A token is a newline, a run of '#', a word, or one of . ? |
+_PIECES = Regex(r"\n|#+|[^\s.?|#]+|[.?|]")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot serve a Coconut model."""
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Token ids a Coconut model needs: the three latent markers, end of sequence and padding."""
+
+    start_id: int
+    end_id: int
+    latent_id: int
+    eos_id: int
+    pad_id: int
+
+
+def build_word_tokenizer(names: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer in which every ProsQA name and template word is one token."""
+    words = [UNK, EOS, *TEMPLATE_WORDS]
+    words += sorted(set(names) - set(words))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(_PIECES, behavior="isolated", invert=True),
+            pre_tokenizers.Split(Regex(r"[ \t]+"), behavior="removed"),
+        ]
+    )
+    # Words are joined by spaces; cleanup glues '.' and '?' to the word before; newlines lose their space.
+    tok.decoder = decoders.Sequence(
+        [decoders.WordPiece(prefix="\x00\x00", cleanup=True), decoders.Replace(" \n", "\n")]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=UNK, eos_token=EOS, pad_token=EOS, bos_token=EOS,
+        clean_up_tokenization_spaces=False, model_max_length=4096,
+    )
+    add_latent_tokens(fast)
+    return fast
+
+
+def add_latent_tokens(tokenizer: PreTrainedTokenizerBase) -> SpecialTokens:
+    """Add the three latent tokens (when absent) in the official order and set pad = eos; return the ids."""
+    if tokenizer.eos_token_id is None:
+        raise TokenizerError("the tokenizer has no eos token; Coconut needs one to end answers")
+    for t in LATENT_TOKENS:
+        if t not in tokenizer.get_vocab():
+            tokenizer.add_tokens(t)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return special_tokens(tokenizer)
+
+
+def special_tokens(tokenizer: PreTrainedTokenizerBase) -> SpecialTokens:
+    """The latent, eos and pad ids of a tokenizer that already holds the latent tokens."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in LATENT_TOKENS if t not in vocab]
+    if missing:
+        raise TokenizerError(f"the tokenizer lacks the latent token(s) {missing}")
+    return SpecialTokens(
+        start_id=vocab[START_LATENT], end_id=vocab[END_LATENT], latent_id=vocab[LATENT],
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """Load a Hugging Face tokenizer from a local directory (never from a hub)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TokenizerError(f"{path}: no such tokenizer directory")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # transformers raises many types for an unreadable tokenizer
+        raise TokenizerError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {e})") from None
+    tok.padding_side = "right"
+    return tok
+
+
+def name_token_ids(tokenizer: PreTrainedTokenizerBase, name: str, *, leading_space: bool = True) -> list[int]:
+    """Token ids of a name as it appears after a word (' name'), e.g. 'Every [name]'."""
+    return tokenizer.encode((" " if leading_space else "") + name, add_special_tokens=False)
