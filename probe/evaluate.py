@@ -1,0 +1,103 @@
+"""Accuracy by the official rule: greedy decoding after k thoughts, answer after the last '#'."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from probe.data.prosqa import ProsQAItem
+from probe.data.render import render_prompt, tokenize_item
+from probe.model.coconut import CoconutModel
+
+MAX_NEW_TOKENS = 128  # the official ProsQA setting
+
+
+def extract_answer(text: str) -> str:
+    """The official prediction: the text after the last '#', commas removed, stripped."""
+    return text.split("#")[-1].replace(",", "").strip()
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    index: int
+    prediction: str
+    correct: bool
+    n_thoughts: int
+    n_generated: int
+    text: str  # the generated continuation, special tokens skipped
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float
+    n: int
+    mean_generated_tokens: float
+    items: list[ItemResult] = field(repr=False)
+
+    def to_json(self) -> dict:
+        """The `probe eval --json` report."""
+        return {
+            "accuracy": self.accuracy,
+            "n": self.n,
+            "mean_generated_tokens": self.mean_generated_tokens,
+            "items": [{"index": r.index, "prediction": r.prediction, "correct": r.correct} for r in self.items],
+        }
+
+
+def thoughts_for(model: CoconutModel, item: ProsQAItem, k: int | None, stage: int | None = None) -> int:
+    """Thoughts to force for an item: k, or the official rule at a stage (default: the last stage)."""
+    spec = model.config.stage_spec
+    if k is None:
+        return spec.inference_thoughts(spec.max_latent_stage if stage is None else stage, len(item.steps))
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if not spec.markers and k:
+        raise ValueError(f"a {spec.mode} checkpoint has no latent mode; k must be 0, got {k}")
+    return k
+
+
+def evaluate(
+    model: CoconutModel,
+    tokenizer,
+    items: Sequence[ProsQAItem],
+    k: int | None = None,
+    stage: int | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    progress: bool = True,
+) -> EvalResult:
+    """Greedy-decode every item after its thoughts and score it by the official rule."""
+    if not items:
+        raise ValueError("evaluate needs at least one item")
+    cfg = model.config
+    prompts, ks = [], []
+    for it in items:
+        ks.append(thoughts_for(model, it, k, stage))
+        prompts.append(render_prompt(tokenize_item(it, tokenizer, cfg.data_format), ks[-1], cfg.stage_spec, cfg.special))
+    # Batch items of equal thought count and similar length together.
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in sorted(range(len(items)), key=lambda i: len(prompts[i])):
+        groups[ks[i]].append(i)
+    batches = [g[j : j + batch_size] for g in groups.values() for j in range(0, len(g), batch_size)]
+    results: dict[int, ItemResult] = {}
+    model.eval()
+    for batch in tqdm(batches, desc="eval", unit="batch", disable=not progress):
+        gen = model.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens)
+        for i, new in zip(batch, gen.tokens):
+            # The official rule decodes prompt and continuation together.
+            full = tokenizer.decode(prompts[i] + new, skip_special_tokens=True)
+            pred = extract_answer(full)
+            results[i] = ItemResult(
+                index=i, prediction=pred, correct=pred == items[i].answer.replace(",", "").strip(),
+                n_thoughts=ks[i], n_generated=len(new), text=tokenizer.decode(new, skip_special_tokens=True),
+            )
+    ordered = [results[i] for i in range(len(items))]
+    return EvalResult(
+        accuracy=sum(r.correct for r in ordered) / len(ordered),
+        n=len(ordered),
+        mean_generated_tokens=sum(r.n_generated for r in ordered) / len(ordered),
+        items=ordered,
+    )

@@ -1,0 +1,213 @@
+"""Coconut checkpoints: our directory format, and the official repository's torch.save state dict.
+
+Ours: a directory with the Hugging Face model files (config.json, model.safetensors), the
+tokenizer files, coconut.json (CoconutConfig plus metadata) and a README.md model card.
+
+Official: `torch.save(Coconut(...).state_dict())`: keys `base_causallm.*` (plus
+`embedding.weight`, the wrapper's alias of the input embeddings), embeddings resized to the
+base vocabulary + 3. It needs a base directory holding the base model's config.json and its
+tokenizer; the latent tokens are added to the tokenizer when absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from probe.model.coconut import CoconutConfig, CoconutModel
+from probe.model.tokenizer import TokenizerError, add_latent_tokens, load_tokenizer, special_tokens
+
+FORMAT_VERSION = 1
+OFFICIAL_PREFIX = "base_causallm."
+# The official wrapper keeps the input embedding as `self.embedding`, so it is saved twice.
+OFFICIAL_ALIASES = ("embedding.weight",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or does not match its tokenizer."""
+
+
+def save_checkpoint(
+    model: CoconutModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | os.PathLike,
+    card: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write our directory format atomically (a temporary directory renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
+    try:
+        model.base.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        meta = {"format_version": FORMAT_VERSION, **model.config.__dict__, "metadata": metadata or {}}
+        (tmp / "coconut.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "README.md").write_text(card or default_card(model, metadata or {}))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def default_card(model: CoconutModel, metadata: dict[str, Any]) -> str:
+    """A minimal model card: what the model is and how it was made."""
+    cfg = model.base.config
+    lines = [
+        f"# Coconut checkpoint ({model.config.mode})",
+        "",
+        f"- base: {cfg.model_type}, {sum(p.numel() for p in model.base.parameters()):,} parameters",
+        f"- data format: {model.config.data_format}; c_thought={model.config.c_thought}, "
+        f"max_latent_stage={model.config.max_latent_stage}, pad_latent_to_max={model.config.pad_latent_to_max}",
+    ]
+    lines += [f"- {k}: {v}" for k, v in metadata.items()]
+    return "\n".join(lines) + "\n"
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    base: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    **official: Any,
+) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
+    """Load our directory format, or an official state-dict file given its base directory."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        if base is not None:
+            raise CheckpointError(f"{path}: --base is only for official checkpoint files, this is a directory")
+        model, tok = _load_ours(path)
+    else:
+        if base is None:
+            raise CheckpointError(
+                f"{path}: an official checkpoint file needs --base DIR, the base model's config and tokenizer"
+            )
+        model, tok = load_official(path, base, **official)
+    model.base.eval()
+    model.to(device=device, dtype=dtype) if dtype else model.to(device)
+    return model, tok
+
+
+def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
+    meta_file = path / "coconut.json"
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path}: not a coconut-probe checkpoint (no coconut.json)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_file}: not valid JSON ({e})") from None
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{meta_file}: format_version {meta['format_version']} is newer than this toolkit's")
+    try:
+        config = CoconutConfig.from_dict(meta)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{meta_file}: {e}") from None
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: missing {name}")
+    try:
+        tok = load_tokenizer(path)
+        base = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    except (TokenizerError, SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from None
+    _check_match(path, base, tok, config)
+    return CoconutModel(base, config), tok
+
+
+def _check_match(path: Path, base: PreTrainedModel, tok: PreTrainedTokenizerBase, config: CoconutConfig) -> None:
+    """Refuse a tokenizer whose size or latent ids disagree with the model."""
+    rows = base.get_input_embeddings().num_embeddings
+    if len(tok) > rows:
+        raise CheckpointError(f"{path}: the tokenizer has {len(tok)} tokens but the model's embedding has {rows} rows")
+    try:
+        ids = special_tokens(tok)
+    except TokenizerError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    for name in ("start_id", "end_id", "latent_id", "eos_id"):
+        if getattr(ids, name) != getattr(config, name):
+            raise CheckpointError(
+                f"{path}: tokenizer {name}={getattr(ids, name)} but coconut.json says {getattr(config, name)}"
+            )
+
+
+def _tied_keys(model: PreTrainedModel) -> set[str]:
+    """Parameters that alias another (a tied output head), which a state dict may omit."""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return set()
+    keys = getattr(model, "_tied_weights_keys", None) or []
+    return set(keys.keys() if isinstance(keys, dict) else keys)
+
+
+def load_official(
+    path: str | os.PathLike,
+    base: str | os.PathLike,
+    *,
+    mode: str = "coconut",
+    c_thought: int = 1,
+    max_latent_stage: int = 6,
+    pad_latent_to_max: bool = True,
+) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
+    """Load a state dict saved by the official implementation, with strict key checking."""
+    path, base = Path(path), Path(base)
+    if not base.is_dir() or not (base / "config.json").is_file():
+        raise CheckpointError(f"{base}: the base directory must hold the base model's config.json and tokenizer")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises pickle, zip and runtime errors for a bad file
+        raise CheckpointError(f"{path}: not a readable torch.save state dict ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors")
+    try:
+        tok = load_tokenizer(base)
+        cfg = AutoConfig.from_pretrained(str(base), local_files_only=True)
+    except (TokenizerError, OSError, ValueError) as e:
+        raise CheckpointError(f"{base}: {e}") from None
+    special = add_latent_tokens(tok)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.resize_token_embeddings(len(tok))
+    base_state = {k[len(OFFICIAL_PREFIX):]: v for k, v in state.items() if k.startswith(OFFICIAL_PREFIX)}
+    expected = model.state_dict()
+    tied = _tied_keys(model)
+    missing = sorted(k for k in expected if k not in base_state and k not in tied)
+    unexpected = sorted(
+        k for k in state if not k.startswith(OFFICIAL_PREFIX) and k not in OFFICIAL_ALIASES
+    ) + sorted(OFFICIAL_PREFIX + k for k in base_state if k not in expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: state dict does not match {cfg.model_type} from {base}:"
+            + (f"\n  missing keys: {', '.join(OFFICIAL_PREFIX + k for k in missing)}" if missing else "")
+            + (f"\n  unexpected keys: {', '.join(unexpected)}" if unexpected else "")
+        )
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in base_state.items() if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if shapes:
+        raise CheckpointError(
+            f"{path}: tensor shapes do not match the base model with the tokenizer's {len(tok)} tokens:\n  "
+            + "\n  ".join(shapes)
+        )
+    model.load_state_dict(base_state, strict=False)
+    config = CoconutConfig.from_special(
+        special, mode=mode, c_thought=c_thought, max_latent_stage=max_latent_stage,
+        pad_latent_to_max=pad_latent_to_max, data_format="sentences",
+    )
+    return CoconutModel(model, config), tok
