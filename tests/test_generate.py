@@ -97,7 +97,8 @@ def test_target_and_neg_target_are_leaves_on_opposite_sides(sample):
         assert other in neg_ancestors and item.root not in neg_ancestors
         # The target is a deepest leaf of the root's side (the official split's rule).
         depth = nx.single_source_shortest_path_length(g, item.root)
-        root_side = [v for v in nx.descendants(g, item.root) if g.out_degree(v) == 0 and other not in nx.ancestors(g, v)]
+        leaves = [v for v in nx.descendants(g, item.root) if g.out_degree(v) == 0]
+        root_side = [v for v in leaves if other not in nx.ancestors(g, v)]
         assert depth[item.target] == max(depth[v] for v in root_side)
 
 

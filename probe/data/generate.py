@@ -153,7 +153,7 @@ def _make_item(rng: np.random.Generator, parents: list[list[int]], labels: list[
 
 
 def generate_item(rng: np.random.Generator) -> ProsQAItem:
-    """One ProsQA item, resampling graphs until one is accepted (about 2 tries on average)."""
+    """One ProsQA item, resampling graphs until one is accepted (about 1.1 tries on average)."""
     while (item := _make_item(rng, *_grow(rng, N_NODES))) is None:
         pass
     return item

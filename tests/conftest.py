@@ -1,0 +1,66 @@
+"""Shared fixtures: the official validation split, a word tokenizer and tiny random models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
+
+from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
+from probe.data.prosqa import load_items
+from probe.model.coconut import CoconutConfig, CoconutModel
+from probe.model.tokenizer import build_word_tokenizer, special_tokens
+
+hf_logging.set_verbosity_error()
+OFFICIAL_VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "prosqa_valid.json"
+
+
+@pytest.fixture(scope="session")
+def official_path() -> Path:
+    if not OFFICIAL_VALID.is_file():
+        pytest.skip(f"the official validation split is not at {OFFICIAL_VALID}")
+    return OFFICIAL_VALID
+
+
+@pytest.fixture(scope="session")
+def official_items(official_path):
+    return load_items(official_path)
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    return build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES])
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every layer norm non-trivial weights (and biases), so a skipped norm shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name or "norm" in name:
+                p.copy_(1.0 + 0.5 * torch.randn(p.shape, generator=g))
+
+
+def tiny_base(kind: str, vocab: int, eos: int, seed: int = 0):
+    """A two-layer random GPT-2 or Llama with randomised norms, in eval mode."""
+    torch.manual_seed(seed)
+    ids = {"vocab_size": vocab, "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+    if kind == "gpt2":
+        base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=512, **ids))
+    elif kind == "llama":
+        base = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2, intermediate_size=64, **ids))
+    else:
+        raise ValueError(kind)
+    randomize_norms(base, seed)
+    return base.eval()
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def tiny_model(request, word_tokenizer) -> CoconutModel:
+    sp = special_tokens(word_tokenizer)
+    base = tiny_base(request.param, len(word_tokenizer), sp.eos_id)
+    return CoconutModel(base, CoconutConfig.from_special(sp))
