@@ -1,0 +1,155 @@
+"""Checkpoints: our directory format and the official state-dict format, and their errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from conftest import tiny_base
+from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
+from probe.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from probe.model.coconut import CoconutConfig, CoconutModel
+from probe.model.tokenizer import LATENT_TOKENS, build_word_tokenizer, special_tokens
+
+
+def probe_ids(model: CoconutModel) -> torch.Tensor:
+    c = model.config
+    return torch.tensor([[5, 6, 7, 8, c.start_id, c.latent_id, c.latent_id, c.end_id, 9, 10]])
+
+
+@torch.no_grad()
+def test_our_format_round_trips(tmp_path, tiny_model, word_tokenizer):
+    path = save_checkpoint(tiny_model, word_tokenizer, tmp_path / "ckpt", metadata={"accuracy": 0.5})
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "coconut.json", "README.md"):
+        assert (path / name).is_file(), name
+    meta = json.loads((path / "coconut.json").read_text())
+    assert meta["latent_id"] == tiny_model.config.latent_id and meta["metadata"] == {"accuracy": 0.5}
+    model, tok = load_checkpoint(path)
+    assert model.config == tiny_model.config
+    assert tok.get_vocab() == word_tokenizer.get_vocab()
+    a, b = tiny_model(probe_ids(tiny_model)), model(probe_ids(model))
+    torch.testing.assert_close(a.logits, b.logits, atol=0, rtol=0)
+    torch.testing.assert_close(a.thoughts, b.thoughts, atol=0, rtol=0)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary directory left behind
+
+
+def test_failed_save_leaves_nothing(tmp_path, tiny_model, word_tokenizer, monkeypatch):
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(word_tokenizer, "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tiny_model, word_tokenizer, tmp_path / "ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_model, word_tokenizer) -> Path:
+    return save_checkpoint(tiny_model, word_tokenizer, tmp_path / "ckpt")
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path, saved):
+    with pytest.raises(CheckpointError, match=r"nowhere: no such checkpoint"):
+        load_checkpoint(tmp_path / "nowhere")
+    (saved / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match=r"ckpt: cannot load the model"):
+        load_checkpoint(saved)
+    (saved / "coconut.json").unlink()
+    with pytest.raises(CheckpointError, match=r"ckpt: not a coconut-probe checkpoint \(no coconut.json\)"):
+        load_checkpoint(saved)
+
+
+def test_tokenizer_that_does_not_match_is_refused(saved):
+    meta = json.loads((saved / "coconut.json").read_text())
+    meta["latent_id"] -= 1
+    (saved / "coconut.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"tokenizer latent_id=\d+ but coconut.json says \d+"):
+        load_checkpoint(saved)
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(saved):
+    big = build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES, "extraname", "another"])
+    big.save_pretrained(saved)
+    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ tokens but the model's embedding has \d+ rows"):
+        load_checkpoint(saved)
+
+
+class OfficialCoconut(nn.Module):
+    """The attributes of the official wrapper that reach its state dict."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base_causallm = base
+        self.embedding = base.get_input_embeddings()
+
+
+def official_fixture(tmp_path: Path, kind: str):
+    """A base directory (config + tokenizer without latent tokens) and an official checkpoint file."""
+    base_dir = tmp_path / "base"
+    tok = build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES])
+    # a base tokenizer as a user has it: without the latent tokens
+    raw = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<|endoftext|>", unk_token="<|unk|>")
+    vocab_wo = len(tok) - 3
+    model = tiny_base(kind, vocab_wo + 3, raw.eos_token_id)
+    cfg = model.config.to_dict()
+    cfg["vocab_size"] = vocab_wo  # the base model's own vocabulary, as downloaded
+    base_dir.mkdir()
+    (base_dir / "config.json").write_text(json.dumps(cfg))
+    raw.save_pretrained(base_dir)
+    ckpt = tmp_path / "checkpoint_50"
+    torch.save(OfficialCoconut(model).state_dict(), ckpt)
+    return base_dir, ckpt, model
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@torch.no_grad()
+def test_official_checkpoint_loads_with_the_same_outputs(tmp_path, kind):
+    base_dir, ckpt, original = official_fixture(tmp_path, kind)
+    state = torch.load(ckpt, weights_only=True)
+    assert "embedding.weight" in state and all(k.startswith("base_causallm.") or k == "embedding.weight" for k in state)
+    model, tok = load_checkpoint(ckpt, base=base_dir)
+    sp = special_tokens(tok)
+    assert [tok.convert_ids_to_tokens(i) for i in (sp.start_id, sp.end_id, sp.latent_id)] == list(LATENT_TOKENS)
+    assert model.config.max_latent_stage == 6 and model.config.default_thoughts == 6
+    ids = probe_ids(model)
+    expected = CoconutModel(original, model.config)(ids)
+    got = model(ids)
+    torch.testing.assert_close(got.logits, expected.logits, atol=0, rtol=0)
+    torch.testing.assert_close(got.thoughts, expected.thoughts, atol=0, rtol=0)
+
+
+def test_official_checkpoint_key_errors_list_every_key(tmp_path):
+    base_dir, ckpt, _ = official_fixture(tmp_path, "gpt2")
+    state = torch.load(ckpt, weights_only=True)
+    del state["base_causallm.transformer.h.0.ln_1.weight"]
+    del state["base_causallm.transformer.ln_f.bias"]
+    state["base_causallm.transformer.h.7.mlp.weight"] = torch.zeros(1)
+    state["head.weight"] = torch.zeros(1)
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(ckpt, base=base_dir)
+    msg = str(e.value)
+    assert "missing keys: base_causallm.transformer.h.0.ln_1.weight, base_causallm.transformer.ln_f.bias" in msg
+    assert "unexpected keys: head.weight, base_causallm.transformer.h.7.mlp.weight" in msg
+
+
+def test_official_checkpoint_errors(tmp_path):
+    base_dir, ckpt, _ = official_fixture(tmp_path, "gpt2")
+    with pytest.raises(CheckpointError, match=r"needs --base DIR"):
+        load_checkpoint(ckpt)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"bad.pt: not a readable torch.save state dict"):
+        load_checkpoint(bad, base=base_dir)
+    with pytest.raises(CheckpointError, match=r"must hold the base model's config.json"):
+        load_checkpoint(ckpt, base=tmp_path / "nobase")
+    # a base whose vocabulary is one token short: shapes cannot match
+    small = build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES][:-1])
+    PreTrainedTokenizerFast(tokenizer_object=small.backend_tokenizer, eos_token="<|endoftext|>").save_pretrained(base_dir)
+    with pytest.raises(CheckpointError, match=r"(?s)tensor shapes do not match .*transformer.wte.weight: checkpoint \(70, 32\) vs model \(69, 32\)"):
+        load_checkpoint(ckpt, base=base_dir)
