@@ -8,9 +8,23 @@ from typing import Optional
 
 import typer
 
+def _quiet_transformers() -> None:
+    """Our own progress bars say what is happening; transformers' per-file bars only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 app = typer.Typer(help="Interpretability toolkit for Coconut (continuous thought) models.", no_args_is_help=True)
 data_app = typer.Typer(help="ProsQA data: generate and inspect.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def main() -> None:
+    """Interpretability toolkit for Coconut (continuous thought) models."""
+    _quiet_transformers()
 
 
 def _fail(message: str) -> None:

@@ -1,0 +1,29 @@
+# Fresh-machine entry points (see README): `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/prosqa_valid.json
+
+.PHONY: setup run test clean
+
+$(BIN)/probe: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# the CPU wheel first, so that nothing pulls a multi-gigabyte CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/probe
+
+# The main job: train a small Coconut model through the whole curriculum, then evaluate it.
+run: setup
+	rm -rf runs/quickstart
+	$(BIN)/probe train --config configs/quickstart.yaml
+	$(BIN)/probe eval --ckpt $$(ls -d runs/quickstart/epoch-* | tail -n 1) --data $(DATA) --json runs/quickstart/eval.json
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

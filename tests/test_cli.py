@@ -1,0 +1,49 @@
+"""The `probe` command line, end to end on tiny inputs."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from probe.cli import app
+from probe.data.prosqa import load_items
+
+runner = CliRunner()
+
+
+def test_data_generate_and_stats(tmp_path):
+    out = tmp_path / "gen.json"
+    r = runner.invoke(app, ["data", "generate", "--n", "20", "--seed", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(load_items(out)) == 20
+    r = runner.invoke(app, ["data", "stats", str(out)])
+    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 20
+
+
+def test_train_then_eval(tmp_path, official_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        f"name: tiny\nout_dir: {tmp_path / 'run'}\nmodel: {{model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2}}\n"
+        "train_size: 16\nbatch_size: 16\nnum_epochs: 2\nepochs_per_stage: 1\nmax_latent_stage: 1\n"
+    )
+    r = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    ckpt = tmp_path / "run" / "epoch-002"
+    report = tmp_path / "eval.json"
+    r = runner.invoke(app, ["eval", "--ckpt", str(ckpt), "--data", str(official_path), "--limit", "4",
+                            "--k", "1", "--json", str(report)])
+    assert r.exit_code == 0, r.output
+    payload = json.loads(report.read_text())
+    assert payload["n"] == 4 and len(payload["items"]) == 4
+    assert f"({sum(i['correct'] for i in payload['items'])}/4)" in r.stdout
+
+
+def test_errors_are_one_line(tmp_path, official_path):
+    r = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "missing"), "--data", str(official_path)])
+    assert r.exit_code == 2
+    assert r.stderr.strip() == f"error: {tmp_path / 'missing'}: no such checkpoint"
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    r = runner.invoke(app, ["eval", "--ckpt", str(tmp_path), "--data", str(bad)])
+    assert r.exit_code == 2 and "bad.json: item 0: expected an object, got int" in r.stderr
