@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import torch
 from tqdm.auto import tqdm
 
 from probe.data.prosqa import ProsQAItem
@@ -28,6 +29,7 @@ class ItemResult:
     n_thoughts: int
     n_generated: int
     text: str  # the generated continuation, special tokens skipped
+    thoughts: torch.Tensor = field(repr=False)  # [n_thoughts, d_model] the thoughts fed back
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,14 @@ def evaluate(
     model.eval()
     for batch in tqdm(batches, desc="eval", unit="batch", disable=not progress):
         gen = model.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens)
-        for i, new in zip(batch, gen.tokens):
+        for row, (i, new) in enumerate(zip(batch, gen.tokens)):
             # The official rule decodes prompt and continuation together.
             full = tokenizer.decode(prompts[i] + new, skip_special_tokens=True)
             pred = extract_answer(full)
             results[i] = ItemResult(
                 index=i, prediction=pred, correct=pred == items[i].answer.replace(",", "").strip(),
                 n_thoughts=ks[i], n_generated=len(new), text=tokenizer.decode(new, skip_special_tokens=True),
+                thoughts=gen.thoughts[row, : ks[i]].float().cpu(),
             )
     ordered = [results[i] for i in range(len(items))]
     return EvalResult(

@@ -8,7 +8,7 @@ import torch
 from probe.data.render import render_prompt, tokenize_item
 from probe.evaluate import evaluate, extract_answer
 from probe.model.coconut import Generation
-from test_coconut import naive_generate
+from test_coconut import naive_forward, naive_generate
 
 
 @pytest.mark.parametrize(
@@ -58,6 +58,8 @@ def test_predictions_equal_an_independent_decode(tiny_model, word_tokenizer, off
         new = naive_generate(tiny_model, prompt, 8)
         assert r.prediction == extract_answer(word_tokenizer.decode(prompt + new, skip_special_tokens=True))
         assert r.n_generated == len(new) and r.n_thoughts == 2
+        _, ref_thoughts = naive_forward(tiny_model, prompt)
+        torch.testing.assert_close(r.thoughts, ref_thoughts, atol=1e-5, rtol=0)
     payload = res.to_json()
     assert set(payload) >= {"accuracy", "n", "items"} and payload["n"] == 5
     assert payload["items"][0].keys() == {"index", "prediction", "correct"}
