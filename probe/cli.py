@@ -32,14 +32,9 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _errors():
-    """The library's input errors, reported as one line instead of a traceback."""
-    from probe.data.prosqa import DataError
-    from probe.model.checkpoint import CheckpointError
-    from probe.model.tokenizer import TokenizerError
-    from probe.train import ConfigError
-
-    return (DataError, CheckpointError, TokenizerError, ConfigError, ValueError)
+# Every input error of the library (DataError, CheckpointError, TokenizerError, ConfigError)
+# is a ValueError; the CLI reports it as one line instead of a traceback.
+InputError = ValueError
 
 
 def _dtype(name: Optional[str]):
@@ -85,7 +80,7 @@ def data_stats(path: Path = typer.Argument(..., help="A ProsQA JSON file.")) -> 
 
     try:
         items = load_items(path)
-    except _errors() as e:
+    except InputError as e:
         _fail(str(e))
     s = dataset_stats(items)
     typer.echo(json.dumps({"n": len(items), **{k: v for k, v in vars(s).items()}}, indent=1, default=str))
@@ -103,7 +98,7 @@ def train(
     try:
         cfg = TrainConfig.from_yaml(config)
         result = run(cfg, resume=resume, device=_device(device), on_epoch=lambda r: typer.echo(json.dumps(r)))
-    except _errors() as e:
+    except InputError as e:
         _fail(str(e))
     typer.echo(f"last checkpoint: {result.last_checkpoint}")
 
@@ -129,7 +124,7 @@ def eval_cmd(
         items = load_items(data, limit=limit)
         model, tok = load_checkpoint(ckpt, base=base, device=_device(device), dtype=_dtype(dtype))
         res = evaluate(model, tok, items, k=k, batch_size=batch_size)
-    except _errors() as e:
+    except InputError as e:
         _fail(str(e))
     if json_out:
         atomic_write_text(json_out, json.dumps(res.to_json(), indent=1))

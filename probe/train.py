@@ -336,9 +336,7 @@ def train(
 
 def _save_epoch(model, tok, opt, cfg: TrainConfig, record, history, global_step) -> Path:
     path = cfg.run_dir / f"epoch-{record['epoch']:03d}"
-    meta = {"run": cfg.name, "mode": cfg.mode, **{k: v for k, v in record.items() if k != "epoch"},
-            "epoch": record["epoch"]}
-    save_checkpoint(model, tok, path, metadata=meta)
+    save_checkpoint(model, tok, path, metadata={"run": cfg.name, **record})
     _save_optimizer(opt, path)
     atomic_write_text(path / "trainer_state.json",
                       json.dumps({"epoch": record["epoch"], "global_step": global_step, "history": history}, indent=1))

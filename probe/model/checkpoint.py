@@ -102,7 +102,7 @@ def load_checkpoint(
             )
         model, tok = load_official(path, base, **official)
     model.base.eval()
-    model.to(device=device, dtype=dtype) if dtype else model.to(device)
+    model.to(device=device, dtype=dtype)
     return model, tok
 
 
