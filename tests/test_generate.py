@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -20,17 +19,14 @@ from probe.data.generate import (
     generate_items,
 )
 from probe.data.graph import ProsQAGraph
-from probe.data.prosqa import items_from_json, load_items, parse_question, persons_and_concepts
+from probe.data.prosqa import items_from_json, parse_question, persons_and_concepts
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "prosqa_valid.json"
 N_STATS = 2000
 
 
 @pytest.fixture(scope="module")
-def official():
-    if not OFFICIAL.is_file():
-        pytest.skip(f"official ProsQA validation split not found at {OFFICIAL}")
-    return load_items(OFFICIAL)
+def official(official_items):
+    return official_items
 
 
 @pytest.fixture(scope="module")
