@@ -97,7 +97,3 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
     tok.padding_side = "right"
     return tok
 
-
-def name_token_ids(tokenizer: PreTrainedTokenizerBase, name: str, *, leading_space: bool = True) -> list[int]:
-    """Token ids of a name as it appears after a word (' name'), e.g. 'Every [name]'."""
-    return tokenizer.encode((" " if leading_space else "") + name, add_special_tokens=False)
