@@ -26,10 +26,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES, generate_items
 from probe.data.prosqa import ProsQAItem, atomic_write_text, load_items
-from probe.data.render import DATA_FORMATS, IGNORE_INDEX, Rendered, StageSpec, render_stage, tokenize_item
+from probe.data.render import DATA_FORMATS, IGNORE_INDEX, MODES, Rendered, StageSpec, render_stage, tokenize_item
 from probe.evaluate import evaluate
 from probe.model.checkpoint import load_checkpoint, save_checkpoint
-from probe.model.coconut import CoconutConfig, CoconutModel
+from probe.model.coconut import CoconutConfig, CoconutModel, position_ids_from_mask
 from probe.model.tokenizer import add_latent_tokens, build_word_tokenizer, load_tokenizer
 
 
@@ -85,8 +85,8 @@ class TrainConfig:
                     setattr(self, name, float(v))
                 except ValueError:
                     raise ConfigError(f"{name} must be a number, got {v!r}") from None
-        if self.mode not in ("coconut", "pause_as_thought", "cot", "no_cot", "no_thoughts"):
-            raise ConfigError(f"mode: unknown {self.mode!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: unknown {self.mode!r}; expected one of {MODES}")
         if self.data_format not in DATA_FORMATS:
             raise ConfigError(f"data_format: unknown {self.data_format!r}; expected one of {DATA_FORMATS}")
         if self.schedule not in ("constant", "cosine"):
@@ -153,7 +153,7 @@ def collate(seqs: list[Rendered], pad_id: int, latent_id: int) -> dict[str, torc
     return {
         "input_ids": torch.tensor(ids),
         "attention_mask": mask_t,
-        "position_ids": (mask_t.cumsum(-1) - 1).clamp(min=0),
+        "position_ids": position_ids_from_mask(mask_t),
         "labels": torch.tensor(labels),
     }
 
@@ -292,9 +292,10 @@ def train(
         if items is None or cfg.fresh_data_every_epoch:
             items = _load_data(cfg, epoch)
             tokenized = [tokenize_item(it, tok, cfg.data_format) for it in items]
-        if opt is None or (cfg.reset_optimizer and stage != cfg.stage(epoch - 1)):
+        reset = cfg.reset_optimizer and stage != cfg.stage(epoch - 1)
+        if opt is None or reset:
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            if last is not None and epoch == start_epoch and not (cfg.reset_optimizer and stage != cfg.stage(epoch - 1)):
+            if last is not None and epoch == start_epoch and not reset:
                 _load_optimizer(opt, last)
         rng = random.Random(cfg.seed * 1_000_003 + epoch)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
