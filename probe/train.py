@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,7 +45,9 @@ class TrainConfig:
     name: str
     out_dir: str | None = None  # default runs/{name}
     mode: str = "coconut"  # coconut | pause_as_thought | cot | no_cot | no_thoughts
-    # Model: either a local Hugging Face directory to start from, or a config to train from scratch.
+    # Model: a Coconut checkpoint to continue from (the official name), a local Hugging Face
+    # directory to start from, or a config to train from scratch.
+    load_model_path: str | None = None
     base: str | None = None
     model: dict[str, Any] = field(default_factory=lambda: {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4})
     tokenizer: str = "word"  # 'word' (one token per name) or a tokenizer directory
@@ -57,6 +60,7 @@ class TrainConfig:
     val_size: int | None = None
     # Curriculum (the official names).
     c_thought: int = 1
+    start_epoch: int = 0  # the official `resume`: begin the curriculum here (epochs_per_stage skips stage 0)
     epochs_per_stage: int = 5
     max_latent_stage: int = 6
     num_epochs: int = 50
@@ -94,6 +98,10 @@ class TrainConfig:
         for name in ("epochs_per_stage", "num_epochs", "batch_size", "gradient_accumulation_steps", "c_thought"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.start_epoch < self.num_epochs:
+            raise ConfigError(f"start_epoch must be in [0, num_epochs={self.num_epochs}), got {self.start_epoch}")
+        if self.load_model_path and self.base:
+            raise ConfigError("load_model_path and base both name a starting model; keep one")
         if not 0 <= self.uniform_prob <= 1:
             raise ConfigError(f"uniform_prob must be in [0, 1], got {self.uniform_prob}")
 
@@ -215,7 +223,15 @@ def _load_data(cfg: TrainConfig, epoch: int) -> list[ProsQAItem]:
 
 
 def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel, Any]:
-    """A fresh Coconut model and tokenizer for a run (from scratch, or from a local base directory)."""
+    """The starting Coconut model and tokenizer of a run: a checkpoint, a local base directory, or from scratch."""
+    if cfg.load_model_path:
+        model, tok = load_checkpoint(cfg.load_model_path)
+        # The run's mode and curriculum replace the checkpoint's (a CoT model continued as Coconut or pause).
+        model.config = replace(
+            model.config, mode=cfg.mode, c_thought=0 if cfg.mode == "no_thoughts" else cfg.c_thought,
+            max_latent_stage=cfg.max_latent_stage, pad_latent_to_max=cfg.pad_latent_to_max, data_format=cfg.data_format,
+        )
+        return model, tok
     if cfg.tokenizer == "word":
         tok = build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES, *extra_names])
     else:
@@ -264,7 +280,7 @@ def train(
     """Run the curriculum; write a checkpoint every epoch; continue from the latest one if resume."""
     run_dir = cfg.run_dir
     val_items = load_items(cfg.val_data, limit=cfg.val_size) if cfg.val_data else []
-    start_epoch, history, global_step = 0, [], 0
+    start_epoch, history, global_step, init = cfg.start_epoch, [], 0, None
     last = latest_checkpoint(run_dir) if resume else None
     if resume and last is None:
         raise ConfigError(f"{run_dir}: nothing to resume (no epoch-* checkpoint)")
@@ -272,6 +288,7 @@ def train(
         model, tok = load_checkpoint(last, device=device)
         state = json.loads((last / "trainer_state.json").read_text())
         start_epoch, history, global_step = state["epoch"], state["history"], state["global_step"]
+        init = state.get("init")
     else:
         if run_dir.exists() and any(run_dir.glob("epoch-*")):
             raise ConfigError(f"{run_dir}: holds checkpoints already; pass resume, or choose another out_dir")
@@ -279,13 +296,16 @@ def train(
         extra = sorted({s for it in val_items for s in it.idx_to_symbol})
         model, tok = build_model(cfg, extra)
         model.to(device)
+        if cfg.load_model_path:
+            init = {"path": cfg.load_model_path, **_run_record(Path(cfg.load_model_path))}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     special = model.config.special
 
     items = None
     steps_per_epoch = math.ceil(cfg.train_size / (cfg.batch_size * cfg.gradient_accumulation_steps))
-    total_steps = steps_per_epoch * cfg.num_epochs
+    total_steps = steps_per_epoch * (cfg.num_epochs - cfg.start_epoch)
+    hardware = _hardware(device)
     opt = None
     for epoch in range(start_epoch, cfg.num_epochs):
         stage = cfg.stage(epoch)
@@ -321,26 +341,43 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / n_loss:.4f}", tok_s=f"{n_tok / (time.perf_counter() - t0):.0f}")
         bar.close()
+        seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "stage": stage, "train_loss": loss_sum / max(1, n_loss),
-                  "tokens_per_s": n_tok / (time.perf_counter() - t0), "global_step": global_step}
+                  "tokens_per_s": n_tok / seconds, "seconds": seconds, "global_step": global_step, "hardware": hardware}
         if val_items and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.num_epochs):
             res = evaluate(model, tok, val_items, stage=stage, batch_size=cfg.eval_batch_size, progress=progress)
             record.update(val_accuracy=res.accuracy, val_mean_thoughts=sum(r.n_thoughts for r in res.items) / res.n)
         history.append(record)
         if on_epoch:
             on_epoch(record)
-        last = _save_epoch(model, tok, opt, cfg, record, history, global_step)
+        last = _save_epoch(model, tok, opt, cfg, record, history, global_step, init)
     if last is None:
         raise ConfigError(f"{run_dir}: num_epochs={cfg.num_epochs} leaves nothing to train")
     return TrainResult(run_dir, last, history)
 
 
-def _save_epoch(model, tok, opt, cfg: TrainConfig, record, history, global_step) -> Path:
+def _hardware(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _run_record(ckpt: Path) -> dict[str, Any]:
+    """What a checkpoint says of how it was trained (its trainer state), for a run that starts from it."""
+    state = ckpt / "trainer_state.json"
+    if not state.is_file():
+        return {}
+    rec = json.loads(state.read_text())
+    return {"history": rec.get("history", []), "init": rec.get("init")}
+
+
+def _save_epoch(model, tok, opt, cfg: TrainConfig, record, history, global_step, init) -> Path:
     path = cfg.run_dir / f"epoch-{record['epoch']:03d}"
     save_checkpoint(model, tok, path, metadata={"run": cfg.name, **record})
     _save_optimizer(opt, path)
-    atomic_write_text(path / "trainer_state.json",
-                      json.dumps({"epoch": record["epoch"], "global_step": global_step, "history": history}, indent=1))
+    state = {"epoch": record["epoch"], "global_step": global_step, "history": history, "init": init,
+             "config": asdict(cfg)}
+    atomic_write_text(path / "trainer_state.json", json.dumps(state, indent=1))
     old = sorted(p for p in cfg.run_dir.glob("epoch-*"))[: -cfg.keep_checkpoints]
     for p in old:
         shutil.rmtree(p, ignore_errors=True)

@@ -119,3 +119,33 @@ def test_config_errors(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("name: x\nlr: 1e-4\nmode: cot\n")
     assert TrainConfig.from_yaml(good).lr == pytest.approx(1e-4)
+
+
+def test_load_model_path_continues_a_checkpoint_in_another_mode(tmp_path, spy):
+    parent = train(tiny_config(tmp_path, out_dir=str(tmp_path / "cot"), mode="cot", num_epochs=1), progress=False)
+    n_parent = len(spy)
+    cfg = tiny_config(tmp_path, out_dir=str(tmp_path / "pause"), mode="pause_as_thought",
+                      load_model_path=str(parent.last_checkpoint), start_epoch=1, num_epochs=3)
+    child = train(cfg, progress=False)
+    # The curriculum starts at stage 1 (the official `resume`), from the parent's weights.
+    assert [h["stage"] for h in child.history] == [1, 2]
+    assert [h["epoch"] for h in child.history] == [2, 3]
+    assert {r["n"] for r in spy[n_parent:]} == {1, 2}
+    state = json.loads((child.last_checkpoint / "trainer_state.json").read_text())
+    assert state["init"]["path"] == str(parent.last_checkpoint)
+    assert [h["train_loss"] for h in state["init"]["history"]] == [h["train_loss"] for h in parent.history]
+    meta = json.loads((child.last_checkpoint / "coconut.json").read_text())
+    assert meta["mode"] == "pause_as_thought" and meta["metadata"]["seconds"] > 0
+    # Its first epoch started from the parent's weights, not from a fresh initialisation.
+    fresh = train(tiny_config(tmp_path, out_dir=str(tmp_path / "fresh"), mode="pause_as_thought",
+                              start_epoch=1, num_epochs=2), progress=False)
+    assert child.history[0]["train_loss"] < fresh.history[0]["train_loss"]
+
+
+def test_start_epoch_and_starting_models_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"start_epoch must be in \[0, num_epochs=3\), got 3"):
+        tiny_config(tmp_path, start_epoch=3)
+    with pytest.raises(ConfigError, match="load_model_path and base both"):
+        tiny_config(tmp_path, load_model_path="a", base="b")
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        train(tiny_config(tmp_path, load_model_path=str(tmp_path / "missing")), progress=False)
