@@ -103,9 +103,18 @@ def train(
     typer.echo(f"last checkpoint: {result.last_checkpoint}")
 
 
+def _default_ckpt(ckpt: Optional[Path]) -> Path:
+    from probe.model.checkpoint import default_checkpoint
+
+    return ckpt if ckpt is not None else default_checkpoint()
+
+
+CKPT_HELP = "Our checkpoint directory, or an official state-dict file (default: the shipped checkpoints/prosqa-coconut)."
+
+
 @app.command("eval")
 def eval_cmd(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Our checkpoint directory, or an official state-dict file."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
     data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
@@ -122,7 +131,7 @@ def eval_cmd(
 
     try:
         items = load_items(data, limit=limit)
-        model, tok = load_checkpoint(ckpt, base=base, device=_device(device), dtype=_dtype(dtype))
+        model, tok = load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype))
         res = evaluate(model, tok, items, k=k, batch_size=batch_size)
     except InputError as e:
         _fail(str(e))
@@ -132,6 +141,27 @@ def eval_cmd(
         f"accuracy {res.accuracy:.4f} ({sum(r.correct for r in res.items)}/{res.n}), "
         f"mean generated tokens {res.mean_generated_tokens:.1f}"
     )
+
+
+@app.command()
+def release(
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint written by `probe train` (epoch-XXX)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the released checkpoint to."),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file to measure accuracy on (the validation split)."),
+    config: list[Path] = typer.Option(..., "--config", help="The training config of each phase, oldest first."),
+    name: Optional[str] = typer.Option(None, "--name", help="Title of the model card (default: the --out name)."),
+    summary: str = typer.Option("", "--summary", help="A paragraph for the top of the model card."),
+) -> None:
+    """Evaluate a trained checkpoint at every forced k; write it without optimizer state, with its model card."""
+    from probe.release import release as run
+
+    try:
+        rel = run(ckpt, out, data, config, name=name, summary=summary)
+    except InputError as e:
+        _fail(str(e))
+    ev = rel.evaluation
+    accs = ", ".join(f"k={k}: {a:.3f}" for k, a in ev.accuracy_by_k.items())
+    typer.echo(f"wrote {rel.path}: accuracy {ev.accuracy:.4f} at the default k={ev.default_k} ({accs})")
 
 
 if __name__ == "__main__":

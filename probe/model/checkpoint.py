@@ -31,8 +31,22 @@ OFFICIAL_PREFIX = "base_causallm."
 OFFICIAL_ALIASES = ("embedding.weight",)
 
 
+# The default model ships in the repository, beside the package (an editable install finds it).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "prosqa-coconut"
+
+
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not match its tokenizer."""
+
+
+def default_checkpoint() -> Path:
+    """The shipped default model (checkpoints/prosqa-coconut of the repository)."""
+    if not (DEFAULT_CHECKPOINT / "coconut.json").is_file():
+        raise CheckpointError(
+            f"{DEFAULT_CHECKPOINT}: the default checkpoint is not there (it ships with the repository's "
+            "checkpoints/ directory; install from a clone with `pip install -e .`, or pass --ckpt)"
+        )
+    return DEFAULT_CHECKPOINT
 
 
 def save_checkpoint(

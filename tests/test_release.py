@@ -1,0 +1,84 @@
+"""Releasing a checkpoint: evaluation at every forced k, lineage of phases, the model card, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from probe.cli import app
+from probe.data.prosqa import load_items
+from probe.evaluate import evaluate
+from probe.model.checkpoint import CheckpointError, load_checkpoint
+from probe.release import lineage, read_evaluation, release
+from probe.train import TrainConfig, train
+
+TINY = {"model": {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2}, "train_size": 32,
+        "batch_size": 16, "max_latent_stage": 2, "lr": 3e-3}
+
+
+@pytest.fixture(scope="module")
+def two_phases(tmp_path_factory):
+    """A stage-0 run, then a Coconut run continued from it at stage 1: two phases, two config files."""
+    tmp = tmp_path_factory.mktemp("release")
+    c1 = tmp / "stage0.yaml"
+    c1.write_text(yaml.safe_dump({"name": "s0", "out_dir": str(tmp / "s0"), "epochs_per_stage": 5, "num_epochs": 2, **TINY}))
+    first = train(TrainConfig.from_yaml(c1), progress=False)
+    c2 = tmp / "coconut.yaml"
+    c2.write_text(yaml.safe_dump({"name": "c", "out_dir": str(tmp / "c"), "load_model_path": str(first.last_checkpoint),
+                                  "start_epoch": 1, "epochs_per_stage": 1, "num_epochs": 3, **TINY}))
+    second = train(TrainConfig.from_yaml(c2), progress=False)
+    return tmp, [c1, c2], first, second
+
+
+def test_release_evaluates_every_k_and_writes_the_card(two_phases, official_path):
+    tmp, configs, first, second = two_phases
+    data = tmp / "valid12.json"
+    data.write_text(json.dumps(json.loads(official_path.read_text())[:12]))
+    rel = release(second.last_checkpoint, tmp / "shipped", data, configs, summary="A tiny test model.", progress=False)
+    out = rel.path
+    # No optimizer or trainer state, only safetensors weights.
+    names = sorted(p.name for p in out.iterdir())
+    assert "optimizer.safetensors" not in names and "trainer_state.json" not in names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+    ev = read_evaluation(out)
+    assert sorted(ev.accuracy_by_k) == [0, 1, 2] and ev.default_k == 2 and ev.n == 12
+    # Each k's count is what an independent evaluation of the released model gives.
+    model, tok = load_checkpoint(out)
+    items = load_items(data)
+    for k in (0, 2):
+        res = evaluate(model, tok, items, k=k, progress=False)
+        assert ev.correct_by_k[k] == sum(r.correct for r in res.items)
+    # The lineage: phase 1's two epochs, then phase 2's epochs 2..3 at stages 1..2.
+    assert [len(p.history) for p in rel.phases] == [2, 2]
+    assert [h["stage"] for h in rel.phases[1].history] == [1, 2]
+    card = (out / "README.md").read_text()
+    assert card.startswith(f"# shipped\n\nA tiny test model.")
+    assert f"| 2 (default) | {ev.accuracy_by_k[2]:.1%} | {ev.correct_by_k[2]}/12 |" in card
+    assert f"probe train --config {configs[0]}\nprobe train --config {configs[1]}\n" in card
+    for phase, epoch, stage in [(1, 1, 0), (1, 2, 0), (2, 2, 1), (2, 3, 2)]:  # the learning curve's rows
+        assert f"\n| {phase} | {epoch} | {stage} | " in card
+    assert "cpu (" in card and "training time" in card
+
+
+def test_release_errors(two_phases, official_path, tmp_path):
+    tmp, configs, first, second = two_phases
+    with pytest.raises(CheckpointError, match=r"trained in 2 phase\(s\) but 1 config file\(s\) were given"):
+        lineage(second.last_checkpoint, configs[:1])
+    with pytest.raises(CheckpointError, match=r"missing.yaml: no such config file"):
+        lineage(second.last_checkpoint, [configs[0], tmp / "missing.yaml"])
+    with pytest.raises(CheckpointError, match="records no evaluation"):
+        read_evaluation(first.last_checkpoint)
+    r = CliRunner().invoke(app, ["release", "--ckpt", str(tmp_path), "--out", str(tmp_path / "o"),
+                                 "--data", str(official_path), "--config", str(configs[0])])
+    assert r.exit_code == 2 and "no trainer_state.json" in r.output and not (tmp_path / "o").exists()
+
+
+def test_eval_without_ckpt_uses_the_default(monkeypatch, tmp_path, official_path):
+    import probe.model.checkpoint as ck
+
+    monkeypatch.setattr(ck, "DEFAULT_CHECKPOINT", tmp_path / "nowhere")
+    r = CliRunner().invoke(app, ["eval", "--data", str(official_path), "--limit", "2"])
+    assert r.exit_code == 2 and "nowhere: the default checkpoint is not there" in r.output
