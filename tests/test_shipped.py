@@ -1,0 +1,38 @@
+"""The checkpoints shipped in checkpoints/: each loads, is small, and reproduces its model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from probe.data.prosqa import load_items
+from probe.evaluate import evaluate
+from probe.model.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint, load_checkpoint
+from probe.release import MARGIN_ITEMS, read_evaluation
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+SHIPPED = {"prosqa-coconut": "coconut", "prosqa-cot": "cot", "prosqa-pause": "pause_as_thought"}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_checkpoint_reproduces_its_card(name, official_path):
+    path = CHECKPOINTS / name
+    files = [f for f in path.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < 20 * 2**20
+    assert [f.name for f in files if f.suffix in (".bin", ".pt", ".pth", ".pkl")] == []
+    assert not (path / "optimizer.safetensors").exists()
+    ev = read_evaluation(path)
+    assert ev.data == official_path.name and ev.n == 300 and ev.first_n == 50
+    card = (path / "README.md").read_text()
+    k = ev.default_k
+    assert f"| {k} (default) | {ev.accuracy_by_k[k]:.1%} | {ev.correct_by_k[k]}/300 |" in card
+    model, tok = load_checkpoint(path)
+    assert model.config.mode == SHIPPED[name]
+    res = evaluate(model, tok, load_items(official_path, limit=ev.first_n), progress=False)
+    correct = sum(r.correct for r in res.items)
+    assert abs(correct - ev.first_n_correct) <= MARGIN_ITEMS, (name, correct, ev.first_n_correct)
+
+
+def test_the_default_checkpoint_is_the_shipped_coconut_model():
+    assert default_checkpoint() == DEFAULT_CHECKPOINT == CHECKPOINTS / "prosqa-coconut"
