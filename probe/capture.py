@@ -1,0 +1,304 @@
+"""Capture every continuous thought at every layer: a ThoughtTrace, under TransformerLens hook names.
+
+Plain torch hooks on the Hugging Face modules, named as TransformerLens 4 names them
+(`blocks.{l}.hook_resid_post`, `blocks.{l}.attn.hook_pattern`, `ln_final.hook_normalized`),
+fire inside CoconutModel's own KV-cached latent loop, so what is captured is exactly what the
+model computes (see DESIGN.md, "Capture"). Each hook keeps only the positions that matter as
+its segment goes by: the position that emits thought k (k = 1..K) and the first answer
+position (the one holding `<|end-latent|>`, whose logits give the first answer token).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from probe.data.layout import NONE, prompt_layout
+from probe.data.prosqa import ProsQAItem, atomic_write_text
+from probe.data.render import render_prompt, tokenize_item
+from probe.model.coconut import CoconutModel
+
+POINTS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+FINAL = "ln_final.hook_normalized"
+MANIFEST = "manifest.json"
+TRACE_FORMAT = 1
+
+
+class CaptureError(ValueError):
+    """A capture that cannot run (unknown architecture, bad hook filter, bad store)."""
+
+
+# ---------------------------------------------------------------------------- architecture
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where a Hugging Face decoder keeps the modules that the hook names refer to."""
+
+    layers: nn.ModuleList
+    attn: str  # attribute of a layer
+    mlp: str
+    final_norm: nn.Module
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+
+def _first_attr(obj: object, names: Sequence[str]) -> object | None:
+    for name in names:
+        cur = obj
+        for part in name.split("."):
+            cur = getattr(cur, part, None)
+            if cur is None:
+                break
+        if cur is not None:
+            return cur
+    return None
+
+
+def architecture(model: CoconutModel) -> Architecture:
+    """Find the decoder layers, attention, MLP and final norm of the base model (GPT-2, Llama, NeoX, ...)."""
+    backbone = model.base.base_model
+    layers = _first_attr(backbone, ("h", "layers", "decoder.layers", "blocks"))
+    final = _first_attr(backbone, ("ln_f", "norm", "final_layer_norm", "decoder.final_layer_norm", "final_norm"))
+    name = type(model.base).__name__
+    if not isinstance(layers, nn.ModuleList) or not isinstance(final, nn.Module):
+        raise CaptureError(f"{name}: cannot find its decoder layers and final norm; add it to capture.architecture")
+    attn = next((a for a in ("attn", "self_attn", "attention") if hasattr(layers[0], a)), None)
+    mlp = next((m for m in ("mlp", "feed_forward") if hasattr(layers[0], m)), None)
+    if attn is None or mlp is None:
+        raise CaptureError(f"{name}: cannot find the attention and MLP of its layers")
+    return Architecture(layers, attn, mlp, final)
+
+
+def hook_names(n_layers: int) -> list[str]:
+    """Every hook name a ThoughtTrace can hold, in forward order."""
+    return [f"blocks.{l}.{p}" for l in range(n_layers) for p in POINTS] + [FINAL]
+
+
+def select_hooks(n_layers: int, patterns: Sequence[str] | None = None, layers: Sequence[int] | None = None) -> list[str]:
+    """Hook names matching any glob pattern (default: all), restricted to some layers."""
+    names = hook_names(n_layers)
+    if layers is not None:
+        bad = [l for l in layers if not -n_layers <= l < n_layers]
+        if bad:
+            raise CaptureError(f"layers {bad} are out of range for a model with {n_layers} layers")
+        keep = {l % n_layers for l in layers}
+        names = [n for n in names if n == FINAL or int(n.split(".")[1]) in keep]
+    if patterns:
+        picked = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        if unmatched:
+            raise CaptureError(f"hook pattern(s) {unmatched} match no hook; names look like {names[0]!r} or {FINAL!r}")
+        names = picked
+    return names
+
+
+# ---------------------------------------------------------------------------- the trace
+
+
+@dataclass
+class ThoughtTrace:
+    """Activations at the thought positions of a batch of items, k thoughts each.
+
+    Step s < k is the position that emits thought s + 1; step k is the first answer position.
+    Positions and attention keys count tokens of the unpadded prompt (question, start, latents, end).
+    """
+
+    k: int
+    indices: Tensor  # [batch] index of each item in its data set
+    prompt_ids: Tensor  # [batch, max_len] right-padded with -1
+    prompt_len: Tensor  # [batch]
+    question_len: Tensor  # [batch]
+    positions: Tensor  # [batch, k + 1] prompt position of each step
+    fact: Tensor  # [batch, max_len] edge index of the fact at each position, -1 elsewhere
+    node: Tensor  # [batch, max_len] node named at each position, -1 elsewhere
+    thoughts: Tensor  # [batch, k, d_model] the vectors fed back
+    logits: Tensor  # [batch, k + 1, vocab]
+    cache: dict[str, Tensor] = field(default_factory=dict)  # hook name -> [batch, k + 1, ...]
+
+    def __getitem__(self, name: str) -> Tensor:
+        try:
+            return self.cache[name]
+        except KeyError:
+            raise KeyError(f"{name!r} was not captured; this trace holds {sorted(self.cache)}") from None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def n_layers(self) -> int:
+        return 1 + max((int(n.split(".")[1]) for n in self.cache if n.startswith("blocks.")), default=-1)
+
+    def stack(self, point: str = "hook_resid_post") -> Tensor:
+        """[batch, k + 1, n_layers, ...]: one hook point across every layer (all must be captured)."""
+        return torch.stack([self[f"blocks.{l}.{point}"] for l in range(self.n_layers)], dim=2)
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Flat name -> tensor, for safetensors."""
+        fixed = {n: getattr(self, n) for n in _FIELDS}
+        return {**{f"trace.{n}": t.contiguous() for n, t in fixed.items()}, **{n: t.contiguous() for n, t in self.cache.items()}}
+
+    @classmethod
+    def from_tensors(cls, k: int, tensors: dict[str, Tensor]) -> "ThoughtTrace":
+        fixed = {n: tensors[f"trace.{n}"] for n in _FIELDS}
+        cache = {n: t for n, t in tensors.items() if not n.startswith("trace.")}
+        return cls(k=k, **fixed, cache=cache)
+
+
+_FIELDS = ("indices", "prompt_ids", "prompt_len", "question_len", "positions", "fact", "node", "thoughts", "logits")
+
+
+class _Recorder:
+    """Torch hooks that keep, per hook name, the wanted positions of each segment as it passes."""
+
+    def __init__(self, arch: Architecture, names: list[str], wanted: Tensor, width: int, dtype: torch.dtype):
+        self.arch, self.names, self.wanted, self.width, self.dtype = arch, names, wanted, width, dtype
+        self.out: dict[str, Tensor] = {}
+        self.offset: dict[str, int] = {}
+        self.handles: list = []
+
+    def _keep(self, name: str, x: Tensor, pattern: bool = False) -> None:
+        # x: [batch, seg, ...], or for a pattern [batch, heads, seg, keys]
+        if pattern:
+            x = x.transpose(1, 2)  # [batch, seg, heads, keys]
+        o = self.offset.get(name, 0)
+        seg = x.shape[1]
+        self.offset[name] = o + seg
+        if name not in self.out:
+            tail = (x.shape[2], self.width) if pattern else x.shape[2:]
+            self.out[name] = x.new_zeros(x.shape[0], self.wanted.shape[1], *tail, dtype=self.dtype)
+        rows, steps = torch.nonzero((self.wanted >= o) & (self.wanted < o + seg), as_tuple=True)
+        if len(rows):
+            got = x[rows, self.wanted[rows, steps] - o].detach().to(self.dtype)
+            if pattern:
+                self.out[name][rows, steps, :, : got.shape[-1]] = got
+            else:
+                self.out[name][rows, steps] = got
+
+    def __enter__(self) -> "_Recorder":
+        want = set(self.names)
+
+        def on(name: str, fn):
+            if name in want:
+                return fn
+            return None
+
+        for l, layer in enumerate(self.arch.layers):
+            pre, post = f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_resid_post"
+            if pre in want:
+                self.handles.append(layer.register_forward_pre_hook(
+                    lambda m, args, kwargs, n=pre: self._keep(n, args[0] if args else kwargs["hidden_states"]),
+                    with_kwargs=True))
+            if post in want:
+                self.handles.append(layer.register_forward_hook(
+                    lambda m, args, out, n=post: self._keep(n, out[0] if isinstance(out, tuple) else out)))
+            attn, mlp = getattr(layer, self.arch.attn), getattr(layer, self.arch.mlp)
+            a_out, pat = f"blocks.{l}.hook_attn_out", f"blocks.{l}.attn.hook_pattern"
+            if a_out in want or pat in want:
+                def attn_hook(m, args, out, a_out=a_out, pat=pat):
+                    if a_out in want:
+                        self._keep(a_out, out[0])
+                    if pat in want:
+                        if out[1] is None:
+                            raise CaptureError("the attention returned no pattern; capture needs eager attention")
+                        self._keep(pat, out[1], pattern=True)
+                self.handles.append(attn.register_forward_hook(attn_hook))
+            m_out = f"blocks.{l}.hook_mlp_out"
+            if m_out in want:
+                self.handles.append(mlp.register_forward_hook(lambda m, args, out, n=m_out: self._keep(n, out)))
+        if FINAL in want:
+            self.handles.append(self.arch.final_norm.register_forward_hook(lambda m, args, out: self._keep(FINAL, out)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@contextmanager
+def _eager_attention(model: CoconutModel, needed: bool):
+    """Attention weights exist only in the eager implementation; switch to it for the capture."""
+    before = model.base.config._attn_implementation
+    if needed and before != "eager":
+        model.base.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if needed and before != "eager":
+            model.base.set_attn_implementation(before)
+
+
+@torch.no_grad()
+def capture_batch(
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int | None = None,
+    names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, indices: Sequence[int] | None = None,
+) -> ThoughtTrace:
+    """Run one batch of items with k forced thoughts (default: the model's) and capture the named hooks."""
+    if not items:
+        raise CaptureError("capture needs at least one item")
+    cfg = model.config
+    arch = architecture(model)
+    names = list(hook_names(arch.n_layers) if names is None else names)
+    unknown = sorted(set(names) - set(hook_names(arch.n_layers)))
+    if unknown:
+        raise CaptureError(f"unknown hook name(s) {unknown}")
+    k = cfg.default_thoughts if k is None else k
+    if k < 0:
+        raise CaptureError(f"k must be >= 0, got {k}")
+    if k and not cfg.stage_spec.markers:
+        raise CaptureError(f"a {cfg.mode} model takes no thoughts; k must be 0, got {k}")
+    tok_items = [tokenize_item(it, tokenizer, cfg.data_format) for it in items]
+    prompts = [render_prompt(t, k, cfg.stage_spec, cfg.special) for t in tok_items]
+    q_len = torch.tensor([len(t.question) for t in tok_items])
+    p_len = torch.tensor([len(p) for p in prompts])
+    width = int(p_len.max())
+    # Steps: the position emitting thought j (question_len + j - 1), then the last prompt position.
+    steps = torch.arange(k)[None] + q_len[:, None]
+    positions = torch.cat([steps, (p_len - 1)[:, None]], dim=1)  # [batch, k + 1]
+    pad = width - p_len
+    device = model.device
+    ids = torch.tensor([[cfg.pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    mask = (torch.arange(width)[None] >= pad[:, None]).long().to(device)
+    wanted = (positions + pad[:, None]).to(device)
+    model.eval()
+    with _eager_attention(model, any(n.endswith("hook_pattern") for n in names)):
+        with _Recorder(arch, names, wanted, width, dtype) as rec:
+            out = model(ids, mask)
+    rows = torch.arange(len(items), device=device)[:, None]
+    logits = out.logits[rows, wanted].to(dtype)
+    cache = {n: rec.out[n] for n in names}
+    for n in names:  # pattern keys: padded columns -> prompt positions
+        if n.endswith("hook_pattern"):
+            t = cache[n]
+            shifted = torch.zeros_like(t)
+            for b in range(len(items)):
+                shifted[b, ..., : int(p_len[b])] = t[b, ..., int(pad[b]) :]
+            cache[n] = shifted
+    layouts = [prompt_layout(it, tokenizer, cfg.data_format) for it in items]
+    fact = torch.full((len(items), width), NONE)
+    node = torch.full((len(items), width), NONE)
+    for b, lay in enumerate(layouts):
+        fact[b, : len(lay.fact)] = torch.tensor(lay.fact)
+        node[b, : len(lay.node)] = torch.tensor(lay.node)
+    return ThoughtTrace(
+        k=k,
+        indices=torch.tensor(list(indices) if indices is not None else range(len(items))),
+        prompt_ids=torch.tensor([p + [-1] * (width - len(p)) for p in prompts]),
+        prompt_len=p_len, question_len=q_len, positions=positions, fact=fact, node=node,
+        thoughts=out.thoughts[:, :k].to(dtype).cpu(), logits=logits.cpu(),
+        cache={n: t.cpu() for n, t in cache.items()},
+    )

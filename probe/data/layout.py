@@ -1,0 +1,91 @@
+"""Where things sit in a prompt: which token positions hold which fact and which node's name.
+
+Built from the tokenizer's character offsets, so that a name split into several sub-tokens
+(GPT-2 BPE on the sentence format) marks every one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from probe.data.prosqa import ProsQAItem, parse_question
+from probe.data.render import DataFormat, question_text
+
+NONE = -1
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """Per question token: the fact (index into item.edges) and the node it names, NONE elsewhere."""
+
+    fact: tuple[int, ...]  # [question_len]
+    node: tuple[int, ...]  # [question_len]
+    query: tuple[int, ...]  # positions of the query's names: root, then the two options (all sub-tokens)
+
+    def fact_positions(self, edge: int) -> list[int]:
+        """Token positions of one fact."""
+        return [i for i, f in enumerate(self.fact) if f == edge]
+
+    def node_positions(self, node: int) -> list[int]:
+        """Token positions naming a node, in facts or the query."""
+        return [i for i, n in enumerate(self.node) if n == node]
+
+
+def _name_spans(text: str, names: list[str], start: int) -> tuple[list[tuple[int, int]], int]:
+    """Character spans of names found in order from start (each as a whole word)."""
+    spans = []
+    for name in names:
+        i = start
+        while True:
+            i = text.index(name, i)
+            before = text[i - 1] if i else " "
+            after = text[i + len(name)] if i + len(name) < len(text) else " "
+            if not before.isalnum() and not after.isalnum():
+                break
+            i += 1
+        spans.append((i, i + len(name)))
+        start = i + len(name)
+    return spans, start
+
+
+def prompt_layout(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> PromptLayout:
+    """The layout of an item's question as tokenize_item tokenizes it (question + newline)."""
+    text = question_text(item, fmt) + "\n"
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    facts, (root, a, b) = parse_question(item.question)
+    edge_of = {(p, c): e for e, (p, c) in enumerate(item.edges)}
+    char_fact = [NONE] * len(text)
+    char_node = [NONE] * len(text)
+    cursor = 0
+    for p, c in facts:
+        (ps, pe), (cs, ce) = _name_spans(text, [p, c], cursor)[0]
+        # A fact runs from the end of the previous one to its closing '.' or '|' (inclusive).
+        first = cursor
+        while text[first].isspace():
+            first += 1
+        last = ce
+        while last < len(text) and text[last] == " ":
+            last += 1
+        last = last + 1 if last < len(text) and text[last] in ".|" else ce
+        cursor = last
+        e = edge_of[(item.index(p), item.index(c))]
+        for i in range(first, last):
+            char_fact[i] = e
+        for (s, t), name in (((ps, pe), p), ((cs, ce), c)):
+            for i in range(s, t):
+                char_node[i] = item.index(name)
+    query_spans, _ = _name_spans(text, [root, a, b], cursor)
+    char_query = [False] * len(text)
+    for (s, t), name in zip(query_spans, (root, a, b)):
+        for i in range(s, t):
+            char_node[i], char_query[i] = item.index(name), True
+    fact, node, query = [], [], []
+    for pos, (s, t) in enumerate(offsets):
+        f = {char_fact[i] for i in range(s, t)} - {NONE}
+        n = {char_node[i] for i in range(s, t)} - {NONE}
+        fact.append(f.pop() if len(f) == 1 else NONE)
+        node.append(n.pop() if len(n) == 1 else NONE)
+        if any(char_query[i] for i in range(s, t)):
+            query.append(pos)
+    return PromptLayout(tuple(fact), tuple(node), tuple(query))
