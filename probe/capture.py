@@ -302,3 +302,155 @@ def capture_batch(
         thoughts=out.thoughts[:, :k].to(dtype).cpu(), logits=logits.cpu(),
         cache={n: t.cpu() for n, t in cache.items()},
     )
+
+
+def _pad_to(t: Tensor, width: int, dim: int, value: float) -> Tensor:
+    if t.shape[dim] == width:
+        return t
+    shape = list(t.shape)
+    shape[dim] = width - t.shape[dim]
+    return torch.cat([t, t.new_full(shape, value)], dim=dim)
+
+
+def concat_traces(traces: Sequence[ThoughtTrace]) -> ThoughtTrace:
+    """One trace from several of equal k and hooks (prompt-width tensors padded to the widest)."""
+    if not traces:
+        raise CaptureError("nothing to concatenate")
+    if len({t.k for t in traces}) != 1 or len({tuple(sorted(t.cache)) for t in traces}) != 1:
+        raise CaptureError("traces to concatenate must share k and hook names")
+    width = max(t.prompt_ids.shape[1] for t in traces)
+    cat = lambda ts, dim=1, v=-1: torch.cat([_pad_to(x, width, dim, v) for x in ts])  # noqa: E731
+    cache = {}
+    for n in traces[0].cache:
+        parts = [t.cache[n] for t in traces]
+        cache[n] = cat(parts, -1, 0.0) if n.endswith("hook_pattern") else torch.cat(parts)
+    return ThoughtTrace(
+        k=traces[0].k, indices=torch.cat([t.indices for t in traces]),
+        prompt_ids=cat([t.prompt_ids for t in traces]), prompt_len=torch.cat([t.prompt_len for t in traces]),
+        question_len=torch.cat([t.question_len for t in traces]), positions=torch.cat([t.positions for t in traces]),
+        fact=cat([t.fact for t in traces]), node=cat([t.node for t in traces]),
+        thoughts=torch.cat([t.thoughts for t in traces]), logits=torch.cat([t.logits for t in traces]), cache=cache,
+    )
+
+
+def capture(
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int | None = None,
+    names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, batch_size: int = 32,
+    progress: bool = True,
+) -> ThoughtTrace:
+    """Capture a (small) data set in memory; use capture_to_disk for a large one."""
+    traces = [capture_batch(model, tokenizer, items[i : i + batch_size], k, names, dtype, range(i, min(i + batch_size, len(items))))
+              for i in tqdm(range(0, len(items), batch_size), desc="capture", unit="batch", disable=not progress)]
+    return concat_traces(traces)
+
+
+def capture_to_disk(
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], out: str | Path, k: int | None = None,
+    names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, batch_size: int = 32,
+    shard_size: int = 256, source: dict | None = None, progress: bool = True,
+) -> "TraceStore":
+    """Stream a data set's traces to safetensors shards plus a JSON manifest; memory stays one shard's worth.
+
+    Written into a temporary directory that is renamed into place, so a failed run leaves nothing.
+    """
+    out = Path(out)
+    if out.exists():
+        raise CaptureError(f"{out}: already exists; choose a new directory")
+    if not items:
+        raise CaptureError("capture needs at least one item")
+    arch = architecture(model)
+    names = list(hook_names(arch.n_layers) if names is None else names)
+    k = model.config.default_thoughts if k is None else k
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+    shards, pending, n_pending = [], [], 0
+    bar = tqdm(total=len(items), desc="capture", unit="item", disable=not progress)
+
+    def flush() -> None:
+        nonlocal pending, n_pending
+        tr = concat_traces(pending)
+        file = f"shard-{len(shards):05d}.safetensors"
+        save_file(tr.to_tensors(), str(tmp / file), metadata={"k": str(tr.k)})
+        shards.append({"file": file, "n": len(tr), "first": int(tr.indices[0])})
+        pending, n_pending = [], 0
+
+    try:
+        for i in range(0, len(items), batch_size):
+            batch = items[i : i + batch_size]
+            pending.append(capture_batch(model, tokenizer, batch, k, names, dtype, range(i, i + len(batch))))
+            n_pending += len(batch)
+            bar.update(len(batch))
+            if n_pending >= shard_size:
+                flush()
+        if pending:
+            flush()
+        manifest = {
+            "format": TRACE_FORMAT, "k": k, "n_items": len(items), "names": names, "dtype": str(dtype).removeprefix("torch."),
+            "n_layers": arch.n_layers, "d_model": model.d_model, "mode": model.config.mode,
+            "source": source or {}, "shards": shards,
+        }
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    return TraceStore(out)
+
+
+class TraceStore:
+    """Traces streamed to disk, read back lazily: one shard, or one hook across shards, at a time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mf = self.path / MANIFEST
+        if not mf.is_file():
+            raise CaptureError(f"{self.path}: not a trace store (no {MANIFEST})")
+        try:
+            self.manifest = json.loads(mf.read_text())
+        except json.JSONDecodeError as e:
+            raise CaptureError(f"{mf}: not valid JSON ({e})") from None
+        if self.manifest.get("format") != TRACE_FORMAT:
+            raise CaptureError(f"{mf}: trace format {self.manifest.get('format')!r}, this toolkit reads {TRACE_FORMAT}")
+        missing = [s["file"] for s in self.manifest["shards"] if not (self.path / s["file"]).is_file()]
+        if missing:
+            raise CaptureError(f"{self.path}: missing shard file(s) {missing}")
+
+    def __len__(self) -> int:
+        return self.manifest["n_items"]
+
+    @property
+    def k(self) -> int:
+        return self.manifest["k"]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.manifest["names"])
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.manifest["shards"])
+
+    def shard(self, i: int, names: Sequence[str] | None = None) -> ThoughtTrace:
+        """One shard as a ThoughtTrace (only the named hooks, if given)."""
+        if not 0 <= i < self.n_shards:
+            raise IndexError(f"shard {i} is out of range: {self.path} has {self.n_shards}")
+        file = self.path / self.manifest["shards"][i]["file"]
+        keep = None if names is None else set(names)
+        if keep is not None and (bad := sorted(keep - set(self.names))):
+            raise KeyError(f"{bad} were not captured in {self.path}")
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                tensors = {n: f.get_tensor(n) for n in f.keys() if n.startswith("trace.") or keep is None or n in keep}
+        except Exception as e:  # safetensors raises its own error types for a corrupt file
+            raise CaptureError(f"{file}: cannot read the shard ({type(e).__name__}: {e})") from None
+        return ThoughtTrace.from_tensors(self.k, tensors)
+
+    def __iter__(self) -> Iterator[ThoughtTrace]:
+        for i in range(self.n_shards):
+            yield self.shard(i)
+
+    def load(self, names: Sequence[str] | None = None) -> ThoughtTrace:
+        """Every shard in memory as one trace (for data sets that fit)."""
+        return concat_traces([self.shard(i, names) for i in range(self.n_shards)])

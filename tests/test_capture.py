@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
 
-from probe.capture import FINAL, CaptureError, architecture, capture_batch, select_hooks
+import probe.capture as capture_mod
+from probe.capture import (FINAL, CaptureError, TraceStore, architecture, capture, capture_batch, capture_to_disk,
+                           select_hooks)
 from probe.data.layout import prompt_layout
 from probe.data.render import render_prompt, tokenize_item
 
@@ -97,3 +102,56 @@ def test_selection_and_errors(tiny_model, word_tokenizer, items):
         select_hooks(2, ["resid"])
     with pytest.raises(CaptureError, match="k must be >= 0"):
         capture_batch(tiny_model, word_tokenizer, items[:1], k=-1)
+
+
+def test_streaming_to_disk_keeps_memory_flat():
+    """Peak memory of streaming 4x the items grows by far less than the extra traces' size."""
+    peak = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "capture_memory.py"))["peak"]
+    small, big = peak(48, "disk", 16), peak(192, "disk", 16)
+    growth = (big["peak_mb"] - big["before_mb"]) - (small["peak_mb"] - small["before_mb"])
+    extra = big["stored_mb"] - small["stored_mb"]
+    assert extra > 20  # the 144 extra items' traces, which an in-memory capture would hold
+    assert growth < 0.3 * extra, (growth, extra)
+
+
+def test_store_round_trip_and_errors(tiny_model, word_tokenizer, official_items, tmp_path, monkeypatch):
+    items = official_items[:10]
+    mem = capture(tiny_model, word_tokenizer, items, k=2, batch_size=4, progress=False)
+    store = capture_to_disk(tiny_model, word_tokenizer, items, tmp_path / "t", k=2, batch_size=4, shard_size=4,
+                            progress=False)
+    assert len(store) == 10 and store.n_shards == 3 and store.k == 2  # batches of 4, 4, 2
+    back = store.load()
+    assert back.indices.tolist() == list(range(10))
+    for name in ("thoughts", "logits", "positions", "fact", "node", "prompt_ids"):
+        assert torch.equal(getattr(back, name), getattr(mem, name)), name
+    for name, t in mem.cache.items():
+        assert torch.equal(back[name], t), name
+    part = store.shard(1, names=["blocks.0.hook_resid_post"])
+    assert set(part.cache) == {"blocks.0.hook_resid_post"} and part.indices.tolist() == [4, 5, 6, 7]
+    with pytest.raises(IndexError, match="shard 3 is out of range"):
+        store.shard(3)
+    with pytest.raises(CaptureError, match="already exists"):
+        capture_to_disk(tiny_model, word_tokenizer, items, tmp_path / "t", progress=False)
+    # A failure half-way leaves nothing behind.
+    real = capture_mod.capture_batch
+    calls = []
+
+    def failing(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(capture_mod, "capture_batch", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        capture_to_disk(tiny_model, word_tokenizer, items, tmp_path / "u", k=1, batch_size=4, shard_size=4, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+    # A damaged store names what is wrong.
+    (tmp_path / "t" / "shard-00001.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CaptureError, match="shard-00001.safetensors: cannot read the shard"):
+        TraceStore(tmp_path / "t").shard(1)
+    (tmp_path / "t" / "shard-00002.safetensors").unlink()
+    with pytest.raises(CaptureError, match=r"missing shard file\(s\) \['shard-00002.safetensors'\]"):
+        TraceStore(tmp_path / "t")
+    with pytest.raises(CaptureError, match="not a trace store"):
+        TraceStore(tmp_path)
