@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from probe.data.prosqa import ProsQAItem, parse_question
-from probe.data.render import DataFormat, question_text
+from probe.data.render import DataFormat, question_text, step_prefix
 
 NONE = -1
 
@@ -89,3 +89,16 @@ def prompt_layout(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") ->
         if any(char_query[i] for i in range(s, t)):
             query.append(pos)
     return PromptLayout(tuple(fact), tuple(node), tuple(query))
+
+
+def name_tokens(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> list[int]:
+    """Per node, the first token of its name where a reasoning step names it ("Every X" or "X Y")."""
+    prefix = step_prefix(fmt)
+    lead = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
+    out = []
+    for name in item.idx_to_symbol:
+        ids = tokenizer.encode(f"{prefix} {name}" if prefix else name, add_special_tokens=False)
+        if ids[: len(lead)] != lead or len(ids) == len(lead):
+            raise ValueError(f"cannot isolate the tokens of {name!r} after {prefix!r}")
+        out.append(ids[len(lead)])
+    return out

@@ -1,0 +1,240 @@
+"""Read thoughts out as token distributions: the logit lens and a tuned lens (Belrose et al. 2023).
+
+The logit lens applies the final layer norm and the unembedding to the residual stream
+(`blocks.{l}.hook_resid_post`) at each step position. At the last layer that is the model's
+own logits. A thought vector is already normalised, so it is never normalised again here.
+
+The tuned lens puts one affine translator per layer in front of the same readout, starting
+at the identity, trained to minimise KL(final distribution || lens distribution) on captured
+traces. It is saved with a hash of the model's final norm and unembedding and refuses
+another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from probe.capture import ThoughtTrace, TraceStore, architecture
+from probe.data.graph import ProsQAGraph
+from probe.data.layout import name_tokens
+from probe.data.prosqa import ProsQAItem
+from probe.model.coconut import CoconutModel
+
+RESID = "hook_resid_post"
+
+
+class LensError(ValueError):
+    """A lens file that is missing, corrupt, or made for another model."""
+
+
+def _readout(model: CoconutModel) -> tuple[nn.Module, nn.Module]:
+    return architecture(model).final_norm, model.base.get_output_embeddings()
+
+
+def readout_hash(model: CoconutModel) -> str:
+    """sha256 of the final norm and unembedding weights: what a lens is tied to."""
+    h = hashlib.sha256()
+    norm, unembed = _readout(model)
+    for mod in (norm, unembed):
+        for name, p in sorted(mod.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class TunedLens(nn.Module):
+    """One affine translator per layer (identity at start) before the final norm and unembedding."""
+
+    def __init__(self, n_layers: int, d_model: int, model_hash: str = ""):
+        super().__init__()
+        self.translators = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(n_layers))
+        for t in self.translators:
+            nn.init.eye_(t.weight)
+            nn.init.zeros_(t.bias)
+        self.model_hash = model_hash
+
+    @classmethod
+    def for_model(cls, model: CoconutModel) -> "TunedLens":
+        return cls(architecture(model).n_layers, model.d_model, readout_hash(model))
+
+    def translate(self, resid: Tensor, layer: int) -> Tensor:
+        """[..., d_model] residual of a layer -> its translated residual."""
+        return self.translators[layer](resid)
+
+    def fit(self, traces: ThoughtTrace | TraceStore | Iterable[ThoughtTrace], model: CoconutModel,
+            epochs: int = 20, lr: float = 1e-3, batch_size: int = 256, seed: int = 0, progress: bool = True) -> "TunedLens":
+        """Train every translator but the last layer's on the traces' residuals (scikit-learn style: returns self)."""
+        self._check(model)
+        data = _training_rows(traces)  # resid [n, layers, d], final logits [n, vocab]
+        resid, target = data
+        n_layers = resid.shape[1]
+        norm, unembed = _readout(model)
+        for p in list(norm.parameters()) + list(unembed.parameters()):
+            p.requires_grad_(False)
+        opt = torch.optim.Adam(self.translators.parameters(), lr=lr)
+        g = torch.Generator().manual_seed(seed)
+        log_target = F.log_softmax(target.float(), -1)
+        for _ in tqdm(range(epochs), desc="tuned lens", unit="epoch", disable=not progress):
+            order = torch.randperm(len(resid), generator=g)
+            for i in range(0, len(order), batch_size):
+                rows = order[i : i + batch_size]
+                loss = sum(
+                    _kl(log_target[rows], F.log_softmax(unembed(norm(self.translate(resid[rows, l], l))).float(), -1)).mean()
+                    for l in range(n_layers - 1)
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        for p in list(norm.parameters()) + list(unembed.parameters()):
+            p.requires_grad_(True)
+        return self
+
+    def _check(self, model: CoconutModel) -> None:
+        if self.model_hash and self.model_hash != readout_hash(model):
+            raise LensError(
+                f"this tuned lens was trained for another model (readout hash {self.model_hash[:12]} "
+                f"!= {readout_hash(model)[:12]})"
+            )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        tensors = {f"{l}.{k}": v.contiguous() for l, t in enumerate(self.translators) for k, v in t.state_dict().items()}
+        meta = {"format": "coconut-probe tuned lens 1", "model_hash": self.model_hash,
+                "n_layers": str(len(self.translators)), "d_model": str(self.translators[0].weight.shape[0])}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: CoconutModel) -> "TunedLens":
+        """Read a saved lens; refuse one trained for another model."""
+        path = Path(path)
+        if not path.is_file():
+            raise LensError(f"{path}: no such tuned lens file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for a corrupt file
+            raise LensError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+        if not meta.get("format", "").startswith("coconut-probe tuned lens"):
+            raise LensError(f"{path}: not a coconut-probe tuned lens")
+        lens = cls(int(meta["n_layers"]), int(meta["d_model"]), meta.get("model_hash", ""))
+        try:
+            lens._check(model)
+        except LensError as e:
+            raise LensError(f"{path}: {e}") from None
+        for l, t in enumerate(lens.translators):
+            t.load_state_dict({"weight": tensors[f"{l}.weight"], "bias": tensors[f"{l}.bias"]})
+        return lens
+
+
+def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) per row from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _training_rows(traces) -> tuple[Tensor, Tensor]:
+    if isinstance(traces, ThoughtTrace):
+        traces = [traces]
+    resid, logits = [], []
+    for tr in traces:
+        r = tr.stack(RESID).float()  # [batch, steps, layers, d]
+        resid.append(r.flatten(0, 1))
+        logits.append(tr.logits.float().flatten(0, 1))
+    return torch.cat(resid), torch.cat(logits)
+
+
+# ---------------------------------------------------------------------------- reading a trace
+
+
+@dataclass
+class LensReadout:
+    """What a lens reads at every layer of every step of a trace.
+
+    Step s < k is the position that emits thought s + 1, read against frontier_{s+1};
+    step k is the first answer position, read against frontier_k.
+    """
+
+    lens: str  # "logit" or "tuned"
+    layers: list[int]
+    top_ids: Tensor  # [batch, k + 1, layers, top]
+    top_probs: Tensor  # [batch, k + 1, layers, top]
+    node_prob: Tensor  # [batch, k + 1, layers, max_nodes] probability of each node's name token (nan past n_nodes)
+    node_rank: Tensor  # [batch, k + 1, layers, max_nodes] its rank, 0 = top (-1 past n_nodes)
+    frontier: Tensor  # [batch, k + 1, max_nodes] bool: the node is in the step's frontier
+    frontier_mass: Tensor  # [batch, k + 1, layers] probability on the frontier's name tokens (each token once)
+
+    def frontier_depth(self, k: int) -> list[int]:
+        """The frontier depth each step is read against."""
+        return [s + 1 for s in range(k)] + [k]
+
+
+def lens_logits(trace: ThoughtTrace, model: CoconutModel, layers: Sequence[int] | None = None,
+                lens: TunedLens | None = None) -> Tensor:
+    """[batch, k + 1, len(layers), vocab] logits of the logit (or tuned) lens at each step and layer."""
+    norm, unembed = _readout(model)
+    if lens is not None:
+        lens._check(model)
+    layers = list(range(trace.n_layers)) if layers is None else list(layers)
+    out = []
+    with torch.no_grad():
+        for l in layers:
+            h = trace[f"blocks.{l}.{RESID}"].to(model.device, torch.float32)
+            if lens is not None:
+                h = lens.translate(h, l)
+            out.append(model.unembed(norm(h.to(next(norm.parameters()).dtype))).float().cpu())
+    return torch.stack(out, dim=2)
+
+
+def read_lens(
+    trace: ThoughtTrace, model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], layers: Sequence[int] | None = None,
+    lens: TunedLens | None = None, top: int = 5,
+) -> LensReadout:
+    """Top tokens, node probabilities and ranks, and frontier mass at every step and layer of a trace."""
+    if len(items) != len(trace):
+        raise ValueError(f"{len(items)} items for a trace of {len(trace)}")
+    layers = list(range(trace.n_layers)) if layers is None else [l % trace.n_layers for l in layers]
+    probs = lens_logits(trace, model, layers, lens).softmax(-1)  # [batch, steps, layers, vocab]
+    top_probs, top_ids = probs.topk(min(top, probs.shape[-1]), dim=-1)
+    batch, steps = probs.shape[:2]
+    max_nodes = max(it.n_nodes for it in items)
+    node_prob = torch.full((batch, steps, len(layers), max_nodes), float("nan"))
+    node_rank = torch.full((batch, steps, len(layers), max_nodes), -1, dtype=torch.long)
+    frontier = torch.zeros(batch, steps, max_nodes, dtype=torch.bool)
+    mass = torch.zeros(batch, steps, len(layers))
+    ranks = probs.argsort(-1, descending=True).argsort(-1)  # rank of every token
+    fmt = model.config.data_format
+    for b, it in enumerate(items):
+        ids = torch.tensor(name_tokens(it, tokenizer, fmt))
+        node_prob[b, :, :, : it.n_nodes] = probs[b][..., ids]
+        node_rank[b, :, :, : it.n_nodes] = ranks[b][..., ids]
+        g = ProsQAGraph.from_item(it)
+        for s, depth in enumerate([s + 1 for s in range(trace.k)] + [trace.k]):
+            nodes = sorted(g.frontier(depth))
+            frontier[b, s, nodes] = True
+            toks = sorted({int(ids[v]) for v in nodes})
+            if toks:
+                mass[b, s] = probs[b, s][:, toks].sum(-1)
+    return LensReadout("tuned" if lens is not None else "logit", layers, top_ids, top_probs, node_prob, node_rank,
+                       frontier, mass)
+
+
+def mean_kl_to_final(trace: ThoughtTrace, model: CoconutModel, lens: TunedLens | None = None) -> Tensor:
+    """[layers] mean KL(final distribution || lens distribution) over a trace's steps."""
+    log_q = F.log_softmax(lens_logits(trace, model, lens=lens), -1)  # [batch, steps, layers, vocab]
+    log_p = F.log_softmax(trace.logits.float(), -1)[:, :, None]
+    return _kl(log_p, log_q).mean(dim=(0, 1))

@@ -1,0 +1,65 @@
+"""Lenses: the logit lens at the last layer is the model, frontier mass is the mass on frontier names,
+and a tuned lens fits better than the logit lens on held-out items and refuses another model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probe.capture import capture
+from probe.data.generate import generate_items
+from probe.data.graph import ProsQAGraph
+from probe.lens import LensError, TunedLens, lens_logits, mean_kl_to_final, read_lens
+from probe.model.coconut import CoconutConfig, CoconutModel
+from probe.model.tokenizer import special_tokens
+from conftest import tiny_base
+
+
+def test_logit_lens_reads_the_model_and_the_frontier(tiny_model, word_tokenizer, official_items):
+    items = official_items[:5]
+    tr = capture(tiny_model, word_tokenizer, items, k=3, progress=False)
+    logits = lens_logits(tr, tiny_model)
+    torch.testing.assert_close(logits[:, :, -1], tr.logits, atol=1e-4, rtol=0)
+    ro = read_lens(tr, tiny_model, word_tokenizer, items, top=4)
+    probs = tr.logits.softmax(-1)  # the last layer, computed independently
+    vocab = word_tokenizer.get_vocab()
+    for b, it in enumerate(items):
+        g = ProsQAGraph.from_item(it)
+        for s, depth in enumerate([1, 2, 3, 3]):
+            names = [it.name(v) for v in g.frontier(depth)]
+            want = float(sum(probs[b, s, vocab[n]] for n in set(names)))
+            assert ro.frontier_mass[b, s, -1].item() == pytest.approx(want, abs=1e-5)
+            assert sorted(torch.nonzero(ro.frontier[b, s]).flatten().tolist()) == g.frontier(depth)
+            for v in range(it.n_nodes):
+                p = probs[b, s, vocab[it.name(v)]]
+                assert ro.node_prob[b, s, -1, v].item() == pytest.approx(p.item(), abs=1e-6)
+                assert ro.node_rank[b, s, -1, v].item() == int((probs[b, s] > p).sum())
+            assert ro.top_ids[b, s, -1].tolist() == probs[b, s].topk(4).indices.tolist()
+        assert torch.isnan(ro.node_prob[b, :, :, it.n_nodes :]).all()
+
+
+def _model(vocab_tok, seed):
+    sp = special_tokens(vocab_tok)
+    base = tiny_base("gpt2", len(vocab_tok), sp.eos_id, seed=seed)
+    return CoconutModel(base, CoconutConfig.from_special(sp))
+
+
+def test_tuned_lens_beats_the_logit_lens_on_held_out_items(word_tokenizer, tmp_path):
+    model = _model(word_tokenizer, seed=0)
+    items = generate_items(96, seed=5)
+    train, held = capture(model, word_tokenizer, items[:64], k=3, progress=False), \
+        capture(model, word_tokenizer, items[64:], k=3, progress=False)
+    lens = TunedLens.for_model(model).fit(train, model, epochs=30, lr=3e-3, progress=False)
+    kl_logit, kl_tuned = mean_kl_to_final(held, model), mean_kl_to_final(held, model, lens)
+    assert kl_tuned[0] < 0.5 * kl_logit[0], (kl_tuned, kl_logit)
+    torch.testing.assert_close(kl_tuned[-1], kl_logit[-1])  # the last layer is the model either way
+    path = lens.save(tmp_path / "lens.safetensors")
+    back = TunedLens.load(path, model)
+    torch.testing.assert_close(mean_kl_to_final(held, model, back), kl_tuned)
+    with pytest.raises(LensError, match="trained for another model"):
+        TunedLens.load(path, _model(word_tokenizer, seed=1))
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(LensError, match="bad.safetensors: not a readable safetensors file"):
+        TunedLens.load(tmp_path / "bad.safetensors", model)
+    with pytest.raises(LensError, match="no such tuned lens file"):
+        TunedLens.load(tmp_path / "none.safetensors", model)
