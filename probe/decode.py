@@ -1,0 +1,84 @@
+"""Decode one item's thoughts: what a lens reads at every layer of every thought, and the model's answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from probe.capture import capture_batch
+from probe.data.graph import ProsQAGraph
+from probe.data.prosqa import ProsQAItem
+from probe.evaluate import evaluate
+from probe.lens import LensReadout, TunedLens, read_lens
+from probe.model.coconut import CoconutModel
+
+
+@dataclass
+class LayerReading:
+    layer: int
+    top: list[tuple[str, float]]  # token, probability
+    frontier_mass: float
+
+
+@dataclass
+class StepReading:
+    """One step: thought k (emitted at the position before it), or the first answer position."""
+
+    k: int
+    is_answer: bool
+    frontier: list[str]  # names of the frontier nodes the step is read against
+    reachable: list[str]
+    layers: list[LayerReading] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.k, "frontier": self.frontier, "reachable": self.reachable,
+                "layers": [{"layer": r.layer, "top": [[t, p] for t, p in r.top], "frontier_mass": r.frontier_mass}
+                           for r in self.layers]}
+
+
+@dataclass
+class Decoded:
+    """Everything `probe decode` shows for one item."""
+
+    index: int
+    question: str
+    answer: str
+    prediction: str
+    correct: bool
+    generated: str
+    lens: str
+    thoughts: list[StepReading]
+    answer_step: StepReading
+    readout: LensReadout = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `probe decode --json` report."""
+        return {"index": self.index, "question": self.question, "prediction": self.prediction, "correct": self.correct,
+                "lens": self.lens, "thoughts": [t.to_json() for t in self.thoughts],
+                "answer_step": self.answer_step.to_json()}
+
+
+def decode_item(
+    model: CoconutModel, tokenizer, item: ProsQAItem, index: int = 0, k: int | None = None,
+    lens: TunedLens | None = None, layers: Sequence[int] | None = None, top: int = 5,
+) -> Decoded:
+    """Read every thought of one item through a lens at each layer, then generate its answer."""
+    trace = capture_batch(model, tokenizer, [item], k=k, names=None, indices=[index])
+    ro = read_lens(trace, model, tokenizer, [item], layers=layers, lens=lens, top=top)
+    g = ProsQAGraph.from_item(item)
+    steps = []
+    for s, depth in enumerate(ro.frontier_depth(trace.k)):
+        reading = StepReading(
+            k=depth, is_answer=s == trace.k,
+            frontier=[item.name(v) for v in g.frontier(depth)], reachable=[item.name(v) for v in g.reachable(depth)],
+        )
+        for j, layer in enumerate(ro.layers):
+            toks = [tokenizer.decode([t]).strip() for t in ro.top_ids[0, s, j].tolist()]
+            reading.layers.append(LayerReading(
+                layer, [(str(t), float(p)) for t, p in zip(toks, ro.top_probs[0, s, j].tolist())],
+                float(ro.frontier_mass[0, s, j]),
+            ))
+        steps.append(reading)
+    res = evaluate(model, tokenizer, [item], k=trace.k, batch_size=1, progress=False).items[0]
+    return Decoded(index, item.question, item.answer, res.prediction, res.correct, res.text, ro.lens,
+                   steps[: trace.k], steps[trace.k], ro)
