@@ -82,3 +82,19 @@ def test_capture_and_tuned_lens_commands(ckpt, official_path, tmp_path):
                             "--lens", "tuned", "--lens-file", str(lens), "--layers", "0"])
     assert r.exit_code == 0, r.output
     assert "(tuned lens)" in r.stdout
+
+
+def test_official_checkpoints_decode_and_capture_with_base(tmp_path, official_path):
+    from test_checkpoint import official_fixture
+
+    base_dir, official, _ = official_fixture(tmp_path, "gpt2")
+    r = runner.invoke(app, ["decode", "--ckpt", str(official), "--base", str(base_dir), "--data", str(official_path),
+                            "--index", "2", "--k", "2", "--json", str(tmp_path / "d.json")])
+    assert r.exit_code == 0, r.output
+    assert [t["k"] for t in json.loads((tmp_path / "d.json").read_text())["thoughts"]] == [1, 2]
+    r = runner.invoke(app, ["capture", "--ckpt", str(official), "--base", str(base_dir), "--data", str(official_path),
+                            "--out", str(tmp_path / "t"), "--limit", "3", "--layers", "-1", "--k", "1"])
+    assert r.exit_code == 0, r.output
+    assert TraceStore(tmp_path / "t").names == [f"blocks.1.{p}" for p in
+                                                ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out",
+                                                 "hook_resid_post")] + ["ln_final.hook_normalized"]
