@@ -155,3 +155,35 @@ def test_store_round_trip_and_errors(tiny_model, word_tokenizer, official_items,
         TraceStore(tmp_path / "t")
     with pytest.raises(CaptureError, match="not a trace store"):
         TraceStore(tmp_path)
+
+
+def test_layout_with_a_bpe_tokenizer_marks_every_sub_token(official_items):
+    """Names split into several BPE pieces: each piece is marked, and name_tokens finds the first."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from probe.data.layout import name_tokens
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([it.question for it in official_items[:20]],
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    it = official_items[0]
+    split = [n for n in it.idx_to_symbol if len(tok.encode(" " + n)) > 1]
+    assert split  # the small vocabulary leaves some names in pieces
+    lay = prompt_layout(it, tok, "sentences")
+    ids = tok.encode(it.question + "\n")
+    assert len(lay.node) == len(ids)
+    for v, name in enumerate(it.idx_to_symbol):
+        pos = lay.node_positions(v)
+        pieces = [t for t in tok.encode(" " + name) if tok.decode([t]).strip()]  # a bare-space piece is no part of it
+        n_mentions = sum(name in (it.name(p), it.name(c)) for p, c in it.edges) + (v in (it.root, *it.options()))
+        assert len(pos) == n_mentions * len(pieces), name
+        assert tok.decode([ids[i] for i in pos[: len(pieces)]]).strip() == name
+    first = name_tokens(it, tok, "sentences")
+    pieces = [tok.decode([t]).strip() for t in first]
+    assert all(p and n.startswith(p) for p, n in zip(pieces, it.idx_to_symbol))
+    assert any(p != n for p, n in zip(pieces, it.idx_to_symbol))  # a split name's first piece, not the whole

@@ -98,7 +98,9 @@ def name_tokens(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> l
     out = []
     for name in item.idx_to_symbol:
         ids = tokenizer.encode(f"{prefix} {name}" if prefix else name, add_special_tokens=False)
-        if ids[: len(lead)] != lead or len(ids) == len(lead):
+        # Skip a bare-space piece, which some BPE vocabularies emit before a rare word.
+        rest = [t for t in ids[len(lead):] if tokenizer.decode([t]).strip()] if ids[: len(lead)] == lead else []
+        if not rest:
             raise ValueError(f"cannot isolate the tokens of {name!r} after {prefix!r}")
-        out.append(ids[len(lead)])
+        out.append(rest[0])
     return out
