@@ -58,6 +58,11 @@ class Decoded:
                 "answer_step": self.answer_step.to_json()}
 
 
+def _shown(text: str) -> str:
+    """A token as a table shows it: stripped, or quoted when it is only whitespace (a newline)."""
+    return text.strip() or repr(text)
+
+
 def decode_item(
     model: CoconutModel, tokenizer, item: ProsQAItem, index: int = 0, k: int | None = None,
     lens: TunedLens | None = None, layers: Sequence[int] | None = None, top: int = 5,
@@ -73,7 +78,7 @@ def decode_item(
             frontier=[item.name(v) for v in g.frontier(depth)], reachable=[item.name(v) for v in g.reachable(depth)],
         )
         for j, layer in enumerate(ro.layers):
-            toks = [tokenizer.decode([t]).strip() for t in ro.top_ids[0, s, j].tolist()]
+            toks = [_shown(tokenizer.decode([t])) for t in ro.top_ids[0, s, j].tolist()]
             reading.layers.append(LayerReading(
                 layer, [(str(t), float(p)) for t, p in zip(toks, ro.top_probs[0, s, j].tolist())],
                 float(ro.frontier_mass[0, s, j]),

@@ -8,6 +8,7 @@ import pytest
 
 from probe.data.prosqa import load_items
 from probe.evaluate import evaluate
+from probe.lens import TunedLens
 from probe.model.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint, load_checkpoint
 from probe.release import MARGIN_ITEMS, read_evaluation
 
@@ -34,5 +35,8 @@ def test_shipped_checkpoint_reproduces_its_card(name, official_path):
     assert abs(correct - ev.first_n_correct) <= MARGIN_ITEMS, (name, correct, ev.first_n_correct)
 
 
-def test_the_default_checkpoint_is_the_shipped_coconut_model():
+def test_the_default_checkpoint_is_the_shipped_coconut_model_with_its_tuned_lens():
     assert default_checkpoint() == DEFAULT_CHECKPOINT == CHECKPOINTS / "prosqa-coconut"
+    model, _ = load_checkpoint(DEFAULT_CHECKPOINT)
+    lens = TunedLens.load(DEFAULT_CHECKPOINT / "tuned_lens.safetensors", model)
+    assert len(lens.translators) == 4
