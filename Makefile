@@ -16,10 +16,12 @@ $(BIN)/probe: pyproject.toml
 
 setup: $(BIN)/probe
 
-# The main job: the shipped default model (checkpoints/prosqa-coconut) on the validation split.
+# The main job: the shipped default model (checkpoints/prosqa-coconut) on the validation split,
+# then what its thoughts hold, layer by layer, on the first item.
 run: setup
 	mkdir -p runs
 	$(BIN)/probe eval --data $(DATA) --json runs/eval.json
+	$(BIN)/probe decode --data $(DATA) --index 0 --json runs/decode-0.json
 
 # Train a small Coconut model through the whole curriculum in about two minutes, then evaluate it.
 quickstart: setup
