@@ -191,12 +191,6 @@ class _Recorder:
 
     def __enter__(self) -> "_Recorder":
         want = set(self.names)
-
-        def on(name: str, fn):
-            if name in want:
-                return fn
-            return None
-
         for l, layer in enumerate(self.arch.layers):
             pre, post = f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_resid_post"
             if pre in want:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from probe.capture import capture_batch
+from probe.capture import architecture, capture_batch, select_hooks
 from probe.data.graph import ProsQAGraph
 from probe.data.prosqa import ProsQAItem
 from probe.evaluate import evaluate
-from probe.lens import LensReadout, TunedLens, read_lens
+from probe.lens import RESID, LensReadout, TunedLens, read_lens
 from probe.model.coconut import CoconutModel
 
 
@@ -68,7 +68,9 @@ def decode_item(
     lens: TunedLens | None = None, layers: Sequence[int] | None = None, top: int = 5,
 ) -> Decoded:
     """Read every thought of one item through a lens at each layer, then generate its answer."""
-    trace = capture_batch(model, tokenizer, [item], k=k, names=None, indices=[index])
+    # Only the residual stream is read: no attention patterns, so no switch to eager attention.
+    names = select_hooks(architecture(model).n_layers, [f"*{RESID}"])
+    trace = capture_batch(model, tokenizer, [item], k=k, names=names, indices=[index])
     ro = read_lens(trace, model, tokenizer, [item], layers=layers, lens=lens, top=top)
     g = ProsQAGraph.from_item(item)
     steps = []

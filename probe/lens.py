@@ -13,7 +13,6 @@ another model.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,11 +76,12 @@ class TunedLens(nn.Module):
             epochs: int = 20, lr: float = 1e-3, batch_size: int = 256, seed: int = 0, progress: bool = True) -> "TunedLens":
         """Train every translator but the last layer's on the traces' residuals (scikit-learn style: returns self)."""
         self._check(model)
-        data = _training_rows(traces)  # resid [n, layers, d], final logits [n, vocab]
-        resid, target = data
+        resid, target = _training_rows(traces)  # [n, layers, d], final logits [n, vocab]
         n_layers = resid.shape[1]
         norm, unembed = _readout(model)
-        for p in list(norm.parameters()) + list(unembed.parameters()):
+        frozen = list(norm.parameters()) + list(unembed.parameters())
+        was = [p.requires_grad for p in frozen]
+        for p in frozen:
             p.requires_grad_(False)
         opt = torch.optim.Adam(self.translators.parameters(), lr=lr)
         g = torch.Generator().manual_seed(seed)
@@ -97,8 +97,8 @@ class TunedLens(nn.Module):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        for p in list(norm.parameters()) + list(unembed.parameters()):
-            p.requires_grad_(True)
+        for p, w in zip(frozen, was):
+            p.requires_grad_(w)
         return self
 
     def _check(self, model: CoconutModel) -> None:
