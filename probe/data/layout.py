@@ -91,16 +91,26 @@ def prompt_layout(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") ->
     return PromptLayout(tuple(fact), tuple(node), tuple(query))
 
 
-def name_tokens(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> list[int]:
-    """Per node, the first token of its name where a reasoning step names it ("Every X" or "X Y")."""
+def name_pieces(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> list[list[int]]:
+    """Per node, the tokens of its name where a reasoning step names it ("Every X" or "X Y")."""
     prefix = step_prefix(fmt)
     lead = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
     out = []
     for name in item.idx_to_symbol:
         ids = tokenizer.encode(f"{prefix} {name}" if prefix else name, add_special_tokens=False)
-        # Skip a bare-space piece, which some BPE vocabularies emit before a rare word.
-        rest = [t for t in ids[len(lead):] if tokenizer.decode([t]).strip()] if ids[: len(lead)] == lead else []
-        if not rest:
+        if ids[: len(lead)] != lead or len(ids) == len(lead):
             raise ValueError(f"cannot isolate the tokens of {name!r} after {prefix!r}")
+        out.append(ids[len(lead) :])
+    return out
+
+
+def name_tokens(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> list[int]:
+    """Per node, the first token of its name as a step writes it (a bare-space piece skipped)."""
+    out = []
+    for name, pieces in zip(item.idx_to_symbol, name_pieces(item, tokenizer, fmt)):
+        # Some BPE vocabularies emit a bare space before a rare word.
+        rest = [t for t in pieces if tokenizer.decode([t]).strip()]
+        if not rest:
+            raise ValueError(f"cannot isolate the tokens of {name!r}")
         out.append(rest[0])
     return out

@@ -1,0 +1,145 @@
+"""The latent-search measures of DESIGN.md as pure functions of captured values, vectors and graphs.
+
+Step k (1-based) is compared with frontier_k. Nodes fall in four disjoint groups at step k:
+optimal (optimal_k), frontier (frontier_k outside optimal_k), reachable (depth < k) and
+unreachable (depth > k, or never reached).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from probe.data.graph import ProsQAGraph
+
+GROUPS = ("optimal", "frontier", "reachable", "unreachable")
+OPTIMAL, FRONTIER, REACHABLE, UNREACHABLE = range(4)
+
+
+def node_groups(g: ProsQAGraph, k: int) -> np.ndarray:
+    """[n_nodes] group index (OPTIMAL, FRONTIER, REACHABLE, UNREACHABLE) of every node at step k."""
+    groups = np.full(g.n_nodes, UNREACHABLE)
+    groups[g.depth < k] = REACHABLE
+    groups[g.depth == k] = FRONTIER
+    groups[g.optimal(k)] = OPTIMAL
+    return groups
+
+
+@dataclass
+class GroupMeans:
+    """A quantity averaged over each node group, per item and step."""
+
+    per_item: np.ndarray  # [n_items, n_steps, 4] mean within the group, nan where the group is empty
+    steps: list[int]  # the k of each step
+
+    @property
+    def mean(self) -> np.ndarray:
+        """[n_steps, 4] mean over the items that have the group."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a group empty in every item: nan
+            return np.nanmean(self.per_item, axis=0)
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        """{"k": {group: mean}}, the report's form."""
+        m = self.mean
+        return {str(k): {name: float(m[i, j]) for j, name in enumerate(GROUPS)} for i, k in enumerate(self.steps)}
+
+
+def group_means(per_node: np.ndarray, graphs: Sequence[ProsQAGraph], steps: Sequence[int]) -> GroupMeans:
+    """Average per-node values [n_items, n_steps, max_nodes] within each step's node groups."""
+    out = np.full((len(graphs), len(steps), len(GROUPS)), np.nan)
+    for b, g in enumerate(graphs):
+        for s, k in enumerate(steps):
+            groups = node_groups(g, k)
+            vals = per_node[b, s, : g.n_nodes]
+            for j in range(len(GROUPS)):
+                if (groups == j).any():
+                    out[b, s, j] = float(vals[groups == j].mean())
+    return GroupMeans(out, list(steps))
+
+
+def inner_products(
+    thoughts: Tensor, embeddings: Tensor, name_ids: Sequence[Sequence[int]], graphs: Sequence[ProsQAGraph],
+) -> GroupMeans:
+    """<thought_k, embedding(v)> by node group (Zhu et al. 2025, Table 5).
+
+    thoughts: [n_items, k, d_model]; embeddings: [vocab, d_model] the input embedding;
+    name_ids: per item, the token of each node's name.
+    """
+    n, k, _ = thoughts.shape
+    max_nodes = max(g.n_nodes for g in graphs)
+    per_node = np.full((n, k, max_nodes), np.nan)
+    for b, ids in enumerate(name_ids):
+        e = embeddings[torch.as_tensor(list(ids))].float()  # [n_nodes, d]
+        per_node[b, :, : len(ids)] = (thoughts[b].float() @ e.T).numpy()
+    return group_means(per_node, graphs, range(1, k + 1))
+
+
+@dataclass
+class Parallelism:
+    """Cumulative top-1/2/3 frontier values per item (the paper's parallelism analysis)."""
+
+    k: int
+    cumulative: np.ndarray  # [n_items, 3] sum of the j largest frontier values, j = 1, 2, 3
+
+    @property
+    def mean(self) -> dict[str, float]:
+        return {f"top{j + 1}": float(self.cumulative[:, j].mean()) for j in range(3)}
+
+    def percentiles(self, q: Sequence[float] = tuple(range(101))) -> np.ndarray:
+        """[len(q), 3] each cumulative sum at the q-th percentile over items (the paper's curves)."""
+        return np.percentile(self.cumulative, q, axis=0)
+
+
+def parallelism(values: np.ndarray, graphs: Sequence[ProsQAGraph], k: int) -> Parallelism:
+    """From node values [n_items, max_nodes] after k thoughts: sorted frontier_k values, cumulated."""
+    cum = np.zeros((len(graphs), 3))
+    for b, g in enumerate(graphs):
+        vals = np.sort(values[b, g.frontier(k)])[::-1]
+        top = np.zeros(3)
+        top[: min(3, len(vals))] = vals[:3]
+        cum[b] = np.cumsum(top)
+    return Parallelism(k, cum)
+
+
+def frontier_mass(values: np.ndarray, graphs: Sequence[ProsQAGraph], k: int) -> np.ndarray:
+    """[n_items] total value on frontier_k after k thoughts."""
+    return np.array([float(values[b, g.frontier(k)].sum()) for b, g in enumerate(graphs)])
+
+
+@dataclass
+class ValueByHeight:
+    """Frontier nodes' values against their height, split by whether they reach the target."""
+
+    k: int
+    height: np.ndarray  # [n_points]
+    value: np.ndarray  # [n_points]
+    reaches_target: np.ndarray  # [n_points] bool
+
+    def means(self) -> dict[bool, dict[int, float]]:
+        """{reaches_target: {height: mean value}}."""
+        out: dict[bool, dict[int, float]] = {True: {}, False: {}}
+        for r in (True, False):
+            for h in sorted(set(self.height[self.reaches_target == r].tolist())):
+                sel = (self.height == h) & (self.reaches_target == r)
+                out[r][int(h)] = float(self.value[sel].mean())
+        return out
+
+
+def value_by_height(values: np.ndarray, graphs: Sequence[ProsQAGraph], k: int, height: str = "shortest") -> ValueByHeight:
+    """Each frontier_k node's value after k thoughts, with its height (shortest or longest path to a leaf)."""
+    if height not in ("shortest", "longest"):
+        raise ValueError(f"height must be 'shortest' or 'longest', got {height!r}")
+    hs, vs, rs = [], [], []
+    for b, g in enumerate(graphs):
+        h = g.height_shortest if height == "shortest" else g.height_longest
+        for v in g.frontier(k):
+            hs.append(int(h[v]))
+            vs.append(float(values[b, v]))
+            rs.append(bool(np.isfinite(g.distance_to_target[v])))
+    return ValueByHeight(k, np.array(hs, dtype=np.int64), np.array(vs), np.array(rs, dtype=bool))
