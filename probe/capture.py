@@ -25,9 +25,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from probe.data.layout import NONE, prompt_layout
+from probe.data.layout import NONE, name_pieces, prompt_layout
 from probe.data.prosqa import ProsQAItem, atomic_write_text
-from probe.data.render import render_prompt, tokenize_item
+from probe.data.render import render_prompt, step_prefix, tokenize_item
 from probe.model.coconut import CoconutModel
 
 POINTS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
@@ -448,3 +448,34 @@ class TraceStore:
     def load(self, names: Sequence[str] | None = None) -> ThoughtTrace:
         """Every shard in memory as one trace (for data sets that fit)."""
         return concat_traces([self.shard(i, names) for i in range(self.n_shards)])
+
+
+@torch.no_grad()
+def node_values(
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, progress: bool = True,
+) -> Tensor:
+    """[n_items, max_nodes] value of every node after k thoughts (DESIGN.md), nan past each item's nodes.
+
+    The prompt is forced out of latent mode after k thoughts; the language step that follows
+    would name its first concept next ("Every" first in the sentence format). A node's value is
+    the probability of its name there: the product of its sub-token probabilities.
+    """
+    cfg = model.config
+    prefix = step_prefix(cfg.data_format)
+    lead = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
+    out = torch.full((len(items), max(it.n_nodes for it in items)), float("nan"))
+    model.eval()
+    for b, it in enumerate(tqdm(items, desc=f"values k={k}", unit="item", disable=not progress)):
+        prompt = render_prompt(tokenize_item(it, tokenizer, cfg.data_format), k, cfg.stage_spec, cfg.special) + lead
+        pieces = name_pieces(it, tokenizer, cfg.data_format)
+        width = len(prompt) + max(len(p) for p in pieces)
+        ids = torch.full((len(pieces), width), cfg.pad_id)
+        mask = torch.zeros_like(ids)
+        for v, p in enumerate(pieces):
+            ids[v, : len(prompt) + len(p)] = torch.tensor(prompt + p)
+            mask[v, : len(prompt) + len(p)] = 1
+        logp = model(ids.to(model.device), mask.to(model.device)).logits.float().log_softmax(-1).cpu()
+        for v, p in enumerate(pieces):
+            pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(p))  # positions that predict the name
+            out[b, v] = logp[v, pos, torch.tensor(p)].sum().exp()
+    return out

@@ -63,3 +63,56 @@ def test_parallelism_mass_and_height():
     assert vh.means() == {True: {1: pytest.approx((0.3 + 0.5 + 0.2) / 3)}, False: {0: 0.1, 1: 0.6}}
     with pytest.raises(ValueError, match="height must be"):
         value_by_height(values, [G], 1, height="middle")
+
+
+def test_node_values_are_next_name_probabilities(tiny_model, word_tokenizer, official_items):
+    from probe.capture import node_values
+    from probe.data.render import render_prompt, tokenize_item
+
+    items = official_items[:3]
+    k = 2
+    vals = node_values(tiny_model, word_tokenizer, items, k, progress=False)
+    every = word_tokenizer.convert_tokens_to_ids("Every")
+    cfg = tiny_model.config
+    for b, it in enumerate(items):
+        prompt = render_prompt(tokenize_item(it, word_tokenizer, "sentences"), k, cfg.stage_spec, cfg.special) + [every]
+        with torch.no_grad():
+            probs = tiny_model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
+        want = [float(probs[word_tokenizer.convert_tokens_to_ids(n)]) for n in it.idx_to_symbol]
+        np.testing.assert_allclose(vals[b, : it.n_nodes].numpy(), want, rtol=1e-4, atol=1e-7)
+        assert torch.isnan(vals[b, it.n_nodes :]).all()
+
+
+def test_node_values_multiply_the_pieces_of_a_split_name(official_items):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import tiny_base
+    from probe.capture import node_values
+    from probe.data.layout import name_pieces
+    from probe.data.render import render_prompt, tokenize_item
+    from probe.model.coconut import CoconutConfig, CoconutModel
+    from probe.model.tokenizer import add_latent_tokens
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([it.question for it in official_items[:20]],
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    sp = add_latent_tokens(tok)
+    model = CoconutModel(tiny_base("gpt2", len(tok), sp.eos_id), CoconutConfig.from_special(sp))
+    it = official_items[0]
+    vals = node_values(model, tok, [it], k=1, progress=False)[0]
+    pieces = name_pieces(it, tok, "sentences")
+    assert max(len(p) for p in pieces) > 1
+    prompt = render_prompt(tokenize_item(it, tok, "sentences"), 1, model.config.stage_spec, sp) + \
+        tok.encode("Every", add_special_tokens=False)
+    for v, p in enumerate(pieces):
+        want, ctx = 1.0, list(prompt)
+        for t in p:  # one piece at a time, the whole prefix recomputed
+            with torch.no_grad():
+                want *= float(model(torch.tensor([ctx])).logits[0, -1].softmax(-1)[t])
+            ctx.append(t)
+        assert float(vals[v]) == pytest.approx(want, rel=1e-4, abs=1e-9)
