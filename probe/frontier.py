@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from probe.data.graph import ProsQAGraph
+from probe.data.prosqa import ProsQAItem, parse_question
 
 GROUPS = ("optimal", "frontier", "reachable", "unreachable")
 OPTIMAL, FRONTIER, REACHABLE, UNREACHABLE = range(4)
@@ -143,3 +144,53 @@ def value_by_height(values: np.ndarray, graphs: Sequence[ProsQAGraph], k: int, h
             vs.append(float(values[b, v]))
             rs.append(bool(np.isfinite(g.distance_to_target[v])))
     return ValueByHeight(k, np.array(hs, dtype=np.int64), np.array(vs), np.array(rs, dtype=bool))
+
+
+CATEGORIES = ("correct_path", "longer_path", "hallucination", "wrong_target", "correct_label", "incorrect_label")
+
+
+def parse_steps(text: str, fmt: str = "sentences") -> list[tuple[str, str]]:
+    """The (parent, child) names of the language steps before the '###' answer line."""
+    steps = []
+    for line in text.split("###")[0].splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if fmt == "edges":
+            parts = line.split()
+            steps.append((parts[0], parts[1]) if len(parts) == 2 else (line, ""))
+        else:
+            try:
+                facts, _ = parse_question(f"{line} Is x a y or z?")
+            except ValueError:
+                facts = [(line, "")]
+            steps.extend(facts)
+    return steps
+
+
+def path_category(item: ProsQAItem, steps: Sequence[tuple[str, str]], answer_correct: bool) -> str:
+    """The paper's reasoning-path category of a continuation (a partial path is correct when it can be completed).
+
+    No steps: correct or incorrect label. An unknown name, a missing edge or a broken chain:
+    hallucination. A chain from which the target cannot be reached: wrong target. A chain on a
+    shortest root -> target path: correct path; otherwise a longer path.
+    """
+    if not steps:
+        return "correct_label" if answer_correct else "incorrect_label"
+    g = ProsQAGraph.from_item(item)
+    symbols = {n: i for i, n in enumerate(item.idx_to_symbol)}
+    edges = set(g.edges)
+    chain: list[int] = []
+    for parent, child in steps:
+        if parent not in symbols or child not in symbols:
+            return "hallucination"
+        u, v = symbols[parent], symbols[child]
+        if (u, v) not in edges or (chain and chain[-1] != u):
+            return "hallucination"
+        chain = chain or [u]
+        chain.append(v)
+    if not np.isfinite(g.distance_to_target[chain[-1]]):
+        return "wrong_target"
+    on_shortest = all(g.depth[w] + g.distance_to_target[w] == g.target_depth for w in chain)
+    consecutive = all(g.depth[b] == g.depth[a] + 1 for a, b in zip(chain, chain[1:]))
+    return "correct_path" if on_shortest and consecutive else "longer_path"

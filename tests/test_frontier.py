@@ -116,3 +116,45 @@ def test_node_values_multiply_the_pieces_of_a_split_name(official_items):
                 want *= float(model(torch.tensor([ctx])).logits[0, -1].softmax(-1)[t])
             ctx.append(t)
         assert float(vals[v]) == pytest.approx(want, rel=1e-4, abs=1e-9)
+
+
+def _item(names, edges, target, neg):
+    from probe.data.prosqa import ProsQAItem
+
+    return ProsQAItem(question="", steps=(), answer="", idx_to_symbol=tuple(names), edges=tuple(edges), root=0,
+                      target=target, neg_target=neg)
+
+
+def test_path_categories_by_hand():
+    from probe.frontier import path_category
+
+    g = _item(["Tom", "a1", "b1", "tgt", "neg", "b2", "x"], G.edges, 3, 4)
+    cases = {
+        (): "correct_label",
+        (("Tom", "a1"), ("a1", "tgt")): "correct_path",
+        (("a1", "tgt"),): "correct_path",  # partial: the thoughts covered the first step
+        (("Tom", "a1"),): "correct_path",  # partial: completed by a1 -> tgt
+        (("Tom", "b1"), ("b1", "neg")): "wrong_target",
+        (("Tom", "b1"),): "wrong_target",  # tgt cannot be reached from b1
+        (("Tom", "tgt"),): "hallucination",  # no such edge
+        (("Tom", "zzz"),): "hallucination",  # no such node
+        (("Tom", "a1"), ("b1", "b2")): "hallucination",  # broken chain
+    }
+    for steps, want in cases.items():
+        assert path_category(g, steps, answer_correct=True) == want, steps
+    assert path_category(g, (), answer_correct=False) == "incorrect_label"
+    # Tom -> n1 -> tgt is shortest; Tom -> n3 -> n4 -> tgt is longer.
+    lg = _item(["Tom", "n1", "tgt", "n3", "n4", "neg"], [(0, 1), (1, 2), (0, 3), (3, 4), (4, 2), (0, 5)], 2, 5)
+    assert path_category(lg, (("Tom", "n3"), ("n3", "n4"), ("n4", "tgt")), True) == "longer_path"
+    assert path_category(lg, (("n3", "n4"),), True) == "longer_path"
+    assert path_category(lg, (("Tom", "n1"), ("n1", "tgt")), False) == "correct_path"
+
+
+def test_parse_steps_in_both_formats():
+    from probe.frontier import parse_steps
+
+    text = "Every a1 is a tgt.\nTom is a a1.\n### Tom is a tgt."
+    assert parse_steps(text, "sentences") == [("a1", "tgt"), ("Tom", "a1")]
+    assert parse_steps("a1 tgt\nTom a1\n### Tom is a tgt.", "edges") == [("a1", "tgt"), ("Tom", "a1")]
+    assert parse_steps("### Tom is a tgt.", "edges") == []
+    assert parse_steps("what is this\n### Tom is a tgt.", "sentences") == [("what is this", "")]
