@@ -109,6 +109,12 @@ def _default_ckpt(ckpt: Optional[Path]) -> Path:
     return ckpt if ckpt is not None else default_checkpoint()
 
 
+def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Optional[str] = None):
+    from probe.model.checkpoint import load_checkpoint
+
+    return load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype))
+
+
 CKPT_HELP = "Our checkpoint directory, or an official state-dict file (default: the shipped checkpoints/prosqa-coconut)."
 
 
@@ -127,11 +133,10 @@ def eval_cmd(
     """Accuracy by the official rule (greedy, at most 128 new tokens, answer after the last '#')."""
     from probe.data.prosqa import atomic_write_text, load_items
     from probe.evaluate import evaluate
-    from probe.model.checkpoint import load_checkpoint
 
     try:
         items = load_items(data, limit=limit)
-        model, tok = load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype))
+        model, tok = _load(ckpt, base, device, dtype)
         res = evaluate(model, tok, items, k=k, batch_size=batch_size)
     except InputError as e:
         _fail(str(e))
@@ -162,12 +167,6 @@ def release(
     ev = rel.evaluation
     accs = ", ".join(f"k={k}: {a:.3f}" for k, a in ev.accuracy_by_k.items())
     typer.echo(f"wrote {rel.path}: accuracy {ev.accuracy:.4f} at the default k={ev.default_k} ({accs})")
-
-
-def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Optional[str] = None):
-    from probe.model.checkpoint import load_checkpoint
-
-    return load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype))
 
 
 def _item(data: Path, index: int):

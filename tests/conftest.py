@@ -1,4 +1,4 @@
-"""Shared fixtures: the official validation split, a word tokenizer and tiny random models."""
+"""Shared fixtures: the official validation split, word and BPE tokenizers and tiny random models."""
 
 from __future__ import annotations
 
@@ -64,3 +64,18 @@ def tiny_model(request, word_tokenizer) -> CoconutModel:
     sp = special_tokens(word_tokenizer)
     base = tiny_base(request.param, len(word_tokenizer), sp.eos_id)
     return CoconutModel(base, CoconutConfig.from_special(sp))
+
+
+@pytest.fixture
+def bpe_tokenizer(official_items):
+    """A byte-level BPE trained on 20 official questions, so small that some names split into pieces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([it.question for it in official_items[:20]],
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")

@@ -157,20 +157,11 @@ def test_store_round_trip_and_errors(tiny_model, word_tokenizer, official_items,
         TraceStore(tmp_path)
 
 
-def test_layout_with_a_bpe_tokenizer_marks_every_sub_token(official_items):
+def test_layout_with_a_bpe_tokenizer_marks_every_sub_token(official_items, bpe_tokenizer):
     """Names split into several BPE pieces: each piece is marked, and name_tokens finds the first."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from probe.data.layout import name_tokens
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator([it.question for it in official_items[:20]],
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    tok = bpe_tokenizer
     it = official_items[0]
     split = [n for n in it.idx_to_symbol if len(tok.encode(" " + n)) > 1]
     assert split  # the small vocabulary leaves some names in pieces

@@ -83,10 +83,7 @@ def test_node_values_are_next_name_probabilities(tiny_model, word_tokenizer, off
         assert torch.isnan(vals[b, it.n_nodes :]).all()
 
 
-def test_node_values_multiply_the_pieces_of_a_split_name(official_items):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+def test_node_values_multiply_the_pieces_of_a_split_name(official_items, bpe_tokenizer):
     from conftest import tiny_base
     from probe.capture import node_values
     from probe.data.layout import name_pieces
@@ -94,13 +91,7 @@ def test_node_values_multiply_the_pieces_of_a_split_name(official_items):
     from probe.model.coconut import CoconutConfig, CoconutModel
     from probe.model.tokenizer import add_latent_tokens
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator([it.question for it in official_items[:20]],
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    tok = bpe_tokenizer
     sp = add_latent_tokens(tok)
     model = CoconutModel(tiny_base("gpt2", len(tok), sp.eos_id), CoconutConfig.from_special(sp))
     it = official_items[0]
