@@ -81,6 +81,63 @@ def inner_products(
     return group_means(per_node, graphs, range(1, k + 1))
 
 
+def edge_groups(g: ProsQAGraph, k: int) -> np.ndarray:
+    """[n_edges] group of every edge (in g.edges order) for thought k: its source node's group at step k - 1.
+
+    Thought k expands frontier_{k-1}, so the edges it needs are those leaving it: "optimal" edges
+    leave optimal_{k-1}, "frontier" edges leave the rest of frontier_{k-1}, "reachable" edges leave
+    nodes already expanded, and "unreachable" edges leave nodes the search has not reached.
+    """
+    source = node_groups(g, k - 1)
+    return np.array([source[u] for u, _ in g.edges], dtype=np.int64)
+
+
+@dataclass
+class AttentionByGroup:
+    """Attention mass from the position emitting thought k to each edge fact, averaged within edge groups."""
+
+    per_item: np.ndarray  # [n_items, n_steps, n_layers, 4] mean over the group's edges, nan where it has none
+    steps: list[int]
+
+    @property
+    def mean(self) -> np.ndarray:
+        """[n_steps, n_layers, 4] mean over the items that have the group."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(self.per_item, axis=0)
+
+    def as_dict(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{"k": {"layer": {group: mean}}}, the report's form."""
+        m = self.mean
+        return {str(k): {str(l): {name: float(m[i, l, j]) for j, name in enumerate(GROUPS)}
+                         for l in range(m.shape[1])} for i, k in enumerate(self.steps)}
+
+
+def attention_by_group(patterns: Tensor, fact: Tensor, graphs: Sequence[ProsQAGraph]) -> AttentionByGroup:
+    """Attention from each thought's position to the facts, summed over a fact's tokens, by edge group.
+
+    patterns: [n_items, n_steps, n_layers, n_heads, n_keys] (ThoughtTrace.stack("attn.hook_pattern"));
+    step s (0-based) is the position emitting thought s + 1, so only the first n_steps - 1 steps of a
+    trace with an answer position are thoughts; fact: [n_items, n_keys] edge index of the fact at
+    each key position (-1 elsewhere). Heads are averaged.
+    """
+    n, n_steps, n_layers = patterns.shape[:3]
+    out = np.full((n, n_steps, n_layers, len(GROUPS)), np.nan)
+    for b, g in enumerate(graphs):
+        n_keys = min(patterns.shape[-1], fact.shape[1])
+        f = fact[b, :n_keys].long()
+        onehot = torch.zeros(n_keys, len(g.edges))
+        pos = torch.nonzero(f >= 0).flatten()
+        onehot[pos, f[pos]] = 1.0
+        per_edge = patterns[b, ..., :n_keys].float().mean(-2) @ onehot  # [n_steps, n_layers, n_edges]
+        for s in range(n_steps):
+            groups = edge_groups(g, s + 1)
+            for j in range(len(GROUPS)):
+                if (groups == j).any():
+                    out[b, s, :, j] = per_edge[s, :, torch.as_tensor(groups == j)].mean(-1).numpy()
+    return AttentionByGroup(out, list(range(1, n_steps + 1)))
+
+
 @dataclass
 class Parallelism:
     """Cumulative top-1/2/3 frontier values per item (the paper's parallelism analysis)."""

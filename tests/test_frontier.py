@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from probe.data.graph import ProsQAGraph
-from probe.frontier import (FRONTIER, OPTIMAL, REACHABLE, UNREACHABLE, frontier_mass, inner_products, node_groups,
-                            parallelism, value_by_height)
+from probe.frontier import (FRONTIER, OPTIMAL, REACHABLE, UNREACHABLE, attention_by_group, edge_groups, frontier_mass,
+                            inner_products, node_groups, parallelism, value_by_height)
 
 # root 0 -> 1, 2; 1 -> 3 (target); 2 -> 4 (neg_target), 2 -> 5; 6 -> 4 (never reached from the root)
 G = ProsQAGraph(n_nodes=7, edges=((0, 1), (0, 2), (1, 3), (2, 4), (2, 5), (6, 4)), root=0, target=3, neg_target=4)
@@ -45,6 +45,31 @@ def test_a_thought_made_of_the_frontier_ranks_the_frontier_first():
     for k in ("1", "2"):
         r = report[k]
         assert r["optimal"] > r["reachable"] and r["frontier"] > r["unreachable"]
+
+
+def test_edge_groups_follow_the_source_node_one_step_earlier():
+    # Thought 1 expands the root: both root edges are optimal (the root is optimal_0), the rest unexplored.
+    O, F, R, U = OPTIMAL, FRONTIER, REACHABLE, UNREACHABLE
+    assert edge_groups(G, 1).tolist() == [O, O, U, U, U, U]
+    # Thought 2 expands frontier_1 = {1 (optimal), 2}: (1,3) optimal, (2,4) and (2,5) frontier, root edges done.
+    assert edge_groups(G, 2).tolist() == [R, R, O, F, F, U]
+
+
+def test_attention_mass_by_edge_group_by_hand():
+    # Keys: edge e's fact on positions 2e and 2e + 1, then two query tokens (no fact).
+    fact = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, -1, -1]])
+    pat = torch.zeros(1, 2, 1, 2, 14)  # [items, steps, layers, heads, keys]
+    pat[0, 0, 0, 0, 0] = pat[0, 0, 0, 0, 3] = 0.5  # step 1, head 0: edges 0 and 1 (both optimal)
+    pat[0, 0, 0, 1, 13] = 1.0  # head 1: the query, no fact
+    pat[0, 1, 0, 0, 4] = pat[0, 1, 0, 0, 6] = 0.5  # step 2, head 0: edge 2 (optimal), edge 3 (frontier)
+    pat[0, 1, 0, 1, 11] = 1.0  # head 1: edge 5, whose source 6 is never reached
+    att = attention_by_group(pat, fact, [G])
+    # Heads averaged: step 1 gives edges 0, 1 a quarter each; the query's half goes to no edge.
+    np.testing.assert_allclose(att.per_item[0, 0, 0], [0.25, np.nan, np.nan, 0.0])
+    # Step 2: optimal edge 2 = 0.25; frontier edges 3, 4 = (0.25 + 0) / 2; reachable 0; unreachable edge 5 = 0.5.
+    np.testing.assert_allclose(att.per_item[0, 1, 0], [0.25, 0.125, 0.0, 0.5])
+    assert att.as_dict()["2"]["0"] == pytest.approx({"optimal": 0.25, "frontier": 0.125, "reachable": 0.0,
+                                                     "unreachable": 0.5})
 
 
 def test_parallelism_mass_and_height():
