@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from probe.data.layout import NONE, name_pieces, prompt_layout
 from probe.data.prosqa import ProsQAItem, atomic_write_text
-from probe.data.render import render_prompt, step_prefix, tokenize_item
+from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
 from probe.model.coconut import CoconutModel
 
 POINTS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
@@ -116,6 +116,8 @@ class ThoughtTrace:
 
     Step s < k is the position that emits thought s + 1; step k is the first answer position.
     Positions and attention keys count tokens of the unpadded prompt (question, start, latents, end).
+    For a model without latent mode (CoT) the prompt holds the first k gold steps instead, and
+    step s < k is the end of step s + 1 (repeating the last step's end past an item's steps).
     """
 
     k: int
@@ -253,15 +255,23 @@ def capture_batch(
     k = cfg.default_thoughts if k is None else k
     if k < 0:
         raise CaptureError(f"k must be >= 0, got {k}")
-    if k and not cfg.stage_spec.markers:
-        raise CaptureError(f"a {cfg.mode} model takes no thoughts; k must be 0, got {k}")
     tok_items = [tokenize_item(it, tokenizer, cfg.data_format) for it in items]
-    prompts = [render_prompt(t, k, cfg.stage_spec, cfg.special) for t in tok_items]
     q_len = torch.tensor([len(t.question) for t in tok_items])
+    markers = cfg.stage_spec.markers
+    if markers:
+        prompts = [render_prompt(t, k, cfg.stage_spec, cfg.special) for t in tok_items]
+        # Steps: the position emitting thought j (question_len + j - 1), then the last prompt position.
+        steps = torch.arange(k)[None] + q_len[:, None]
+    else:
+        # No latent mode (CoT): "thought" j is the state at the end of gold language step j, the
+        # position that names the next step's first node; past an item's last step it repeats.
+        prompts = [step_prompt(t, min(k, len(t.steps)), cfg.stage_spec, cfg.special) for t in tok_items]
+        ends = [[len(t.question) + sum(map(len, t.steps[:j])) - 1 for j in range(1, len(t.steps) + 1)] or
+                [len(t.question) - 1] for t in tok_items]
+        steps = torch.tensor([[e[min(j, len(e) - 1)] for j in range(k)] for e in ends], dtype=torch.long)
+        steps = steps.reshape(len(items), k)
     p_len = torch.tensor([len(p) for p in prompts])
     width = int(p_len.max())
-    # Steps: the position emitting thought j (question_len + j - 1), then the last prompt position.
-    steps = torch.arange(k)[None] + q_len[:, None]
     positions = torch.cat([steps, (p_len - 1)[:, None]], dim=1)  # [batch, k + 1]
     pad = width - p_len
     device = model.device
@@ -269,9 +279,11 @@ def capture_batch(
     mask = (torch.arange(width)[None] >= pad[:, None]).long().to(device)
     wanted = (positions + pad[:, None]).to(device)
     model.eval()
+    recorded = names if markers or FINAL in names else [*names, FINAL]  # a CoT "thought" is read from FINAL
     with _eager_attention(model, any(n.endswith("hook_pattern") for n in names)):
-        with _Recorder(arch, names, wanted, width, dtype) as rec:
+        with _Recorder(arch, recorded, wanted, width, dtype) as rec:
             out = model(ids, mask)
+    thoughts = out.thoughts[:, :k] if markers else rec.out[FINAL][:, :k]
     rows = torch.arange(len(items), device=device)[:, None]
     logits = out.logits[rows, wanted].to(dtype)
     cache = {n: rec.out[n] for n in names}
@@ -293,7 +305,7 @@ def capture_batch(
         indices=torch.tensor(list(indices) if indices is not None else range(len(items))),
         prompt_ids=torch.tensor([p + [-1] * (width - len(p)) for p in prompts]),
         prompt_len=p_len, question_len=q_len, positions=positions, fact=fact, node=node,
-        thoughts=out.thoughts[:, :k].to(dtype).cpu(), logits=logits.cpu(),
+        thoughts=thoughts.to(dtype).cpu(), logits=logits.cpu(),
         cache={n: t.cpu() for n, t in cache.items()},
     )
 
@@ -452,30 +464,44 @@ class TraceStore:
 
 @torch.no_grad()
 def node_values(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, progress: bool = True,
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, batch_size: int = 32, progress: bool = True,
 ) -> Tensor:
     """[n_items, max_nodes] value of every node after k thoughts (DESIGN.md), nan past each item's nodes.
 
     The prompt is forced out of latent mode after k thoughts; the language step that follows
     would name its first concept next ("Every" first in the sentence format). A node's value is
-    the probability of its name there: the product of its sub-token probabilities.
+    the probability of its name there: the product of its sub-token probabilities. A model
+    without latent mode (CoT) is read after k gold language steps instead; an item with fewer
+    steps gets nan.
     """
     cfg = model.config
     prefix = step_prefix(cfg.data_format)
     lead = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
     out = torch.full((len(items), max(it.n_nodes for it in items)), float("nan"))
-    model.eval()
-    for b, it in enumerate(tqdm(items, desc=f"values k={k}", unit="item", disable=not progress)):
-        prompt = render_prompt(tokenize_item(it, tokenizer, cfg.data_format), k, cfg.stage_spec, cfg.special) + lead
+    # Rows of (item, node, sequence, name pieces): the prompt once per item for every name's first
+    # piece, and the prompt plus all but the last piece for each name that has more than one.
+    rows: list[tuple[int, list[int], list[list[int]]]] = []
+    for b, it in enumerate(items):
+        prompt = step_prompt(tokenize_item(it, tokenizer, cfg.data_format), k, cfg.stage_spec, cfg.special)
+        if prompt is None:
+            continue
         pieces = name_pieces(it, tokenizer, cfg.data_format)
-        width = len(prompt) + max(len(p) for p in pieces)
-        ids = torch.full((len(pieces), width), cfg.pad_id)
-        mask = torch.zeros_like(ids)
-        for v, p in enumerate(pieces):
-            ids[v, : len(prompt) + len(p)] = torch.tensor(prompt + p)
-            mask[v, : len(prompt) + len(p)] = 1
-        logp = model(ids.to(model.device), mask.to(model.device)).logits.float().log_softmax(-1).cpu()
-        for v, p in enumerate(pieces):
-            pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(p))  # positions that predict the name
-            out[b, v] = logp[v, pos, torch.tensor(p)].sum().exp()
-    return out
+        out[b, : it.n_nodes] = 0.0  # log-probabilities, summed over pieces below
+        rows.append((b, prompt + lead, pieces))
+    first = {b: torch.tensor([name[0] for name in pieces]) for b, _, pieces in rows}
+    seqs = [(b, -1, p, None) for b, p, _ in rows]  # -1: every node's first piece
+    seqs += [(b, v, p + name[:-1], name) for b, p, pieces in rows for v, name in enumerate(pieces) if len(name) > 1]
+    model.eval()
+    for i in tqdm(range(0, len(seqs), batch_size), desc=f"values k={k}", unit="batch", disable=not progress):
+        chunk = seqs[i : i + batch_size]
+        width = max(len(s[2]) for s in chunk)
+        ids = torch.tensor([[cfg.pad_id] * (width - len(s[2])) + s[2] for s in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(s[2])) + [1] * len(s[2]) for s in chunk], device=model.device)
+        logp = model(ids, mask).logits.float().log_softmax(-1).cpu()
+        for row, (b, v, _, name) in enumerate(chunk):
+            if v < 0:  # the first piece of every name, read at the prompt's last position
+                out[b, : items[b].n_nodes] += logp[row, -1, first[b]]
+            else:  # the later pieces of one name: piece j (j >= 1) is predicted at width - len(name) + j
+                pos = torch.arange(width - len(name) + 1, width)
+                out[b, v] += logp[row, pos, torch.tensor(name[1:])].sum()
+    return out.exp()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -276,6 +277,96 @@ def capture_cmd(
     size = sum(f.stat().st_size for f in store.path.iterdir()) / 2**20
     typer.echo(f"wrote {len(store)} items, k={store.k}, {len(store.names)} hooks, {store.n_shards} shard(s), "
                f"{size:.1f} MB to {store.path}")
+
+
+def _finite(x):
+    """The report with nan and inf as null, so that it is strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+@app.command("analyze")
+def analyze_cmd(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    out: Path = typer.Option(..., "--out", help="New directory for report.json and one HTML figure per measure."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    control: Optional[Path] = typer.Option(None, "--control",
+                                           help="A control checkpoint (pause-as-thought or CoT) measured the same way."),
+    control_base: Optional[Path] = typer.Option(None, "--control-base", help="Base model directory of the control."),
+    k_max: Optional[int] = typer.Option(None, "--k-max", min=1, help="Thoughts to study (default: the checkpoint's)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """The latent-search measures (values, height, parallelism, categories, superposition, attention) with plots."""
+    import shutil
+    import tempfile
+
+    from probe.analyze import analyze
+    from probe.data.prosqa import atomic_write_text, load_items
+    from probe.viz import FIGURES
+
+    if out.exists():
+        _fail(f"--out {out}: already exists; choose a new directory")
+    try:
+        items = load_items(data, limit=limit)
+        model, tok = _load(ckpt, base, device)
+        main = analyze(model, tok, items, k_max=k_max, batch_size=batch_size, checkpoint=str(_default_ckpt(ckpt)))
+        ctrl = None
+        if control is not None:
+            c_model, c_tok = _load(control, control_base, device)
+            ctrl = analyze(c_model, c_tok, items, k_max=main.k_max, batch_size=batch_size, checkpoint=str(control))
+    except InputError as e:
+        _fail(str(e))
+    report = main.report()
+    if ctrl is not None:
+        report["control"] = ctrl.report()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+    tmp.chmod(0o755)
+    try:
+        atomic_write_text(tmp / "report.json", json.dumps(_finite(report), indent=1))
+        for name, figure in FIGURES.items():
+            figure(main, ctrl).write_html(tmp / f"{name}.html", include_plotlyjs=True)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _print_analysis(main, ctrl)
+    typer.echo(f"wrote {out}/report.json and {len(FIGURES)} figures")
+
+
+def _print_analysis(main, ctrl) -> None:
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="frontier measures by thought k (model | control)", title_justify="left")
+    for col in ("k", "frontier mass", "top-1", "top-3", "<t,optimal>", "<t,frontier>", "<t,reachable>",
+                "<t,unreachable>", "accuracy"):
+        table.add_column(col, justify="right")
+
+    def cell(fn) -> str:
+        vals = [fn(a) for a in (main, ctrl) if a is not None]
+        return " | ".join("-" if v is None or not math.isfinite(v) else f"{v:.3f}" for v in vals)
+
+    for i, k in enumerate(main.steps):
+        table.add_row(
+            str(k),
+            cell(lambda a: float(np.nanmean(a.frontier_mass[:, i])) if np.isfinite(a.frontier_mass[:, i]).any() else None),
+            cell(lambda a: a.parallelism[k].mean["top1"]), cell(lambda a: a.parallelism[k].mean["top3"]),
+            *[cell(lambda a, j=j: float(a.inner_product.mean[i, j])) for j in range(4)],
+            cell(lambda a: a.accuracy_by_k.get(k)),
+        )
+    Console(width=160).print(table)
+    typer.echo(f"accuracy at the checkpoint's own k: {main.accuracy:.4f}"
+               + (f" (control {ctrl.accuracy:.4f})" if ctrl is not None else ""))
 
 
 @app.command("tuned-lens")

@@ -70,15 +70,26 @@ def evaluate(
     batch_size: int = 32,
     max_new_tokens: int = MAX_NEW_TOKENS,
     progress: bool = True,
+    prompts: Sequence[Sequence[int]] | None = None,
 ) -> EvalResult:
-    """Greedy-decode every item after its thoughts and score it by the official rule."""
+    """Greedy-decode every item after its thoughts and score it by the official rule.
+
+    prompts, if given, replace the rendered ones (one per item; k and stage are then ignored).
+    """
     if not items:
         raise ValueError("evaluate needs at least one item")
     cfg = model.config
-    prompts, ks = [], []
-    for it in items:
-        ks.append(thoughts_for(model, it, k, stage))
-        prompts.append(render_prompt(tokenize_item(it, tokenizer, cfg.data_format), ks[-1], cfg.stage_spec, cfg.special))
+    if prompts is not None:
+        if len(prompts) != len(items):
+            raise ValueError(f"got {len(prompts)} prompts for {len(items)} items")
+        prompts = [list(p) for p in prompts]
+        ks = [p.count(cfg.latent_id) for p in prompts]
+    else:
+        prompts, ks = [], []
+        for it in items:
+            ks.append(thoughts_for(model, it, k, stage))
+            prompts.append(render_prompt(tokenize_item(it, tokenizer, cfg.data_format), ks[-1], cfg.stage_spec,
+                                         cfg.special))
     # Batch items of equal thought count and similar length together.
     groups: dict[int, list[int]] = defaultdict(list)
     for i in sorted(range(len(items)), key=lambda i: len(prompts[i])):

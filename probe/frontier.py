@@ -147,10 +147,15 @@ class Parallelism:
 
     @property
     def mean(self) -> dict[str, float]:
+        """Mean cumulative top-j value over items (nan when there are none)."""
+        if not len(self.cumulative):
+            return {f"top{j + 1}": float("nan") for j in range(3)}
         return {f"top{j + 1}": float(self.cumulative[:, j].mean()) for j in range(3)}
 
     def percentiles(self, q: Sequence[float] = tuple(range(101))) -> np.ndarray:
         """[len(q), 3] each cumulative sum at the q-th percentile over items (the paper's curves)."""
+        if not len(self.cumulative):
+            return np.full((len(q), 3), np.nan)
         return np.percentile(self.cumulative, q, axis=0)
 
 

@@ -156,6 +156,16 @@ def render_prompt(tok: TokenizedItem, n_thoughts: int, spec: StageSpec, special)
     return list(tok.question) + [special.start_id] + [special.latent_id] * n_thoughts + [special.end_id]
 
 
+def step_prompt(tok: TokenizedItem, k: int, spec: StageSpec, special) -> list[int] | None:
+    """The prompt that reaches reasoning step k: k thoughts, or for a model without latent mode the
+    first k gold language steps (the CoT control's counterpart); None where the item has fewer steps."""
+    if spec.markers:
+        return render_prompt(tok, k, spec, special)
+    if k > len(tok.steps):
+        return None
+    return list(tok.question) + [t for s in tok.steps[:k] for t in s]
+
+
 def full_text(item: ProsQAItem, fmt: DataFormat = "sentences") -> str:
     """The whole CoT text of an item: question, steps and answer, newline-separated."""
     return "\n".join([question_text(item, fmt), *step_texts(item, fmt), answer_text(item)])

@@ -1,0 +1,168 @@
+"""Plotly figures of the frontier measures: functions that take Analysis results and return a go.Figure.
+
+Each figure puts the model and its control (when given) side by side, one column each, on
+shared axes, so that a pattern is never shown without its control.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from probe.analyze import Analysis
+from probe.frontier import CATEGORIES, GROUPS
+
+GROUP_COLORS = dict(zip(GROUPS, ("#d62728", "#ff7f0e", "#1f77b4", "#7f7f7f")))
+K_COLORS = qualitative.Plotly
+
+
+def _label(a: Analysis) -> str:
+    return f"{a.checkpoint or a.mode} ({a.mode})"
+
+
+def _side_by_side(analyses: Sequence[Analysis], title: str, draw: Callable[[go.Figure, Analysis, int, bool], None],
+                  x_title: str, y_title: str, barmode: str | None = None) -> go.Figure:
+    """One column per analysis; draw(fig, analysis, col, first) adds that column's traces."""
+    fig = make_subplots(rows=1, cols=len(analyses), shared_yaxes=True, subplot_titles=[_label(a) for a in analyses],
+                        horizontal_spacing=0.06)
+    for c, a in enumerate(analyses, start=1):
+        draw(fig, a, c, c == 1)
+        fig.update_xaxes(title_text=x_title, row=1, col=c)
+    fig.update_yaxes(title_text=y_title, row=1, col=1)
+    fig.update_layout(title=title, template="plotly_white", legend_tracegroupgap=4, barmode=barmode)
+    return fig
+
+
+def _models(a: Analysis, control: Analysis | None) -> list[Analysis]:
+    return [a] if control is None else [a, control]
+
+
+def values_by_group(a: Analysis, control: Analysis | None = None) -> go.Figure:
+    """Mean node value after k thoughts, by node group (the paper: value concentrates on the frontier)."""
+    def draw(fig, an, col, first):
+        m = an.value_by_group.mean
+        for j, g in enumerate(GROUPS):
+            fig.add_bar(x=an.steps, y=m[:, j], name=g, marker_color=GROUP_COLORS[g], legendgroup=g, showlegend=first,
+                        row=1, col=col)
+    return _side_by_side(_models(a, control), "Node value after k thoughts, by group", draw, "thoughts k",
+                         "mean value", barmode="group")
+
+
+def frontier_mass(a: Analysis, control: Analysis | None = None) -> go.Figure:
+    """Total value on frontier_k after k thoughts, with accuracy at forced k beside it."""
+    def draw(fig, an, col, first):
+        mass = [np.nanmean(an.frontier_mass[:, i]) if np.isfinite(an.frontier_mass[:, i]).any() else None
+                for i in range(an.k_max)]
+        fig.add_scatter(x=an.steps, y=mass, mode="lines+markers", name="frontier value mass", legendgroup="mass",
+                        line_color="#d62728", showlegend=first, row=1, col=col)
+        ks = sorted(an.accuracy_by_k)
+        fig.add_scatter(x=ks, y=[an.accuracy_by_k[k] for k in ks], mode="lines+markers", name="accuracy at forced k",
+                        legendgroup="acc", line=dict(color="#1f77b4", dash="dot"), showlegend=first, row=1, col=col)
+    return _side_by_side(_models(a, control), "Frontier value mass and accuracy by thought", draw, "thoughts k",
+                         "probability / accuracy")
+
+
+def value_by_height(a: Analysis, control: Analysis | None = None, height: str = "shortest") -> go.Figure:
+    """Frontier nodes' mean value against their height, for nodes that reach the target and those that do not."""
+    def draw(fig, an, col, first):
+        for i, (k, vh) in enumerate(an.value_by_height[height].items()):
+            for reach, means in vh.means().items():
+                if not means:
+                    continue
+                hs = sorted(means)
+                fig.add_scatter(x=hs, y=[means[h] for h in hs], mode="lines+markers",
+                                name=f"k={k}, {'reaches target' if reach else 'cannot reach'}",
+                                legendgroup=f"{k}{reach}", showlegend=first,
+                                line=dict(color=K_COLORS[i % len(K_COLORS)], dash="solid" if reach else "dot"),
+                                row=1, col=col)
+    return _side_by_side(_models(a, control), f"Frontier value against height ({height} path to a leaf)", draw,
+                         "height", "mean value")
+
+
+def parallelism(a: Analysis, control: Analysis | None = None, ks: Sequence[int] = (1, 2, 3)) -> go.Figure:
+    """Cumulative top-1/2/3 frontier values against their percentile over the data set (the paper's curves)."""
+    q = np.arange(101)
+    def draw(fig, an, col, first):
+        for i, k in enumerate(k for k in ks if k in an.parallelism):
+            curves = an.parallelism[k].percentiles(q)
+            for j, dash in enumerate(("solid", "dash", "dot")):
+                fig.add_scatter(x=q, y=curves[:, j], mode="lines", name=f"k={k} top-{j + 1}", legendgroup=f"{k}{j}",
+                                showlegend=first, line=dict(color=K_COLORS[i % len(K_COLORS)], dash=dash),
+                                row=1, col=col)
+    return _side_by_side(_models(a, control), "Parallelism: cumulative top-j frontier values", draw, "percentile",
+                         "cumulative value")
+
+
+def categories(a: Analysis, control: Analysis | None = None) -> go.Figure:
+    """Reasoning-path categories of the continuation after forced k = 0..k_max thoughts, as fractions."""
+    colors = dict(zip(CATEGORIES, ("#2ca02c", "#98df8a", "#d62728", "#ff7f0e", "#1f77b4", "#7f7f7f")))
+    def draw(fig, an, col, first):
+        counts = an.categories()
+        ks = sorted(counts)
+        totals = [max(1, sum(counts[k].values())) for k in ks]
+        for c in CATEGORIES:
+            fig.add_bar(x=ks, y=[counts[k][c] / t for k, t in zip(ks, totals)], name=c, marker_color=colors[c],
+                        legendgroup=c, showlegend=first, row=1, col=col)
+    return _side_by_side(_models(a, control), "Reasoning-path categories after forced k thoughts", draw, "thoughts k",
+                         "fraction of items", barmode="stack")
+
+
+def verbalised(a: Analysis, control: Analysis | None = None) -> go.Figure:
+    """Group of the first node the model names when forced out of latent mode after k thoughts."""
+    groups = (*GROUPS, "unknown", "none")
+    colors = {**GROUP_COLORS, "unknown": "#9467bd", "none": "#c7c7c7"}
+    def draw(fig, an, col, first):
+        counts = an.first_groups()
+        ks = sorted(counts)
+        totals = [max(1, sum(counts[k].values())) for k in ks]
+        for g in groups:
+            fig.add_bar(x=ks, y=[counts[k][g] / t for k, t in zip(ks, totals)], name=g, marker_color=colors[g],
+                        legendgroup=g, showlegend=first, row=1, col=col)
+    return _side_by_side(_models(a, control), "Verbalised thoughts: the first node named after k thoughts", draw,
+                         "thoughts k", "fraction of items", barmode="stack")
+
+
+def inner_products(a: Analysis, control: Analysis | None = None) -> go.Figure:
+    """<thought_k, embedding(v)> by node group (Zhu et al. 2025, Table 5)."""
+    def draw(fig, an, col, first):
+        m = an.inner_product.mean
+        for j, g in enumerate(GROUPS):
+            fig.add_bar(x=an.steps, y=m[:, j], name=g, marker_color=GROUP_COLORS[g], legendgroup=g, showlegend=first,
+                        row=1, col=col)
+    return _side_by_side(_models(a, control), "Superposition: <thought k, name embedding> by group", draw,
+                         "thoughts k", "mean inner product", barmode="group")
+
+
+def attention(a: Analysis, control: Analysis | None = None) -> go.Figure:
+    """Attention from the position emitting thought k to each edge fact, by edge group, one row per layer."""
+    models = _models(a, control)
+    n_layers = max(an.attention.per_item.shape[2] for an in models)
+    fig = make_subplots(rows=n_layers, cols=len(models), shared_xaxes=True, shared_yaxes=True, vertical_spacing=0.04,
+                        subplot_titles=[f"{_label(an)} · layer {l}" for l in range(n_layers) for an in models])
+    for c, an in enumerate(models, start=1):
+        m = an.attention.mean
+        for l in range(m.shape[1]):
+            for j, g in enumerate(GROUPS):
+                fig.add_scatter(x=an.attention.steps, y=m[:, l, j], mode="lines+markers", name=g, legendgroup=g,
+                                line_color=GROUP_COLORS[g], showlegend=c == 1 and l == 0, row=l + 1, col=c)
+    fig.update_xaxes(title_text="thoughts k", row=n_layers)
+    fig.update_yaxes(title_text="attention per edge")
+    fig.update_layout(title="Attention from thought k to edge facts, by edge group (source node's group at k - 1)",
+                      template="plotly_white", height=260 * n_layers + 120)
+    return fig
+
+
+FIGURES: dict[str, Callable[..., go.Figure]] = {
+    "values_by_group": values_by_group,
+    "frontier_mass": frontier_mass,
+    "value_by_height": value_by_height,
+    "parallelism": parallelism,
+    "categories": categories,
+    "verbalised": verbalised,
+    "inner_product": inner_products,
+    "attention": attention,
+}
