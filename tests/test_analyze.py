@@ -1,0 +1,175 @@
+"""`analyze` and `probe analyze`: measures checked against independent computations and hand-worked cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import tiny_base
+from probe.analyze import _verbalise, analyze
+from probe.capture import capture_batch
+from probe.cli import app
+from probe.data.graph import ProsQAGraph
+from probe.data.layout import name_tokens
+from probe.data.prosqa import ProsQAItem
+from probe.data.render import render_prompt, tokenize_item
+from probe.evaluate import evaluate
+from probe.frontier import CATEGORIES, GROUPS, node_groups
+from probe.model.coconut import CoconutConfig, CoconutModel
+from probe.model.tokenizer import special_tokens
+
+runner = CliRunner()
+
+# Tom -> wumpus -> yumpus (target); Tom -> zumpus -> rompus (neg_target); lempus -> rompus (unreached).
+ITEM = ProsQAItem(
+    question="Tom is a wumpus. Tom is a zumpus. Every wumpus is a yumpus. Every zumpus is a rompus. "
+             "Every lempus is a rompus. Is Tom a yumpus or rompus?",
+    steps=("Tom is a wumpus.", "Every wumpus is a yumpus."), answer="Tom is a yumpus.",
+    idx_to_symbol=("Tom", "wumpus", "zumpus", "yumpus", "rompus", "lempus"),
+    edges=((0, 1), (0, 2), (1, 3), (2, 4), (5, 4)), root=0, target=3, neg_target=4,
+)
+G = ProsQAGraph.from_item(ITEM)
+
+
+@pytest.mark.parametrize("text, k, category, first, group", [
+    ("Every wumpus is a yumpus.\n### Tom is a yumpus.", 1, "correct_path", "wumpus", "optimal"),
+    ("Every zumpus is a rompus.\n### Tom is a rompus.", 1, "wrong_target", "zumpus", "frontier"),
+    ("Every lempus is a rompus.\n### Tom is a rompus.", 1, "wrong_target", "lempus", "unreachable"),
+    ("Every wumpus is a rompus.\n### Tom is a rompus.", 1, "hallucination", "wumpus", "optimal"),
+    ("Every gorpus is a yumpus.\n### Tom is a yumpus.", 2, "hallucination", "gorpus", "unknown"),
+    ("Tom is a wumpus.\nEvery wumpus is a yumpus.\n### Tom is a yumpus.", 0, "correct_path", "Tom", "optimal"),
+    ("Tom is a wumpus.\n### Tom is a yumpus.", 2, "correct_path", "Tom", "reachable"),
+    ("### Tom is a yumpus.", 2, "correct_label", None, None),
+    ("### Tom is a rompus.", 2, "incorrect_label", None, None),
+])
+def test_verbalised_thought_is_checked_against_the_graph(text, k, category, first, group):
+    correct = text.endswith("yumpus.")
+    v = _verbalise(ITEM, G, k, text, correct, "sentences")
+    assert (v.category, v.first_node, v.first_group, v.k) == (category, first, group, k)
+
+
+@pytest.fixture(scope="module")
+def tiny(official_items, word_tokenizer_module):
+    tok = word_tokenizer_module
+    sp = special_tokens(tok)
+    model = CoconutModel(tiny_base("gpt2", len(tok), sp.eos_id), CoconutConfig.from_special(sp, max_latent_stage=2))
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer_module():
+    from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
+    from probe.model.tokenizer import build_word_tokenizer
+
+    return build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES])
+
+
+def test_analysis_agrees_with_independent_computations(tiny, official_items):
+    model, tok = tiny
+    items = official_items[:5]
+    a = analyze(model, tok, items, k_max=2, batch_size=3, progress=False)
+    graphs = [ProsQAGraph.from_item(it) for it in items]
+    assert a.k_max == 2 and a.n == 5 and a.values.shape == (5, 2, max(it.n_nodes for it in items))
+    # Values: node b's probability as the next name, from a plain forward of the forced prompt + "Every".
+    every = tok.convert_tokens_to_ids("Every")
+    for b in (0, 3):
+        prompt = render_prompt(tokenize_item(items[b], tok), 2, model.config.stage_spec, model.config.special) + [every]
+        with torch.no_grad():
+            probs = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
+        want = probs[torch.tensor(name_tokens(items[b], tok))].numpy()
+        np.testing.assert_allclose(a.values[b, 1, : items[b].n_nodes], want, rtol=1e-4, atol=1e-8)
+        # Frontier mass and top-1: the sum and the largest of the frontier's values.
+        f = graphs[b].frontier(2)
+        assert a.frontier_mass[b, 1] == pytest.approx(want[f].sum(), rel=1e-4)
+        assert a.parallelism[2].cumulative[b, 0] == pytest.approx(want[f].max(), rel=1e-4)
+    # Inner products: the model's own thought against the input embedding of each name, by group.
+    gen = model.generate([render_prompt(tokenize_item(items[1], tok), 2, model.config.stage_spec,
+                                        model.config.special)])
+    emb = model.base.get_input_embeddings().weight.detach()
+    ips = (gen.thoughts[0, 0] @ emb[torch.tensor(name_tokens(items[1], tok))].T).numpy()
+    groups = node_groups(graphs[1], 1)
+    for j, g in enumerate(GROUPS):
+        if (groups == j).any():
+            assert a.inner_product.per_item[1, 0, j] == pytest.approx(ips[groups == j].mean(), rel=1e-4, abs=1e-5)
+    # Continuations and accuracy at each forced k: exactly what evaluate generates.
+    for k in (0, 2):
+        ev = evaluate(model, tok, items, k=k, progress=False)
+        assert a.accuracy_by_k[k] == ev.accuracy
+        assert [row[k].text for row in a.verbalised] == [r.text for r in ev.items]
+    # Attention per edge is a share of one softmax row: within [0, 1], and not all zero.
+    att = a.attention.per_item
+    assert np.nanmin(att) >= 0 and np.nanmax(att) <= 1 and np.nansum(att) > 0
+    rep = a.report()
+    assert set(rep["inner_product"]["1"]) == set(GROUPS)
+    assert set(rep["parallelism"]["2"]) == {"top1", "top2", "top3"}
+    for k in ("0", "1", "2"):
+        assert set(rep["categories"][k]) == set(CATEGORIES) and sum(rep["categories"][k].values()) == 5
+    node = rep["items"][0]["nodes"][items[0].name(items[0].root)]
+    assert node["depth"] == 0 and node["group"]["1"] == "reachable"
+
+
+def test_a_cot_control_is_read_after_k_gold_steps(official_items, word_tokenizer_module):
+    tok = word_tokenizer_module
+    sp = special_tokens(tok)
+    model = CoconutModel(tiny_base("gpt2", len(tok), sp.eos_id, seed=1), CoconutConfig.from_special(sp, mode="cot"))
+    items = [it for it in official_items if len(it.steps) == 3][:2] + [next(it for it in official_items
+                                                                            if len(it.steps) == 4)]
+    trace = capture_batch(model, tok, items, k=4, names=[])
+    for b, it in enumerate(items):
+        t = tokenize_item(it, tok)
+        ends = [len(t.question) + sum(map(len, t.steps[:j])) - 1 for j in range(1, len(t.steps) + 1)]
+        assert trace.positions[b, :4].tolist() == (ends + [ends[-1]] * 4)[:4]
+        ids = torch.tensor([list(t.question) + [x for s in t.steps[:4] for x in s]])
+        with torch.no_grad():
+            hidden = model.base.base_model(input_ids=ids).last_hidden_state[0]
+        torch.testing.assert_close(trace.thoughts[b], hidden[trace.positions[b, :4]], rtol=1e-4, atol=1e-5)
+    a = analyze(model, tok, items, k_max=4, progress=False)
+    # Step 4 exists only for the item with 4 steps: the others are nan there and left out of the means.
+    assert a.step_valid[:, 3].tolist() == [False, False, True]
+    assert np.isnan(a.values[:2, 3]).all() and np.isfinite(a.values[2, 3, : items[2].n_nodes]).all()
+    assert len(a.parallelism[4].cumulative) == 1 and sum(a.categories()[4].values()) == 1
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from probe.model.checkpoint import default_checkpoint
+
+    return default_checkpoint()
+
+
+def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, official_path, tmp_path):
+    out = tmp_path / "an"
+    control = shipped.parent / "prosqa-pause"
+    r = runner.invoke(app, ["analyze", "--data", str(official_path), "--limit", "6", "--k-max", "2",
+                            "--control", str(control), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    for rpt in (rep, rep["control"]):
+        assert rpt["n"] == 6 and 0 <= rpt["accuracy"] <= 1
+        assert set(rpt["inner_product"]) == {"1", "2"} and set(rpt["inner_product"]["1"]) == set(GROUPS)
+        assert set(rpt["parallelism"]["1"]) == {"top1", "top2", "top3"}
+        p = rpt["parallelism"]["2"]
+        assert p["top1"] <= p["top2"] <= p["top3"] <= 1 + 1e-6
+        assert set(rpt["frontier_value_mass"]) == {"1", "2"}
+        assert set(rpt["categories"]) == {"0", "1", "2"} and sum(rpt["categories"]["2"].values()) == 6
+        assert len(rpt["items"]) == 6 and set(rpt["items"][0]["verbalised"]) == {"0", "1", "2"}
+    assert rep["mode"] == "coconut" and rep["control"]["mode"] == "pause_as_thought"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["report.json"] + [f"{n}.html" for n in ("values_by_group", "frontier_mass", "value_by_height", "parallelism",
+                                                 "categories", "verbalised", "inner_product", "attention")])
+    assert "plotly" in (out / "inner_product.html").read_text()[:20000].lower()
+    # The same directory again is refused; a broken data file is named; nothing half-written is left.
+    r = runner.invoke(app, ["analyze", "--data", str(official_path), "--limit", "2", "--out", str(out)])
+    assert r.exit_code == 2 and "already exists" in r.output
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"question": 1}]')
+    r = runner.invoke(app, ["analyze", "--data", str(bad), "--out", str(tmp_path / "an2")])
+    assert r.exit_code == 2 and "bad.json" in r.output
+    r = runner.invoke(app, ["analyze", "--data", str(official_path), "--limit", "2", "--control",
+                            str(tmp_path / "nope"), "--out", str(tmp_path / "an3")])
+    assert r.exit_code == 2 and "nope" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["an", "bad.json"]
