@@ -6,6 +6,7 @@ shared axes, so that a pattern is never shown without its control.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ K_COLORS = qualitative.Plotly
 
 
 def _label(a: Analysis) -> str:
-    return f"{a.checkpoint or a.mode} ({a.mode})"
+    return f"{Path(a.checkpoint).name or a.mode} ({a.mode})"
 
 
 def _side_by_side(analyses: Sequence[Analysis], title: str, draw: Callable[[go.Figure, Analysis, int, bool], None],
