@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from probe.data.layout import NONE, name_pieces, prompt_layout
-from probe.data.prosqa import ProsQAItem, atomic_write_text
+from probe.data.prosqa import ProsQAItem, atomic_directory, atomic_write_text
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
 from probe.model.coconut import CoconutModel
 
@@ -367,12 +365,10 @@ def capture_to_disk(
     arch = architecture(model)
     names = list(hook_names(arch.n_layers) if names is None else names)
     k = model.config.default_thoughts if k is None else k
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
     shards, pending, n_pending = [], [], 0
     bar = tqdm(total=len(items), desc="capture", unit="item", disable=not progress)
 
-    def flush() -> None:
+    def flush(tmp: Path) -> None:
         nonlocal pending, n_pending
         tr = concat_traces(pending)
         file = f"shard-{len(shards):05d}.safetensors"
@@ -381,25 +377,22 @@ def capture_to_disk(
         pending, n_pending = [], 0
 
     try:
-        for i in range(0, len(items), batch_size):
-            batch = items[i : i + batch_size]
-            pending.append(capture_batch(model, tokenizer, batch, k, names, dtype, range(i, i + len(batch))))
-            n_pending += len(batch)
-            bar.update(len(batch))
-            if n_pending >= shard_size:
-                flush()
-        if pending:
-            flush()
-        manifest = {
-            "format": TRACE_FORMAT, "k": k, "n_items": len(items), "names": names, "dtype": str(dtype).removeprefix("torch."),
-            "n_layers": arch.n_layers, "d_model": model.d_model, "mode": model.config.mode,
-            "source": source or {}, "shards": shards,
-        }
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_directory(out) as tmp:
+            for i in range(0, len(items), batch_size):
+                batch = items[i : i + batch_size]
+                pending.append(capture_batch(model, tokenizer, batch, k, names, dtype, range(i, i + len(batch))))
+                n_pending += len(batch)
+                bar.update(len(batch))
+                if n_pending >= shard_size:
+                    flush(tmp)
+            if pending:
+                flush(tmp)
+            manifest = {
+                "format": TRACE_FORMAT, "k": k, "n_items": len(items), "names": names,
+                "dtype": str(dtype).removeprefix("torch."), "n_layers": arch.n_layers, "d_model": model.d_model,
+                "mode": model.config.mode, "source": source or {}, "shards": shards,
+            }
+            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
     finally:
         bar.close()
     return TraceStore(out)

@@ -305,11 +305,8 @@ def analyze_cmd(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """The latent-search measures (values, height, parallelism, categories, superposition, attention) with plots."""
-    import shutil
-    import tempfile
-
     from probe.analyze import analyze
-    from probe.data.prosqa import atomic_write_text, load_items
+    from probe.data.prosqa import atomic_directory, atomic_write_text, load_items
     from probe.viz import FIGURES
 
     if out.exists():
@@ -327,17 +324,10 @@ def analyze_cmd(
     report = main.report()
     if ctrl is not None:
         report["control"] = ctrl.report()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-    tmp.chmod(0o755)
-    try:
+    with atomic_directory(out) as tmp:
         atomic_write_text(tmp / "report.json", json.dumps(_finite(report), indent=1))
         for name, figure in FIGURES.items():
             figure(main, ctrl).write_html(tmp / f"{name}.html", include_plotlyjs=True)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _print_analysis(main, ctrl)
     typer.echo(f"wrote {out}/report.json and {len(FIGURES)} figures")
 

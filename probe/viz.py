@@ -15,7 +15,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from probe.analyze import Analysis
-from probe.frontier import CATEGORIES, GROUPS
+from probe.frontier import CATEGORIES, GROUPS, GroupMeans
 
 GROUP_COLORS = dict(zip(GROUPS, ("#d62728", "#ff7f0e", "#1f77b4", "#7f7f7f")))
 K_COLORS = qualitative.Plotly
@@ -42,15 +42,33 @@ def _models(a: Analysis, control: Analysis | None) -> list[Analysis]:
     return [a] if control is None else [a, control]
 
 
-def values_by_group(a: Analysis, control: Analysis | None = None) -> go.Figure:
-    """Mean node value after k thoughts, by node group (the paper: value concentrates on the frontier)."""
+def _group_bars(a: Analysis, control: Analysis | None, means: Callable[[Analysis], GroupMeans], title: str,
+                y_title: str) -> go.Figure:
+    """One bar per node group and thought, from a GroupMeans of each analysis."""
     def draw(fig, an, col, first):
-        m = an.value_by_group.mean
+        m = means(an).mean
         for j, g in enumerate(GROUPS):
             fig.add_bar(x=an.steps, y=m[:, j], name=g, marker_color=GROUP_COLORS[g], legendgroup=g, showlegend=first,
                         row=1, col=col)
-    return _side_by_side(_models(a, control), "Node value after k thoughts, by group", draw, "thoughts k",
-                         "mean value", barmode="group")
+    return _side_by_side(_models(a, control), title, draw, "thoughts k", y_title, barmode="group")
+
+
+def _stacked_fractions(a: Analysis, control: Analysis | None, counts: Callable[[Analysis], dict[int, dict[str, int]]],
+                       colors: dict[str, str], title: str) -> go.Figure:
+    """Stacked bars of {k: {label: count}} as fractions of the items at each k."""
+    def draw(fig, an, col, first):
+        c = counts(an)
+        ks = sorted(c)
+        totals = [max(1, sum(c[k].values())) for k in ks]
+        for label, color in colors.items():
+            fig.add_bar(x=ks, y=[c[k][label] / t for k, t in zip(ks, totals)], name=label, marker_color=color,
+                        legendgroup=label, showlegend=first, row=1, col=col)
+    return _side_by_side(_models(a, control), title, draw, "thoughts k", "fraction of items", barmode="stack")
+
+
+def values_by_group(a: Analysis, control: Analysis | None = None) -> go.Figure:
+    """Mean node value after k thoughts, by node group (the paper: value concentrates on the frontier)."""
+    return _group_bars(a, control, lambda an: an.value_by_group, "Node value after k thoughts, by group", "mean value")
 
 
 def frontier_mass(a: Analysis, control: Analysis | None = None) -> go.Figure:
@@ -101,41 +119,21 @@ def parallelism(a: Analysis, control: Analysis | None = None, ks: Sequence[int] 
 def categories(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """Reasoning-path categories of the continuation after forced k = 0..k_max thoughts, as fractions."""
     colors = dict(zip(CATEGORIES, ("#2ca02c", "#98df8a", "#d62728", "#ff7f0e", "#1f77b4", "#7f7f7f")))
-    def draw(fig, an, col, first):
-        counts = an.categories()
-        ks = sorted(counts)
-        totals = [max(1, sum(counts[k].values())) for k in ks]
-        for c in CATEGORIES:
-            fig.add_bar(x=ks, y=[counts[k][c] / t for k, t in zip(ks, totals)], name=c, marker_color=colors[c],
-                        legendgroup=c, showlegend=first, row=1, col=col)
-    return _side_by_side(_models(a, control), "Reasoning-path categories after forced k thoughts", draw, "thoughts k",
-                         "fraction of items", barmode="stack")
+    return _stacked_fractions(a, control, Analysis.categories, colors,
+                              "Reasoning-path categories after forced k thoughts")
 
 
 def verbalised(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """Group of the first node the model names when forced out of latent mode after k thoughts."""
-    groups = (*GROUPS, "unknown", "none")
     colors = {**GROUP_COLORS, "unknown": "#9467bd", "none": "#c7c7c7"}
-    def draw(fig, an, col, first):
-        counts = an.first_groups()
-        ks = sorted(counts)
-        totals = [max(1, sum(counts[k].values())) for k in ks]
-        for g in groups:
-            fig.add_bar(x=ks, y=[counts[k][g] / t for k, t in zip(ks, totals)], name=g, marker_color=colors[g],
-                        legendgroup=g, showlegend=first, row=1, col=col)
-    return _side_by_side(_models(a, control), "Verbalised thoughts: the first node named after k thoughts", draw,
-                         "thoughts k", "fraction of items", barmode="stack")
+    return _stacked_fractions(a, control, Analysis.first_groups, colors,
+                              "Verbalised thoughts: the first node named after k thoughts")
 
 
 def inner_products(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """<thought_k, embedding(v)> by node group (Zhu et al. 2025, Table 5)."""
-    def draw(fig, an, col, first):
-        m = an.inner_product.mean
-        for j, g in enumerate(GROUPS):
-            fig.add_bar(x=an.steps, y=m[:, j], name=g, marker_color=GROUP_COLORS[g], legendgroup=g, showlegend=first,
-                        row=1, col=col)
-    return _side_by_side(_models(a, control), "Superposition: <thought k, name embedding> by group", draw,
-                         "thoughts k", "mean inner product", barmode="group")
+    return _group_bars(a, control, lambda an: an.inner_product, "Superposition: <thought k, name embedding> by group",
+                       "mean inner product")
 
 
 def attention(a: Analysis, control: Analysis | None = None) -> go.Figure:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from probe.data.prosqa import atomic_directory
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import TokenizerError, add_latent_tokens, load_tokenizer, special_tokens
 
@@ -58,25 +57,12 @@ def save_checkpoint(
 ) -> Path:
     """Write our directory format atomically (a temporary directory renamed into place)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-    try:
+    with atomic_directory(path, replace=True) as tmp:
         model.base.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         meta = {"format_version": FORMAT_VERSION, **model.config.__dict__, "metadata": metadata or {}}
         (tmp / "coconut.json").write_text(json.dumps(meta, indent=2))
         (tmp / "README.md").write_text(card or default_card(model, metadata or {}))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
