@@ -219,3 +219,63 @@ def analyze(
         frontier_mass=mass, value_by_height=heights, verbalised=verbalised,
     )
 
+
+
+CARD_HEADING = "## Latent search"
+
+
+def markdown_summary(report: dict[str, Any], data: str = "") -> str:
+    """A model-card section from a `probe analyze` report (and its control, if any): one row per thought."""
+    ctrl = report.get("control")
+    pair = [report] + ([ctrl] if ctrl else [])
+
+    def cell(get) -> str:
+        vals = []
+        for r in pair:
+            try:
+                v = get(r)
+            except (KeyError, TypeError):
+                v = None
+            vals.append("-" if v is None else f"{v:.3f}")
+        return " / ".join(vals)
+
+    who = f"`{report['checkpoint'].rstrip('/').split('/')[-1]}`"
+    if ctrl:
+        who += f" / control `{ctrl['checkpoint'].rstrip('/').split('/')[-1]}` ({ctrl['mode']})"
+    lines = [
+        CARD_HEADING, "",
+        f"`probe analyze` on {report['n']} items{f' of {data}' if data else ''}: {who}. Values are the probability of "
+        "each node's name as the next step's first concept after k forced thoughts; inner products are "
+        "<thought k, input embedding of the name>; see DESIGN.md for every definition.", "",
+        "| k | frontier value mass | top-1 | top-3 | <t, optimal> | <t, frontier> | <t, reachable> | <t, unreachable> "
+        "| accuracy at forced k |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ks = sorted(int(k) for k in report["accuracy_by_k"])
+    for k in ks:
+        s = str(k)
+        lines.append("| " + " | ".join([
+            s, cell(lambda r: r["frontier_value_mass"][s]), cell(lambda r: r["parallelism"][s]["top1"]),
+            cell(lambda r: r["parallelism"][s]["top3"]),
+            *[cell(lambda r, g=g: r["inner_product"][s][g]) for g in GROUPS],
+            cell(lambda r: r["accuracy_by_k"][s]),
+        ]) + " |")
+    lines += ["", "Reasoning-path categories of the continuation after forced k thoughts (counts; model / control):", "",
+              "| k | " + " | ".join(c.replace("_", " ") for c in CATEGORIES) + " |",
+              "|---|" + "---|" * len(CATEGORIES)]
+    for k in ks:
+        s = str(k)
+        lines.append(f"| {k} | " + " | ".join(
+            " / ".join(str(r["categories"][s][c]) if s in r["categories"] else "-" for r in pair)
+            for c in CATEGORIES) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_card_section(card: str, section: str) -> str:
+    """The card with its latent-search section replaced by section (or section appended)."""
+    start = card.find(CARD_HEADING + "\n")
+    if start < 0:
+        return card.rstrip("\n") + "\n\n" + section
+    end = card.find("\n## ", start + len(CARD_HEADING))
+    rest = card[end + 1 :] if end >= 0 else ""
+    return card[:start] + section + ("\n" + rest if rest else "")

@@ -303,9 +303,11 @@ def analyze_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = typer.Option("cpu", "--device"),
+    update_card: bool = typer.Option(False, "--update-card",
+                                     help="Also write the summary into the checkpoint's model card (README.md)."),
 ) -> None:
     """The latent-search measures (values, height, parallelism, categories, superposition, attention) with plots."""
-    from probe.analyze import analyze
+    from probe.analyze import analyze, markdown_summary, replace_card_section
     from probe.data.prosqa import atomic_directory, atomic_write_text, load_items
     from probe.viz import FIGURES
 
@@ -324,12 +326,20 @@ def analyze_cmd(
     report = main.report()
     if ctrl is not None:
         report["control"] = ctrl.report()
+    summary = markdown_summary(_finite(report), data=data.name)
     with atomic_directory(out) as tmp:
         atomic_write_text(tmp / "report.json", json.dumps(_finite(report), indent=1))
+        atomic_write_text(tmp / "summary.md", summary)
         for name, figure in FIGURES.items():
             figure(main, ctrl).write_html(tmp / f"{name}.html", include_plotlyjs=True)
     _print_analysis(main, ctrl)
-    typer.echo(f"wrote {out}/report.json and {len(FIGURES)} figures")
+    typer.echo(f"wrote {out}/report.json, summary.md and {len(FIGURES)} figures")
+    if update_card:
+        card = Path(main.checkpoint) / "README.md"
+        if not card.is_file():
+            _fail(f"--update-card: {card} does not exist (only our checkpoint directories have a model card)")
+        atomic_write_text(card, replace_card_section(card.read_text(), summary))
+        typer.echo(f"updated {card}")
 
 
 def _print_analysis(main, ctrl) -> None:

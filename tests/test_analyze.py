@@ -159,9 +159,11 @@ def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, off
         assert len(rpt["items"]) == 6 and set(rpt["items"][0]["verbalised"]) == {"0", "1", "2"}
     assert rep["mode"] == "coconut" and rep["control"]["mode"] == "pause_as_thought"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["report.json"] + [f"{n}.html" for n in ("values_by_group", "frontier_mass", "value_by_height", "parallelism",
+        ["report.json", "summary.md"] + [f"{n}.html" for n in ("values_by_group", "frontier_mass", "value_by_height", "parallelism",
                                                  "categories", "verbalised", "inner_product", "attention")])
     assert "plotly" in (out / "inner_product.html").read_text()[:20000].lower()
+    r1 = f"| 1 | {rep['frontier_value_mass']['1']:.3f} / {rep['control']['frontier_value_mass']['1']:.3f} |"
+    assert r1 in (out / "summary.md").read_text()
     # The same directory again is refused; a broken data file is named; nothing half-written is left.
     r = runner.invoke(app, ["analyze", "--data", str(official_path), "--limit", "2", "--out", str(out)])
     assert r.exit_code == 2 and "already exists" in r.output
@@ -173,3 +175,16 @@ def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, off
                             str(tmp_path / "nope"), "--out", str(tmp_path / "an3")])
     assert r.exit_code == 2 and "nope" in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["an", "bad.json"]
+
+
+def test_the_card_section_is_replaced_not_repeated():
+    from probe.analyze import replace_card_section
+
+    card = "# m\n\nintro\n\n## Accuracy\n\n| a |\n"
+    once = replace_card_section(card, "## Latent search\n\nold\n")
+    assert once == card + "\n## Latent search\n\nold\n"
+    twice = replace_card_section(once, "## Latent search\n\nnew\n")
+    assert twice == card + "\n## Latent search\n\nnew\n"
+    middle = "# m\n\n## Latent search\n\nold\n\n## Training\n\nt\n"
+    assert replace_card_section(middle, "## Latent search\n\nnew\n") == \
+        "# m\n\n## Latent search\n\nnew\n\n## Training\n\nt\n"
