@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -363,12 +362,19 @@ def _hardware(device: str) -> str:
 
 
 def _run_record(ckpt: Path) -> dict[str, Any]:
-    """What a checkpoint says of how it was trained (its trainer state), for a run that starts from it."""
+    """What a checkpoint says of how it was trained, for a run that starts from it: its trainer state,
+    or for a released checkpoint the phases in its coconut.json, rebuilt as the same chain of inits."""
     state = ckpt / "trainer_state.json"
-    if not state.is_file():
+    if state.is_file():
+        rec = json.loads(state.read_text())
+        return {"history": rec.get("history", []), "init": rec.get("init")}
+    meta = ckpt / "coconut.json"
+    if not meta.is_file():
         return {}
-    rec = json.loads(state.read_text())
-    return {"history": rec.get("history", []), "init": rec.get("init")}
+    rec: dict[str, Any] = {}
+    for phase in json.loads(meta.read_text()).get("metadata", {}).get("training", []):  # oldest first
+        rec = {"history": phase.get("history", []), "init": rec or None}
+    return rec
 
 
 def _save_epoch(model, tok, opt, cfg: TrainConfig, record, history, global_step, init) -> Path:

@@ -63,6 +63,24 @@ def test_release_evaluates_every_k_and_writes_the_card(two_phases, official_path
     assert "cpu (" in card and "training time" in card
 
 
+def test_a_phase_continued_from_a_released_checkpoint_keeps_its_lineage(two_phases, official_path):
+    tmp, configs, first, second = two_phases
+    data = tmp / "valid4.json"
+    data.write_text(json.dumps(json.loads(official_path.read_text())[:4]))
+    rel = release(second.last_checkpoint, tmp / "released", data, configs, progress=False)
+    c3 = tmp / "mixed.yaml"
+    c3.write_text(yaml.safe_dump({"name": "m", "out_dir": str(tmp / "m"), "load_model_path": str(rel.path),
+                                  "start_epoch": 3, "epochs_per_stage": 1, "num_epochs": 4, "uniform_prob": 0.3,
+                                  **TINY}))
+    third = train(TrainConfig.from_yaml(c3), progress=False)
+    with pytest.raises(CheckpointError, match=r"trained in 3 phase\(s\) but 2 config file\(s\)"):
+        lineage(third.last_checkpoint, configs)
+    phases = lineage(third.last_checkpoint, [*configs, c3])
+    assert [len(p.history) for p in phases] == [2, 2, 1]
+    assert [p.history for p in phases[:2]] == [p.history for p in rel.phases]
+    assert phases[2].history[0]["epoch"] == 4
+
+
 def test_release_errors(two_phases, official_path, tmp_path):
     tmp, configs, first, second = two_phases
     with pytest.raises(CheckpointError, match=r"trained in 2 phase\(s\) but 1 config file\(s\) were given"):
