@@ -13,7 +13,8 @@ from probe.model.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint, load_
 from probe.release import MARGIN_ITEMS, read_evaluation
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-SHIPPED = {"prosqa-coconut": "coconut", "prosqa-cot": "cot", "prosqa-pause": "pause_as_thought"}
+SHIPPED = {"prosqa-coconut": "coconut", "prosqa-coconut-mixed": "coconut", "prosqa-cot": "cot",
+           "prosqa-pause": "pause_as_thought"}
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
