@@ -17,11 +17,15 @@ $(BIN)/probe: pyproject.toml
 setup: $(BIN)/probe
 
 # The main job: the shipped default model (checkpoints/prosqa-coconut) on the validation split,
-# then what its thoughts hold, layer by layer, on the first item.
+# what its thoughts hold, layer by layer, on the first item, and the latent-search measures of
+# the analysis model beside the pause control (runs/analysis: report.json, summary.md, figures).
 run: setup
 	mkdir -p runs
 	$(BIN)/probe eval --data $(DATA) --json runs/eval.json
 	$(BIN)/probe decode --data $(DATA) --index 0 --json runs/decode-0.json
+	rm -rf runs/analysis
+	$(BIN)/probe analyze --ckpt checkpoints/prosqa-coconut-mixed --control checkpoints/prosqa-pause \
+		--data $(DATA) --out runs/analysis
 
 # Train a small Coconut model through the whole curriculum in about two minutes, then evaluate it.
 quickstart: setup
