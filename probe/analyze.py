@@ -20,7 +20,7 @@ from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_tokens
 from probe.data.prosqa import ProsQAItem
 from probe.data.render import step_prompt, tokenize_item
-from probe.evaluate import evaluate
+from probe.evaluate import evaluate, thoughts_for
 from probe.frontier import (CATEGORIES, GROUPS, AttentionByGroup, GroupMeans, Parallelism, ValueByHeight,
                             attention_by_group, frontier_mass, group_means, inner_products, node_groups, parallelism,
                             parse_steps, path_category, value_by_height)
@@ -40,7 +40,7 @@ class Verbalised:
     correct: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class Analysis:
     """Every frontier measure of one checkpoint on a data set, thought by thought (k = 1..k_max)."""
 
@@ -58,7 +58,7 @@ class Analysis:
     parallelism: dict[int, Parallelism] = field(repr=False)
     frontier_mass: np.ndarray = field(repr=False)  # [n_items, k_max], nan where the step is not valid
     value_by_height: dict[str, dict[int, ValueByHeight]] = field(repr=False)  # "shortest"|"longest" -> k -> ...
-    verbalised: list[list[Verbalised]] = field(repr=False)  # [n_items][k = 0..k_max]
+    verbalised: list[list[Verbalised | None]] = field(repr=False)  # [n_items][k = 0..k_max], None: no such step
 
     @property
     def n(self) -> int:
@@ -72,7 +72,7 @@ class Analysis:
         """{k: {category: count}} over the items that reach step k."""
         out = {}
         for k in range(self.k_max + 1):
-            vs = [row[k] for row in self.verbalised if row[k] is not None]
+            vs = self._verbalised_at(k)
             out[k] = {c: sum(v.category == c for v in vs) for c in CATEGORIES}
         return out
 
@@ -80,13 +80,13 @@ class Analysis:
         """{k: {group: count}} of the first node each continuation names after k thoughts."""
         out = {}
         for k in range(self.k_max + 1):
-            vs = [row[k] for row in self.verbalised if row[k] is not None]
+            vs = self._verbalised_at(k)
             out[k] = {g: sum(v.first_group == g for v in vs) for g in (*GROUPS, "unknown")}
             out[k]["none"] = sum(v.first_group is None for v in vs)
         return out
 
     def report(self, per_item: bool = True) -> dict[str, Any]:
-        """The `probe analyze` report.json (without the control)."""
+        """The `probe analyze` report.json (without the control), nan and inf as None (strict JSON)."""
         mass = self.frontier_mass
         out: dict[str, Any] = {
             "checkpoint": self.checkpoint, "mode": self.mode, "n": self.n, "k_max": self.k_max,
@@ -107,7 +107,7 @@ class Analysis:
         }
         if per_item:
             out["items"] = [self.item_report(b) for b in range(self.n)]
-        return out
+        return finite(out)
 
     def item_report(self, b: int) -> dict[str, Any]:
         """One item: every node's value, group and height per thought, and what it says after each k."""
@@ -118,23 +118,33 @@ class Analysis:
                 "depth": None if not np.isfinite(g.depth[v]) else int(g.depth[v]),
                 "height_shortest": int(g.height_shortest[v]), "height_longest": int(g.height_longest[v]),
                 "reaches_target": bool(np.isfinite(g.distance_to_target[v])),
-                "value": {str(k): _num(self.values[b, k - 1, v]) for k in self.steps},
+                "value": {str(k): float(self.values[b, k - 1, v]) for k in self.steps},
                 "group": {str(k): GROUPS[int(node_groups(g, k)[v])] for k in self.steps},
             }
         verb = {str(v.k): {"text": v.text, "category": v.category, "first_node": v.first_node,
                            "first_group": v.first_group, "correct": v.correct}
                 for v in self.verbalised[b] if v is not None}
-        return {"question": it.question, "answer": it.answer, "nodes": nodes, "verbalised": verb,
-                "frontier": {str(k): [it.name(v) for v in g.frontier(k)] for k in self.steps}}
+        return finite({"question": it.question, "answer": it.answer, "nodes": nodes, "verbalised": verb,
+                       "frontier": {str(k): [it.name(v) for v in g.frontier(k)] for k in self.steps}})
+
+    def _verbalised_at(self, k: int) -> list[Verbalised]:
+        return [row[k] for row in self.verbalised if row[k] is not None]
 
 
-def _num(x: float) -> float | None:
-    return None if not np.isfinite(x) else float(x)
+def finite(x: Any) -> Any:
+    """x with every nan or inf float (in nested dicts and lists) replaced by None, so that it is strict JSON."""
+    if isinstance(x, float):
+        return x if np.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    return x
 
 
-def _nanmean(x: np.ndarray) -> float | None:
+def _nanmean(x: np.ndarray) -> float:
     x = x[np.isfinite(x)]
-    return float(x.mean()) if len(x) else None
+    return float(x.mean()) if len(x) else float("nan")
 
 
 def _verbalise(item: ProsQAItem, g: ProsQAGraph, k: int, text: str, correct: bool, fmt: str) -> Verbalised:
@@ -200,8 +210,8 @@ def analyze(
     # What it says when forced out after k thoughts (k = 0..k_max), and accuracy.
     verbalised: list[list[Verbalised | None]] = [[None] * (k_max + 1) for _ in items]
     acc_by_k = {}
+    toks = [tokenize_item(it, tokenizer, cfg.data_format) for it in items]
     for k in tqdm(range(k_max + 1), desc="continuations", unit="k", disable=not progress):
-        toks = [tokenize_item(it, tokenizer, cfg.data_format) for it in items]
         prompts = [step_prompt(t, k, cfg.stage_spec, cfg.special) for t in toks]
         keep = [i for i, p in enumerate(prompts) if p is not None]
         if not keep:  # a CoT control whose items all have fewer than k steps
@@ -212,7 +222,12 @@ def analyze(
         acc_by_k[k] = res.accuracy
         for i, r in zip(keep, res.items):
             verbalised[i][k] = _verbalise(items[i], graphs[i], k, r.text, r.correct, cfg.data_format)
-    accuracy = evaluate(model, tokenizer, items, batch_size=batch_size, progress=False).accuracy
+    # The checkpoint's own k: already measured when it is one k for every item (pad_latent_to_max; CoT: 0).
+    own = {thoughts_for(model, it, None) for it in items}
+    if len(own) == 1 and (k_own := own.pop()) in acc_by_k:
+        accuracy = acc_by_k[k_own]
+    else:
+        accuracy = evaluate(model, tokenizer, items, batch_size=batch_size, progress=False).accuracy
     return Analysis(
         checkpoint=checkpoint, mode=cfg.mode, k_max=k_max, items=items, accuracy=accuracy, accuracy_by_k=acc_by_k,
         values=values, step_valid=valid, value_by_group=by_group, inner_product=ip, attention=att, parallelism=par,

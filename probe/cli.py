@@ -279,17 +279,6 @@ def capture_cmd(
                f"{size:.1f} MB to {store.path}")
 
 
-def _finite(x):
-    """The report with nan and inf as null, so that it is strict JSON."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 @app.command("analyze")
 def analyze_cmd(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
@@ -326,9 +315,9 @@ def analyze_cmd(
     report = main.report()
     if ctrl is not None:
         report["control"] = ctrl.report()
-    summary = markdown_summary(_finite(report), data=data.name)
+    summary = markdown_summary(report, data=data.name)
     with atomic_directory(out) as tmp:
-        atomic_write_text(tmp / "report.json", json.dumps(_finite(report), indent=1))
+        atomic_write_text(tmp / "report.json", json.dumps(report, indent=1))
         atomic_write_text(tmp / "summary.md", summary)
         for name, figure in FIGURES.items():
             figure(main, ctrl).write_html(tmp / f"{name}.html", include_plotlyjs=True)

@@ -96,6 +96,7 @@ def test_analysis_agrees_with_independent_computations(tiny, official_items):
         if (groups == j).any():
             assert a.inner_product.per_item[1, 0, j] == pytest.approx(ips[groups == j].mean(), rel=1e-4, abs=1e-5)
     # Continuations and accuracy at each forced k: exactly what evaluate generates.
+    assert a.accuracy == evaluate(model, tok, items, progress=False).accuracy
     for k in (0, 2):
         ev = evaluate(model, tok, items, k=k, progress=False)
         assert a.accuracy_by_k[k] == ev.accuracy
