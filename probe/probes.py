@@ -1,0 +1,484 @@
+"""Linear probes on captured thoughts (scikit-learn), with control tasks, and the halting probe.
+
+A probe reads one activation per item (a layer's residual at the position emitting thought k)
+and predicts one target per node *name* of the data set's name vocabulary: frontier or
+reachable-within-k membership (classification), the frontier values of `probe analyze`, or
+depth (regression). Names absent from an item are left out of every score (`present`).
+Control task (Hewitt and Liang 2019): per node name, the labels are reassigned at random among
+the items that have that name, so the control keeps each name's label statistics but not the
+link between an item and its labels; selectivity = score - control score. Splits are by item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from scipy.stats import spearmanr
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import r2_score, roc_auc_score
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import StandardScaler
+
+from probe.data.graph import ProsQAGraph
+from probe.data.prosqa import ProsQAItem, atomic_directory, atomic_write_text
+
+TARGETS = ("frontier", "reachable", "value", "depth")
+CLASSIFICATION = ("frontier", "reachable")
+PROBE_FORMAT = 1
+
+
+class ProbeError(ValueError):
+    """A probe that cannot be fit, scored or loaded (bad target, shapes, file or model)."""
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def name_vocabulary(items: Sequence[ProsQAItem]) -> list[str]:
+    """Every node name of a data set, sorted: the columns of a probe's targets."""
+    return sorted({n for it in items for n in it.idx_to_symbol})
+
+
+def probe_targets(
+    items: Sequence[ProsQAItem], k: int, target: str, names: Sequence[str], values: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, present), each [n_items, n_names], for one thought k.
+
+    frontier: depth == k; reachable: depth <= k; depth: BFS depth, capped at (deepest node + 1) for
+    nodes the root never reaches; value: the node's value after k thoughts (values: [n_items, max_nodes]).
+    """
+    if target not in TARGETS:
+        raise ProbeError(f"unknown probe target {target!r}; expected one of {TARGETS}")
+    if target == "value" and values is None:
+        raise ProbeError("the value target needs the node values after k thoughts")
+    col = {n: j for j, n in enumerate(names)}
+    Y = np.zeros((len(items), len(names)))
+    present = np.zeros((len(items), len(names)), dtype=bool)
+    cap = 1 + max(int(np.nanmax(np.where(np.isfinite(g.depth), g.depth, np.nan)))
+                  for g in (ProsQAGraph.from_item(it) for it in items))
+    for b, it in enumerate(items):
+        g = ProsQAGraph.from_item(it)
+        for v, name in enumerate(it.idx_to_symbol):
+            if name not in col:
+                raise ProbeError(f"item {b} has the node name {name!r}, which this probe does not know")
+            j = col[name]
+            present[b, j] = True
+            d = g.depth[v]
+            Y[b, j] = {"frontier": d == k, "reachable": d <= k, "depth": min(d, cap),
+                       "value": values[b, v] if values is not None else 0.0}[target]
+    return Y, present
+
+
+def control_targets(Y: np.ndarray, present: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The control task: per node name, its labels reassigned at random among the items that have it.
+
+    Each name keeps its own label distribution (so a probe may still learn base rates), but which
+    item gets which label no longer depends on the item.
+    """
+    rng = np.random.default_rng(seed)
+    out = Y.copy()
+    for j in range(Y.shape[1]):
+        rows = np.flatnonzero(present[:, j])
+        out[rows, j] = Y[rng.permutation(rows), j]
+    return out
+
+
+# ---------------------------------------------------------------------------- the probe
+
+
+class LinearProbe(BaseEstimator):
+    """A linear probe per output column: logistic regression (classification) or ridge (regression).
+
+    fit(X [n, d], Y [n, n_out]) standardises X; `coef_` [n_out, d] and `intercept_` [n_out] are the
+    probe in the original activation space (decision = X @ coef_.T + intercept_), so its rows are
+    directions an intervention can add. A classification column with one class only is constant.
+    """
+
+    def __init__(self, kind: str = "classification", C: float = 1.0, alpha: float = 10.0, max_iter: int = 2000):
+        self.kind = kind
+        self.C = C
+        self.alpha = alpha
+        self.max_iter = max_iter
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> "LinearProbe":
+        X, Y = _check_xy(X, Y)
+        if self.kind not in ("classification", "regression"):
+            raise ProbeError(f"kind must be 'classification' or 'regression', got {self.kind!r}")
+        scaler = StandardScaler().fit(X)
+        Z = scaler.transform(X)
+        W = np.zeros((Y.shape[1], X.shape[1]))
+        b = np.zeros(Y.shape[1])
+        if self.kind == "regression":
+            reg = Ridge(alpha=self.alpha).fit(Z, Y)
+            W, b = np.atleast_2d(reg.coef_), np.atleast_1d(reg.intercept_)
+        else:
+            for j in range(Y.shape[1]):
+                y = Y[:, j] > 0.5
+                if y.all() or not y.any():
+                    b[j] = 30.0 if y.all() else -30.0  # a constant column: certain, and no direction
+                    continue
+                clf = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(Z, y)
+                W[j], b[j] = clf.coef_[0], clf.intercept_[0]
+        self.coef_ = W / scaler.scale_
+        self.intercept_ = b - self.coef_ @ scaler.mean_
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """[n, n_out] logits (classification) or predictions (regression)."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ProbeError(f"X must be [n, {self.n_features_in_}], got {list(X.shape)}")
+        return X @ self.coef_.T + self.intercept_
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        s = self.decision_function(X)
+        return (s > 0).astype(float) if self.kind == "classification" else s
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """[n, n_out] probability of each label (classification)."""
+        return 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+
+    def score(self, X: np.ndarray, Y: np.ndarray, present: np.ndarray | None = None) -> float:
+        """AUROC (classification) or R² (regression) over the present (item, name) pairs."""
+        s = self.decision_function(X)
+        return float(pooled_score(self.kind, Y, s, np.ones_like(Y, bool) if present is None else present))
+
+
+def _check_xy(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
+        raise ProbeError(f"X must be [n, d] and Y [n, n_out] with the same n, got {list(X.shape)} and {list(Y.shape)}")
+    if len(X) < 2:
+        raise ProbeError("a probe needs at least two rows")
+    return X, Y
+
+
+def pooled_score(kind: str, Y: np.ndarray, S: np.ndarray, present: np.ndarray) -> float:
+    """AUROC or R² of scores S against targets Y, pooled over the present entries (nan if undefined)."""
+    y, s = Y[present], S[present]
+    if kind == "classification":
+        return float(roc_auc_score(y > 0.5, s)) if 0 < (y > 0.5).sum() < len(y) else float("nan")
+    return float(r2_score(y, s)) if len(y) > 1 and np.var(y) > 0 else float("nan")
+
+
+def mean_spearman(Y: np.ndarray, S: np.ndarray, present: np.ndarray) -> float:
+    """Rank correlation of predicted and true targets within each item's nodes, averaged over items."""
+    rs = []
+    for b in range(len(Y)):
+        y, s = Y[b, present[b]], S[b, present[b]]
+        if len(y) > 2 and np.ptp(y) > 0 and np.ptp(s) > 0:
+            rs.append(spearmanr(y, s).statistic)
+    return _nanmean(rs)
+
+
+# ---------------------------------------------------------------------------- cross-validation
+
+
+def _nanmean(xs: Sequence[float]) -> float:
+    """Mean of the defined scores (nan when a fold had one class only); nan, silently, when none is."""
+    x = np.asarray(xs, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def _nanstd(xs: Sequence[float]) -> float:
+    x = np.asarray(xs, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.std()) if len(x) else float("nan")
+
+
+@dataclass(frozen=True)
+class ProbeScores:
+    """Cross-validated scores of one probe on one step, beside its control task."""
+
+    k: int
+    kind: str
+    score: float  # AUROC (classification) or R² (regression), mean over folds
+    score_std: float
+    control: float  # the same probe on the control task
+    spearman: float  # regression only: within-item rank correlation (nan for classification)
+    n_items: int
+
+    @property
+    def selectivity(self) -> float:
+        return self.score - self.control
+
+    def as_dict(self) -> dict[str, float]:
+        """The report's form: auroc/control_auroc (classification) or r2/control_r2 (regression)."""
+        key = "auroc" if self.kind == "classification" else "r2"
+        out = {key: self.score, f"{key}_std": self.score_std, f"control_{key}": self.control,
+               "selectivity": self.selectivity, "n_items": self.n_items}
+        if self.kind == "regression":
+            out["spearman"] = self.spearman
+        return out
+
+
+def cross_validate(
+    X: np.ndarray, Y: np.ndarray, present: np.ndarray, kind: str, k: int = 0, folds: int = 5, seed: int = 0,
+    **probe_kw,
+) -> ProbeScores:
+    """Fit and score a probe with folds over items, on the task and on its control task."""
+    X, Y = _check_xy(X, Y)
+    if folds < 2 or folds > len(X):
+        raise ProbeError(f"folds must be in [2, {len(X)}] for {len(X)} items, got {folds}")
+    Yc = control_targets(Y, present, seed)
+    scores, controls, spear = [], [], []
+    for train, test in KFold(folds, shuffle=True, random_state=seed).split(X):
+        for y, out in ((Y, scores), (Yc, controls)):
+            p = LinearProbe(kind, **probe_kw).fit(X[train], y[train])
+            s = p.decision_function(X[test])
+            out.append(pooled_score(kind, y[test], s, present[test]))
+            if y is Y and kind == "regression":
+                spear.append(mean_spearman(y[test], s, present[test]))
+    return ProbeScores(k, kind, _nanmean(scores), _nanstd(scores), _nanmean(controls), _nanmean(spear), len(X))
+
+
+# ---------------------------------------------------------------------------- saved probes
+
+
+@dataclass
+class SavedProbe:
+    """Probes of one target at one layer, one per thought k, with what they were fit on."""
+
+    target: str
+    kind: str
+    hook: str  # e.g. "blocks.3.hook_resid_post"
+    steps: list[int]  # the k of each probe
+    names: list[str]  # output columns (node names), or ["correct"] for the halting probe
+    coef: np.ndarray  # [n_steps, n_out, d_model]
+    intercept: np.ndarray  # [n_steps, n_out]
+    model_hash: str
+    metrics: dict = field(default_factory=dict)
+
+    def probe(self, k: int) -> LinearProbe:
+        """The fitted probe of thought k."""
+        if k not in self.steps:
+            raise ProbeError(f"no probe for thought {k}; this file has {self.steps}")
+        p = LinearProbe(self.kind)
+        i = self.steps.index(k)
+        p.coef_, p.intercept_, p.n_features_in_ = self.coef[i], self.intercept[i], self.coef.shape[-1]
+        return p
+
+    def directions(self, k: int) -> dict[str, np.ndarray]:
+        """Unit probe direction [d_model] per name at thought k (for steering)."""
+        if k not in self.steps:
+            raise ProbeError(f"no probe for thought {k}; this file has {self.steps}")
+        W = self.coef[self.steps.index(k)]
+        return {n: w / np.linalg.norm(w) for n, w in zip(self.names, W) if np.linalg.norm(w) > 0}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """probe.safetensors (coef, intercept) and probe.json (everything else), written atomically."""
+        path = Path(path)
+        with atomic_directory(path, replace=True) as tmp:
+            save_file({"coef": np.ascontiguousarray(self.coef, dtype=np.float32),
+                       "intercept": np.ascontiguousarray(self.intercept, dtype=np.float32)},
+                      str(tmp / "probe.safetensors"))
+            meta = {k: v for k, v in asdict(self).items() if k not in ("coef", "intercept")}
+            atomic_write_text(tmp / "probe.json", json.dumps({"format": PROBE_FORMAT, **meta}, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> "SavedProbe":
+        """Read a saved probe; with model_hash, refuse one fit on another model."""
+        path = Path(path)
+        meta_file, weights = path / "probe.json", path / "probe.safetensors"
+        if not meta_file.is_file() or not weights.is_file():
+            raise ProbeError(f"{path}: not a saved probe (needs probe.json and probe.safetensors)")
+        try:
+            meta = json.loads(meta_file.read_text())
+            tensors = load_file(str(weights))
+        except Exception as e:  # json or safetensors errors
+            raise ProbeError(f"{path}: cannot read the probe ({type(e).__name__}: {e})") from None
+        if meta.pop("format", None) != PROBE_FORMAT:
+            raise ProbeError(f"{meta_file}: not probe format {PROBE_FORMAT}")
+        probe = cls(coef=tensors["coef"].astype(np.float64), intercept=tensors["intercept"].astype(np.float64), **meta)
+        if probe.coef.shape[:2] != (len(probe.steps), len(probe.names)):
+            raise ProbeError(f"{weights}: coef has shape {list(probe.coef.shape)}, expected "
+                             f"[{len(probe.steps)}, {len(probe.names)}, d_model]")
+        if model_hash is not None and probe.model_hash != model_hash:
+            raise ProbeError(f"{path}: this probe was fit on another model (weights hash {probe.model_hash[:12]}..., "
+                             f"this model {model_hash[:12]}...)")
+        return probe
+
+
+def activations_at(trace, hook: str, k: int) -> np.ndarray:
+    """[n_items, d] the hook's activation at the position emitting thought k (step k - 1 of the trace)."""
+    return trace[hook][:, k - 1].float().numpy()
+
+
+def halt_points(p_correct: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """[n_items] thoughts to use: the first k (1-based column) whose P(correct) >= threshold, else the last + 1.
+
+    p_correct: [n_items, K - 1] the halting probe's probability after thoughts 1..K-1.
+    """
+    fires = p_correct >= threshold
+    first = np.argmax(fires, axis=1) + 1
+    return np.where(fires.any(axis=1), first, p_correct.shape[1] + 1)
+
+
+def model_weights_hash(model: torch.nn.Module) -> str:
+    """sha256 of every parameter: what a probe or SAE fit on a model's activations is tied to."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- on a model
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """Probes of one target at one layer for thoughts 1..k_max: cross-validated scores and the fitted probes."""
+
+    target: str
+    hook: str
+    scores: dict[int, ProbeScores]
+    probe: SavedProbe
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "hook": self.hook, "kind": self.probe.kind,
+                "steps": {str(k): s.as_dict() for k, s in self.scores.items()}}
+
+
+def resid_hook(model, layer: int) -> str:
+    """The residual-stream hook name of a layer (negative layers count from the end)."""
+    from probe.capture import architecture
+
+    n = architecture(model).n_layers
+    if not -n <= layer < n:
+        raise ProbeError(f"layer {layer} is out of range for a model with {n} layers")
+    return f"blocks.{layer % n}.hook_resid_post"
+
+
+def fit_probes(
+    model, tokenizer, items: Sequence[ProsQAItem], target: str, layer: int = -1, k_max: int | None = None,
+    folds: int = 5, seed: int = 0, batch_size: int = 32, progress: bool = True, **probe_kw,
+) -> ProbeReport:
+    """Capture the layer's residual at every thought, then cross-validate and fit one probe per thought k."""
+    from probe.capture import capture, node_values
+
+    if target not in TARGETS:
+        raise ProbeError(f"unknown probe target {target!r}; expected one of {TARGETS}")
+    items = list(items)
+    hook = resid_hook(model, layer)
+    k_max = model.config.default_thoughts if k_max is None else k_max
+    if k_max < 1:
+        raise ProbeError(f"probes need at least one thought; k_max is {k_max}")
+    trace = capture(model, tokenizer, items, k=k_max, names=[hook], batch_size=batch_size, progress=progress)
+    names = name_vocabulary(items)
+    kind = "classification" if target in CLASSIFICATION else "regression"
+    scores, coefs, biases = {}, [], []
+    for k in range(1, k_max + 1):
+        values = node_values(model, tokenizer, items, k, progress=False).numpy() if target == "value" else None
+        Y, present = probe_targets(items, k, target, names, values)
+        X = activations_at(trace, hook, k)
+        scores[k] = cross_validate(X, Y, present, kind, k=k, folds=folds, seed=seed, **probe_kw)
+        p = LinearProbe(kind, **probe_kw).fit(X, Y)
+        coefs.append(p.coef_)
+        biases.append(p.intercept_)
+    saved = SavedProbe(target, kind, hook, list(scores), names, np.stack(coefs), np.stack(biases),
+                       model_weights_hash(model), {str(k): s.as_dict() for k, s in scores.items()})
+    return ProbeReport(target, hook, scores, saved)
+
+
+@dataclass(frozen=True)
+class HaltResult:
+    """Accuracy when a halting probe ends each item's thoughts, beside every fixed k."""
+
+    accuracy: float
+    mean_thoughts: float
+    thoughts: np.ndarray  # [n_items] thoughts each item used
+    correct: np.ndarray  # [n_items] bool
+    fixed: dict[int, float]  # accuracy at fixed k = 0..k_max
+
+    def as_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "mean_thoughts": self.mean_thoughts,
+                "fixed": {str(k): a for k, a in self.fixed.items()},
+                "thoughts_histogram": {str(int(k)): int((self.thoughts == k).sum()) for k in np.unique(self.thoughts)}}
+
+
+def _correct_by_k(model, tokenizer, items, k_max: int, batch_size: int) -> np.ndarray:
+    from probe.evaluate import evaluate
+
+    return np.stack([[r.correct for r in evaluate(model, tokenizer, items, k=k, batch_size=batch_size,
+                                                  progress=False).items] for k in range(k_max + 1)], axis=1)
+
+
+def _halt_features(model, tokenizer, items, hook: str, k_max: int, batch_size: int, progress: bool) -> np.ndarray:
+    """[n_items, k_max - 1, d]: the activation at the position holding thought k (k = 1..k_max-1)."""
+    from probe.capture import capture
+
+    trace = capture(model, tokenizer, items, k=k_max, names=[hook], batch_size=batch_size, progress=progress)
+    return trace[hook][:, 1:k_max].float().numpy()  # step s (0-based) holds thought s as its input
+
+
+def fit_halting_probe(
+    model, tokenizer, items: Sequence[ProsQAItem], layer: int = -1, k_max: int | None = None, folds: int = 5,
+    seed: int = 0, batch_size: int = 32, progress: bool = True,
+) -> tuple[SavedProbe, ProbeScores]:
+    """A probe that reads, after thought k, whether forcing <|end-latent|> now already gives the right answer."""
+    items = list(items)
+    hook = resid_hook(model, layer)
+    k_max = model.config.default_thoughts if k_max is None else k_max
+    if k_max < 2:
+        raise ProbeError(f"a halting probe needs k_max >= 2 (a choice to stop early), got {k_max}")
+    feats = _halt_features(model, tokenizer, items, hook, k_max, batch_size, progress)  # [n, K-1, d]
+    correct = _correct_by_k(model, tokenizer, items, k_max, batch_size)[:, 1:k_max]  # [n, K-1]
+    n, steps, d = feats.shape
+    X, y = feats.reshape(n * steps, d), correct.reshape(n * steps, 1).astype(float)
+    # Folds over items: every step of an item on one side.
+    item_of = np.repeat(np.arange(n), steps)
+    shuffled = np.random.default_rng(seed).permutation(y[:, 0])[:, None]  # control: labels shuffled over rows
+    aucs, ctrl = [], []
+    for train_items, test_items in KFold(min(folds, n), shuffle=True, random_state=seed).split(np.arange(n)):
+        tr, te = np.isin(item_of, train_items), np.isin(item_of, test_items)
+        for labels, out in ((y, aucs), (shuffled, ctrl)):
+            p = LinearProbe("classification").fit(X[tr], labels[tr])
+            out.append(pooled_score("classification", labels[te], p.decision_function(X[te]),
+                                    np.ones_like(labels[te], bool)))
+    scores = ProbeScores(0, "classification", _nanmean(aucs), _nanstd(aucs), _nanmean(ctrl), float("nan"), n)
+    p = LinearProbe("classification").fit(X, y)
+    saved = SavedProbe("halt", "classification", hook, [k_max], ["correct"], p.coef_[None], p.intercept_[None],
+                       model_weights_hash(model), {"cv": scores.as_dict(), "k_max": k_max,
+                                                   "positive_rate": float(y.mean())})
+    return saved, scores
+
+
+def halting_eval(
+    model, tokenizer, items: Sequence[ProsQAItem], saved: SavedProbe, threshold: float = 0.5, batch_size: int = 32,
+    progress: bool = True,
+) -> HaltResult:
+    """Stop each item's thoughts when the halting probe fires (at most its trained maximum) and score the answers."""
+    from probe.data.render import render_prompt, tokenize_item
+    from probe.evaluate import evaluate
+
+    if saved.target != "halt":
+        raise ProbeError(f"a {saved.target!r} probe is not a halting probe")
+    items = list(items)
+    k_max = saved.steps[0]
+    feats = _halt_features(model, tokenizer, items, saved.hook, k_max, batch_size, progress)
+    p = saved.probe(k_max)
+    p_correct = p.predict_proba(feats.reshape(-1, feats.shape[-1]))[:, 0].reshape(len(items), k_max - 1)
+    ks = halt_points(p_correct, threshold)
+    cfg = model.config
+    prompts = [render_prompt(tokenize_item(it, tokenizer, cfg.data_format), int(k), cfg.stage_spec, cfg.special)
+               for it, k in zip(items, ks)]
+    res = evaluate(model, tokenizer, items, prompts=prompts, batch_size=batch_size, progress=False)
+    correct = np.array([r.correct for r in res.items])
+    fixed = _correct_by_k(model, tokenizer, items, k_max, batch_size).mean(axis=0)
+    return HaltResult(float(correct.mean()), float(ks.mean()), ks, correct, {k: float(a) for k, a in enumerate(fixed)})

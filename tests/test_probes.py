@@ -1,0 +1,158 @@
+"""Linear probes: planted features recovered, controls at chance, targets by hand, files, the halting probe."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from probe.data.prosqa import ProsQAItem
+from probe.probes import (LinearProbe, ProbeError, SavedProbe, control_targets, cross_validate, fit_halting_probe,
+                          fit_probes, halt_points, halting_eval, model_weights_hash, probe_targets)
+
+# Tom -> wumpus -> yumpus (target); Tom -> zumpus -> rompus (neg_target); lempus -> rompus (unreached).
+ITEM = ProsQAItem(
+    question="", steps=("a", "b"), answer="Tom is a yumpus.",
+    idx_to_symbol=("Tom", "wumpus", "zumpus", "yumpus", "rompus", "lempus"),
+    edges=((0, 1), (0, 2), (1, 3), (2, 4), (5, 4)), root=0, target=3, neg_target=4,
+)
+NAMES = ["Tom", "extra", "lempus", "rompus", "wumpus", "yumpus", "zumpus"]
+
+
+def test_targets_by_hand():
+    col = {n: j for j, n in enumerate(NAMES)}
+    Y, present = probe_targets([ITEM], 1, "frontier", NAMES)
+    assert present[0].tolist() == [n != "extra" for n in NAMES]
+    assert {n for n in NAMES if Y[0, col[n]]} == {"wumpus", "zumpus"}
+    Y, _ = probe_targets([ITEM], 1, "reachable", NAMES)
+    assert {n for n in NAMES if Y[0, col[n]]} == {"Tom", "wumpus", "zumpus"}
+    Y, _ = probe_targets([ITEM], 1, "depth", NAMES)
+    # depths 0, 1, 1, 2, 2; lempus is never reached: capped at the deepest depth + 1 = 3.
+    assert [Y[0, col[n]] for n in ("Tom", "wumpus", "zumpus", "yumpus", "rompus", "lempus")] == [0, 1, 1, 2, 2, 3]
+    values = np.array([[0.0, 0.5, 0.25, 0.0, 0.0, 0.1]])
+    Y, _ = probe_targets([ITEM], 1, "value", NAMES, values)
+    assert Y[0, col["wumpus"]] == 0.5 and Y[0, col["lempus"]] == 0.1
+    with pytest.raises(ProbeError, match="unknown probe target 'height'"):
+        probe_targets([ITEM], 1, "height", NAMES)
+    with pytest.raises(ProbeError, match="does not know"):
+        probe_targets([ITEM], 1, "frontier", ["Tom"])
+
+
+def test_control_task_reassigns_each_names_labels_among_its_items():
+    rng = np.random.default_rng(0)
+    present = rng.random((50, 12)) < 0.6
+    Y = (rng.random((50, 12)) < 0.3) & present
+    C = control_targets(Y.astype(float), present, seed=1)
+    for j in range(12):  # the same labels per name, only among the items that have the name
+        assert sorted(C[present[:, j], j]) == sorted(Y[present[:, j], j].astype(float))
+        assert not C[~present[:, j], j].any()
+    assert (C != Y).any()
+
+
+def planted(n=400, d=32, n_out=6, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    W = rng.normal(size=(n_out, d))
+    return X, X @ W.T, W
+
+
+def test_a_probe_recovers_a_planted_feature_while_its_control_stays_at_chance():
+    X, logits, _ = planted()
+    Y = (logits + np.random.default_rng(1).normal(scale=0.5, size=logits.shape) > 0).astype(float)
+    present = np.ones_like(Y, bool)
+    s = cross_validate(X, Y, present, "classification", folds=5)
+    assert s.score > 0.95 and abs(s.control - 0.5) < 0.05 and s.selectivity > 0.4
+    probe = LinearProbe("classification").fit(X, Y)
+    assert probe.score(X, Y) > 0.95 and probe.predict(X).shape == Y.shape
+    assert s.as_dict()["auroc"] == s.score and "control_auroc" in s.as_dict()
+
+
+def test_a_regression_probe_recovers_planted_values_and_their_ranks():
+    X, values, W = planted(d=16, n_out=8)
+    present = np.ones_like(values, bool)
+    s = cross_validate(X, values, present, "regression", folds=4, alpha=1.0)
+    assert s.score > 0.95 and s.spearman > 0.95 and s.control < 0.1
+    probe = LinearProbe("regression", alpha=1e-6).fit(X, values)
+    np.testing.assert_allclose(probe.coef_, W, atol=1e-3)  # the probe's rows are the planted directions
+
+
+def test_halt_points_by_hand():
+    p = np.array([[0.1, 0.7, 0.9], [0.6, 0.1, 0.1], [0.2, 0.3, 0.4]])
+    assert halt_points(p).tolist() == [2, 1, 4]  # never fires: the maximum, 3 + 1 thoughts
+    assert halt_points(p, threshold=0.95).tolist() == [4, 4, 4]
+
+
+def test_saved_probe_round_trip_and_errors(tmp_path):
+    X, logits, _ = planted(n=100, d=8, n_out=3)
+    p = LinearProbe("classification").fit(X, (logits > 0).astype(float))
+    saved = SavedProbe("frontier", "classification", "blocks.1.hook_resid_post", [1], ["a", "b", "c"],
+                       p.coef_[None], p.intercept_[None], "h" * 64, {"1": {"auroc": 1.0}})
+    saved.save(tmp_path / "pr")
+    back = SavedProbe.load(tmp_path / "pr", model_hash="h" * 64)
+    np.testing.assert_allclose(back.probe(1).decision_function(X), p.decision_function(X), rtol=1e-4, atol=1e-4)
+    dirs = back.directions(1)
+    assert set(dirs) == {"a", "b", "c"} and all(abs(np.linalg.norm(v) - 1) < 1e-6 for v in dirs.values())
+    with pytest.raises(ProbeError, match="fit on another model"):
+        SavedProbe.load(tmp_path / "pr", model_hash="x" * 64)
+    with pytest.raises(ProbeError, match="no probe for thought 2"):
+        back.probe(2)
+    with pytest.raises(ProbeError, match="not a saved probe"):
+        SavedProbe.load(tmp_path)
+    (tmp_path / "pr" / "probe.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ProbeError, match="cannot read the probe"):
+        SavedProbe.load(tmp_path / "pr")
+
+
+@pytest.fixture(scope="module")
+def tiny(word_tokenizer_m):
+    from conftest import tiny_base
+    from probe.model.coconut import CoconutConfig, CoconutModel
+    from probe.model.tokenizer import special_tokens
+
+    sp = special_tokens(word_tokenizer_m)
+    return CoconutModel(tiny_base("gpt2", len(word_tokenizer_m), sp.eos_id),
+                        CoconutConfig.from_special(sp, max_latent_stage=3)), word_tokenizer_m
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer_m():
+    from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
+    from probe.model.tokenizer import build_word_tokenizer
+
+    return build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES])
+
+
+def test_probes_on_a_model_read_its_own_residuals(tiny, official_items):
+    from probe.capture import capture
+
+    model, tok = tiny
+    items = official_items[:20]
+    rep = fit_probes(model, tok, items, "frontier", layer=-1, k_max=2, folds=4, progress=False)
+    assert rep.hook == "blocks.1.hook_resid_post" and sorted(rep.scores) == [1, 2]
+    assert rep.probe.coef.shape == (2, len(rep.probe.names), model.d_model)
+    assert rep.probe.model_hash == model_weights_hash(model)
+    # The saved probe of thought 2 applied to an independent capture's residual gives the same logits.
+    trace = capture(model, tok, items[:3], k=2, names=[rep.hook], progress=False)
+    X = trace[rep.hook][:, 1].numpy()
+    want = X @ rep.probe.coef[1].T + rep.probe.intercept[1]
+    np.testing.assert_allclose(rep.probe.probe(2).decision_function(X), want, rtol=1e-6)
+    with pytest.raises(ProbeError, match="layer 5 is out of range"):
+        fit_probes(model, tok, items, "frontier", layer=5, k_max=2)
+
+
+def test_halting_eval_with_a_probe_that_always_or_never_fires(tiny, official_items):
+    from probe.evaluate import evaluate
+
+    model, tok = tiny
+    items = official_items[:12]
+    saved, scores = fit_halting_probe(model, tok, items, k_max=3, folds=3, progress=False)
+    assert saved.target == "halt" and saved.coef.shape == (1, 1, model.d_model) and scores.n_items == 12
+    always = SavedProbe(**{**saved.__dict__, "intercept": np.full((1, 1), 50.0), "coef": np.zeros_like(saved.coef)})
+    never = SavedProbe(**{**saved.__dict__, "intercept": np.full((1, 1), -50.0), "coef": np.zeros_like(saved.coef)})
+    res = halting_eval(model, tok, items, always, progress=False)
+    assert res.mean_thoughts == 1 and res.accuracy == evaluate(model, tok, items, k=1, progress=False).accuracy
+    res = halting_eval(model, tok, items, never, progress=False)
+    assert res.mean_thoughts == 3 and res.accuracy == res.fixed[3]
+    assert res.fixed[0] == evaluate(model, tok, items, k=0, progress=False).accuracy
+    assert json.loads(json.dumps(res.as_dict()))["thoughts_histogram"] == {"3": 12}
