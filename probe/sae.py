@@ -1,0 +1,307 @@
+"""Sparse autoencoders on continuous thoughts: a TopK SAE (Gao et al. 2024; ReLU + L1 optional) in torch.
+
+Follows scikit-learn's contract (fit / transform / score, hyper-parameters in __init__, learned
+state in attributes ending in `_`) and trains on any [n, d_in] activations, so where the
+activations come from stays outside. Files use SAELens's format without importing SAELens:
+cfg.json (architecture, d_in, d_sae, k, a `metadata` block with the hook name and
+sae_lens_version) and sae_weights.safetensors (W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc,
+b_dec); what SAELens has no field for (our training record, the model hash) goes in
+coconut_probe.json beside them. As in SAELens, encode(x) = act((x - b_dec) @ W_enc + b_enc)
+and decode(f) = f @ W_dec + b_dec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from scipy.stats import rankdata
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from probe.data.prosqa import atomic_directory, atomic_write_text
+
+SAE_LENS_VERSION = "6.5.0"  # the SAELens file format these files follow
+ACTIVATIONS = ("topk", "relu")
+
+
+class SAEError(ValueError):
+    """An SAE that cannot be trained, used or loaded (bad settings, shapes, file or model)."""
+
+
+@dataclass(frozen=True)
+class SAEMetrics:
+    """Reconstruction and sparsity of an SAE on a set of activations."""
+
+    fvu: float  # fraction of variance unexplained: sum |x - x_hat|^2 / sum |x - mean|^2
+    l0: float  # mean number of active features per row
+    dead_fraction: float  # features that never fire on these rows
+
+    def as_dict(self) -> dict[str, float]:
+        return {"fvu": self.fvu, "l0": self.l0, "dead_fraction": self.dead_fraction}
+
+
+class SparseAutoencoder:
+    """A TopK (or ReLU + L1) sparse autoencoder trained with Adam on [n, d_in] activations."""
+
+    def __init__(self, d_sae: int = 512, k: int = 8, activation: str = "topk", l1_coeff: float = 0.0,
+                 lr: float = 1e-3, epochs: int = 50, batch_size: int = 256, seed: int = 0, device: str = "cpu",
+                 progress: bool = True):
+        self.d_sae, self.k, self.activation, self.l1_coeff = d_sae, k, activation, l1_coeff
+        self.lr, self.epochs, self.batch_size, self.seed, self.device, self.progress = \
+            lr, epochs, batch_size, seed, device, progress
+
+    def _check(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise SAEError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.activation == "topk" and not 0 < self.k <= self.d_sae:
+            raise SAEError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
+        if self.d_sae < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise SAEError("d_sae, epochs and batch_size must be >= 1")
+
+    def _rows(self, X) -> Tensor:
+        X = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X).float()
+        if X.ndim != 2:
+            raise SAEError(f"activations must be [n, d_in], got {list(X.shape)}")
+        if hasattr(self, "W_enc_") and X.shape[1] != self.W_enc_.shape[0]:
+            raise SAEError(f"activations have d_in={X.shape[1]}, this SAE was trained on {self.W_enc_.shape[0]}")
+        return X
+
+    def fit(self, X) -> "SparseAutoencoder":
+        """Train on activations X [n, d_in]: MSE (+ L1 for ReLU), decoder rows kept at unit norm."""
+        self._check()
+        X = self._rows(X).to(self.device)
+        n, d = X.shape
+        g = torch.Generator().manual_seed(self.seed)
+        W_dec = torch.randn(self.d_sae, d, generator=g)
+        W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+        params = {
+            "W_enc": W_dec.T.clone(), "W_dec": W_dec, "b_enc": torch.zeros(self.d_sae),
+            "b_dec": X.mean(0).cpu(),  # centre the input at the data mean
+        }
+        params = {k: v.to(self.device).requires_grad_(True) for k, v in params.items()}
+        opt = torch.optim.Adam(params.values(), lr=self.lr)
+        var = (X - X.mean(0)).pow(2).sum(-1).mean()
+        bar = tqdm(range(self.epochs), desc="sae", unit="epoch", disable=not self.progress)
+        for _ in bar:
+            perm = torch.randperm(n, generator=g).to(self.device)
+            total = 0.0
+            for i in range(0, n, self.batch_size):
+                x = X[perm[i : i + self.batch_size]]
+                f = self._encode(x, params)
+                x_hat = f @ params["W_dec"] + params["b_dec"]
+                loss = (x - x_hat).pow(2).sum(-1).mean() / var
+                if self.activation == "relu" and self.l1_coeff:
+                    loss = loss + self.l1_coeff * f.abs().sum(-1).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+                total += float(loss.detach()) * len(x)
+            bar.set_postfix(loss=f"{total / n:.4f}")
+        for k, v in params.items():
+            setattr(self, f"{k}_", v.detach().cpu())
+        return self
+
+    def _encode(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+        if self.activation == "relu":
+            return torch.relu(pre)
+        top = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+    def _params(self) -> dict[str, Tensor]:
+        if not hasattr(self, "W_enc_"):
+            raise SAEError("this SAE is not fitted; call fit first")
+        return {"W_enc": self.W_enc_, "W_dec": self.W_dec_, "b_enc": self.b_enc_, "b_dec": self.b_dec_}
+
+    @torch.no_grad()
+    def encode(self, X) -> Tensor:
+        """[n, d_in] -> [n, d_sae] feature activations."""
+        return self._encode(self._rows(X), self._params())
+
+    transform = encode
+
+    @torch.no_grad()
+    def decode(self, F: Tensor) -> Tensor:
+        """[n, d_sae] -> [n, d_in] reconstruction."""
+        p = self._params()
+        return F @ p["W_dec"] + p["b_dec"]
+
+    def metrics(self, X) -> SAEMetrics:
+        """FVU, L0 and the fraction of dead features on X."""
+        X = self._rows(X)
+        F = self.encode(X)
+        resid = (X - self.decode(F)).pow(2).sum()
+        total = (X - X.mean(0)).pow(2).sum()
+        fired = (F > 0).any(0)
+        return SAEMetrics(float(resid / total), float((F > 0).sum(-1).float().mean()), float(1 - fired.float().mean()))
+
+    def score(self, X, y=None) -> float:
+        """1 - FVU (higher is better, as scikit-learn expects)."""
+        return 1.0 - self.metrics(X).fvu
+
+    # ------------------------------------------------------------------------ files
+
+    def save(self, path: str | os.PathLike, hook_name: str, model_name: str = "", extra: dict | None = None) -> Path:
+        """SAELens-format cfg.json and sae_weights.safetensors (plus coconut_probe.json), written atomically."""
+        p = self._params()
+        d_in = p["W_enc"].shape[0]
+        cfg = {
+            "architecture": "topk" if self.activation == "topk" else "standard",
+            "d_in": d_in, "d_sae": self.d_sae, "dtype": "float32", "device": "cpu",
+            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+            "metadata": {"model_name": model_name, "hook_name": hook_name, "sae_lens_version": SAE_LENS_VERSION,
+                         "sae_lens_training_version": SAE_LENS_VERSION, "prepend_bos": False},
+        }
+        if self.activation == "topk":
+            cfg["k"] = self.k
+        ours = {"activation": self.activation, "k": self.k, "l1_coeff": self.l1_coeff, "lr": self.lr,
+                "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed, **(extra or {})}
+        with atomic_directory(path, replace=True) as tmp:
+            save_file({k: v.contiguous() for k, v in p.items()}, str(tmp / "sae_weights.safetensors"))
+            atomic_write_text(tmp / "cfg.json", json.dumps(cfg, indent=1))
+            atomic_write_text(tmp / "coconut_probe.json", json.dumps(ours, indent=1))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> "SparseAutoencoder":
+        """Read an SAE in SAELens's format (ours, or any topk/standard SAELens SAE); refuse another model's."""
+        path = Path(path)
+        cfg_file, weights = path / "cfg.json", path / "sae_weights.safetensors"
+        if not cfg_file.is_file() or not weights.is_file():
+            raise SAEError(f"{path}: not an SAE directory (needs cfg.json and sae_weights.safetensors)")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+            tensors = load_file(str(weights))
+            ours = json.loads((path / "coconut_probe.json").read_text()) if (path / "coconut_probe.json").is_file() else {}
+        except Exception as e:  # json or safetensors errors
+            raise SAEError(f"{path}: cannot read the SAE ({type(e).__name__}: {e})") from None
+        arch = cfg.get("architecture")
+        if arch not in ("topk", "standard"):
+            raise SAEError(f"{cfg_file}: architecture {arch!r} is not supported (topk or standard)")
+        missing = sorted({"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors))
+        if missing:
+            raise SAEError(f"{weights}: missing tensor(s) {missing}")
+        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+        shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+        for name, shape in shapes.items():
+            if tuple(tensors[name].shape) != shape:
+                raise SAEError(f"{weights}: {name} has shape {list(tensors[name].shape)}, cfg.json says {list(shape)}")
+        if model_hash is not None and ours.get("model_hash") not in (None, model_hash):
+            raise SAEError(f"{path}: this SAE was trained on another model's activations")
+        sae = cls(d_sae=d_sae, k=int(cfg.get("k", 1)), activation="topk" if arch == "topk" else "relu",
+                  **{k: ours[k] for k in ("l1_coeff", "lr", "epochs", "batch_size", "seed") if k in ours})
+        for name in shapes:
+            setattr(sae, f"{name}_", tensors[name].float())
+        sae.hook_name_ = cfg.get("metadata", {}).get("hook_name", "")
+        return sae
+
+
+# ---------------------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class FeatureReport:
+    """What one SAE feature fires for: the node name whose frontier membership it tracks best, and groups."""
+
+    feature: int
+    frequency: float  # fraction of rows where it fires
+    best_name: str | None
+    best_auroc: float  # AUROC of its activation for "best_name is in the frontier", over rows that have the name
+    top_names: list[tuple[str, float]]  # the 3 best (name, AUROC)
+    groups: dict[str, float]  # where it fires: share of rows in which best_name is optimal / frontier / ...
+
+
+def auroc_table(acts: np.ndarray, labels: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """[n_features, n_names] AUROC of each feature's activation for each name's label, over rows with the name.
+
+    acts: [n_rows, n_features]; labels, present: [n_rows, n_names]. nan where a name has one class only.
+    """
+    out = np.full((acts.shape[1], labels.shape[1]), np.nan)
+    for j in range(labels.shape[1]):
+        rows = present[:, j]
+        y = labels[rows, j] > 0.5
+        if 0 < y.sum() < len(y):
+            a = acts[rows]
+            r = rankdata(a, axis=0)  # Mann-Whitney U per feature, ties at their average rank
+            n_pos, n_neg = y.sum(), (~y).sum()
+            out[:, j] = (r[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return out
+
+
+def feature_reports(
+    acts: np.ndarray, labels: np.ndarray, present: np.ndarray, names: Sequence[str], groups: np.ndarray,
+    group_names: Sequence[str],
+) -> list[FeatureReport]:
+    """Per feature: how often it fires, the names whose frontier membership it tracks, and the groups it fires in.
+
+    groups: [n_rows, n_names] group index of each name in each row (-1 where the name is absent).
+    """
+    table = auroc_table(acts, labels, present)
+    out = []
+    for f in range(acts.shape[1]):
+        fires = acts[:, f] > 0
+        row = np.where(np.isfinite(table[f]), table[f], -np.inf)
+        order = np.argsort(-row)[:3]
+        top = [(names[j], float(table[f, j])) for j in order if np.isfinite(table[f, j])]
+        best = top[0] if top else (None, float("nan"))
+        shares = {}
+        if best[0] is not None and fires.any():
+            g = groups[fires, list(names).index(best[0])]
+            shares = {name: float((g == i).mean()) for i, name in enumerate(group_names)}
+            shares["absent"] = float((g < 0).mean())
+        out.append(FeatureReport(f, float(fires.mean()), best[0], best[1], top, shares))
+    return out
+
+
+# ---------------------------------------------------------------------------- on a model
+
+
+@dataclass(frozen=True)
+class ThoughtRows:
+    """Activations at the thought positions of a data set, one row per (item, thought k), with node labels."""
+
+    X: np.ndarray  # [n_items * k_max, d] row b * k_max + (k - 1)
+    frontier: np.ndarray  # [rows, n_names] 1 where the name is in frontier_k of the row's item
+    present: np.ndarray  # [rows, n_names] the name is a node of the row's item
+    groups: np.ndarray  # [rows, n_names] node group at step k (frontier.GROUPS index), -1 where absent
+    names: list[str]
+    hook: str
+    k_max: int
+
+
+def thought_rows(model, tokenizer, items, hook: str | None = None, k_max: int | None = None, batch_size: int = 32,
+                 progress: bool = True) -> ThoughtRows:
+    """Capture every thought (hook None: the thought fed back, ln_final.hook_normalized) of a data set as rows."""
+    from probe.capture import FINAL, capture
+    from probe.data.graph import ProsQAGraph
+    from probe.frontier import node_groups
+    from probe.probes import name_vocabulary, probe_targets
+
+    items = list(items)
+    hook = hook or FINAL
+    k_max = model.config.default_thoughts if k_max is None else k_max
+    if k_max < 1:
+        raise SAEError(f"an SAE on thoughts needs at least one thought; k_max is {k_max}")
+    trace = capture(model, tokenizer, items, k=k_max, names=[hook], batch_size=batch_size, progress=progress)
+    X = trace[hook][:, :k_max].float().reshape(len(items) * k_max, -1).numpy()
+    names = name_vocabulary(items)
+    col = {n: j for j, n in enumerate(names)}
+    frontier = np.zeros((len(items), k_max, len(names)))
+    present = np.zeros((len(items), k_max, len(names)), dtype=bool)
+    groups = np.full((len(items), k_max, len(names)), -1)
+    for k in range(1, k_max + 1):
+        frontier[:, k - 1], present[:, k - 1] = probe_targets(items, k, "frontier", names)
+        for b, it in enumerate(items):
+            g = node_groups(ProsQAGraph.from_item(it), k)
+            groups[b, k - 1, [col[n] for n in it.idx_to_symbol]] = g
+    flat = lambda a: a.reshape(len(items) * k_max, len(names))  # noqa: E731
+    return ThoughtRows(X, flat(frontier), flat(present), flat(groups), names, hook, k_max)
