@@ -278,15 +278,18 @@ class SavedProbe:
         return {n: w / np.linalg.norm(w) for n, w in zip(self.names, W) if np.linalg.norm(w) > 0}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """probe.safetensors (coef, intercept) and probe.json (everything else), written atomically."""
-        path = Path(path)
+        """probe.safetensors (coef, intercept) and probe.json (everything else) in a directory written atomically."""
         with atomic_directory(path, replace=True) as tmp:
-            save_file({"coef": np.ascontiguousarray(self.coef, dtype=np.float32),
-                       "intercept": np.ascontiguousarray(self.intercept, dtype=np.float32)},
-                      str(tmp / "probe.safetensors"))
-            meta = {k: v for k, v in asdict(self).items() if k not in ("coef", "intercept")}
-            atomic_write_text(tmp / "probe.json", json.dumps({"format": PROBE_FORMAT, **meta}, indent=1))
-        return path
+            self.write_into(tmp)
+        return Path(path)
+
+    def write_into(self, directory: Path) -> None:
+        """The probe's two files, into an existing directory."""
+        save_file({"coef": np.ascontiguousarray(self.coef, dtype=np.float32),
+                   "intercept": np.ascontiguousarray(self.intercept, dtype=np.float32)},
+                  str(directory / "probe.safetensors"))
+        meta = {k: v for k, v in asdict(self).items() if k not in ("coef", "intercept")}
+        atomic_write_text(directory / "probe.json", json.dumps({"format": PROBE_FORMAT, **meta}, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> "SavedProbe":

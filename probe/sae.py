@@ -152,6 +152,12 @@ class SparseAutoencoder:
 
     def save(self, path: str | os.PathLike, hook_name: str, model_name: str = "", extra: dict | None = None) -> Path:
         """SAELens-format cfg.json and sae_weights.safetensors (plus coconut_probe.json), written atomically."""
+        with atomic_directory(path, replace=True) as tmp:
+            self.write_into(tmp, hook_name, model_name, extra)
+        return Path(path)
+
+    def write_into(self, directory: Path, hook_name: str, model_name: str = "", extra: dict | None = None) -> None:
+        """The SAE's files, into an existing directory."""
         p = self._params()
         d_in = p["W_enc"].shape[0]
         cfg = {
@@ -165,11 +171,9 @@ class SparseAutoencoder:
             cfg["k"] = self.k
         ours = {"activation": self.activation, "k": self.k, "l1_coeff": self.l1_coeff, "lr": self.lr,
                 "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed, **(extra or {})}
-        with atomic_directory(path, replace=True) as tmp:
-            save_file({k: v.contiguous() for k, v in p.items()}, str(tmp / "sae_weights.safetensors"))
-            atomic_write_text(tmp / "cfg.json", json.dumps(cfg, indent=1))
-            atomic_write_text(tmp / "coconut_probe.json", json.dumps(ours, indent=1))
-        return Path(path)
+        save_file({k: v.contiguous() for k, v in p.items()}, str(directory / "sae_weights.safetensors"))
+        atomic_write_text(directory / "cfg.json", json.dumps(cfg, indent=1))
+        atomic_write_text(directory / "coconut_probe.json", json.dumps(ours, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> "SparseAutoencoder":

@@ -165,3 +165,47 @@ FIGURES: dict[str, Callable[..., go.Figure]] = {
     "inner_product": inner_products,
     "attention": attention,
 }
+
+
+def probe_scores(report: dict, control: dict | None = None) -> go.Figure:
+    """A probe's cross-validated score per thought beside its control task (and a control checkpoint's probe)."""
+    key = "auroc" if report["kind"] == "classification" else "r2"
+    fig = go.Figure()
+    runs = [("model", report, "solid")] + ([("control checkpoint", control, "dash")] if control else [])
+    for label, rep, dash in runs:
+        ks = sorted(int(k) for k in rep["steps"])
+        for what, col, color in ((key, key, "#d62728"), (f"control task {key}", f"control_{key}", "#7f7f7f")):
+            fig.add_scatter(x=ks, y=[rep["steps"][str(k)][col] for k in ks], mode="lines+markers",
+                            name=f"{label}: {what}", line=dict(color=color, dash=dash))
+    fig.update_layout(title=f"{report['target']} probe on {report['hook']} ({key}, selectivity = gap to the control task)",
+                      xaxis_title="thought k", yaxis_title=key, template="plotly_white")
+    return fig
+
+
+def halting(result: dict) -> go.Figure:
+    """Accuracy against mean thoughts: the halting probe beside every fixed number of thoughts."""
+    ks = sorted(int(k) for k in result["fixed"])
+    fig = go.Figure()
+    fig.add_scatter(x=ks, y=[result["fixed"][str(k)] for k in ks], mode="lines+markers", name="fixed k")
+    fig.add_scatter(x=[result["mean_thoughts"]], y=[result["accuracy"]], mode="markers", name="halting probe",
+                    marker=dict(size=14, symbol="star", color="#d62728"))
+    fig.update_layout(title="Halting probe: accuracy against thoughts used", xaxis_title="mean thoughts",
+                      yaxis_title="accuracy", template="plotly_white")
+    return fig
+
+
+def sae_features(features: Sequence, top: int = 40) -> go.Figure:
+    """The SAE features that track a node's frontier membership best: best AUROC, firing frequency, name on hover."""
+    ranked = sorted((f for f in features if f.best_name is not None and np.isfinite(f.best_auroc)),
+                    key=lambda f: -f.best_auroc)[:top]
+    fig = go.Figure()
+    fig.add_bar(x=[str(f.feature) for f in ranked], y=[f.best_auroc for f in ranked], name="best frontier AUROC",
+                hovertext=[f"{f.best_name}; fires on {f.frequency:.1%} of thoughts; groups "
+                           + ", ".join(f"{g} {v:.0%}" for g, v in f.groups.items() if v) for f in ranked])
+    fig.add_scatter(x=[str(f.feature) for f in ranked], y=[f.frequency for f in ranked], mode="markers",
+                    name="firing frequency", yaxis="y2")
+    fig.update_layout(title="SAE features by how well they track one node's frontier membership",
+                      xaxis_title="feature", yaxis=dict(title="AUROC", range=[0, 1]),
+                      yaxis2=dict(title="frequency", overlaying="y", side="right", range=[0, 1]),
+                      template="plotly_white")
+    return fig
