@@ -97,7 +97,8 @@ def control_targets(Y: np.ndarray, present: np.ndarray, seed: int = 0) -> np.nda
 class LinearProbe(BaseEstimator):
     """A linear probe per output column: logistic regression (classification) or ridge (regression).
 
-    fit(X [n, d], Y [n, n_out]) standardises X; `coef_` [n_out, d] and `intercept_` [n_out] are the
+    fit(X [n, d], Y [n, n_out], present) standardises X and fits each column on the rows that have
+    its name; `coef_` [n_out, d] and `intercept_` [n_out] are the
     probe in the original activation space (decision = X @ coef_.T + intercept_), so its rows are
     directions an intervention can add. A classification column with one class only is constant.
     """
@@ -108,25 +109,32 @@ class LinearProbe(BaseEstimator):
         self.alpha = alpha
         self.max_iter = max_iter
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> "LinearProbe":
+    def fit(self, X: np.ndarray, Y: np.ndarray, present: np.ndarray | None = None) -> "LinearProbe":
+        """Fit each column on the rows where it is present (default: all rows)."""
         X, Y = _check_xy(X, Y)
         if self.kind not in ("classification", "regression"):
             raise ProbeError(f"kind must be 'classification' or 'regression', got {self.kind!r}")
+        present = np.ones(Y.shape, bool) if present is None else np.asarray(present, bool)
+        if present.shape != Y.shape:
+            raise ProbeError(f"present must have Y's shape {list(Y.shape)}, got {list(present.shape)}")
         scaler = StandardScaler().fit(X)
         Z = scaler.transform(X)
         W = np.zeros((Y.shape[1], X.shape[1]))
         b = np.zeros(Y.shape[1])
-        if self.kind == "regression":
-            reg = Ridge(alpha=self.alpha).fit(Z, Y)
-            W, b = np.atleast_2d(reg.coef_), np.atleast_1d(reg.intercept_)
-        else:
-            for j in range(Y.shape[1]):
-                y = Y[:, j] > 0.5
-                if y.all() or not y.any():
-                    b[j] = 30.0 if y.all() else -30.0  # a constant column: certain, and no direction
-                    continue
-                clf = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(Z, y)
-                W[j], b[j] = clf.coef_[0], clf.intercept_[0]
+        for j in range(Y.shape[1]):
+            rows = present[:, j]
+            if not rows.any():
+                continue  # a name never seen in training: no direction, decision 0
+            if self.kind == "regression":
+                reg = Ridge(alpha=self.alpha).fit(Z[rows], Y[rows, j])
+                W[j], b[j] = reg.coef_, reg.intercept_
+                continue
+            y = Y[rows, j] > 0.5
+            if y.all() or not y.any():
+                b[j] = 30.0 if y.all() else -30.0  # a constant column: certain, and no direction
+                continue
+            clf = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(Z[rows], y)
+            W[j], b[j] = clf.coef_[0], clf.intercept_[0]
         self.coef_ = W / scaler.scale_
         self.intercept_ = b - self.coef_ @ scaler.mean_
         self.n_features_in_ = X.shape[1]
@@ -236,7 +244,7 @@ def cross_validate(
     scores, controls, spear = [], [], []
     for train, test in KFold(folds, shuffle=True, random_state=seed).split(X):
         for y, out in ((Y, scores), (Yc, controls)):
-            p = LinearProbe(kind, **probe_kw).fit(X[train], y[train])
+            p = LinearProbe(kind, **probe_kw).fit(X[train], y[train], present[train])
             s = p.decision_function(X[test])
             out.append(pooled_score(kind, y[test], s, present[test]))
             if y is Y and kind == "regression":
@@ -391,7 +399,7 @@ def fit_probes(
         Y, present = probe_targets(items, k, target, names, values)
         X = activations_at(trace, hook, k)
         scores[k] = cross_validate(X, Y, present, kind, k=k, folds=folds, seed=seed, **probe_kw)
-        p = LinearProbe(kind, **probe_kw).fit(X, Y)
+        p = LinearProbe(kind, **probe_kw).fit(X, Y, present)
         coefs.append(p.coef_)
         biases.append(p.intercept_)
     saved = SavedProbe(target, kind, hook, list(scores), names, np.stack(coefs), np.stack(biases),

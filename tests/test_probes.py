@@ -156,3 +156,19 @@ def test_halting_eval_with_a_probe_that_always_or_never_fires(tiny, official_ite
     assert res.mean_thoughts == 3 and res.accuracy == res.fixed[3]
     assert res.fixed[0] == evaluate(model, tok, items, k=0, progress=False).accuracy
     assert json.loads(json.dumps(res.as_dict()))["thoughts_histogram"] == {"3": 12}
+
+
+def test_absent_names_are_left_out_of_the_fit_and_the_score():
+    # Values of 5 + <x, w> where the name is present; absent entries hold 0 and must not pull the fit.
+    X, values, _ = planted(n=300, d=12, n_out=4)
+    present = np.random.default_rng(3).random(values.shape) < 0.5
+    Y = np.where(present, 5.0 + values, 0.0)
+    s = cross_validate(X, Y, present, "regression", folds=4, alpha=1.0)
+    assert s.score > 0.95
+    # Without a penalty the fit is least squares on the present rows alone (the scaling does not matter).
+    masked = LinearProbe("regression", alpha=1e-9).fit(X, Y, present)
+    alone = LinearProbe("regression", alpha=1e-9).fit(X[present[:, 0]], Y[present[:, 0], :1])
+    np.testing.assert_allclose(masked.coef_[0], alone.coef_[0], rtol=1e-6)
+    np.testing.assert_allclose(masked.intercept_[0], alone.intercept_[0], rtol=1e-6)
+    with pytest.raises(ProbeError, match="present must have Y's shape"):
+        LinearProbe().fit(X, Y, present[:, :2])
