@@ -129,7 +129,8 @@ def eval_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write per-item predictions here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write per-item predictions here (with --halt: the "
+                                                                 "halting result, and its figure beside it as .html)."),
     halt: Optional[Path] = typer.Option(None, "--halt", help="A halting probe (probe probes halt): stop each "
                                                              "item's thoughts when it fires."),
     threshold: float = typer.Option(0.5, "--threshold", help="With --halt: stop when P(right answer) reaches this."),
@@ -152,7 +153,10 @@ def eval_cmd(
         _fail(str(e))
     if halt is not None:
         if json_out:
+            from probe.viz import halting
+
             atomic_write_text(json_out, json.dumps(result.as_dict(), indent=1))
+            halting(result.as_dict()).write_html(json_out.with_suffix(".html"), include_plotlyjs=True)
         fixed = ", ".join(f"k={k}: {a:.3f}" for k, a in result.fixed.items())
         typer.echo(f"halting probe: accuracy {result.accuracy:.4f} with {result.mean_thoughts:.2f} thoughts on average "
                    f"(fixed {fixed})")

@@ -22,7 +22,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from scipy.stats import spearmanr
 from sklearn.base import BaseEstimator
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
@@ -33,6 +33,7 @@ from probe.data.prosqa import ProsQAItem, atomic_directory, atomic_write_text
 TARGETS = ("frontier", "reachable", "value", "depth")
 CLASSIFICATION = ("frontier", "reachable")
 PROBE_FORMAT = 1
+RIDGE_ALPHAS = tuple(np.logspace(-2, 4, 13))
 
 
 class ProbeError(ValueError):
@@ -97,13 +98,16 @@ def control_targets(Y: np.ndarray, present: np.ndarray, seed: int = 0) -> np.nda
 class LinearProbe(BaseEstimator):
     """A linear probe per output column: logistic regression (classification) or ridge (regression).
 
+    Regression's ridge penalty is chosen per column by leave-one-out over RIDGE_ALPHAS unless alpha is given.
+
     fit(X [n, d], Y [n, n_out], present) standardises X and fits each column on the rows that have
     its name; `coef_` [n_out, d] and `intercept_` [n_out] are the
     probe in the original activation space (decision = X @ coef_.T + intercept_), so its rows are
     directions an intervention can add. A classification column with one class only is constant.
     """
 
-    def __init__(self, kind: str = "classification", C: float = 1.0, alpha: float = 10.0, max_iter: int = 2000):
+    def __init__(self, kind: str = "classification", C: float = 1.0, alpha: float | None = None,
+                 max_iter: int = 2000):
         self.kind = kind
         self.C = C
         self.alpha = alpha
@@ -126,7 +130,9 @@ class LinearProbe(BaseEstimator):
             if not rows.any():
                 continue  # a name never seen in training: no direction, decision 0
             if self.kind == "regression":
-                reg = Ridge(alpha=self.alpha).fit(Z[rows], Y[rows, j])
+                # alpha None: chosen per name by efficient leave-one-out over a grid (RidgeCV)
+                reg = (RidgeCV(alphas=RIDGE_ALPHAS) if self.alpha is None else Ridge(alpha=self.alpha))
+                reg.fit(Z[rows], Y[rows, j])
                 W[j], b[j] = reg.coef_, reg.intercept_
                 continue
             y = Y[rows, j] > 0.5

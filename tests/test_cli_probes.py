@@ -63,6 +63,7 @@ def test_halting_probe_then_eval_halt(ckpt, official_path, tmp_path):
     res = json.loads(js.read_text())
     assert 1 <= res["mean_thoughts"] <= 2 and set(res["fixed"]) == {"0", "1", "2"}
     assert sum(res["thoughts_histogram"].values()) == 10
+    assert "plotly" in js.with_suffix(".html").read_text()[:20000].lower()
     # A probe fit on another model is refused by name.
     other = tmp_path / "other"
     saved = SavedProbe.load(out)
