@@ -351,6 +351,11 @@ def analyze_cmd(
         typer.echo(f"updated {card}")
 
 
+def _num(v: float | None) -> str:
+    """A score for people: three decimals, or '-' where it is undefined (None or nan)."""
+    return "-" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
 def _print_analysis(main, ctrl) -> None:
     import numpy as np
     from rich.console import Console
@@ -362,8 +367,7 @@ def _print_analysis(main, ctrl) -> None:
         table.add_column(col, justify="right")
 
     def cell(fn) -> str:
-        vals = [fn(a) for a in (main, ctrl) if a is not None]
-        return " | ".join("-" if v is None or not math.isfinite(v) else f"{v:.3f}" for v in vals)
+        return " | ".join(_num(fn(a)) for a in (main, ctrl) if a is not None)
 
     for i, k in enumerate(main.steps):
         table.add_row(
@@ -440,9 +444,9 @@ def probes_fit(
         probe_scores(report, report.get("control")).write_html(tmp / "scores.html", include_plotlyjs=True)
     key = "auroc" if rep.probe.kind == "classification" else "r2"
     for k, sc in report["steps"].items():
-        extra = f" | control checkpoint {report['control']['steps'][k][key]:.3f}" if control is not None else ""
-        typer.echo(f"thought {k}: {key} {sc[key]:.3f}, control task {sc['control_' + key]:.3f}, "
-                   f"selectivity {sc['selectivity']:.3f}{extra}")
+        extra = f" | control checkpoint {_num(report['control']['steps'][k][key])}" if control is not None else ""
+        typer.echo(f"thought {k}: {key} {_num(sc[key])}, control task {_num(sc['control_' + key])}, "
+                   f"selectivity {_num(sc['selectivity'])}{extra}")
     typer.echo(f"wrote {out}")
 
 

@@ -89,3 +89,10 @@ def test_sae_train_writes_saelens_files_and_a_report(ckpt, tmp_path):
     r = runner.invoke(app, ["sae", "train", "--ckpt", str(ckpt), "--n", "30", "--layer", "7", "--out",
                             str(tmp_path / "s2")])
     assert r.exit_code == 2 and "layer 7 is out of range" in r.output
+
+
+def test_undefined_scores_print_as_a_dash():
+    from probe.cli import _num
+
+    # A thought whose frontier is empty in every item has no AUROC (None in the report, nan in memory).
+    assert [_num(None), _num(float("nan")), _num(0.5), _num(-0.0123)] == ["-", "-", "0.500", "-0.012"]
