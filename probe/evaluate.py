@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, tokenize_item
-from probe.model.coconut import CoconutModel
+from probe.model.coconut import CoconutModel, ThoughtEdit
 
 MAX_NEW_TOKENS = 128  # the official ProsQA setting
 
@@ -71,10 +71,12 @@ def evaluate(
     max_new_tokens: int = MAX_NEW_TOKENS,
     progress: bool = True,
     prompts: Sequence[Sequence[int]] | None = None,
+    edit: ThoughtEdit | None = None,
 ) -> EvalResult:
     """Greedy-decode every item after its thoughts and score it by the official rule.
 
-    prompts, if given, replace the rendered ones (one per item; k and stage are then ignored).
+    prompts, if given, replace the rendered ones (one per item; k and stage are then ignored);
+    edit (rows indexed like items) intervenes on the thoughts.
     """
     if not items:
         raise ValueError("evaluate needs at least one item")
@@ -98,7 +100,8 @@ def evaluate(
     results: dict[int, ItemResult] = {}
     model.eval()
     for batch in tqdm(batches, desc="eval", unit="batch", disable=not progress):
-        gen = model.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens)
+        gen = model.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+                             edit=None if edit is None else edit.rows(batch))
         for row, (i, new) in enumerate(zip(batch, gen.tokens)):
             # The official rule decodes prompt and continuation together.
             full = tokenizer.decode(prompts[i] + new, skip_special_tokens=True)

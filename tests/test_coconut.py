@@ -13,13 +13,18 @@ from probe.train import collate
 TOL = 1e-5
 
 
-def naive_forward(model: CoconutModel, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [seq, vocab] and thoughts [k, d]: the whole prefix recomputed, uncached, for every thought."""
+def naive_forward(model: CoconutModel, ids: list[int], replace: dict | None = None, add: dict | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [seq, vocab] and thoughts [k, d]: the whole prefix recomputed, uncached, for every thought.
+
+    replace / add: {slot: vector} edits of the thought fed back at that slot.
+    """
     base, latent = model.base, model.config.latent_id
     embeds = base.get_input_embeddings()(torch.tensor([ids]))
     thoughts = []
-    for col in [i for i, t in enumerate(ids) if t == latent]:
+    for j, col in enumerate([i for i, t in enumerate(ids) if t == latent]):
         h = base.base_model(inputs_embeds=embeds[:, :col], use_cache=False).last_hidden_state[0, -1]
+        h = (replace or {}).get(j, h) + (add or {}).get(j, 0.0)
         thoughts.append(h)
         embeds = embeds.clone()
         embeds[0, col] = h
@@ -90,6 +95,37 @@ def test_mixed_batch_equals_each_item_alone(tiny_model, sequences):
 
 
 @torch.no_grad()
+def test_edited_thoughts_equal_the_naive_reference_fed_the_same_edits(tiny_model, sequences):
+    from probe.model.coconut import ThoughtEdit
+
+    sp = tiny_model.config.special
+    seqs = sequences[2:]  # 3 and 6 thoughts, of different lengths
+    batch = collate(seqs, sp.pad_id, sp.latent_id)
+    g = torch.Generator().manual_seed(0)
+    d = tiny_model.d_model
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 1] = mask[1, 0] = True
+    replace, add = torch.randn(2, 6, d, generator=g), torch.zeros(2, 6, d)
+    add[1, 2] = torch.randn(d, generator=g)
+    out = tiny_model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+                     edit=ThoughtEdit(mask, replace, add))
+    for i, seq in enumerate(seqs):
+        reps = {j: replace[i, j] for j in range(6) if mask[i, j]}
+        adds = {j: add[i, j] for j in range(6) if add[i, j].any()}
+        ref_logits, ref_thoughts = naive_forward(tiny_model, list(seq.input_ids), reps, adds)
+        cols = batch["attention_mask"][i].bool()
+        torch.testing.assert_close(out.logits[i, cols], ref_logits, atol=TOL, rtol=0)
+        torch.testing.assert_close(out.thoughts[i, : seq.n_thoughts], ref_thoughts, atol=TOL, rtol=0)
+    # The edit changes what follows it: the unedited run differs after the first edited thought.
+    plain = tiny_model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    assert (plain.logits - out.logits).abs().max() > 1e-3
+    # An edit that puts back each thought as it is changes nothing.
+    same = ThoughtEdit(torch.ones(2, 6, dtype=torch.bool), plain.thoughts)
+    again = tiny_model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], edit=same)
+    torch.testing.assert_close(again.logits, plain.logits, atol=TOL, rtol=0)
+
+
+@torch.no_grad()
 def test_loss_is_mean_cross_entropy_on_labelled_tokens(tiny_model, sequences):
     sp = tiny_model.config.special
     batch = collate(sequences[:2], sp.pad_id, sp.latent_id)
@@ -136,3 +172,20 @@ def test_ids_outside_the_vocabulary_are_refused(word_tokenizer):
     base = tiny_base("gpt2", 20, 1)
     with pytest.raises(ValueError, match=r"latent_id=\d+ is outside the model's vocabulary of 20"):
         CoconutModel(base, CoconutConfig(start_id=3, end_id=4, latent_id=99, eos_id=1, pad_id=1))
+
+
+@torch.no_grad()
+def test_an_edit_of_a_pause_model_acts_on_the_pause_input(word_tokenizer, official_items):
+    from conftest import tiny_base
+    from probe.model.coconut import ThoughtEdit
+
+    sp = CoconutConfig.from_special(special_tokens(word_tokenizer), mode="pause_as_thought")
+    base = tiny_base("gpt2", len(word_tokenizer), sp.eos_id)
+    model = CoconutModel(base, sp)
+    ids = render_prompt(tokenize_item(official_items[0], word_tokenizer), 3, StageSpec(), sp.special)
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[False, True, False]])
+    out = model(torch.tensor([ids]), edit=ThoughtEdit(mask, v.expand(1, 3, -1)))
+    embeds = base.get_input_embeddings()(torch.tensor([ids])).clone()
+    embeds[0, ids.index(sp.latent_id) + 1] = v  # the second pause token's input
+    torch.testing.assert_close(out.logits, base(inputs_embeds=embeds).logits, atol=TOL, rtol=0)

@@ -32,7 +32,7 @@ def test_accuracy_counts_gold_continuations(tiny_model, word_tokenizer, official
         gold[q.question] = [t for s in q.steps for t in s] + list(q.answer[:-1])
     wrong = {0, 3}
 
-    def fake_generate(self, prompts, max_new_tokens=128):
+    def fake_generate(self, prompts, max_new_tokens=128, edit=None):
         out = []
         for p in prompts:
             key = next(k for k in gold if tuple(p[: len(k)]) == k)

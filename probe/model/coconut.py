@@ -66,6 +66,34 @@ class CoconutConfig:
         return self.stage_spec.inference_thoughts(self.max_latent_stage, self.max_latent_stage)
 
 
+@dataclass(frozen=True)
+class ThoughtEdit:
+    """An intervention on the thoughts fed back, per row and thought slot: replace some, then add a vector.
+
+    thought'[b, j] = replace[b, j] where mask[b, j] else thought[b, j]; then + add[b, j]. The edited
+    thought is what the next position receives, so later thoughts are computed from it.
+    """
+
+    mask: Tensor | None = None  # [batch, max_thoughts] bool: which thoughts to replace
+    replace: Tensor | None = None  # [batch, max_thoughts, d_model]
+    add: Tensor | None = None  # [batch, max_thoughts, d_model]
+
+    def __call__(self, rows: Tensor, slot: Tensor, thought: Tensor) -> Tensor:
+        """The edited thoughts [n, d] of (rows, slot) pairs."""
+        if self.mask is not None and self.replace is not None:
+            m = self.mask.to(thought.device)[rows, slot]
+            thought = torch.where(m[:, None], self.replace.to(thought)[rows, slot], thought)
+        if self.add is not None:
+            thought = thought + self.add.to(thought)[rows, slot]
+        return thought
+
+    def rows(self, index: Tensor | list[int]) -> "ThoughtEdit":
+        """The edit of some rows (a batch of a larger data set)."""
+        index = torch.as_tensor(index)
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return ThoughtEdit(pick(self.mask), pick(self.replace), pick(self.add))
+
+
 @dataclass
 class CoconutOutput:
     """A forward pass: logits at every position and the thoughts fed back."""
@@ -136,8 +164,9 @@ class CoconutModel(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         labels: Tensor | None = None,
+        edit: ThoughtEdit | None = None,
     ) -> CoconutOutput:
-        """Run [batch, seq] sequences, feeding each thought back at its <|latent|> position."""
+        """Run [batch, seq] sequences, feeding each thought back (edited, if asked) at its <|latent|> position."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
@@ -151,6 +180,11 @@ class CoconutModel(nn.Module):
         feedback = self.config.mode in FEEDBACK_MODES
         # Columns that hold a latent in some row: a segment ends before each of them.
         cuts = torch.nonzero(is_latent.any(0)).flatten().tolist() if feedback else []
+        if edit is not None and not feedback and max_k:
+            # No thought is fed back (pause tokens): an edit acts on the input at each latent position.
+            rows, cols = torch.nonzero(is_latent, as_tuple=True)
+            slot = (is_latent.long().cumsum(-1) - 1)[rows, cols]
+            embeds = embeds.index_put((rows, cols), edit(rows, slot, embeds[rows, cols]))
         cache = DynamicCache(config=self.base.config)
         hidden, start = [], 0
         for col in cuts + [seq]:
@@ -165,6 +199,8 @@ class CoconutModel(nn.Module):
             rows = torch.nonzero(is_latent[:, col]).flatten()
             thought = hidden[-1][rows, -1]  # the state at col - 1
             slot = is_latent[rows, :col].sum(-1)  # index of this thought within its row
+            if edit is not None:
+                thought = edit(rows, slot, thought)
             thoughts = thoughts.index_put((rows, slot), thought)
             embeds = embeds.index_put((rows, torch.full_like(rows, col)), thought)
         h = torch.cat(hidden, dim=1)
@@ -183,7 +219,8 @@ class CoconutModel(nn.Module):
         return CoconutOutput(logits, thoughts, n_thoughts, loss, cache)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], max_new_tokens: int = 128) -> Generation:
+    def generate(self, prompts: list[list[int]], max_new_tokens: int = 128, edit: ThoughtEdit | None = None,
+                 ) -> Generation:
         """Greedy decoding after each prompt (which holds its own latents), batched with left padding.
 
         As in the official implementation, the first new token is kept even if it is eos;
@@ -195,7 +232,7 @@ class CoconutModel(nn.Module):
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        out = self.forward(ids, mask)
+        out = self.forward(ids, mask, edit=edit)
         cache, positions = out.past_key_values, position_ids_from_mask(mask)[:, -1]
         logits = out.logits[:, -1]
         tokens: list[list[int]] = [[] for _ in prompts]
