@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from probe.data.layout import NONE, name_pieces, prompt_layout
 from probe.data.prosqa import ProsQAItem, atomic_directory, atomic_write_text
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
-from probe.model.coconut import CoconutModel
+from probe.model.coconut import CoconutModel, ThoughtEdit
 
 POINTS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 FINAL = "ln_final.hook_normalized"
@@ -458,6 +458,7 @@ class TraceStore:
 @torch.no_grad()
 def node_values(
     model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, batch_size: int = 32, progress: bool = True,
+    edit: ThoughtEdit | None = None,
 ) -> Tensor:
     """[n_items, max_nodes] value of every node after k thoughts (DESIGN.md), nan past each item's nodes.
 
@@ -465,7 +466,7 @@ def node_values(
     would name its first concept next ("Every" first in the sentence format). A node's value is
     the probability of its name there: the product of its sub-token probabilities. A model
     without latent mode (CoT) is read after k gold language steps instead; an item with fewer
-    steps gets nan.
+    steps gets nan. edit (rows indexed like items) intervenes on the thoughts first.
     """
     cfg = model.config
     prefix = step_prefix(cfg.data_format)
@@ -490,7 +491,8 @@ def node_values(
         width = max(len(s[2]) for s in chunk)
         ids = torch.tensor([[cfg.pad_id] * (width - len(s[2])) + s[2] for s in chunk], device=model.device)
         mask = torch.tensor([[0] * (width - len(s[2])) + [1] * len(s[2]) for s in chunk], device=model.device)
-        logp = model(ids, mask).logits.float().log_softmax(-1).cpu()
+        rows_edit = None if edit is None else edit.rows([s[0] for s in chunk])
+        logp = model(ids, mask, edit=rows_edit).logits.float().log_softmax(-1).cpu()
         for row, (b, v, _, name) in enumerate(chunk):
             if v < 0:  # the first piece of every name, read at the prompt's last position
                 out[b, : items[b].n_nodes] += logp[row, -1, first[b]]

@@ -1,0 +1,80 @@
+"""Interventions on thoughts: edits built by hand, known answers on a tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probe.capture import node_values
+from probe.data.render import render_prompt, tokenize_item
+from probe.interventions import InterventionError, ablation_edit, intervene, patch_edit, steer_edit
+from probe.model.coconut import ThoughtEdit
+
+
+def test_ablation_edits_by_hand():
+    t = torch.arange(2 * 3 * 4, dtype=torch.float).reshape(2, 3, 4)
+    z = ablation_edit(t, "zero", steps=[2])
+    assert z.mask.tolist() == [[False, True, False]] * 2 and not z.replace.any()
+    m = ablation_edit(t, "mean")
+    torch.testing.assert_close(m.replace[0], (t[0] + t[1]) / 2)
+    r = ablation_edit(t, "random", seed=3)
+    torch.testing.assert_close(r.replace.norm(dim=-1), t.norm(dim=-1))
+    assert (r.replace - t).abs().max() > 1  # a new direction, not the thought itself
+    o = ablation_edit(t, "other")
+    torch.testing.assert_close(o.replace, t[[1, 0]])  # with two items, each gets the other's
+    with pytest.raises(InterventionError, match="unknown ablation 'noise'"):
+        ablation_edit(t, "noise")
+    with pytest.raises(InterventionError, match=r"thought\(s\) \[4\] out of range: there are 3 thoughts"):
+        ablation_edit(t, "zero", steps=[4])
+    s = steer_edit(torch.ones(4), 2.5, step=3, n=2, k=3)
+    assert s.add[:, 2].eq(2.5).all() and not s.add[:, :2].any()
+    with pytest.raises(InterventionError, match="thought 0 out of range"):
+        steer_edit(torch.ones(4), 1.0, step=0, n=2, k=3)
+
+
+@pytest.fixture
+def setup(tiny_model, word_tokenizer, official_items):
+    items = official_items[:6]
+    cfg = tiny_model.config
+    prompts = [render_prompt(tokenize_item(it, word_tokenizer), 3, cfg.stage_spec, cfg.special) for it in items]
+    thoughts = tiny_model.generate(prompts, max_new_tokens=1).thoughts[:, :3]
+    return tiny_model, word_tokenizer, items, thoughts
+
+
+def test_patching_a_thought_between_two_copies_of_an_item_changes_nothing(setup):
+    model, tok, items, thoughts = setup
+    twins = [items[2], items[2]]
+    res = intervene(model, tok, twins, patch_edit(thoughts[[2, 2]], steps=[1, 2]), k=3, values_at=3)
+    assert res.predictions == res.baseline_predictions and res.changed == 0.0
+    np.testing.assert_allclose(res.frontier_mass, res.baseline_frontier_mass, rtol=1e-5)
+
+
+def test_an_edit_moves_values_exactly_as_a_manual_run_with_that_thought(setup):
+    model, tok, items, thoughts = setup
+    # Item 0 gets item 1's first thought; its values after 2 thoughts equal a run where thought 1 is set by hand.
+    edit = patch_edit(thoughts[[1, 0]], steps=[1])
+    got = node_values(model, tok, items[:2], 2, progress=False, edit=edit)
+    every = tok.convert_tokens_to_ids("Every")
+    cfg = model.config
+    prompt = render_prompt(tokenize_item(items[0], tok), 2, cfg.stage_spec, cfg.special) + [every]
+    manual = ThoughtEdit(torch.tensor([[True, False]]), thoughts[1:2, :2])
+    with torch.no_grad():
+        probs = model(torch.tensor([prompt]), edit=manual).logits[0, -1].softmax(-1)
+    want = probs[torch.tensor(tok.convert_tokens_to_ids(list(items[0].idx_to_symbol)))]
+    np.testing.assert_allclose(got[0, : items[0].n_nodes].numpy(), want.numpy(), rtol=1e-4, atol=1e-8)
+    unedited = node_values(model, tok, items[:2], 2, progress=False)
+    assert (got[0] - unedited[0]).abs().nansum() > 1e-6  # the patch moved item 0 (a random model: a little)
+
+
+def test_steering_with_alpha_zero_is_the_baseline_and_ablation_reports(setup):
+    model, tok, items, thoughts = setup
+    res = intervene(model, tok, items, steer_edit(torch.randn(model.d_model), 0.0, 1, len(items), 3), k=3)
+    assert res.predictions == res.baseline_predictions and res.accuracy == res.baseline_accuracy
+    big = intervene(model, tok, items, ablation_edit(thoughts, "zero"), k=3, name="zero all", values_at=1)
+    d = big.as_dict()
+    assert d["name"] == "zero all" and d["accuracy_change"] == big.accuracy - big.baseline_accuracy
+    assert np.abs(big.frontier_mass - big.baseline_frontier_mass).max() > 1e-6  # thought 1 is fed back before them
+    # Values after two thoughts are read before thought 3 exists: ablating it cannot move them.
+    late = intervene(model, tok, items, ablation_edit(thoughts, "zero", steps=[3]), k=3, values_at=2)
+    np.testing.assert_allclose(late.frontier_mass, late.baseline_frontier_mass, rtol=1e-6)
