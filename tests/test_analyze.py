@@ -53,19 +53,11 @@ def test_verbalised_thought_is_checked_against_the_graph(text, k, category, firs
 
 
 @pytest.fixture(scope="module")
-def tiny(official_items, word_tokenizer_module):
-    tok = word_tokenizer_module
+def tiny(official_items, word_tokenizer):
+    tok = word_tokenizer
     sp = special_tokens(tok)
     model = CoconutModel(tiny_base("gpt2", len(tok), sp.eos_id), CoconutConfig.from_special(sp, max_latent_stage=2))
     return model, tok
-
-
-@pytest.fixture(scope="module")
-def word_tokenizer_module():
-    from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
-    from probe.model.tokenizer import build_word_tokenizer
-
-    return build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES])
 
 
 def test_analysis_agrees_with_independent_computations(tiny, official_items):
@@ -113,8 +105,8 @@ def test_analysis_agrees_with_independent_computations(tiny, official_items):
     assert node["depth"] == 0 and node["group"]["1"] == "reachable"
 
 
-def test_a_cot_control_is_read_after_k_gold_steps(official_items, word_tokenizer_module):
-    tok = word_tokenizer_module
+def test_a_cot_control_is_read_after_k_gold_steps(official_items, word_tokenizer):
+    tok = word_tokenizer
     sp = special_tokens(tok)
     model = CoconutModel(tiny_base("gpt2", len(tok), sp.eos_id, seed=1), CoconutConfig.from_special(sp, mode="cot"))
     items = [it for it in official_items if len(it.steps) == 3][:2] + [next(it for it in official_items

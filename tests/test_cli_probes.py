@@ -12,7 +12,7 @@ from conftest import tiny_base
 from probe.cli import app
 from probe.model.checkpoint import load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
-from probe.model.tokenizer import build_word_tokenizer, special_tokens
+from probe.model.tokenizer import special_tokens
 from probe.probes import SavedProbe, model_weights_hash
 from probe.sae import SparseAutoencoder
 
@@ -20,10 +20,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
-
-    tok = build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES])
+def ckpt(tmp_path_factory, word_tokenizer):
+    tok = word_tokenizer
     sp = special_tokens(tok)
     model = CoconutModel(tiny_base("gpt2", len(tok), sp.eos_id), CoconutConfig.from_special(sp, max_latent_stage=2))
     return save_checkpoint(model, tok, tmp_path_factory.mktemp("ckpt") / "tiny")

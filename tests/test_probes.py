@@ -105,22 +105,14 @@ def test_saved_probe_round_trip_and_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny(word_tokenizer_m):
+def tiny(word_tokenizer):
     from conftest import tiny_base
     from probe.model.coconut import CoconutConfig, CoconutModel
     from probe.model.tokenizer import special_tokens
 
-    sp = special_tokens(word_tokenizer_m)
-    return CoconutModel(tiny_base("gpt2", len(word_tokenizer_m), sp.eos_id),
-                        CoconutConfig.from_special(sp, max_latent_stage=3)), word_tokenizer_m
-
-
-@pytest.fixture(scope="module")
-def word_tokenizer_m():
-    from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
-    from probe.model.tokenizer import build_word_tokenizer
-
-    return build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES])
+    sp = special_tokens(word_tokenizer)
+    return CoconutModel(tiny_base("gpt2", len(word_tokenizer), sp.eos_id),
+                        CoconutConfig.from_special(sp, max_latent_stage=3)), word_tokenizer
 
 
 def test_probes_on_a_model_read_its_own_residuals(tiny, official_items):
