@@ -190,6 +190,19 @@ def release(
     typer.echo(f"wrote {rel.path}: accuracy {ev.accuracy:.4f} at the default k={ev.default_k} ({accs})")
 
 
+def _items(data: Optional[Path], n: int, seed: int, limit: Optional[int] = None):
+    """Items from a file, or n generated ones (seed) when no file is given."""
+    from probe.data.generate import generate_items
+    from probe.data.prosqa import load_items
+
+    return load_items(data, limit=limit) if data else generate_items(n, seed=seed)
+
+
+def _new_out(out: Path) -> None:
+    if out.exists():
+        _fail(f"--out {out}: already exists; choose a new directory")
+
+
 def _item(data: Path, index: int):
     from probe.data.prosqa import load_items
 
@@ -320,8 +333,7 @@ def analyze_cmd(
     from probe.data.prosqa import atomic_directory, atomic_write_text, load_items
     from probe.viz import FIGURES
 
-    if out.exists():
-        _fail(f"--out {out}: already exists; choose a new directory")
+    _new_out(out)
     try:
         items = load_items(data, limit=limit)
         model, tok = _load(ckpt, base, device)
@@ -386,19 +398,6 @@ probes_app = typer.Typer(help="Linear probes on thoughts, with control tasks; th
 sae_app = typer.Typer(help="Sparse autoencoders on thoughts (SAELens file format).", no_args_is_help=True)
 app.add_typer(probes_app, name="probes")
 app.add_typer(sae_app, name="sae")
-
-
-def _items(data: Optional[Path], n: int, seed: int, limit: Optional[int] = None):
-    """Items from a file, or n generated ones (seed) when no file is given."""
-    from probe.data.generate import generate_items
-    from probe.data.prosqa import load_items
-
-    return load_items(data, limit=limit) if data else generate_items(n, seed=seed)
-
-
-def _new_out(out: Path) -> None:
-    if out.exists():
-        _fail(f"--out {out}: already exists; choose a new directory")
 
 
 @probes_app.command("fit")
@@ -559,12 +558,10 @@ def tuned_lens_cmd(
 ) -> None:
     """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts."""
     from probe.capture import architecture, capture, select_hooks
-    from probe.data.generate import generate_items
-    from probe.data.prosqa import load_items
     from probe.lens import TunedLens, mean_kl_to_final
 
     try:
-        items = load_items(data) if data else generate_items(n, seed=seed)
+        items = _items(data, n, seed)
         model, tok = _load(ckpt, base, device)
         names = select_hooks(architecture(model).n_layers, ["*hook_resid_post"])
         split = max(1, len(items) // 10)

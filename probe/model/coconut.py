@@ -177,14 +177,14 @@ class CoconutModel(nn.Module):
         n_thoughts = is_latent.sum(-1)
         max_k = int(n_thoughts.max()) if batch else 0
         thoughts = embeds.new_zeros(batch, max_k, embeds.shape[-1])
+        slot_of = is_latent.long().cumsum(-1) - 1  # [batch, seq] index of the thought a latent position holds
         feedback = self.config.mode in FEEDBACK_MODES
         # Columns that hold a latent in some row: a segment ends before each of them.
         cuts = torch.nonzero(is_latent.any(0)).flatten().tolist() if feedback else []
         if edit is not None and not feedback and max_k:
             # No thought is fed back (pause tokens): an edit acts on the input at each latent position.
             rows, cols = torch.nonzero(is_latent, as_tuple=True)
-            slot = (is_latent.long().cumsum(-1) - 1)[rows, cols]
-            embeds = embeds.index_put((rows, cols), edit(rows, slot, embeds[rows, cols]))
+            embeds = embeds.index_put((rows, cols), edit(rows, slot_of[rows, cols], embeds[rows, cols]))
         cache = DynamicCache(config=self.base.config)
         hidden, start = [], 0
         for col in cuts + [seq]:
@@ -198,7 +198,7 @@ class CoconutModel(nn.Module):
                 raise ValueError("a sequence starts with <|latent|>: a thought needs a position before it")
             rows = torch.nonzero(is_latent[:, col]).flatten()
             thought = hidden[-1][rows, -1]  # the state at col - 1
-            slot = is_latent[rows, :col].sum(-1)  # index of this thought within its row
+            slot = slot_of[rows, col]
             if edit is not None:
                 thought = edit(rows, slot, thought)
             thoughts = thoughts.index_put((rows, slot), thought)
@@ -207,7 +207,7 @@ class CoconutModel(nn.Module):
         if not feedback and max_k:
             # Pause tokens are not fed back; still report the state before each of them.
             rows, cols = torch.nonzero(is_latent, as_tuple=True)
-            slot = (is_latent.long().cumsum(-1) - 1)[rows, cols]
+            slot = slot_of[rows, cols]
             thoughts = thoughts.index_put((rows, slot), h[rows, cols - 1])
         logits = self.unembed(h)
         loss = None
