@@ -195,7 +195,7 @@ def analyze(
     max_nodes = max(it.n_nodes for it in items)
     values = np.full((len(items), k_max, max_nodes), np.nan)
     for k in tqdm(steps, desc="values", unit="k", disable=not progress):
-        values[:, k - 1] = node_values(model, tokenizer, items, k, progress=False).numpy()
+        values[:, k - 1] = node_values(model, tokenizer, items, k, batch_size=batch_size, progress=False).numpy()
     by_group = group_means(values, graphs, steps)
     par, mass = {}, np.full((len(items), k_max), np.nan)
     heights: dict[str, dict[int, ValueByHeight]] = {"shortest": {}, "longest": {}}
