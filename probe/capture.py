@@ -20,12 +20,13 @@ from typing import Iterator, Sequence
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from probe.data.layout import NONE, name_pieces, prompt_layout
 from probe.data.prosqa import ProsQAItem, atomic_directory, atomic_write_text
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
+from probe.model.architecture import Architecture, find_architecture
 from probe.model.coconut import CoconutModel, ThoughtEdit
 
 POINTS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
@@ -35,51 +36,15 @@ TRACE_FORMAT = 1
 
 
 class CaptureError(ValueError):
-    """A capture that cannot run (unknown architecture, bad hook filter, bad store)."""
+    """A capture that cannot run (bad hook filter, bad items, bad store)."""
 
 
 # ---------------------------------------------------------------------------- architecture
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """Where a Hugging Face decoder keeps the modules that the hook names refer to."""
-
-    layers: nn.ModuleList
-    attn: str  # attribute of a layer
-    mlp: str
-    final_norm: nn.Module
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.layers)
-
-
-def _first_attr(obj: object, names: Sequence[str]) -> object | None:
-    for name in names:
-        cur = obj
-        for part in name.split("."):
-            cur = getattr(cur, part, None)
-            if cur is None:
-                break
-        if cur is not None:
-            return cur
-    return None
-
-
 def architecture(model: CoconutModel) -> Architecture:
-    """Find the decoder layers, attention, MLP and final norm of the base model (GPT-2, Llama, NeoX, ...)."""
-    backbone = model.base.base_model
-    layers = _first_attr(backbone, ("h", "layers", "decoder.layers", "blocks"))
-    final = _first_attr(backbone, ("ln_f", "norm", "final_layer_norm", "decoder.final_layer_norm", "final_norm"))
-    name = type(model.base).__name__
-    if not isinstance(layers, nn.ModuleList) or not isinstance(final, nn.Module):
-        raise CaptureError(f"{name}: cannot find its decoder layers and final norm; add it to capture.architecture")
-    attn = next((a for a in ("attn", "self_attn", "attention") if hasattr(layers[0], a)), None)
-    mlp = next((m for m in ("mlp", "feed_forward") if hasattr(layers[0], m)), None)
-    if attn is None or mlp is None:
-        raise CaptureError(f"{name}: cannot find the attention and MLP of its layers")
-    return Architecture(layers, attn, mlp, final)
+    """The decoder layers, attention, MLP and final norm of the model's base (GPT-2, Llama, NeoX, ...)."""
+    return find_architecture(model.base)
 
 
 def hook_names(n_layers: int) -> list[str]:

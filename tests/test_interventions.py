@@ -9,6 +9,7 @@ import torch
 from probe.capture import node_values
 from probe.data.render import render_prompt, tokenize_item
 from probe.interventions import InterventionError, ablation_edit, intervene, patch_edit, steer_edit
+from probe.model.architecture import find_architecture
 from probe.model.coconut import ThoughtEdit
 
 
@@ -78,3 +79,41 @@ def test_steering_with_alpha_zero_is_the_baseline_and_ablation_reports(setup):
     # Values after two thoughts are read before thought 3 exists: ablating it cannot move them.
     late = intervene(model, tok, items, ablation_edit(thoughts, "zero", steps=[3]), k=3, values_at=2)
     np.testing.assert_allclose(late.frontier_mass, late.baseline_frontier_mass, rtol=1e-6)
+
+
+def _layer_trace(model, tok, items, k, layer):
+    from probe.capture import capture_batch
+
+    name = f"blocks.{layer}.hook_resid_post"
+    return capture_batch(model, tok, items, k=k, names=[name, "ln_final.hook_normalized"])
+
+
+def test_a_layer_edit_that_writes_back_the_captured_residual_is_the_identity(setup):
+    model, tok, items, _ = setup
+    tr = _layer_trace(model, tok, items, 3, 0)
+    resid = tr["blocks.0.hook_resid_post"][:, :3]
+    same = ThoughtEdit(torch.ones(len(items), 3, dtype=torch.bool), resid, layer=0)
+    res = intervene(model, tok, items, same, k=3, values_at=2)
+    assert res.predictions == res.baseline_predictions
+    np.testing.assert_allclose(res.frontier_mass, res.baseline_frontier_mass, rtol=1e-4)
+    zero = ThoughtEdit(torch.ones(len(items), 3, dtype=torch.bool), torch.zeros_like(resid), layer=0)
+    moved = node_values(model, tok, items, 2, progress=False, edit=zero)
+    assert (moved - node_values(model, tok, items, 2, progress=False)).abs().nansum() > 1e-4
+
+
+def test_patching_the_last_layer_residual_moves_the_thought_exactly(setup):
+    model, tok, items, _ = setup
+    L = find_architecture(model.base).n_layers - 1
+    tr = _layer_trace(model, tok, items[:2], 3, L)
+    resid = tr[f"blocks.{L}.hook_resid_post"][:, :3]
+    # Item 0 gets item 1's last-layer residual at the position emitting thought 2: its thought 2 is
+    # then the final norm of that residual, which is item 1's own thought 2.
+    edit = ThoughtEdit(torch.tensor([[False, True, False], [False, False, False]]), resid[[1, 0]], layer=-1)
+    cfg = model.config
+    prompts = [render_prompt(tokenize_item(it, tok), 3, cfg.stage_spec, cfg.special) for it in items[:2]]
+    got = model.generate(prompts, max_new_tokens=1, edit=edit).thoughts
+    torch.testing.assert_close(got[0, 1], tr.thoughts[1, 1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[0, 0], tr.thoughts[0, 0], rtol=1e-4, atol=1e-5)  # before the edit: untouched
+    torch.testing.assert_close(got[1], tr.thoughts[1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="layer 9 is out of range"):
+        model.generate(prompts, max_new_tokens=1, edit=ThoughtEdit(add=torch.zeros(2, 3, model.d_model), layer=9))

@@ -10,8 +10,9 @@ padded, masked and given their own position ids.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
 from probe.data.render import IGNORE_INDEX, MODES, StageSpec
+from probe.model.architecture import find_architecture
 from probe.model.tokenizer import SpecialTokens
 
 FEEDBACK_MODES = ("coconut",)
@@ -68,15 +70,21 @@ class CoconutConfig:
 
 @dataclass(frozen=True)
 class ThoughtEdit:
-    """An intervention on the thoughts fed back, per row and thought slot: replace some, then add a vector.
+    """An intervention on the thoughts, per row and thought slot: replace some, then add a vector.
 
-    thought'[b, j] = replace[b, j] where mask[b, j] else thought[b, j]; then + add[b, j]. The edited
-    thought is what the next position receives, so later thoughts are computed from it.
+    x'[b, j] = replace[b, j] where mask[b, j] else x[b, j]; then + add[b, j]. With layer None, x is the
+    thought fed back (for a pause model, the input at the pause position): the edited thought is what
+    the next position receives, so later thoughts are computed from it. With a layer, x is that
+    layer's residual stream output (`blocks.{layer}.hook_resid_post`) at the position that emits
+    thought j: the position before latent j, or `positions[b, j]` (counted within the unpadded
+    prompt, -1 for none) for a model without latents, such as a CoT control's step ends.
     """
 
     mask: Tensor | None = None  # [batch, max_thoughts] bool: which thoughts to replace
     replace: Tensor | None = None  # [batch, max_thoughts, d_model]
     add: Tensor | None = None  # [batch, max_thoughts, d_model]
+    layer: int | None = None
+    positions: Tensor | None = None  # [batch, max_thoughts] long, with a layer only
 
     def __call__(self, rows: Tensor, slot: Tensor, thought: Tensor) -> Tensor:
         """The edited thoughts [n, d] of (rows, slot) pairs."""
@@ -91,7 +99,7 @@ class ThoughtEdit:
         """The edit of some rows (a batch of a larger data set)."""
         index = torch.as_tensor(index)
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return ThoughtEdit(pick(self.mask), pick(self.replace), pick(self.add))
+        return ThoughtEdit(pick(self.mask), pick(self.replace), pick(self.add), self.layer, pick(self.positions))
 
 
 @dataclass
@@ -158,6 +166,44 @@ class CoconutModel(nn.Module):
         )
         return out.last_hidden_state
 
+    @contextmanager
+    def _residual_edit(self, edit: ThoughtEdit | None, is_latent: Tensor, slot_of: Tensor, attention_mask: Tensor,
+                       ) -> Iterator[None]:
+        """While the prompt runs, apply a layer edit to that layer's output at the thought-emitting positions."""
+        if edit is None:
+            yield
+            return
+        layers = find_architecture(self.base).layers
+        if not -len(layers) <= edit.layer < len(layers):
+            raise ValueError(f"layer {edit.layer} is out of range for a model with {len(layers)} layers")
+        batch = is_latent.shape[0]
+        if edit.positions is not None:
+            pos = edit.positions.to(is_latent.device)
+            first = attention_mask.long().argmax(-1, keepdim=True)  # left padding: the first real column
+            emit = torch.where(pos >= 0, pos + first, torch.full_like(pos, -1))
+        else:
+            rows, cols = torch.nonzero(is_latent, as_tuple=True)
+            emit = torch.full((batch, int(is_latent.sum(-1).max()) if batch else 0), -1, device=is_latent.device)
+            emit[rows, slot_of[rows, cols]] = cols - 1
+        offset = 0
+
+        def hook(module, args, out):
+            nonlocal offset
+            h = out[0] if isinstance(out, tuple) else out
+            o, offset = offset, offset + h.shape[1]
+            rows, slots = torch.nonzero((emit >= o) & (emit < o + h.shape[1]), as_tuple=True)
+            if not len(rows):
+                return None
+            cols = emit[rows, slots] - o
+            h = h.index_put((rows, cols), edit(rows, slots, h[rows, cols]))
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        handle = layers[edit.layer].register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
     def forward(
         self,
         input_ids: Tensor,
@@ -181,28 +227,31 @@ class CoconutModel(nn.Module):
         feedback = self.config.mode in FEEDBACK_MODES
         # Columns that hold a latent in some row: a segment ends before each of them.
         cuts = torch.nonzero(is_latent.any(0)).flatten().tolist() if feedback else []
+        layer_edit = edit if edit is not None and edit.layer is not None else None
+        edit = None if layer_edit is not None else edit
         if edit is not None and not feedback and max_k:
             # No thought is fed back (pause tokens): an edit acts on the input at each latent position.
             rows, cols = torch.nonzero(is_latent, as_tuple=True)
             embeds = embeds.index_put((rows, cols), edit(rows, slot_of[rows, cols], embeds[rows, cols]))
         cache = DynamicCache(config=self.base.config)
         hidden, start = [], 0
-        for col in cuts + [seq]:
-            if col > start:
-                h = self._run(embeds[:, start:col], attention_mask[:, :col], position_ids[:, start:col], cache)
-                hidden.append(h)
-            start = col
-            if col == seq:
-                break
-            if col == 0:
-                raise ValueError("a sequence starts with <|latent|>: a thought needs a position before it")
-            rows = torch.nonzero(is_latent[:, col]).flatten()
-            thought = hidden[-1][rows, -1]  # the state at col - 1
-            slot = slot_of[rows, col]
-            if edit is not None:
-                thought = edit(rows, slot, thought)
-            thoughts = thoughts.index_put((rows, slot), thought)
-            embeds = embeds.index_put((rows, torch.full_like(rows, col)), thought)
+        with self._residual_edit(layer_edit, is_latent, slot_of, attention_mask):
+            for col in cuts + [seq]:
+                if col > start:
+                    h = self._run(embeds[:, start:col], attention_mask[:, :col], position_ids[:, start:col], cache)
+                    hidden.append(h)
+                start = col
+                if col == seq:
+                    break
+                if col == 0:
+                    raise ValueError("a sequence starts with <|latent|>: a thought needs a position before it")
+                rows = torch.nonzero(is_latent[:, col]).flatten()
+                thought = hidden[-1][rows, -1]  # the state at col - 1
+                slot = slot_of[rows, col]
+                if edit is not None:
+                    thought = edit(rows, slot, thought)
+                thoughts = thoughts.index_put((rows, slot), thought)
+                embeds = embeds.index_put((rows, torch.full_like(rows, col)), thought)
         h = torch.cat(hidden, dim=1)
         if not feedback and max_k:
             # Pause tokens are not fed back; still report the state before each of them.
