@@ -16,11 +16,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tqdm.auto import tqdm
+
+from probe.data.counterfactual import counterfactual_pairs
 from probe.data.graph import ProsQAGraph
+from probe.data.layout import name_pieces
 from probe.data.prosqa import ProsQAItem
-from probe.evaluate import evaluate
+from probe.data.render import tokenize_item
+from probe.evaluate import MAX_NEW_TOKENS, EvalResult, evaluate
 from probe.frontier import frontier_mass
-from probe.model.coconut import CoconutModel, ThoughtEdit
+from probe.model.coconut import FEEDBACK_MODES, CoconutModel, ThoughtEdit
+from probe.probes import LinearProbe, SavedProbe, name_vocabulary, probe_targets
 
 ABLATIONS = ("zero", "mean", "random", "other")
 
@@ -40,17 +46,26 @@ def _steps_mask(n: int, k: int, steps: Sequence[int] | None) -> Tensor:
     return mask
 
 
-def ablation_edit(thoughts: Tensor, kind: str, steps: Sequence[int] | None = None, seed: int = 0) -> ThoughtEdit:
+def ablation_edit(thoughts: Tensor, kind: str, steps: Sequence[int] | None = None, seed: int = 0,
+                  layer: int | None = None, valid: Tensor | None = None, positions: Tensor | None = None,
+                  ) -> ThoughtEdit:
     """Replace thoughts [n, k, d] at the given steps (default all) by zero, the data-set mean of that step,
-    a random vector with the thought's own norm, or the same step's thought of another item (a derangement)."""
+    a random vector with the thought's own norm, or the same step's thought of another item (a derangement).
+
+    thoughts are what the edit's site holds (the thoughts fed back, or one layer's residual there);
+    valid [n, k] marks the thoughts an item has (default all).
+    """
     if kind not in ABLATIONS:
         raise InterventionError(f"unknown ablation {kind!r}; expected one of {ABLATIONS}")
     n, k, d = thoughts.shape
+    valid = torch.ones(n, k, dtype=torch.bool) if valid is None else valid.bool()
+    mask = _steps_mask(n, k, steps) & valid
     g = torch.Generator().manual_seed(seed)
     if kind == "zero":
         replace = torch.zeros_like(thoughts)
     elif kind == "mean":
-        replace = thoughts.mean(0, keepdim=True).expand(n, k, d).clone()
+        w = valid[..., None].to(thoughts)
+        replace = ((thoughts * w).sum(0, keepdim=True) / w.sum(0, keepdim=True).clamp(min=1)).expand(n, k, d).clone()
     elif kind == "random":
         r = torch.randn(n, k, d, generator=g)
         replace = r / r.norm(dim=-1, keepdim=True) * thoughts.norm(dim=-1, keepdim=True)
@@ -58,17 +73,21 @@ def ablation_edit(thoughts: Tensor, kind: str, steps: Sequence[int] | None = Non
         if n < 2:
             raise InterventionError("the 'other' ablation needs at least two items")
         shift = int(torch.randint(1, n, (1,), generator=g))
-        replace = thoughts[(torch.arange(n) + shift) % n]  # a cyclic shift: no item keeps its own
-    return ThoughtEdit(_steps_mask(n, k, steps), replace)
+        other = (torch.arange(n) + shift) % n  # a cyclic shift: no item keeps its own
+        replace, mask = thoughts[other], mask & valid[other]
+    return ThoughtEdit(mask, replace, layer=layer, positions=positions)
 
 
-def patch_edit(source: Tensor, steps: Sequence[int] | None = None) -> ThoughtEdit:
+def patch_edit(source: Tensor, steps: Sequence[int] | None = None, layer: int | None = None,
+               valid: Tensor | None = None, positions: Tensor | None = None) -> ThoughtEdit:
     """Put the source items' thoughts [n, k, d] into the targets (row b gets source row b) at the given steps."""
     n, k, _ = source.shape
-    return ThoughtEdit(_steps_mask(n, k, steps), source)
+    mask = _steps_mask(n, k, steps)
+    return ThoughtEdit(mask if valid is None else mask & valid.bool(), source, layer=layer, positions=positions)
 
 
-def steer_edit(direction: Tensor, alpha: float, step: int, n: int, k: int) -> ThoughtEdit:
+def steer_edit(direction: Tensor, alpha: float, step: int, n: int, k: int, layer: int | None = None,
+               positions: Tensor | None = None) -> ThoughtEdit:
     """Add alpha times a direction [d] (or per item [n, d]) to thought `step` of every item."""
     direction = direction.float()
     if direction.ndim == 1:
@@ -79,7 +98,7 @@ def steer_edit(direction: Tensor, alpha: float, step: int, n: int, k: int) -> Th
         raise InterventionError(f"thought {step} out of range: there are {k} thoughts (1..{k})")
     add = torch.zeros(n, k, direction.shape[-1])
     add[:, step - 1] = alpha * direction
-    return ThoughtEdit(add=add)
+    return ThoughtEdit(add=add, layer=layer, positions=positions)
 
 
 @dataclass(frozen=True)
@@ -110,22 +129,412 @@ class InterventionResult:
         return out
 
 
+def answer_concept(prediction: str) -> str:
+    """The concept an answer names: 'Tom is a lempus.' -> 'lempus'."""
+    words = prediction.strip().rstrip(".").split()
+    return words[-1] if words else ""
+
+
 def intervene(
     model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], edit: ThoughtEdit | None, k: int, name: str = "",
-    values_at: int | None = None, batch_size: int = 32,
+    values_at: int | None = None, batch_size: int = 32, prompts: Sequence[Sequence[int]] | None = None,
+    baseline: EvalResult | None = None, baseline_values: np.ndarray | None = None,
 ) -> InterventionResult:
-    """Answer every item after k thoughts with and without the edit; with values_at, also the frontier mass
-    after that many thoughts (edits past it have no effect there)."""
+    """Answer every item after k thoughts (or the given prompts) with and without the edit; with values_at,
+    also the frontier mass after that many thoughts (edits past it have no effect there).
+
+    baseline and baseline_values (node values after values_at thoughts) skip recomputing the unedited run.
+    """
     from probe.capture import node_values
 
     items = list(items)
-    base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False)
-    res = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, edit=edit)
+    base = baseline or evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=prompts)
+    res = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, edit=edit, prompts=prompts)
     mass = base_mass = None
     if values_at is not None:
         graphs = [ProsQAGraph.from_item(it) for it in items]
-        v0 = node_values(model, tokenizer, items, values_at, batch_size=batch_size, progress=False).numpy()
+        v0 = baseline_values
+        if v0 is None:
+            v0 = node_values(model, tokenizer, items, values_at, batch_size=batch_size, progress=False).numpy()
         v1 = node_values(model, tokenizer, items, values_at, batch_size=batch_size, progress=False, edit=edit).numpy()
         base_mass, mass = frontier_mass(v0, graphs, values_at), frontier_mass(v1, graphs, values_at)
     return InterventionResult(name, k, res.accuracy, base.accuracy, [r.prediction for r in res.items],
                               [r.prediction for r in base.items], mass, base_mass, values_at)
+
+
+# ---------------------------------------------------------------------------- sites
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an edit acts on a data set: what it replaces there, which thoughts exist, and the prompts.
+
+    layer None: the thoughts fed back (a pause model: its pause inputs, all the same embedding, so a
+    'mean' or 'other' ablation there is the identity). A layer: its residual stream at the positions
+    that emit each thought; for a CoT control, at the end of each step of its own chain.
+    """
+
+    layer: int | None
+    source: Tensor  # [n, k, d] what the site holds, unedited
+    valid: Tensor  # [n, k] bool: the thoughts an item has
+    positions: Tensor | None  # [n, k] prompt positions (CoT control), else None: the latents define them
+    prompts: list[list[int]] | None  # the prompts (CoT control: question + its own chain), else None: k thoughts
+
+    @property
+    def label(self) -> str:
+        return "thought" if self.layer is None else f"layer {self.layer}"
+
+    @property
+    def norm(self) -> Tensor:
+        """[k] mean norm of what the site holds, per thought."""
+        n = self.source.norm(dim=-1) * self.valid
+        return n.sum(0) / self.valid.sum(0).clamp(min=1)
+
+
+def own_chains(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, batch_size: int = 32,
+               ) -> tuple[list[list[int]], Tensor, Tensor]:
+    """A model without latent mode (CoT): each item's question plus the chain it writes itself, up to '###';
+    with [n, k] the prompt positions ending its first k steps (the newline after each) and their validity."""
+    cfg = model.config
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    marker = tokenizer.encode("###", add_special_tokens=False)
+    if len(newline) != 1 or not marker:
+        raise InterventionError("the tokenizer has no single newline token to end a step with")
+    questions = [list(tokenize_item(it, tokenizer, cfg.data_format).question) for it in items]
+    prompts, pos = [], torch.full((len(items), k), -1, dtype=torch.long)
+    for i in range(0, len(items), batch_size):
+        gen = model.generate(questions[i : i + batch_size], max_new_tokens=MAX_NEW_TOKENS)
+        for b, (q, new) in enumerate(zip(questions[i : i + batch_size], gen.tokens), start=i):
+            cut = next((j for j in range(len(new)) if new[j : j + len(marker)] == marker), len(new))
+            prompts.append(q + new[:cut])
+            ends = [len(q) + j for j in range(cut) if new[j] == newline[0]][:k]
+            pos[b, : len(ends)] = torch.tensor(ends, dtype=torch.long)
+    return prompts, pos, pos >= 0
+
+
+def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, layer: int | None = None,
+         batch_size: int = 32) -> Site:
+    """Capture what an edit at this site (the thoughts, or one layer's residual) would replace."""
+    from probe.capture import architecture, capture
+
+    items = list(items)
+    cfg = model.config
+    n_layers = architecture(model).n_layers
+    if layer is not None and not -n_layers <= layer < n_layers:
+        raise InterventionError(f"layer {layer} is out of range for a model with {n_layers} layers")
+    if not cfg.stage_spec.markers:
+        if layer is None:
+            raise InterventionError(f"a {cfg.mode} model feeds no thought back; edit one layer's residual instead")
+        prompts, positions, valid = own_chains(model, tokenizer, items, k, batch_size)
+        name = f"blocks.{layer % n_layers}.hook_resid_post"
+        source = torch.zeros(len(items), k, model.d_model)
+        with torch.no_grad():
+            for i in range(0, len(items), batch_size):
+                rows = list(range(i, min(i + batch_size, len(items))))
+                source[rows] = _residuals_at(model, [prompts[r] for r in rows], positions[rows], layer % n_layers)
+        return Site(layer, source, valid, positions, prompts)
+    if layer is None:
+        if cfg.mode in FEEDBACK_MODES:
+            source = capture(model, tokenizer, items, k=k, names=[], batch_size=batch_size, progress=False).thoughts
+        else:
+            pause = model.embed(torch.tensor([cfg.latent_id], device=model.device))[0].detach().float().cpu()
+            source = pause.expand(len(items), k, -1).clone()
+    else:
+        name = f"blocks.{layer % n_layers}.hook_resid_post"
+        source = capture(model, tokenizer, items, k=k, names=[name], batch_size=batch_size, progress=False)[name]
+        source = source[:, :k].float()
+    return Site(layer, source.float(), torch.ones(len(items), k, dtype=torch.bool), None, None)
+
+
+def _residuals_at(model: CoconutModel, prompts: list[list[int]], positions: Tensor, layer: int) -> Tensor:
+    """[n, k, d] a layer's residual output at prompt positions (-1: zeros) of left-padded prompts."""
+    from probe.capture import architecture
+
+    width = max(map(len, prompts))
+    pad = torch.tensor([width - len(p) for p in prompts])
+    ids = torch.tensor([[model.config.pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = (torch.arange(width)[None] >= pad[:, None]).long().to(model.device)
+    got = {}
+    handle = architecture(model).layers[layer].register_forward_hook(
+        lambda m, a, out: got.__setitem__("h", out[0] if isinstance(out, tuple) else out))
+    try:
+        model(ids, mask)
+    finally:
+        handle.remove()
+    h = got["h"].float().cpu()
+    cols = (positions + pad[:, None]).clamp(min=0)
+    out = h[torch.arange(len(prompts))[:, None], cols]
+    return out * (positions >= 0)[..., None]
+
+
+# ---------------------------------------------------------------------------- the data-set runs
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    """Counterfactual patching: item A's thoughts put into B, the same graph asked about another root.
+
+    B's right answer is A's wrong option; if the model reads its answer off the thoughts, B's answer
+    follows A's. follows_a: B's patched answers naming the concept A itself answered; names_a_root: B's
+    patched answers whose subject is A's root (the person the question is about).
+    """
+
+    site: str
+    steps: str
+    n: int
+    follows_a: float
+    baseline_follows_a: float
+    names_a_root: float
+    baseline_names_a_root: float
+    accuracy: float  # of B, by B's own answer
+    baseline_accuracy: float
+    changed: float
+    values_at: int | None
+    a_frontier_mass: float | None  # B's value mass on A's frontier after values_at thoughts, patched
+    baseline_a_frontier_mass: float | None
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class SteerPoint:
+    """Steering at one dose: alpha (in mean norms of the site at that thought) times a unit direction per
+    item toward node v, a parent of the wrong option; value(v) after the steered thought and the answers."""
+
+    direction: str
+    alpha: float
+    n: int
+    value: float  # mean value(v) after `step` thoughts
+    to_option: float  # answers naming the option v leads to (the wrong one)
+    accuracy: float
+    changed: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def steer_target(item: ProsQAItem) -> int:
+    """Node v to steer toward: the first parent of the wrong option (the root never reaches it)."""
+    parents = sorted(p for p, c in item.edges if c == item.neg_target)
+    if not parents:
+        raise InterventionError(f"the wrong option {item.name(item.neg_target)!r} has no parent")
+    return parents[0]
+
+
+def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, s: Site,
+                  kinds: Sequence[str] = ABLATIONS, values: bool = True, batch_size: int = 32, seed: int = 0,
+                  progress: bool = True) -> list[InterventionResult]:
+    """Each ablation of all thoughts, then of each thought alone, beside one shared unedited run; the frontier
+    mass after 1 thought (all) or after the ablated thought (one), where the model has latents."""
+    from probe.capture import node_values
+
+    items = list(items)
+    values = values and model.config.stage_spec.markers
+    base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=s.prompts)
+    base_values = {}
+    plan = [(kind, None) for kind in kinds] + [(kind, [j]) for j in range(1, k + 1) for kind in kinds]
+    out = []
+    for kind, steps in tqdm(plan, desc=f"ablate ({s.label})", unit="run", disable=not progress):
+        at = (1 if steps is None else steps[0]) if values else None
+        if at is not None and at not in base_values:
+            base_values[at] = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False).numpy()
+        edit = ablation_edit(s.source, kind, steps, seed, s.layer, s.valid, s.positions)
+        name = f"{kind} {'all' if steps is None else steps[0]}"
+        out.append(intervene(model, tokenizer, items, edit, k, name, at, batch_size, s.prompts, base,
+                             base_values.get(at)))
+    return out
+
+
+def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, layer: int | None = None,
+               batch_size: int = 32, progress: bool = True) -> list[PatchResult]:
+    """Counterfactual pairs (A, B = A asked about another root): A's thoughts into B, all at once and one
+    thought at a time; does B's answer (and frontier) follow A's?"""
+    from probe.capture import node_values
+
+    items = list(items)
+    index, b_items = counterfactual_pairs(items)
+    if not index:
+        raise InterventionError("no item has a counterfactual (another person who reaches the other option)")
+    a_items = [items[i] for i in index]
+    sa, sb = site(model, tokenizer, a_items, k, layer, batch_size), site(model, tokenizer, b_items, k, layer, batch_size)
+    a_answers = [answer_concept(r.prediction) for r in
+                 evaluate(model, tokenizer, a_items, k=k, batch_size=batch_size, progress=False, prompts=sa.prompts).items]
+    base = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, prompts=sb.prompts)
+    markers = model.config.stage_spec.markers
+    graphs_a = [ProsQAGraph.from_item(it) for it in a_items]
+    follows = lambda preds: float(np.mean([answer_concept(p) == a for p, a in zip(preds, a_answers)]))  # noqa: E731
+    a_roots = [it.name(it.root) for it in a_items]
+    rooted = lambda preds: float(np.mean([p.split()[:1] == [r] for p, r in zip(preds, a_roots)]))  # noqa: E731
+    out = []
+    for steps in tqdm([None] + [[j] for j in range(1, k + 1)], desc=f"patch ({sa.label})", unit="run",
+                      disable=not progress):
+        edit = patch_edit(sa.source, steps, layer, sa.valid & sb.valid, sb.positions)
+        res = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, edit=edit,
+                       prompts=sb.prompts)
+        at = (k if steps is None else steps[0]) if markers else None
+        mass = base_mass = None
+        if at is not None:
+            v0 = node_values(model, tokenizer, b_items, at, batch_size=batch_size, progress=False).numpy()
+            v1 = node_values(model, tokenizer, b_items, at, batch_size=batch_size, progress=False, edit=edit).numpy()
+            base_mass = float(np.nanmean(frontier_mass(v0, graphs_a, at)))
+            mass = float(np.nanmean(frontier_mass(v1, graphs_a, at)))
+        preds, base_preds = [r.prediction for r in res.items], [r.prediction for r in base.items]
+        out.append(PatchResult(
+            sa.label, "all" if steps is None else str(steps[0]), len(b_items), follows(preds), follows(base_preds),
+            rooted(preds), rooted(base_preds), res.accuracy, base.accuracy, float(np.mean([p != q for p, q in zip(preds, base_preds)])), at, mass,
+            base_mass))
+    return out
+
+
+def steering_directions(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], s: Site, step: int,
+                        probe: SavedProbe | None = None, seed: int = 0) -> tuple[dict[str, Tensor], Tensor]:
+    """Unit directions [n, d] toward each item's steer_target, by kind, and [n] bool: the items every kind has.
+
+    probe: the frontier probe's direction for v's name at this thought (fit here on the site's
+    activations when no saved probe is given); unembed: the unembedding row of v's first name piece
+    (what the logit lens reads as v); random: a random direction per item.
+    """
+    items = list(items)
+    cfg = model.config
+    targets = [steer_target(it) for it in items]
+    names = [it.name(v) for it, v in zip(items, targets)]
+    if probe is None:
+        vocab = name_vocabulary(items)
+        Y, present = probe_targets(items, step, "frontier", vocab)
+        X = s.source[:, step - 1].numpy()
+        keep = s.valid[:, step - 1].numpy()
+        fitted = LinearProbe("classification").fit(X[keep], Y[keep], present[keep])
+        dirs = {n: w / np.linalg.norm(w) for n, w in zip(vocab, fitted.coef_) if np.linalg.norm(w) > 0}
+    else:
+        dirs = probe.directions(step)
+    d = model.d_model
+    has = torch.tensor([n in dirs for n in names])
+    probe_dirs = torch.stack([torch.as_tensor(dirs[n], dtype=torch.float) if n in dirs else torch.zeros(d)
+                              for n in names])
+    w_u = model.base.get_output_embeddings().weight.detach().float().cpu()
+    first = [name_pieces(it, tokenizer, cfg.data_format)[v][0] for it, v in zip(items, targets)]
+    unembed = w_u[first]
+    rnd = torch.randn(len(items), d, generator=torch.Generator().manual_seed(seed))
+    unit = lambda t: t / t.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # noqa: E731
+    return {"probe": unit(probe_dirs), "unembed": unit(unembed), "random": unit(rnd)}, has
+
+
+def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, step: int = 1, layer: int = -1,
+               alphas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), probe: SavedProbe | None = None,
+               batch_size: int = 32, seed: int = 0, progress: bool = True) -> list[SteerPoint]:
+    """Dose-response: add alpha x (mean norm of the layer's residual at thought `step`) x a unit direction toward
+    v (a parent of the wrong option) at thought `step`, for probe, unembedding and random directions."""
+    from probe.capture import node_values
+
+    items = list(items)
+    s = site(model, tokenizer, items, k, layer, batch_size)
+    if not 1 <= step <= k:
+        raise InterventionError(f"thought {step} out of range: there are {k} thoughts (1..{k})")
+    dirs, has = steering_directions(model, tokenizer, items, s, step, probe, seed)
+    keep = torch.nonzero(has & s.valid[:, step - 1]).flatten().tolist()
+    if not keep:
+        raise InterventionError("the probe has a direction for no item's steering target")
+    items = [items[i] for i in keep]
+    prompts = None if s.prompts is None else [s.prompts[i] for i in keep]
+    positions = None if s.positions is None else s.positions[keep]
+    targets = [steer_target(it) for it in items]
+    option = [it.name(it.neg_target) for it in items]
+    scale = float(s.norm[step - 1])
+    markers = model.config.stage_spec.markers
+    base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=prompts)
+    out = []
+    plan = [(kind, a) for kind in dirs for a in alphas]
+    for kind, alpha in tqdm(plan, desc=f"steer (layer {layer}, thought {step})", unit="run", disable=not progress):
+        edit = steer_edit(dirs[kind][keep], alpha * scale, step, len(items), k, layer, positions)
+        res = base if alpha == 0 else evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False,
+                                               edit=edit, prompts=prompts)
+        value = float("nan")
+        if markers:
+            v = node_values(model, tokenizer, items, step, batch_size=batch_size, progress=False, edit=edit).numpy()
+            value = float(np.mean([v[b, t] for b, t in enumerate(targets)]))
+        preds = [r.prediction for r in res.items]
+        out.append(SteerPoint(
+            kind, float(alpha), len(items), value,
+            float(np.mean([answer_concept(p) == o for p, o in zip(preds, option)])), res.accuracy,
+            float(np.mean([p != r.prediction for p, r in zip(preds, base.items)]))))
+    return out
+
+
+def accuracy_without_thoughts(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int,
+                              batch_size: int = 32) -> dict[int, float]:
+    """Accuracy after each forced number of thoughts 0..k; a CoT model: answering at once (0) and after its
+    own chain (k)."""
+    cfg = model.config
+    if cfg.stage_spec.markers:
+        return {j: evaluate(model, tokenizer, items, k=j, batch_size=batch_size, progress=False).accuracy
+                for j in range(k + 1)}
+    marker = tokenizer.encode("###", add_special_tokens=False)
+    prompts = [list(tokenize_item(it, tokenizer, cfg.data_format).question) + marker for it in items]
+    return {0: evaluate(model, tokenizer, items, prompts=prompts, batch_size=batch_size, progress=False).accuracy,
+            k: evaluate(model, tokenizer, items, k=0, batch_size=batch_size, progress=False).accuracy}
+
+
+# ---------------------------------------------------------------------------- one checkpoint, every test
+
+
+@dataclass(frozen=True)
+class InterventionReport:
+    """Every causal test of one checkpoint on one data set: thoughts removed, ablated, patched and steered."""
+
+    checkpoint: str
+    mode: str
+    k: int
+    n: int
+    accuracy_by_k: dict[int, float]  # a CoT model: 0 = answering at once, k = after its own chain
+    ablations: dict[str, list[InterventionResult]]  # by site label ("thought", "layer 2")
+    patching: dict[str, list[PatchResult]]
+    steering: list[SteerPoint]
+    steer_step: int
+    steer_layer: int
+    skipped: list[str]  # tests that do not apply to this model, and why
+
+    def as_dict(self) -> dict:
+        return {
+            "checkpoint": self.checkpoint, "mode": self.mode, "k": self.k, "n": self.n,
+            "accuracy_by_k": {str(j): a for j, a in self.accuracy_by_k.items()},
+            "ablations": {s: [r.as_dict() for r in rs] for s, rs in self.ablations.items()},
+            "patching": {s: [r.as_dict() for r in rs] for s, rs in self.patching.items()},
+            "steering": {"step": self.steer_step, "layer": self.steer_layer,
+                         "points": [p.as_dict() for p in self.steering]},
+            "skipped": self.skipped,
+        }
+
+
+def run_interventions(
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int | None = None,
+    sites: Sequence[int | None] = (None,), kinds: Sequence[str] = ABLATIONS, steer_step: int = 1,
+    steer_layer: int = -1, alphas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
+    probe: SavedProbe | None = None, batch_size: int = 32, seed: int = 0, progress: bool = True,
+    checkpoint: str = "",
+) -> InterventionReport:
+    """Accuracy after 0..k thoughts; each ablation and counterfactual patch at each site (None: the thoughts
+    fed back, an int: that layer's residual); a steering dose-response. A CoT control is edited at its own
+    chain's step ends, so its thought site is skipped."""
+    items = list(items)
+    if not items:
+        raise InterventionError("no items to intervene on")
+    cfg = model.config
+    k = cfg.default_thoughts if k is None else k
+    if k < 1:
+        raise InterventionError(f"k must be >= 1 to intervene on thoughts, got {k}")
+    skipped = []
+    ablations, patching = {}, {}
+    for layer in sites:
+        if layer is None and not cfg.stage_spec.markers:
+            skipped.append(f"thought site: a {cfg.mode} model feeds no thought back")
+            continue
+        s = site(model, tokenizer, items, k, layer, batch_size)
+        ablations[s.label] = ablation_runs(model, tokenizer, items, k, s, kinds, batch_size=batch_size, seed=seed,
+                                           progress=progress)
+        patching[s.label] = patch_runs(model, tokenizer, items, k, layer, batch_size, progress)
+    steering = steer_runs(model, tokenizer, items, k, steer_step, steer_layer, alphas, probe, batch_size, seed,
+                          progress)
+    return InterventionReport(checkpoint, cfg.mode, k, len(items),
+                              accuracy_without_thoughts(model, tokenizer, items, k, batch_size), ablations, patching,
+                              steering, steer_step, steer_layer, skipped)

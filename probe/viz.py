@@ -209,3 +209,99 @@ def sae_features(features: Sequence, top: int = 40) -> go.Figure:
                       yaxis2=dict(title="frequency", overlaying="y", side="right", range=[0, 1]),
                       template="plotly_white")
     return fig
+
+
+# ---------------------------------------------------------------------------- interventions (report dicts)
+
+
+def _model_label(rep: dict) -> str:
+    return f"{Path(rep['checkpoint']).name or rep['mode']} ({rep['mode']})"
+
+
+def accuracy_by_thoughts(reports: Sequence[dict]) -> go.Figure:
+    """Accuracy after 0..k forced thoughts, per model (a CoT control: at once and after its own chain)."""
+    fig = go.Figure()
+    for i, rep in enumerate(reports):
+        ks = sorted(int(j) for j in rep["accuracy_by_k"])
+        fig.add_scatter(x=ks, y=[rep["accuracy_by_k"][str(j)] for j in ks], mode="lines+markers",
+                        name=_model_label(rep), line=dict(color=K_COLORS[i % len(K_COLORS)]))
+    fig.add_hline(y=0.5, line_dash="dot", annotation_text="chance")
+    fig.update_layout(title="How much accuracy depends on the thoughts: answering after k thoughts",
+                      xaxis_title="thoughts k (CoT: 0 = no chain, k = its own chain)", yaxis_title="accuracy",
+                      yaxis_range=[0, 1], template="plotly_white")
+    return fig
+
+
+def ablations(reports: Sequence[dict]) -> go.Figure:
+    """Accuracy change per ablation (rows) and thoughts ablated (columns), one panel per model and site."""
+    panels = [(rep, s) for rep in reports for s in rep["ablations"]]
+    if not panels:
+        return go.Figure().update_layout(title="no ablations")
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[f"{_model_label(r)}<br>{s}" for r, s in panels])
+    for c, (rep, s) in enumerate(panels, start=1):
+        runs = rep["ablations"][s]
+        kinds = list(dict.fromkeys(r["name"].split()[0] for r in runs))
+        cols = list(dict.fromkeys(r["name"].split()[1] for r in runs))
+        z = np.full((len(kinds), len(cols)), np.nan)
+        for r in runs:
+            kind, col = r["name"].split()
+            z[kinds.index(kind), cols.index(col)] = r["accuracy_change"]
+        fig.add_heatmap(z=z, x=cols, y=kinds, zmin=-0.5, zmax=0.5, colorscale="RdBu", showscale=c == 1,
+                        colorbar=dict(title="accuracy change"), texttemplate="%{z:+.2f}", row=1, col=c)
+        fig.update_xaxes(title_text="thoughts ablated", row=1, col=c)
+    fig.update_layout(title="Ablation: accuracy change against the unedited run", template="plotly_white")
+    return fig
+
+
+def patching(reports: Sequence[dict]) -> go.Figure:
+    """Counterfactual patching: how often B's answer takes A's root or A's concept, by thoughts patched."""
+    panels = [(rep, s) for rep in reports for s in rep["patching"]]
+    if not panels:
+        return go.Figure().update_layout(title="no patching")
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[f"{_model_label(r)}<br>{s}" for r, s in panels])
+    for c, (rep, s) in enumerate(panels, start=1):
+        runs = rep["patching"][s]
+        x = [r["steps"] for r in runs]
+        for key, color, label in (("names_a_root", "#d62728", "answer names A's root"),
+                                  ("follows_a", "#1f77b4", "answer names A's concept"),
+                                  ("accuracy", "#2ca02c", "B's accuracy")):
+            fig.add_bar(x=x, y=[r[key] for r in runs], name=label, marker_color=color, showlegend=c == 1,
+                        legendgroup=key, row=1, col=c)
+            fig.add_scatter(x=x, y=[r[f"baseline_{key}"] for r in runs], mode="lines", name=f"{label}, unpatched",
+                            line=dict(color=color, dash="dot"), showlegend=c == 1, legendgroup=key, row=1, col=c)
+        fig.update_xaxes(title_text="thoughts patched", row=1, col=c)
+    fig.update_yaxes(range=[0, 1])
+    fig.update_layout(title="Patching A's thoughts into B (same graph, another root): does B follow A?",
+                      template="plotly_white", barmode="group")
+    return fig
+
+
+def steering(reports: Sequence[dict]) -> go.Figure:
+    """Dose-response of steering toward v: value(v) and answers naming v's option, by direction, per model."""
+    fig = make_subplots(rows=2, cols=len(reports), shared_xaxes=True, vertical_spacing=0.08, horizontal_spacing=0.05,
+                        subplot_titles=[_model_label(r) for r in reports] + [""] * len(reports))
+    colors = {"probe": "#d62728", "unembed": "#1f77b4", "random": "#7f7f7f"}
+    for c, rep in enumerate(reports, start=1):
+        points = rep["steering"]["points"]
+        for kind in dict.fromkeys(p["direction"] for p in points):
+            ps = [p for p in points if p["direction"] == kind]
+            for row, key in ((1, "value"), (2, "to_option")):
+                fig.add_scatter(x=[p["alpha"] for p in ps], y=[p[key] for p in ps], mode="lines+markers",
+                                name=f"{kind} direction", legendgroup=kind, showlegend=c == 1 and row == 1,
+                                line=dict(color=colors.get(kind)), row=row, col=c)
+        fig.update_xaxes(title_text="alpha (x mean residual norm)", row=2, col=c)
+    fig.update_yaxes(title_text="value(v) after the steered thought", row=1, col=1)
+    fig.update_yaxes(title_text="answers naming v's option", row=2, col=1)
+    fig.update_layout(title="Steering thought toward v (a parent of the wrong option)", template="plotly_white",
+                      height=650)
+    return fig
+
+
+INTERVENTION_FIGURES: dict[str, Callable[[Sequence[dict]], go.Figure]] = {
+    "accuracy_by_k": accuracy_by_thoughts,
+    "ablations": ablations,
+    "patching": patching,
+    "steering": steering,
+}
