@@ -1,0 +1,122 @@
+"""The `probe` app and what its commands share: loading, input errors, option parsing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bars say what is happening; transformers' per-file bars only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+app = typer.Typer(help="Interpretability toolkit for Coconut (continuous thought) models.", no_args_is_help=True)
+data_app = typer.Typer(help="ProsQA data: generate and inspect.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def main() -> None:
+    """Interpretability toolkit for Coconut (continuous thought) models."""
+    _quiet_transformers()
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+# Every input error of the library (DataError, CheckpointError, TokenizerError, ConfigError)
+# is a ValueError; the CLI reports it as one line instead of a traceback.
+InputError = ValueError
+
+
+def _dtype(name: Optional[str]):
+    import torch
+
+    if name is None:
+        return None
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        _fail(f"--dtype: expected one of {', '.join(table)}, got {name!r}")
+    return table[name]
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        _fail(f"--device {name}: no CUDA device is available")
+    return name
+
+
+def _default_ckpt(ckpt: Optional[Path]) -> Path:
+    from probe.model.checkpoint import default_checkpoint
+
+    return ckpt if ckpt is not None else default_checkpoint()
+
+
+def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Optional[str] = None):
+    from probe.model.checkpoint import load_checkpoint
+
+    return load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype))
+
+
+CKPT_HELP = "Our checkpoint directory, or an official state-dict file (default: the shipped checkpoints/prosqa-coconut)."
+
+
+def _items(data: Optional[Path], n: int, seed: int, limit: Optional[int] = None):
+    """Items from a file, or n generated ones (seed) when no file is given."""
+    from probe.data.generate import generate_items
+    from probe.data.prosqa import load_items
+
+    return load_items(data, limit=limit) if data else generate_items(n, seed=seed)
+
+
+def _new_out(out: Path) -> None:
+    if out.exists():
+        _fail(f"--out {out}: already exists; choose a new directory")
+
+
+def _item(data: Path, index: int):
+    from probe.data.prosqa import load_items
+
+    items = load_items(data)
+    if not 0 <= index < len(items):
+        _fail(f"--index {index} is out of range: {data} has {len(items)} items (0..{len(items) - 1})")
+    return items[index]
+
+
+def _layers(spec: Optional[str]) -> Optional[list[int]]:
+    if spec is None:
+        return None
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--layers: expected comma-separated integers such as 0,2,-1, got {spec!r}")
+
+
+def _num(v: float | None) -> str:
+    """A score for people: three decimals, or '-' where it is undefined (None or nan)."""
+    return "-" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
+def _int_option(option: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        _fail(f"{option}: expected an integer, got {text.strip()!r}")
+
+
+def _float_option(option: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        _fail(f"{option}: expected a number, got {text.strip()!r}")

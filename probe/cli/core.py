@@ -1,0 +1,129 @@
+"""`probe data`, `probe train`, `probe eval`, `probe release`: data, training and evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from probe.cli.common import app, CKPT_HELP, data_app, _device, _fail, InputError, _load
+
+
+@data_app.command("generate")
+def data_generate(
+    n: int = typer.Option(..., "--n", min=1, help="Number of items."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    out: Path = typer.Option(..., "--out", help="Output JSON file (official ProsQA format)."),
+) -> None:
+    """Generate ProsQA items with the paper's construction."""
+    from probe.data.generate import dataset_stats, generate_items
+    from probe.data.prosqa import save_items
+
+    items = generate_items(n, seed=seed, progress=True)
+    save_items(items, out)
+    s = dataset_stats(items)
+    typer.echo(f"wrote {n} items to {out}: mean nodes {s.mean_nodes:.2f}, edges {s.mean_edges:.2f}, steps {s.mean_steps:.2f}")
+
+
+@data_app.command("stats")
+def data_stats(path: Path = typer.Argument(..., help="A ProsQA JSON file.")) -> None:
+    """Validate a ProsQA file and print its statistics."""
+    from probe.data.generate import dataset_stats
+    from probe.data.prosqa import load_items
+
+    try:
+        items = load_items(path)
+    except InputError as e:
+        _fail(str(e))
+    s = dataset_stats(items)
+    typer.echo(json.dumps({"n": len(items), **{k: v for k, v in vars(s).items()}}, indent=1, default=str))
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", help="A training YAML file."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """Train a Coconut model (or a baseline) with the multi-stage curriculum."""
+    from probe.train import TrainConfig, train as run
+
+    try:
+        cfg = TrainConfig.from_yaml(config)
+        result = run(cfg, resume=resume, device=_device(device), on_epoch=lambda r: typer.echo(json.dumps(r)))
+    except InputError as e:
+        _fail(str(e))
+    typer.echo(f"last checkpoint: {result.last_checkpoint}")
+
+
+@app.command("eval")
+def eval_cmd(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write per-item predictions here (with --halt: the "
+                                                                 "halting result, and its figure beside it as .html)."),
+    halt: Optional[Path] = typer.Option(None, "--halt", help="A halting probe (probe probes halt): stop each "
+                                                             "item's thoughts when it fires."),
+    threshold: float = typer.Option(0.5, "--threshold", help="With --halt: stop when P(right answer) reaches this."),
+) -> None:
+    """Accuracy by the official rule (greedy, at most 128 new tokens, answer after the last '#')."""
+    from probe.data.prosqa import atomic_write_text, load_items
+    from probe.evaluate import evaluate
+
+    try:
+        items = load_items(data, limit=limit)
+        model, tok = _load(ckpt, base, device, dtype)
+        if halt is not None:
+            from probe.probes import SavedProbe, halting_eval, model_weights_hash
+
+            result = halting_eval(model, tok, items, SavedProbe.load(halt, model_weights_hash(model)),
+                                  threshold=threshold, batch_size=batch_size)
+        else:
+            res = evaluate(model, tok, items, k=k, batch_size=batch_size)
+    except InputError as e:
+        _fail(str(e))
+    if halt is not None:
+        if json_out:
+            from probe.viz import halting
+
+            atomic_write_text(json_out, json.dumps(result.as_dict(), indent=1))
+            halting(result.as_dict()).write_html(json_out.with_suffix(".html"), include_plotlyjs=True)
+        fixed = ", ".join(f"k={k}: {a:.3f}" for k, a in result.fixed.items())
+        typer.echo(f"halting probe: accuracy {result.accuracy:.4f} with {result.mean_thoughts:.2f} thoughts on average "
+                   f"(fixed {fixed})")
+        return
+    if json_out:
+        atomic_write_text(json_out, json.dumps(res.to_json(), indent=1))
+    typer.echo(
+        f"accuracy {res.accuracy:.4f} ({sum(r.correct for r in res.items)}/{res.n}), "
+        f"mean generated tokens {res.mean_generated_tokens:.1f}"
+    )
+
+
+@app.command()
+def release(
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint written by `probe train` (epoch-XXX)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the released checkpoint to."),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file to measure accuracy on (the validation split)."),
+    config: list[Path] = typer.Option(..., "--config", help="The training config of each phase, oldest first."),
+    name: Optional[str] = typer.Option(None, "--name", help="Title of the model card (default: the --out name)."),
+    summary: str = typer.Option("", "--summary", help="A paragraph for the top of the model card."),
+) -> None:
+    """Evaluate a trained checkpoint at every forced k; write it without optimizer state, with its model card."""
+    from probe.release import release as run
+
+    try:
+        rel = run(ckpt, out, data, config, name=name, summary=summary)
+    except InputError as e:
+        _fail(str(e))
+    ev = rel.evaluation
+    accs = ", ".join(f"k={k}: {a:.3f}" for k, a in ev.accuracy_by_k.items())
+    typer.echo(f"wrote {rel.path}: accuracy {ev.accuracy:.4f} at the default k={ev.default_k} ({accs})")

@@ -1,0 +1,105 @@
+"""`probe intervene`: causal tests of the thoughts beside control checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from probe.cli.common import (
+    app, CKPT_HELP, _default_ckpt, _fail, _float_option, InputError, _int_option, _load, _new_out, _num,
+)
+
+
+@app.command("intervene")
+def intervene_cmd(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    out: Path = typer.Option(..., "--out", help="New directory for report.json and the figures."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    control: list[Path] = typer.Option([], "--control", help="A control checkpoint (pause, CoT) run the same way; "
+                                       "repeat for several."),
+    k: Optional[int] = typer.Option(None, "--k", min=1, help="Thoughts (default: the checkpoint's)."),
+    sites: str = typer.Option("thought,1", "--sites",
+                              help="Where to ablate and patch: 'thought' (the thoughts fed back) and/or layers."),
+    kinds: str = typer.Option(",".join(("zero", "mean", "random", "other")), "--ablations"),
+    steer_step: int = typer.Option(1, "--steer-step", min=1, help="The thought to steer."),
+    steer_layer: int = typer.Option(-1, "--steer-layer", help="The residual layer to steer at."),
+    alphas: str = typer.Option("0,0.25,0.5,1,2,4", "--alphas", help="Doses, in mean residual norms."),
+    probe_dir: Optional[Path] = typer.Option(None, "--probe", help="A saved frontier probe of the main checkpoint "
+                                             "at the steering layer (default: one fit on the items)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=2, help="Only the first N items."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Causal tests of the thoughts: fewer thoughts, ablation, counterfactual patching, steering; beside controls."""
+    from probe.data.prosqa import atomic_directory, atomic_write_text, load_items
+    from probe.interventions import ABLATIONS, run_interventions
+    from probe.probes import SavedProbe, model_weights_hash
+    from probe.viz import INTERVENTION_FIGURES
+
+    _new_out(out)
+    site_list = [None if x.strip() == "thought" else _int_option("--sites", x) for x in sites.split(",") if x.strip()]
+    kind_list = [x.strip() for x in kinds.split(",") if x.strip()]
+    if bad := [x for x in kind_list if x not in ABLATIONS]:
+        _fail(f"--ablations: unknown {bad}; expected some of {', '.join(ABLATIONS)}")
+    alpha_list = [_float_option("--alphas", x) for x in alphas.split(",") if x.strip()]
+    reports = []
+    try:
+        items = load_items(data, limit=limit)
+        runs = [(_default_ckpt(ckpt), base)] + [(c, None) for c in control]
+        for i, (path, b) in enumerate(runs):
+            model, tok = _load(ckpt if i == 0 else path, b, device)
+            probe = None
+            if probe_dir is not None and i == 0:
+                probe = SavedProbe.load(probe_dir, model_weights_hash(model))
+            typer.echo(f"{path}:")
+            rep = run_interventions(model, tok, items, k if i == 0 else reports[0].k, site_list, kind_list,
+                                    steer_step, steer_layer, alpha_list, probe, batch_size, seed,
+                                    checkpoint=str(path))
+            reports.append(rep)
+    except InputError as e:
+        _fail(str(e))
+    from probe.analyze import finite
+
+    dicts = [finite(r.as_dict()) for r in reports]
+    with atomic_directory(out) as tmp:
+        atomic_write_text(tmp / "report.json", json.dumps({"data": str(data), "reports": dicts}, indent=1))
+        for name, figure in INTERVENTION_FIGURES.items():
+            figure(dicts).write_html(tmp / f"{name}.html", include_plotlyjs=True)
+    _print_interventions(dicts)
+    typer.echo(f"wrote {out}/report.json and {len(INTERVENTION_FIGURES)} figures")
+
+
+def _print_interventions(reports: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for rep in reports:
+        table = Table(title=f"{rep['checkpoint']} ({rep['mode']}, {rep['n']} items, k={rep['k']})",
+                      title_justify="left")
+        table.add_column("test")
+        table.add_column("accuracy")
+        table.add_column("unedited")
+        table.add_column("answers changed")
+        for j, acc in rep["accuracy_by_k"].items():
+            table.add_row(f"{j} thoughts", _num(acc), "", "")
+        for site_label, runs in rep["ablations"].items():
+            for r in runs:
+                if r["name"].endswith(" all"):
+                    table.add_row(f"{site_label}: {r['name']}", _num(r["accuracy"]), _num(r["baseline_accuracy"]),
+                                  _num(r["answers_changed"]))
+        for site_label, runs in rep["patching"].items():
+            r = runs[0]
+            table.add_row(f"{site_label}: patch all from A; names A's root / A's concept",
+                          f"{_num(r['names_a_root'])} / {_num(r['follows_a'])}",
+                          f"{_num(r['baseline_names_a_root'])} / {_num(r['baseline_follows_a'])}", _num(r["changed"]))
+        for p in rep["steering"]["points"]:
+            if p["alpha"] == max(q["alpha"] for q in rep["steering"]["points"]):
+                table.add_row(f"steer {p['direction']} alpha={p['alpha']:g}: value(v) / to v's option",
+                              f"{_num(p['value'])} / {_num(p['to_option'])}", "", _num(p["changed"]))
+        console.print(table)

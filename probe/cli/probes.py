@@ -1,0 +1,161 @@
+"""`probe probes fit|halt` and `probe sae train`: probes and sparse autoencoders on the thoughts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from probe.cli.common import app, CKPT_HELP, _default_ckpt, _fail, InputError, _items, _load, _new_out, _num
+
+
+probes_app = typer.Typer(help="Linear probes on thoughts, with control tasks; the halting probe.", no_args_is_help=True)
+sae_app = typer.Typer(help="Sparse autoencoders on thoughts (SAELens file format).", no_args_is_help=True)
+app.add_typer(probes_app, name="probes")
+app.add_typer(sae_app, name="sae")
+
+
+@probes_app.command("fit")
+def probes_fit(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format); folds are over its items."),
+    target: str = typer.Option("frontier", "--target", help="frontier, reachable, value or depth."),
+    layer: int = typer.Option(-1, "--layer", help="Residual stream after this layer (negative: from the end)."),
+    out: Path = typer.Option(..., "--out", help="New directory for the probe, report.json and scores.html."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    control: Optional[Path] = typer.Option(None, "--control", help="A control checkpoint probed the same way."),
+    control_base: Optional[Path] = typer.Option(None, "--control-base"),
+    k_max: Optional[int] = typer.Option(None, "--k-max", min=1, help="Thoughts to probe (default: the checkpoint's)."),
+    folds: int = typer.Option(5, "--folds", min=2),
+    limit: Optional[int] = typer.Option(None, "--limit", min=2),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Cross-validated linear probes (and their control task) for every thought k at one layer."""
+    from probe.data.prosqa import atomic_directory, atomic_write_text
+    from probe.probes import fit_probes
+    from probe.viz import probe_scores
+
+    _new_out(out)
+    try:
+        items = _items(data, 0, 0, limit)
+        model, tok = _load(ckpt, base, device)
+        rep = fit_probes(model, tok, items, target, layer=layer, k_max=k_max, folds=folds, seed=seed)
+        report = {"checkpoint": str(_default_ckpt(ckpt)), "data": str(data), "n_items": len(items), **rep.as_dict()}
+        if control is not None:
+            c_model, c_tok = _load(control, control_base, device)
+            c_rep = fit_probes(c_model, c_tok, items, target, layer=layer, k_max=max(rep.scores), folds=folds,
+                               seed=seed)
+            report["control"] = {"checkpoint": str(control), **c_rep.as_dict()}
+    except InputError as e:
+        _fail(str(e))
+    from probe.analyze import finite
+
+    report = finite(report)
+    with atomic_directory(out) as tmp:
+        rep.probe.write_into(tmp)
+        atomic_write_text(tmp / "report.json", json.dumps(report, indent=1))
+        probe_scores(report, report.get("control")).write_html(tmp / "scores.html", include_plotlyjs=True)
+    key = "auroc" if rep.probe.kind == "classification" else "r2"
+    for k, sc in report["steps"].items():
+        extra = f" | control checkpoint {_num(report['control']['steps'][k][key])}" if control is not None else ""
+        typer.echo(f"thought {k}: {key} {_num(sc[key])}, control task {_num(sc['control_' + key])}, "
+                   f"selectivity {_num(sc['selectivity'])}{extra}")
+    typer.echo(f"wrote {out}")
+
+
+@probes_app.command("halt")
+def probes_halt(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    out: Path = typer.Option(..., "--out", help="New directory for the halting probe and report.json."),
+    data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
+    n: int = typer.Option(1000, "--n", min=2, help="Generated items to train on, when no --data."),
+    seed: int = typer.Option(12345, "--seed", help="Seed of the generated items."),
+    layer: int = typer.Option(-1, "--layer"),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    k_max: Optional[int] = typer.Option(None, "--k-max", min=2, help="The most thoughts (default: the checkpoint's)."),
+    folds: int = typer.Option(5, "--folds", min=2),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
+    from probe.data.prosqa import atomic_directory, atomic_write_text
+    from probe.probes import fit_halting_probe
+
+    _new_out(out)
+    try:
+        items = _items(data, n, seed)
+        model, tok = _load(ckpt, base, device)
+        saved, scores = fit_halting_probe(model, tok, items, layer=layer, k_max=k_max, folds=folds)
+    except InputError as e:
+        _fail(str(e))
+    from probe.analyze import finite
+
+    with atomic_directory(out) as tmp:
+        saved.write_into(tmp)
+        atomic_write_text(tmp / "report.json", json.dumps(finite({
+            "checkpoint": str(_default_ckpt(ckpt)), "data": str(data) if data else f"generated n={n} seed={seed}",
+            "hook": saved.hook, **saved.metrics}), indent=1))
+    cv = scores.as_dict()
+    typer.echo(f"halting probe on {saved.hook}: cross-validated AUROC {cv['auroc']:.3f} (control {cv['control_auroc']:.3f}), "
+               f"right answers among (item, k) pairs {saved.metrics['positive_rate']:.1%}; wrote {out}")
+
+
+@sae_app.command("train")
+def sae_train(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    out: Path = typer.Option(..., "--out", help="New directory: cfg.json + sae_weights.safetensors (SAELens), report."),
+    data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
+    n: int = typer.Option(2000, "--n", min=10, help="Generated items, when no --data."),
+    seed: int = typer.Option(12345, "--seed"),
+    layer: Optional[int] = typer.Option(None, "--layer", help="A layer's residual at the thought positions "
+                                                               "(default: the thoughts fed back)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    d_sae: int = typer.Option(512, "--d-sae", min=1),
+    k: int = typer.Option(8, "--k", min=1, help="Active features per row (TopK)."),
+    activation: str = typer.Option("topk", "--activation", help="topk, or relu (with --l1)."),
+    l1: float = typer.Option(0.0, "--l1", min=0.0),
+    epochs: int = typer.Option(50, "--epochs", min=1),
+    k_max: Optional[int] = typer.Option(None, "--k-max", min=1),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires."""
+    import numpy as np
+
+    from probe.analyze import finite
+    from probe.data.prosqa import atomic_directory, atomic_write_text
+    from probe.frontier import GROUPS
+    from probe.probes import model_weights_hash, resid_hook
+    from probe.sae import SparseAutoencoder, feature_reports, thought_rows
+    from probe.viz import sae_features
+
+    _new_out(out)
+    try:
+        items = _items(data, n, seed)
+        model, tok = _load(ckpt, base, device)
+        hook = resid_hook(model, layer) if layer is not None else None
+        rows = thought_rows(model, tok, items, hook=hook, k_max=k_max)
+        n_items = len(items)
+        held = np.arange(len(rows.X)) >= int(0.9 * n_items) * rows.k_max  # the last 10% of items, held out
+        sae = SparseAutoencoder(d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)
+        sae.fit(rows.X[~held])
+    except InputError as e:
+        _fail(str(e))
+    train_m, held_m = sae.metrics(rows.X[~held]), sae.metrics(rows.X[held])
+    feats = feature_reports(sae.encode(rows.X).numpy(), rows.frontier, rows.present, rows.names, rows.groups, GROUPS)
+    ranked = sorted((f for f in feats if f.best_name is not None and np.isfinite(f.best_auroc)),
+                    key=lambda f: -f.best_auroc)
+    report = finite({"checkpoint": str(_default_ckpt(ckpt)), "hook": rows.hook, "n_items": n_items,
+                     "rows": len(rows.X), **train_m.as_dict(), "held_out": held_m.as_dict(),
+                     "features": [vars(f) for f in ranked[:50]]})
+    with atomic_directory(out) as tmp:
+        sae.write_into(tmp, rows.hook, model_name=_default_ckpt(ckpt).name,
+                       extra={"model_hash": model_weights_hash(model), "k_max": rows.k_max, "n_items": n_items})
+        atomic_write_text(tmp / "report.json", json.dumps(report, indent=1))
+        sae_features(feats).write_html(tmp / "features.html", include_plotlyjs=True)
+    typer.echo(f"SAE on {rows.hook} ({len(rows.X)} thoughts of {n_items} items): fvu {train_m.fvu:.3f} "
+               f"(held out {held_m.fvu:.3f}), L0 {train_m.l0:.1f}, dead {train_m.dead_fraction:.1%}")
+    for f in ranked[:5]:
+        typer.echo(f"  feature {f.feature}: frontier AUROC {f.best_auroc:.3f} for {f.best_name}, fires {f.frequency:.1%}")
+    typer.echo(f"wrote {out}")

@@ -1,0 +1,214 @@
+"""`probe decode`, `probe capture`, `probe tuned-lens`, `probe analyze`: reading the thoughts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from probe.cli.common import (
+    app, CKPT_HELP, _default_ckpt, _dtype, _fail, InputError, _item, _items, _layers, _load, _new_out, _num,
+)
+
+
+@app.command()
+def decode(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    index: int = typer.Option(..., "--index", help="Which item of the file."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    lens: str = typer.Option("logit", "--lens", help="logit or tuned."),
+    lens_file: Optional[Path] = typer.Option(None, "--lens-file",
+                                             help="A tuned lens (default: tuned_lens.safetensors in the checkpoint)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers, e.g. 0,2,-1 (default: all)."),
+    k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
+    top: int = typer.Option(5, "--top", min=1, help="Top tokens per layer."),
+    device: str = typer.Option("cpu", "--device"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the readings as JSON here."),
+) -> None:
+    """What every thought holds at every layer (logit or tuned lens), with frontier nodes marked."""
+    from probe.data.prosqa import atomic_write_text
+    from probe.decode import decode_item
+    from probe.lens import TunedLens
+
+    if lens not in ("logit", "tuned"):
+        _fail(f"--lens: expected logit or tuned, got {lens!r}")
+    try:
+        item = _item(data, index)
+        model, tok = _load(ckpt, base, device)
+        tuned = None
+        if lens == "tuned":
+            path = lens_file or _default_ckpt(ckpt) / "tuned_lens.safetensors"
+            tuned = TunedLens.load(path, model)
+        res = decode_item(model, tok, item, index=index, k=k, lens=tuned, layers=_layers(layers), top=top)
+    except InputError as e:
+        _fail(str(e))
+    _print_decoded(res)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(res.to_json(), indent=1))
+
+
+def _print_decoded(res) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=160)
+    console.print(f"[bold]item {res.index}[/bold]: {res.question}")
+    for step in [*res.thoughts, res.answer_step]:
+        what = "first answer position" if step.is_answer else f"thought {step.k}"
+        frontier = set(step.frontier)
+        table = Table(title=f"{what} ({res.lens} lens) · frontier_{step.k}: {', '.join(step.frontier) or '-'}",
+                      title_justify="left")
+        table.add_column("layer", justify="right")
+        table.add_column("top tokens (* = frontier node)")
+        table.add_column("frontier mass", justify="right")
+        for r in step.layers:
+            tops = "  ".join(f"{'*' if t in frontier else ''}{t} {p:.2f}" for t, p in r.top)
+            table.add_row(str(r.layer), tops, f"{r.frontier_mass:.3f}")
+        console.print(table)
+    mark = "[green]correct[/green]" if res.correct else f"[red]wrong[/red] (expected: {res.answer})"
+    console.print(f"answer: {res.prediction} {mark}")
+
+
+@app.command("capture")
+def capture_cmd(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    out: Path = typer.Option(..., "--out", help="New directory for the safetensors shards and manifest.json."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    hooks: Optional[list[str]] = typer.Option(None, "--hooks", help="Hook-name globs, e.g. '*hook_resid_post' (repeatable)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
+    k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Storage dtype: float32, bfloat16 or float16."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    shard_size: int = typer.Option(256, "--shard-size", min=1, help="Items per shard file."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Stream every thought of a data set, at every layer, to disk (safetensors shards + manifest)."""
+    from probe.capture import architecture, capture_to_disk, select_hooks
+    from probe.data.prosqa import load_items
+
+    try:
+        items = load_items(data, limit=limit)
+        model, tok = _load(ckpt, base, device)
+        names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
+        store = capture_to_disk(model, tok, items, out, k=k, names=names, dtype=_dtype(dtype), batch_size=batch_size,
+                                shard_size=shard_size, source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)})
+    except InputError as e:
+        _fail(str(e))
+    size = sum(f.stat().st_size for f in store.path.iterdir()) / 2**20
+    typer.echo(f"wrote {len(store)} items, k={store.k}, {len(store.names)} hooks, {store.n_shards} shard(s), "
+               f"{size:.1f} MB to {store.path}")
+
+
+@app.command("analyze")
+def analyze_cmd(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    out: Path = typer.Option(..., "--out", help="New directory for report.json and one HTML figure per measure."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    control: Optional[Path] = typer.Option(None, "--control",
+                                           help="A control checkpoint (pause-as-thought or CoT) measured the same way."),
+    control_base: Optional[Path] = typer.Option(None, "--control-base", help="Base model directory of the control."),
+    k_max: Optional[int] = typer.Option(None, "--k-max", min=1, help="Thoughts to study (default: the checkpoint's)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device"),
+    update_card: bool = typer.Option(False, "--update-card",
+                                     help="Also write the summary into the checkpoint's model card (README.md)."),
+) -> None:
+    """The latent-search measures (values, height, parallelism, categories, superposition, attention) with plots."""
+    from probe.analyze import analyze, markdown_summary, replace_card_section
+    from probe.data.prosqa import atomic_directory, atomic_write_text, load_items
+    from probe.viz import FIGURES
+
+    _new_out(out)
+    try:
+        items = load_items(data, limit=limit)
+        model, tok = _load(ckpt, base, device)
+        main = analyze(model, tok, items, k_max=k_max, batch_size=batch_size, checkpoint=str(_default_ckpt(ckpt)))
+        ctrl = None
+        if control is not None:
+            c_model, c_tok = _load(control, control_base, device)
+            ctrl = analyze(c_model, c_tok, items, k_max=main.k_max, batch_size=batch_size, checkpoint=str(control))
+    except InputError as e:
+        _fail(str(e))
+    report = main.report()
+    if ctrl is not None:
+        report["control"] = ctrl.report()
+    summary = markdown_summary(report, data=data.name)
+    with atomic_directory(out) as tmp:
+        atomic_write_text(tmp / "report.json", json.dumps(report, indent=1))
+        atomic_write_text(tmp / "summary.md", summary)
+        for name, figure in FIGURES.items():
+            figure(main, ctrl).write_html(tmp / f"{name}.html", include_plotlyjs=True)
+    _print_analysis(main, ctrl)
+    typer.echo(f"wrote {out}/report.json, summary.md and {len(FIGURES)} figures")
+    if update_card:
+        card = Path(main.checkpoint) / "README.md"
+        if not card.is_file():
+            _fail(f"--update-card: {card} does not exist (only our checkpoint directories have a model card)")
+        atomic_write_text(card, replace_card_section(card.read_text(), summary))
+        typer.echo(f"updated {card}")
+
+
+def _print_analysis(main, ctrl) -> None:
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="frontier measures by thought k (model | control)", title_justify="left")
+    for col in ("k", "frontier mass", "top-1", "top-3", "<t,optimal>", "<t,frontier>", "<t,reachable>",
+                "<t,unreachable>", "accuracy"):
+        table.add_column(col, justify="right")
+
+    def cell(fn) -> str:
+        return " | ".join(_num(fn(a)) for a in (main, ctrl) if a is not None)
+
+    for i, k in enumerate(main.steps):
+        table.add_row(
+            str(k),
+            cell(lambda a: float(np.nanmean(a.frontier_mass[:, i])) if np.isfinite(a.frontier_mass[:, i]).any() else None),
+            cell(lambda a: a.parallelism[k].mean["top1"]), cell(lambda a: a.parallelism[k].mean["top3"]),
+            *[cell(lambda a, j=j: float(a.inner_product.mean[i, j])) for j in range(4)],
+            cell(lambda a: a.accuracy_by_k.get(k)),
+        )
+    Console(width=160).print(table)
+    typer.echo(f"accuracy at the checkpoint's own k: {main.accuracy:.4f}"
+               + (f" (control {ctrl.accuracy:.4f})" if ctrl is not None else ""))
+
+
+@app.command("tuned-lens")
+def tuned_lens_cmd(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    out: Path = typer.Option(..., "--out", help="The lens file to write (.safetensors)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to fit on (default: generated items)."),
+    n: int = typer.Option(1000, "--n", min=1, help="Generated items to fit on, when no --data."),
+    seed: int = typer.Option(12345, "--seed", help="Seed of the generated items."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
+    epochs: int = typer.Option(20, "--epochs", min=1),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts."""
+    from probe.capture import architecture, capture, select_hooks
+    from probe.lens import TunedLens, mean_kl_to_final
+
+    try:
+        items = _items(data, n, seed)
+        model, tok = _load(ckpt, base, device)
+        names = select_hooks(architecture(model).n_layers, ["*hook_resid_post"])
+        split = max(1, len(items) // 10)
+        held = capture(model, tok, items[:split], k=k, names=names)
+        train = capture(model, tok, items[split:], k=k, names=names)
+        lens = TunedLens.for_model(model).fit(train, model, epochs=epochs)
+        lens.save(out)
+    except InputError as e:
+        _fail(str(e))
+    before, after = mean_kl_to_final(held, model), mean_kl_to_final(held, model, lens)
+    for l, (a, b) in enumerate(zip(before.tolist(), after.tolist())):
+        typer.echo(f"layer {l}: held-out KL to the final distribution, logit lens {a:.4f}, tuned lens {b:.4f}")
+    typer.echo(f"wrote {out}")

@@ -1,0 +1,164 @@
+"""The data-set runs of probe/interventions.py: sites, ablations, counterfactual patching, steering, the CLI.
+
+Known answers come from two places: edits that must be the identity (mean or another item's
+thought among identical items, a pause model's pause inputs, alpha = 0) and the shipped default
+model, which reads the question's person off its first thought (issue 4's logit lens), so a
+patch of every thought makes a counterfactual item answer about the other item's person.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from probe.capture import capture_batch
+from probe.cli import app
+from probe.data.layout import name_pieces
+from probe.evaluate import evaluate
+from probe.interventions import (InterventionError, ablation_runs, accuracy_without_thoughts, own_chains, patch_runs,
+                                 site, steer_runs, steer_target, steering_directions)
+from probe.model.checkpoint import load_checkpoint
+from probe.model.coconut import CoconutConfig, CoconutModel, ThoughtEdit
+from probe.model.tokenizer import special_tokens
+from tests.conftest import tiny_base
+
+CKPTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return {name: load_checkpoint(CKPTS / name) for name in ("prosqa-coconut", "prosqa-pause", "prosqa-cot")}
+
+
+def test_steer_target_is_the_first_parent_of_the_wrong_option(official_items):
+    it = official_items[0]  # 'Every rorpus is a scrompus.' is the only fact naming scrompus as a child
+    assert it.name(it.neg_target) == "scrompus" and it.name(steer_target(it)) == "rorpus"
+
+
+def test_ablating_identical_items_with_their_mean_or_each_others_thoughts_is_the_identity(tiny_model, word_tokenizer,
+                                                                                          official_items):
+    items = [official_items[3]] * 4
+    s = site(tiny_model, word_tokenizer, items, 3)
+    runs = ablation_runs(tiny_model, word_tokenizer, items, 3, s, ("mean", "other", "zero"), progress=False)
+    assert [r.name for r in runs] == ["mean all", "other all", "zero all"] + [
+        f"{kind} {j}" for j in (1, 2, 3) for kind in ("mean", "other", "zero")]
+    for r in runs:
+        if not r.name.startswith("zero"):
+            assert r.changed == 0.0, r.name
+            np.testing.assert_allclose(r.frontier_mass, r.baseline_frontier_mass, rtol=1e-4, atol=1e-9)
+    zero = next(r for r in runs if r.name == "zero all")
+    assert np.abs(zero.frontier_mass - zero.baseline_frontier_mass).max() > 1e-7
+    assert zero.values_at == 1 and next(r for r in runs if r.name == "zero 2").values_at == 2
+
+
+def test_the_thought_site_holds_the_fed_back_thoughts_and_a_layer_site_the_residual(tiny_model, word_tokenizer,
+                                                                                   official_items):
+    items = official_items[:3]
+    tr = capture_batch(tiny_model, word_tokenizer, items, k=2, names=["blocks.1.hook_resid_post"])
+    torch.testing.assert_close(site(tiny_model, word_tokenizer, items, 2).source, tr.thoughts)
+    torch.testing.assert_close(site(tiny_model, word_tokenizer, items, 2, layer=-1).source,
+                               tr["blocks.1.hook_resid_post"][:, :2])
+    with pytest.raises(InterventionError, match="layer 5 is out of range for a model with 2 layers"):
+        site(tiny_model, word_tokenizer, items, 2, layer=5)
+
+
+def test_a_pause_models_thought_site_is_its_pause_input_so_mean_and_other_change_nothing(shipped, official_items):
+    model, tok = shipped["prosqa-pause"]
+    items = official_items[:12]
+    s = site(model, tok, items, 6)
+    pause = model.embed(torch.tensor([model.config.latent_id]))[0].detach()
+    assert torch.equal(s.source, pause.expand(12, 6, -1))
+    runs = {r.name: r for r in ablation_runs(model, tok, items, 6, s, ("mean", "other"), progress=False)}
+    assert all(r.changed == 0.0 for r in runs.values())
+    patched = patch_runs(model, tok, items, 6, progress=False)
+    assert all(p.changed == 0.0 for p in patched)  # every item's pause input is the same vector
+
+
+def test_patching_every_thought_makes_the_default_model_answer_about_the_other_items_person(shipped, official_items):
+    model, tok = shipped["prosqa-coconut"]
+    runs = patch_runs(model, tok, official_items[:24], 6, progress=False)
+    first = runs[0]
+    assert first.steps == "all" and first.n == 24 and first.baseline_names_a_root == 0.0
+    assert first.names_a_root > 0.8 and first.accuracy < 0.2  # "Tom is a ..." asked about Davis: wrong
+    by_step = {r.steps: r for r in runs}
+    assert by_step["1"].names_a_root > 0.8 and by_step["6"].names_a_root < 0.2  # the person is read off thought 1
+
+
+def test_own_chains_reproduce_the_cot_models_answers_and_end_steps_at_newlines(shipped, official_items):
+    model, tok = shipped["prosqa-cot"]
+    items = official_items[:16]
+    prompts, pos, valid = own_chains(model, tok, items, 6)
+    newline = tok.encode("\n", add_special_tokens=False)[0]
+    for p, row, ok in zip(prompts, pos, valid):
+        assert ok.any() and all(p[int(c)] == newline for c in row[ok])
+    free = evaluate(model, tok, items, k=0, progress=False)
+    forced = evaluate(model, tok, items, prompts=prompts, progress=False)
+    assert [r.prediction for r in forced.items] == [r.prediction for r in free.items]
+    with pytest.raises(InterventionError, match="a cot model feeds no thought back"):
+        site(model, tok, items, 6)
+    acc = accuracy_without_thoughts(model, tok, items, 6)
+    assert set(acc) == {0, 6} and acc[6] == free.accuracy
+
+
+def test_a_layer_edit_at_given_positions_moves_logits_from_that_position_on(word_tokenizer, official_items):
+    sp = special_tokens(word_tokenizer)
+    model = CoconutModel(tiny_base("gpt2", len(word_tokenizer), sp.eos_id), CoconutConfig.from_special(sp, mode="cot"))
+    ids = word_tokenizer.encode(official_items[0].question)
+    x = torch.tensor([[sp.pad_id] * 3 + ids])  # left padding: positions count within the prompt
+    mask = (torch.arange(x.shape[1]) >= 3).long()[None]
+    edit = ThoughtEdit(torch.tensor([[True]]), torch.zeros(1, 1, model.d_model), layer=0, positions=torch.tensor([[10]]))
+    with torch.no_grad():
+        a, b = model(x, mask).logits, model(x, mask, edit=edit).logits
+    torch.testing.assert_close(a[0, : 3 + 10], b[0, : 3 + 10])
+    assert (a[0, 3 + 10] - b[0, 3 + 10]).abs().max() > 1e-3 and (a[0, -1] - b[0, -1]).abs().max() > 1e-4
+
+
+def test_steering_directions_and_the_dose_response(shipped, official_items):
+    model, tok = shipped["prosqa-coconut"]
+    items = official_items[:20]
+    s = site(model, tok, items, 6, layer=-1)
+    dirs, has = steering_directions(model, tok, items, s, 1)
+    assert set(dirs) == {"probe", "unembed", "random"} and has.any()
+    for d in dirs.values():
+        torch.testing.assert_close(d[has].norm(dim=-1), torch.ones(int(has.sum())))
+    v = steer_target(items[0])
+    row = model.base.get_output_embeddings().weight[name_pieces(items[0], tok, "edges")[v][0]].detach()
+    torch.testing.assert_close(dirs["unembed"][0], row / row.norm())
+    points = steer_runs(model, tok, items, 6, step=1, alphas=(0.0, 8.0), progress=False)
+    assert [(p.direction, p.alpha) for p in points] == [(d, a) for d in ("probe", "unembed", "random") for a in (0, 8)]
+    zero = [p for p in points if p.alpha == 0]
+    assert all(p.changed == 0.0 and p.value == zero[0].value for p in zero)
+    assert max(p.changed for p in points if p.alpha == 8) > 0.1
+    with pytest.raises(InterventionError, match="thought 7 out of range"):
+        steer_runs(model, tok, items, 6, step=7, alphas=(0.0,), progress=False)
+
+
+def test_probe_intervene_end_to_end_and_its_errors(tmp_path, official_path):
+    runner = CliRunner()
+    out = tmp_path / "iv"
+    args = ["intervene", "--data", str(official_path), "--limit", "6", "--sites", "thought,-1", "--ablations", "zero",
+            "--alphas", "0,1", "--control", str(CKPTS / "prosqa-pause"), "--control", str(CKPTS / "prosqa-cot")]
+    res = runner.invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    main, pause, cot = rep["reports"]
+    assert main["mode"] == "coconut" and pause["mode"] == "pause_as_thought" and cot["mode"] == "cot"
+    assert set(main["ablations"]) == {"thought", "layer -1"} and set(cot["ablations"]) == {"layer -1"}
+    assert cot["skipped"] == ["thought site: a cot model feeds no thought back"]
+    assert [r["name"] for r in main["ablations"]["thought"]] == ["zero all"] + [f"zero {j}" for j in range(1, 7)]
+    assert main["accuracy_by_k"]["6"] == main["ablations"]["thought"][0]["baseline_accuracy"]
+    assert sorted(p.name for p in out.iterdir()) == ["ablations.html", "accuracy_by_k.html", "patching.html",
+                                                     "report.json", "steering.html"]
+    for bad, message in ((["--ablations", "noise"], "--ablations: unknown ['noise']"),
+                         (["--sites", "first"], "--sites: expected an integer, got 'first'"),
+                         (["--sites", "9"], "layer 9 is out of range")):
+        res = runner.invoke(app, [*args, *bad, "--out", str(tmp_path / "bad")])
+        assert res.exit_code != 0 and message in res.output, res.output
+        assert not (tmp_path / "bad").exists()
+    res = runner.invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code != 0 and "already exists" in res.output
