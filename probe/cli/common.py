@@ -69,6 +69,8 @@ def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Option
     return load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype))
 
 
+BASE_OPTION = typer.Option(None, "--base", help="Base model directory, for official checkpoints.")
+DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")
 CKPT_HELP = "Our checkpoint directory, or an official state-dict file (default: the shipped checkpoints/prosqa-coconut)."
 
 

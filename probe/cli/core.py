@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from probe.cli.common import app, CKPT_HELP, data_app, _device, _fail, InputError, _load
+from probe.cli.common import app, BASE_OPTION, CKPT_HELP, data_app, _device, DEVICE_OPTION, _fail, InputError, _load
 
 
 @data_app.command("generate")
@@ -62,9 +62,9 @@ def train(
 def eval_cmd(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
     data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    base: Optional[Path] = BASE_OPTION,
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),

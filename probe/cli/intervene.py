@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, CKPT_HELP, _default_ckpt, _fail, _float_option, InputError, _int_option, _load, _new_out, _num,
+    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, _fail, _float_option, InputError, _int_option,
+    _load, _new_out, _num,
 )
 
 
@@ -18,7 +19,7 @@ def intervene_cmd(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
     data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
     out: Path = typer.Option(..., "--out", help="New directory for report.json and the figures."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    base: Optional[Path] = BASE_OPTION,
     control: list[Path] = typer.Option([], "--control", help="A control checkpoint (pause, CoT) run the same way; "
                                        "repeat for several."),
     k: Optional[int] = typer.Option(None, "--k", min=1, help="Thoughts (default: the checkpoint's)."),
@@ -33,7 +34,7 @@ def intervene_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=2, help="Only the first N items."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Causal tests of the thoughts: fewer thoughts, ablation, counterfactual patching, steering; beside controls."""
     from probe.data.prosqa import atomic_directory, atomic_write_text, load_items

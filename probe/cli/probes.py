@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from probe.cli.common import app, CKPT_HELP, _default_ckpt, _fail, InputError, _items, _load, _new_out, _num
+from probe.cli.common import (
+    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, _fail, InputError, _items, _load, _new_out, _num,
+)
 
 
 probes_app = typer.Typer(help="Linear probes on thoughts, with control tasks; the halting probe.", no_args_is_help=True)
@@ -24,14 +26,14 @@ def probes_fit(
     target: str = typer.Option("frontier", "--target", help="frontier, reachable, value or depth."),
     layer: int = typer.Option(-1, "--layer", help="Residual stream after this layer (negative: from the end)."),
     out: Path = typer.Option(..., "--out", help="New directory for the probe, report.json and scores.html."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    base: Optional[Path] = BASE_OPTION,
     control: Optional[Path] = typer.Option(None, "--control", help="A control checkpoint probed the same way."),
     control_base: Optional[Path] = typer.Option(None, "--control-base"),
     k_max: Optional[int] = typer.Option(None, "--k-max", min=1, help="Thoughts to probe (default: the checkpoint's)."),
     folds: int = typer.Option(5, "--folds", min=2),
     limit: Optional[int] = typer.Option(None, "--limit", min=2),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Cross-validated linear probes (and their control task) for every thought k at one layer."""
     from probe.data.prosqa import atomic_directory, atomic_write_text
@@ -74,10 +76,10 @@ def probes_halt(
     n: int = typer.Option(1000, "--n", min=2, help="Generated items to train on, when no --data."),
     seed: int = typer.Option(12345, "--seed", help="Seed of the generated items."),
     layer: int = typer.Option(-1, "--layer"),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    base: Optional[Path] = BASE_OPTION,
     k_max: Optional[int] = typer.Option(None, "--k-max", min=2, help="The most thoughts (default: the checkpoint's)."),
     folds: int = typer.Option(5, "--folds", min=2),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
     from probe.data.prosqa import atomic_directory, atomic_write_text
@@ -111,14 +113,14 @@ def sae_train(
     seed: int = typer.Option(12345, "--seed"),
     layer: Optional[int] = typer.Option(None, "--layer", help="A layer's residual at the thought positions "
                                                                "(default: the thoughts fed back)."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    base: Optional[Path] = BASE_OPTION,
     d_sae: int = typer.Option(512, "--d-sae", min=1),
     k: int = typer.Option(8, "--k", min=1, help="Active features per row (TopK)."),
     activation: str = typer.Option("topk", "--activation", help="topk, or relu (with --l1)."),
     l1: float = typer.Option(0.0, "--l1", min=0.0),
     epochs: int = typer.Option(50, "--epochs", min=1),
     k_max: Optional[int] = typer.Option(None, "--k-max", min=1),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires."""
     import numpy as np

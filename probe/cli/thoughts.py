@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, CKPT_HELP, _default_ckpt, _dtype, _fail, InputError, _item, _items, _layers, _load, _new_out, _num,
+    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, _dtype, _fail, InputError, _item, _items,
+    _layers, _load, _new_out, _num,
 )
 
 
@@ -18,14 +19,14 @@ def decode(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
     data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
     index: int = typer.Option(..., "--index", help="Which item of the file."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    base: Optional[Path] = BASE_OPTION,
     lens: str = typer.Option("logit", "--lens", help="logit or tuned."),
     lens_file: Optional[Path] = typer.Option(None, "--lens-file",
                                              help="A tuned lens (default: tuned_lens.safetensors in the checkpoint)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers, e.g. 0,2,-1 (default: all)."),
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
     top: int = typer.Option(5, "--top", min=1, help="Top tokens per layer."),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the readings as JSON here."),
 ) -> None:
     """What every thought holds at every layer (logit or tuned lens), with frontier nodes marked."""
@@ -77,7 +78,7 @@ def capture_cmd(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
     data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
     out: Path = typer.Option(..., "--out", help="New directory for the safetensors shards and manifest.json."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    base: Optional[Path] = BASE_OPTION,
     hooks: Optional[list[str]] = typer.Option(None, "--hooks", help="Hook-name globs, e.g. '*hook_resid_post' (repeatable)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
@@ -85,7 +86,7 @@ def capture_cmd(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     shard_size: int = typer.Option(256, "--shard-size", min=1, help="Items per shard file."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Stream every thought of a data set, at every layer, to disk (safetensors shards + manifest)."""
     from probe.capture import architecture, capture_to_disk, select_hooks
@@ -109,14 +110,14 @@ def analyze_cmd(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
     data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
     out: Path = typer.Option(..., "--out", help="New directory for report.json and one HTML figure per measure."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    base: Optional[Path] = BASE_OPTION,
     control: Optional[Path] = typer.Option(None, "--control",
                                            help="A control checkpoint (pause-as-thought or CoT) measured the same way."),
     control_base: Optional[Path] = typer.Option(None, "--control-base", help="Base model directory of the control."),
     k_max: Optional[int] = typer.Option(None, "--k-max", min=1, help="Thoughts to study (default: the checkpoint's)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
     update_card: bool = typer.Option(False, "--update-card",
                                      help="Also write the summary into the checkpoint's model card (README.md)."),
 ) -> None:
@@ -188,10 +189,10 @@ def tuned_lens_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to fit on (default: generated items)."),
     n: int = typer.Option(1000, "--n", min=1, help="Generated items to fit on, when no --data."),
     seed: int = typer.Option(12345, "--seed", help="Seed of the generated items."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model directory, for official checkpoints."),
+    base: Optional[Path] = BASE_OPTION,
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
     epochs: int = typer.Option(20, "--epochs", min=1),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts."""
     from probe.capture import architecture, capture, select_hooks
