@@ -18,7 +18,9 @@ setup: $(BIN)/probe
 
 # The main job: the shipped default model (checkpoints/prosqa-coconut) on the validation split,
 # what its thoughts hold, layer by layer, on the first item, and the latent-search measures of
-# the analysis model beside the pause control (runs/analysis: report.json, summary.md, figures).
+# the analysis model beside the pause control (runs/analysis: report.json, summary.md, figures),
+# and the causal tests of the default model's thoughts beside the pause and CoT controls on the
+# first 100 items (runs/interventions; the whole split takes about half an hour on 2 CPU cores).
 run: setup
 	mkdir -p runs
 	$(BIN)/probe eval --data $(DATA) --json runs/eval.json
@@ -26,6 +28,9 @@ run: setup
 	rm -rf runs/analysis
 	$(BIN)/probe analyze --ckpt checkpoints/prosqa-coconut-mixed --control checkpoints/prosqa-pause \
 		--data $(DATA) --out runs/analysis
+	rm -rf runs/interventions
+	$(BIN)/probe intervene --data $(DATA) --limit 100 --sites thought \
+		--control checkpoints/prosqa-pause --control checkpoints/prosqa-cot --out runs/interventions
 
 # Train a small Coconut model through the whole curriculum in about two minutes, then evaluate it.
 quickstart: setup

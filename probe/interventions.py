@@ -523,6 +523,12 @@ def run_interventions(
     k = cfg.default_thoughts if k is None else k
     if k < 1:
         raise InterventionError(f"k must be >= 1 to intervene on thoughts, got {k}")
+    from probe.capture import architecture
+
+    n_layers = architecture(model).n_layers
+    bad = [layer for layer in [*sites, steer_layer] if layer is not None and not -n_layers <= layer < n_layers]
+    if bad:
+        raise InterventionError(f"layer {bad[0]} is out of range for a model with {n_layers} layers")
     skipped = []
     ablations, patching = {}, {}
     for layer in sites:

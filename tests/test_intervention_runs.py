@@ -70,12 +70,12 @@ def test_the_thought_site_holds_the_fed_back_thoughts_and_a_layer_site_the_resid
 def test_a_pause_models_thought_site_is_its_pause_input_so_mean_and_other_change_nothing(shipped, official_items):
     model, tok = shipped["prosqa-pause"]
     items = official_items[:12]
-    s = site(model, tok, items, 6)
+    s = site(model, tok, items, 3)
     pause = model.embed(torch.tensor([model.config.latent_id]))[0].detach()
-    assert torch.equal(s.source, pause.expand(12, 6, -1))
-    runs = {r.name: r for r in ablation_runs(model, tok, items, 6, s, ("mean", "other"), progress=False)}
-    assert all(r.changed == 0.0 for r in runs.values())
-    patched = patch_runs(model, tok, items, 6, progress=False)
+    assert torch.equal(s.source, pause.expand(12, 3, -1))
+    runs = {r.name: r for r in ablation_runs(model, tok, items, 3, s, ("mean", "other"), progress=False)}
+    assert len(runs) == 8 and all(r.changed == 0.0 for r in runs.values())
+    patched = patch_runs(model, tok, items, 3, progress=False)
     assert all(p.changed == 0.0 for p in patched)  # every item's pause input is the same vector
 
 
@@ -141,7 +141,8 @@ def test_steering_directions_and_the_dose_response(shipped, official_items):
 def test_probe_intervene_end_to_end_and_its_errors(tmp_path, official_path):
     runner = CliRunner()
     out = tmp_path / "iv"
-    args = ["intervene", "--data", str(official_path), "--limit", "6", "--sites", "thought,-1", "--ablations", "zero",
+    args = ["intervene", "--data", str(official_path), "--limit", "6", "--k", "2", "--sites", "thought,-1",
+            "--ablations", "zero",
             "--alphas", "0,1", "--control", str(CKPTS / "prosqa-pause"), "--control", str(CKPTS / "prosqa-cot")]
     res = runner.invoke(app, [*args, "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -150,8 +151,9 @@ def test_probe_intervene_end_to_end_and_its_errors(tmp_path, official_path):
     assert main["mode"] == "coconut" and pause["mode"] == "pause_as_thought" and cot["mode"] == "cot"
     assert set(main["ablations"]) == {"thought", "layer -1"} and set(cot["ablations"]) == {"layer -1"}
     assert cot["skipped"] == ["thought site: a cot model feeds no thought back"]
-    assert [r["name"] for r in main["ablations"]["thought"]] == ["zero all"] + [f"zero {j}" for j in range(1, 7)]
-    assert main["accuracy_by_k"]["6"] == main["ablations"]["thought"][0]["baseline_accuracy"]
+    assert [r["name"] for r in main["ablations"]["thought"]] == ["zero all", "zero 1", "zero 2"]
+    assert main["accuracy_by_k"]["2"] == main["ablations"]["thought"][0]["baseline_accuracy"]
+    assert set(cot["accuracy_by_k"]) == {"0", "2"} and cot["k"] == pause["k"] == 2
     assert sorted(p.name for p in out.iterdir()) == ["ablations.html", "accuracy_by_k.html", "patching.html",
                                                      "report.json", "steering.html"]
     for bad, message in ((["--ablations", "noise"], "--ablations: unknown ['noise']"),
@@ -162,3 +164,32 @@ def test_probe_intervene_end_to_end_and_its_errors(tmp_path, official_path):
         assert not (tmp_path / "bad").exists()
     res = runner.invoke(app, [*args, "--out", str(out)])
     assert res.exit_code != 0 and "already exists" in res.output
+
+
+def test_the_figures_put_each_number_where_it_belongs():
+    from probe.viz import INTERVENTION_FIGURES
+
+    def rep(name, mode, shift):
+        runs = [{"name": f"{kind} {col}", "accuracy_change": shift + i / 10} for i, (kind, col) in
+                enumerate([("zero", "all"), ("mean", "all"), ("zero", "1"), ("mean", "1")])]
+        patch = [{"steps": s, **{key: v, f"baseline_{key}": v / 2}} for s, v in (("all", 0.9), ("1", 0.8))
+                 for key in ("names_a_root",)]
+        for p in patch:
+            p.update(follows_a=0.5, baseline_follows_a=0.5, accuracy=0.1, baseline_accuracy=0.5)
+        points = [{"direction": d, "alpha": a, "value": a * m, "to_option": 0.5} for d, m in (("probe", 2), ("random", 1))
+                  for a in (0.0, 1.0)]
+        return {"checkpoint": f"checkpoints/{name}", "mode": mode, "accuracy_by_k": {"0": 0.3, "6": 0.5},
+                "ablations": {"thought": runs}, "patching": {"thought": patch},
+                "steering": {"step": 1, "layer": -1, "points": points}}
+
+    reports = [rep("a", "coconut", 0.0), rep("b", "pause_as_thought", -0.3)]
+    figs = {name: f(reports) for name, f in INTERVENTION_FIGURES.items()}
+    heat = figs["ablations"].data[1]  # the second model's panel
+    assert list(heat.y) == ["zero", "mean"] and list(heat.x) == ["all", "1"]
+    np.testing.assert_allclose(heat.z, [[-0.3, -0.1], [-0.2, 0.0]])
+    acc = figs["accuracy_by_k"].data[0]
+    assert list(acc.x) == [0, 6] and list(acc.y) == [0.3, 0.5] and acc.name == "a (coconut)"
+    bars = [t for t in figs["patching"].data if t.name == "answer names A's root"]
+    assert [list(t.y) for t in bars] == [[0.9, 0.8]] * 2
+    probe = [t for t in figs["steering"].data if t.legendgroup == "probe"]
+    assert [list(t.y) for t in probe] == [[0.0, 2.0], [0.5, 0.5]] * 2
