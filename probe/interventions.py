@@ -9,7 +9,7 @@ the data set with and without an edit and reports the accuracy, the answers that
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -201,6 +201,7 @@ def own_chains(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
     if len(newline) != 1 or not marker:
         raise InterventionError("the tokenizer has no single newline token to end a step with")
     questions = [list(tokenize_item(it, tokenizer, cfg.data_format).question) for it in items]
+    model.eval()
     prompts, pos = [], torch.full((len(items), k), -1, dtype=torch.long)
     for i in range(0, len(items), batch_size):
         gen = model.generate(questions[i : i + batch_size], max_new_tokens=MAX_NEW_TOKENS)
@@ -226,7 +227,6 @@ def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, la
         if layer is None:
             raise InterventionError(f"a {cfg.mode} model feeds no thought back; edit one layer's residual instead")
         prompts, positions, valid = own_chains(model, tokenizer, items, k, batch_size)
-        name = f"blocks.{layer % n_layers}.hook_resid_post"
         source = torch.zeros(len(items), k, model.d_model)
         with torch.no_grad():
             for i in range(0, len(items), batch_size):
@@ -294,7 +294,7 @@ class PatchResult:
     baseline_a_frontier_mass: float | None
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -311,7 +311,7 @@ class SteerPoint:
     changed: float
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 def steer_target(item: ProsQAItem) -> int:
