@@ -29,6 +29,7 @@ from probe.model.coconut import FEEDBACK_MODES, CoconutModel, ThoughtEdit
 from probe.probes import LinearProbe, SavedProbe, name_vocabulary, probe_targets
 
 ABLATIONS = ("zero", "mean", "random", "other")
+PARTS = ("k", "ablate", "patch", "steer")  # what run_interventions runs: fewer thoughts, ablation, patching, steering
 
 
 class InterventionError(ValueError):
@@ -511,11 +512,11 @@ def run_interventions(
     sites: Sequence[int | None] = (None,), kinds: Sequence[str] = ABLATIONS, steer_step: int = 1,
     steer_layer: int = -1, alphas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     probe: SavedProbe | None = None, batch_size: int = 32, seed: int = 0, progress: bool = True,
-    checkpoint: str = "",
+    checkpoint: str = "", parts: Sequence[str] = PARTS,
 ) -> InterventionReport:
     """Accuracy after 0..k thoughts; each ablation and counterfactual patch at each site (None: the thoughts
     fed back, an int: that layer's residual); a steering dose-response. A CoT control is edited at its own
-    chain's step ends, so its thought site is skipped."""
+    chain's step ends, so its thought site is skipped. parts picks some of PARTS (the others stay empty)."""
     items = list(items)
     if not items:
         raise InterventionError("no items to intervene on")
@@ -529,18 +530,24 @@ def run_interventions(
     bad = [layer for layer in [*sites, steer_layer] if layer is not None and not -n_layers <= layer < n_layers]
     if bad:
         raise InterventionError(f"layer {bad[0]} is out of range for a model with {n_layers} layers")
+    if unknown := sorted(set(parts) - set(PARTS)):
+        raise InterventionError(f"unknown part(s) {unknown}; expected some of {', '.join(PARTS)}")
     skipped = []
     ablations, patching = {}, {}
-    for layer in sites:
+    for layer in sites if {"ablate", "patch"} & set(parts) else ():
         if layer is None and not cfg.stage_spec.markers:
             skipped.append(f"thought site: a {cfg.mode} model feeds no thought back")
             continue
         s = site(model, tokenizer, items, k, layer, batch_size)
-        ablations[s.label] = ablation_runs(model, tokenizer, items, k, s, kinds, batch_size=batch_size, seed=seed,
-                                           progress=progress)
-        patching[s.label] = patch_runs(model, tokenizer, items, k, layer, batch_size, progress)
-    steering = steer_runs(model, tokenizer, items, k, steer_step, steer_layer, alphas, probe, batch_size, seed,
-                          progress)
-    return InterventionReport(checkpoint, cfg.mode, k, len(items),
-                              accuracy_without_thoughts(model, tokenizer, items, k, batch_size), ablations, patching,
-                              steering, steer_step, steer_layer, skipped)
+        if "ablate" in parts:
+            ablations[s.label] = ablation_runs(model, tokenizer, items, k, s, kinds, batch_size=batch_size,
+                                               seed=seed, progress=progress)
+        if "patch" in parts:
+            patching[s.label] = patch_runs(model, tokenizer, items, k, layer, batch_size, progress)
+    steering = []
+    if "steer" in parts:
+        steering = steer_runs(model, tokenizer, items, k, steer_step, steer_layer, alphas, probe, batch_size, seed,
+                              progress)
+    by_k = accuracy_without_thoughts(model, tokenizer, items, k, batch_size) if "k" in parts else {}
+    return InterventionReport(checkpoint, cfg.mode, k, len(items), by_k, ablations, patching, steering, steer_step,
+                              steer_layer, skipped)

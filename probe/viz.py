@@ -281,7 +281,8 @@ def patching(reports: Sequence[dict]) -> go.Figure:
 def steering(reports: Sequence[dict]) -> go.Figure:
     """Dose-response of steering toward v: value(v) and answers naming v's option, by direction, per model."""
     fig = make_subplots(rows=2, cols=len(reports), shared_xaxes=True, vertical_spacing=0.08, horizontal_spacing=0.05,
-                        subplot_titles=[_model_label(r) for r in reports] + [""] * len(reports))
+                        subplot_titles=[f"{_model_label(r)}<br>thought {r['steering']['step']}, layer "
+                                        f"{r['steering']['layer']}" for r in reports] + [""] * len(reports))
     colors = {"probe": "#d62728", "unembed": "#1f77b4", "random": "#7f7f7f"}
     for c, rep in enumerate(reports, start=1):
         points = rep["steering"]["points"]

@@ -31,6 +31,8 @@ def intervene_cmd(
     alphas: str = typer.Option("0,0.25,0.5,1,2,4", "--alphas", help="Doses, in mean residual norms."),
     probe_dir: Optional[Path] = typer.Option(None, "--probe", help="A saved frontier probe of the main checkpoint "
                                              "at the steering layer (default: one fit on the items)."),
+    only: str = typer.Option("k,ablate,patch,steer", "--only", help="Some of: k (fewer thoughts), ablate, patch, "
+                             "steer."),
     limit: Optional[int] = typer.Option(None, "--limit", min=2, help="Only the first N items."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
@@ -60,7 +62,7 @@ def intervene_cmd(
             typer.echo(f"{path}:")
             rep = run_interventions(model, tok, items, k if i == 0 else reports[0].k, site_list, kind_list,
                                     steer_step, steer_layer, alpha_list, probe, batch_size, seed,
-                                    checkpoint=str(path))
+                                    checkpoint=str(path), parts=[x.strip() for x in only.split(",") if x.strip()])
             reports.append(rep)
     except InputError as e:
         _fail(str(e))
