@@ -193,3 +193,16 @@ def test_the_figures_put_each_number_where_it_belongs():
     assert [list(t.y) for t in bars] == [[0.9, 0.8]] * 2
     probe = [t for t in figs["steering"].data if t.legendgroup == "probe"]
     assert [list(t.y) for t in probe] == [[0.0, 2.0], [0.5, 0.5]] * 2
+
+
+def test_run_interventions_runs_the_parts_it_is_asked_for(tiny_model, word_tokenizer, official_items):
+    from probe.interventions import run_interventions
+
+    items = official_items[:4]
+    rep = run_interventions(tiny_model, word_tokenizer, items, k=2, parts=["k"], progress=False)
+    assert set(rep.accuracy_by_k) == {0, 1, 2} and not rep.ablations and not rep.patching and not rep.steering
+    assert rep.accuracy_by_k[2] == evaluate(tiny_model, word_tokenizer, items, k=2, progress=False).accuracy
+    with pytest.raises(InterventionError, match=r"unknown part\(s\) \['steering'\]"):
+        run_interventions(tiny_model, word_tokenizer, items, k=2, parts=["steering"], progress=False)
+    with pytest.raises(InterventionError, match="layer -3 is out of range for a model with 2 layers"):
+        run_interventions(tiny_model, word_tokenizer, items, k=2, sites=(None, -3), progress=False)
