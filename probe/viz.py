@@ -232,13 +232,17 @@ def accuracy_by_thoughts(reports: Sequence[dict]) -> go.Figure:
     return fig
 
 
+def _site_panels(reports: Sequence[dict], key: str) -> tuple[go.Figure, list[tuple[dict, str]]]:
+    """A row of panels, one per (model, site) of report[key], sharing the y axis."""
+    panels = [(rep, s) for rep in reports for s in rep[key]]
+    fig = make_subplots(rows=1, cols=max(len(panels), 1), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[f"{_model_label(r)}<br>{s}" for r, s in panels])
+    return fig, panels
+
+
 def ablations(reports: Sequence[dict]) -> go.Figure:
     """Accuracy change per ablation (rows) and thoughts ablated (columns), one panel per model and site."""
-    panels = [(rep, s) for rep in reports for s in rep["ablations"]]
-    if not panels:
-        return go.Figure().update_layout(title="no ablations")
-    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=[f"{_model_label(r)}<br>{s}" for r, s in panels])
+    fig, panels = _site_panels(reports, "ablations")
     for c, (rep, s) in enumerate(panels, start=1):
         runs = rep["ablations"][s]
         kinds = list(dict.fromkeys(r["name"].split()[0] for r in runs))
@@ -256,11 +260,7 @@ def ablations(reports: Sequence[dict]) -> go.Figure:
 
 def patching(reports: Sequence[dict]) -> go.Figure:
     """Counterfactual patching: how often B's answer takes A's root or A's concept, by thoughts patched."""
-    panels = [(rep, s) for rep in reports for s in rep["patching"]]
-    if not panels:
-        return go.Figure().update_layout(title="no patching")
-    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=[f"{_model_label(r)}<br>{s}" for r, s in panels])
+    fig, panels = _site_panels(reports, "patching")
     for c, (rep, s) in enumerate(panels, start=1):
         runs = rep["patching"][s]
         x = [r["steps"] for r in runs]
