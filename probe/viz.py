@@ -15,6 +15,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from probe.analyze import Analysis
+from probe.data.graph import ProsQAGraph
 from probe.frontier import CATEGORIES, GROUPS, GroupMeans
 
 GROUP_COLORS = dict(zip(GROUPS, ("#d62728", "#ff7f0e", "#1f77b4", "#7f7f7f")))
@@ -306,3 +307,64 @@ INTERVENTION_FIGURES: dict[str, Callable[[Sequence[dict]], go.Figure]] = {
     "patching": patching,
     "steering": steering,
 }
+
+
+# ---------------------------------------------------------------------------- one item's graph
+
+
+def graph_positions(graph: ProsQAGraph) -> np.ndarray:
+    """[n_nodes, 2] (x, y) of a layered drawing: x = layer, root on the left; nodes the root reaches
+    above y = 0, the others below, each layer's nodes spread evenly."""
+    pos = np.zeros((graph.n_nodes, 2))
+    reach = np.isfinite(graph.depth)
+    for band, sign in ((reach, 1.0), (~reach, -1.0)):
+        for x in np.unique(graph.layer[band]):
+            nodes = np.flatnonzero(band & (graph.layer == x))
+            pos[nodes, 0] = x
+            pos[nodes, 1] = sign * (np.arange(len(nodes)) + 1)
+    return pos
+
+
+def graph_figure(item, k: int, values: np.ndarray | None = None, lens: np.ndarray | None = None,
+                 title: str = "") -> go.Figure:
+    """The item's DAG, root to leaves: frontier_k outlined, the optimal path drawn thick, node colour the value
+    after k thoughts (or the lens probability), hover with name, depth, value and lens probability."""
+    graph = ProsQAGraph.from_item(item)
+    pos = graph_positions(graph)
+    path = set(zip(graph.shortest_paths()[0], graph.shortest_paths()[0][1:]))
+    fig = go.Figure()
+    for thick in (False, True):
+        xs, ys = [], []
+        for u, v in graph.edges:
+            if ((u, v) in path) == thick:
+                xs += [pos[u, 0], pos[v, 0], None]
+                ys += [pos[u, 1], pos[v, 1], None]
+        fig.add_scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=thick,
+                        name="a shortest path to the answer" if thick else "",
+                        line=dict(width=4 if thick else 1, color="#2ca02c" if thick else "#bbbbbb"))
+    colour = values if values is not None else lens
+    frontier = set(graph.frontier(k))
+    hover = []
+    for v in range(graph.n_nodes):
+        d = "unreachable" if not np.isfinite(graph.depth[v]) else f"depth {int(graph.depth[v])}"
+        parts = [f"<b>{item.name(v)}</b>", d + (", frontier" if v in frontier else "")]
+        if values is not None:
+            parts.append(f"value {values[v]:.3f}")
+        if lens is not None:
+            parts.append(f"lens {lens[v]:.3f}")
+        hover.append("<br>".join(parts))
+    fig.add_scatter(
+        x=pos[:, 0], y=pos[:, 1], mode="markers+text", text=list(item.idx_to_symbol), textposition="top center",
+        hovertext=hover, hoverinfo="text", name="nodes", showlegend=False,
+        marker=dict(size=[22 if v in frontier else 14 for v in range(graph.n_nodes)],
+                    color=None if colour is None else np.asarray(colour, dtype=float), colorscale="Reds",
+                    cmin=0.0, cmax=1.0, showscale=colour is not None,
+                    colorbar=dict(title="value" if values is not None else "lens p"),
+                    line=dict(width=[4 if v in frontier else 1 for v in range(graph.n_nodes)],
+                              color=["#d62728" if v in frontier else "#444444" for v in range(graph.n_nodes)])))
+    for v, label in ((graph.root, "root"), (graph.target, "answer"), (graph.neg_target, "wrong option")):
+        fig.add_annotation(x=pos[v, 0], y=pos[v, 1], text=label, showarrow=True, arrowhead=2, ay=30)
+    fig.update_layout(title=title or f"frontier after {k} thought(s), outlined red", template="plotly_white",
+                      xaxis=dict(title="depth from the root (unreached nodes: below)", dtick=1),
+                      yaxis=dict(visible=False), height=520)
+    return fig

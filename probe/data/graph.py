@@ -72,6 +72,15 @@ class ProsQAGraph:
             h[v] = 0 if not kids else 1 + pick(h[c] for c in kids)
         return h
 
+    @cached_property
+    def layer(self) -> np.ndarray:
+        """[n_nodes] drawing layer, root to leaves: the depth of nodes the root reaches; for the others,
+        their longest distance from a node without parents (so their own edges point down)."""
+        gen = np.zeros(self.n_nodes, dtype=np.int64)
+        for i, nodes in enumerate(nx.topological_generations(self.nx)):
+            gen[list(nodes)] = i
+        return np.where(np.isfinite(self.depth), self.depth, gen).astype(np.int64)
+
     @property
     def target_depth(self) -> int:
         return int(self.depth[self.target])
