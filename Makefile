@@ -20,8 +20,9 @@ setup: $(BIN)/probe
 # what its thoughts hold, layer by layer, on the first item, and the latent-search measures of
 # the analysis model beside the pause control (runs/analysis: report.json, summary.md, figures),
 # and the causal tests of the default model's thoughts beside the pause and CoT controls on the
-# first 50 items, at the thoughts and at layer 1 (runs/interventions; the whole split takes about
-# half an hour on 2 CPU cores).
+# first 40 items: mean and another item's ablations and counterfactual patches at the thoughts and
+# at layer 1, and steering (runs/interventions; everything on the whole split takes about half an
+# hour on 2 CPU cores).
 run: setup
 	mkdir -p runs
 	$(BIN)/probe eval --data $(DATA) --json runs/eval.json
@@ -30,7 +31,7 @@ run: setup
 	$(BIN)/probe analyze --ckpt checkpoints/prosqa-coconut-mixed --control checkpoints/prosqa-pause \
 		--data $(DATA) --out runs/analysis
 	rm -rf runs/interventions
-	$(BIN)/probe intervene --data $(DATA) --limit 50 --sites thought,1 \
+	$(BIN)/probe intervene --data $(DATA) --limit 40 --sites thought,1 --ablations mean,other \
 		--control checkpoints/prosqa-pause --control checkpoints/prosqa-cot --out runs/interventions
 
 # Train a small Coconut model through the whole curriculum in about two minutes, then evaluate it.

@@ -368,3 +368,19 @@ def graph_figure(item, k: int, values: np.ndarray | None = None, lens: np.ndarra
                       xaxis=dict(title="depth from the root (unreached nodes: below)", dtick=1),
                       yaxis=dict(visible=False), height=520)
     return fig
+
+
+def lens_heatmap(readout, tokenizer, k: int) -> go.Figure:
+    """Layer x step heatmap of one item's frontier mass under a lens; hover shows each cell's top tokens."""
+    mass = readout.frontier_mass[0].numpy().T  # [layers, k + 1]
+    steps = [f"thought {s + 1}" for s in range(k)] + ["answer"]
+    hover = [[", ".join(f"{tokenizer.decode([int(t)]).strip() or repr(tokenizer.decode([int(t)]))} {float(p):.2f}"
+                        for t, p in zip(readout.top_ids[0, s, j], readout.top_probs[0, s, j]))
+              for s in range(k + 1)] for j in range(len(readout.layers))]
+    fig = go.Figure(go.Heatmap(z=mass, x=steps, y=[str(layer) for layer in readout.layers], zmin=0, zmax=1,
+                               colorscale="Reds", customdata=hover, colorbar=dict(title="frontier mass"),
+                               hovertemplate="%{x}, layer %{y}<br>frontier mass %{z:.3f}<br>%{customdata}"
+                                             "<extra></extra>"))
+    fig.update_layout(title=f"{readout.lens} lens: probability on the frontier's names", xaxis_title="step",
+                      yaxis_title="layer", template="plotly_white", height=360)
+    return fig

@@ -148,6 +148,14 @@ def _check_item(raw: Any) -> ProsQAItem:
     )
 
 
+def item_from_json(raw: Any, source: str = "<item>") -> ProsQAItem:
+    """Validate one decoded official-format item; errors name the source."""
+    try:
+        return _check_item(raw)
+    except ValueError as e:
+        raise DataError(f"{source}: {e}") from None
+
+
 def items_from_json(data: Any, source: str = "<data>") -> list[ProsQAItem]:
     """Validate a decoded official-format list; errors name the source and the item index."""
     if not isinstance(data, list):
