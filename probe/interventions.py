@@ -444,14 +444,18 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
     scale = float(s.norm[step - 1])
     markers = model.config.stage_spec.markers
     base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=prompts)
+    base_value = float("nan")
+    if markers:
+        v = node_values(model, tokenizer, items, step, batch_size=batch_size, progress=False).numpy()
+        base_value = float(np.mean([v[b, t] for b, t in enumerate(targets)]))
     out = []
     plan = [(kind, a) for kind in dirs for a in alphas]
     for kind, alpha in tqdm(plan, desc=f"steer (layer {layer}, thought {step})", unit="run", disable=not progress):
         edit = steer_edit(dirs[kind][keep], alpha * scale, step, len(items), k, layer, positions)
         res = base if alpha == 0 else evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False,
                                                edit=edit, prompts=prompts)
-        value = float("nan")
-        if markers:
+        value = base_value
+        if markers and alpha != 0:
             v = node_values(model, tokenizer, items, step, batch_size=batch_size, progress=False, edit=edit).numpy()
             value = float(np.mean([v[b, t] for b, t in enumerate(targets)]))
         preds = [r.prediction for r in res.items]
