@@ -1,9 +1,10 @@
 """coconut-probe explorer: `streamlit run apps/explorer.py`.
 
-Pick a checkpoint and a ProsQA item; see the graph with the frontier after each thought, what the
-lens reads at every layer, and the answer. Models and data are loaded once (st.cache_resource),
-each item's readings computed once per checkpoint and lens (st.cache_data); every input error is
-shown as a message, never a traceback.
+Pick a checkpoint and a ProsQA item; see the graph with the frontier after each thought, what the lens
+reads at every layer, superposition and attention, probe and SAE read-outs, edits of one thought and
+what they change, and the data-set measures beside a control. Models and data are loaded once
+(st.cache_resource); each item's readings are computed once per setting; every input error is shown
+as a message, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ import streamlit as st
 ROOT = Path(__file__).resolve().parents[1]
 VALID = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
 OTHER = "another path..."
+SHIPPED, A_PATH, NONE = "shipped with the checkpoint", "a path", "none"
+N_REFERENCE = 64  # validation items the mean and "another item's" ablations are drawn from
+TABS = ["graph", "lens", "superposition", "probes & SAE", "interventions", "data set"]
+
+
+# ---------------------------------------------------------------------------- cached loading and computing
 
 
 @st.cache_resource(show_spinner="loading the checkpoint")
@@ -33,18 +40,30 @@ def load_split(path: str):
     return load_items(path)
 
 
+@st.cache_resource(show_spinner=False)
+def weights_hash(ckpt: str, base: str) -> str:
+    from probe.probes import model_weights_hash
+
+    return model_weights_hash(load_model(ckpt, base)[0])
+
+
+def parse_item(item_json: str):
+    from probe.data.prosqa import item_from_json
+
+    return item_from_json(json.loads(item_json), "the item")
+
+
 @st.cache_data(show_spinner="reading the thoughts", max_entries=64)
 def item_readings(ckpt: str, base: str, item_json: str, lens: str) -> dict:
     """Lens readout, node values after every k and the answer, for one item (plain data: cacheable)."""
     import torch
 
     from probe.capture import node_values
-    from probe.data.prosqa import item_from_json
     from probe.decode import decode_item
     from probe.lens import TunedLens
 
     model, tok = load_model(ckpt, base)
-    item = item_from_json(json.loads(item_json), "the item")
+    item = parse_item(item_json)
     tuned = TunedLens.load(Path(ckpt) / "tuned_lens.safetensors", model) if lens == "tuned" else None
     dec = decode_item(model, tok, item, lens=tuned)
     k = len(dec.thoughts)
@@ -57,16 +76,131 @@ def item_readings(ckpt: str, base: str, item_json: str, lens: str) -> dict:
                         "frontier_mass": ro.frontier_mass.to(torch.float32)}}
 
 
+@st.cache_resource(show_spinner="measuring this item", max_entries=32)
+def item_analysis(ckpt: str, base: str, item_json: str):
+    """Every frontier measure of DESIGN.md on this one item (an Analysis of one item)."""
+    from probe.analyze import analyze
+
+    model, tok = load_model(ckpt, base)
+    return analyze(model, tok, [parse_item(item_json)], checkpoint=ckpt, progress=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def item_activations(ckpt: str, base: str, item_json: str, hook: str, k: int) -> np.ndarray:
+    """[k, d] the hook's activation at the positions emitting this item's thoughts."""
+    from probe.capture import capture
+
+    model, tok = load_model(ckpt, base)
+    tr = capture(model, tok, [parse_item(item_json)], k=k, names=[hook], progress=False)
+    return tr[hook][0, :k].float().numpy()
+
+
+@st.cache_resource(show_spinner=False)
+def load_probe(path: str, model_hash: str):
+    from probe.probes import SavedProbe
+
+    return SavedProbe.load(path, model_hash=model_hash)
+
+
+@st.cache_resource(show_spinner=False)
+def load_sae(path: str, model_hash: str):
+    from probe.sae import SparseAutoencoder
+
+    sae = SparseAutoencoder.load(path, model_hash=model_hash)
+    report = Path(path) / "report.json"
+    labels = {}
+    if report.is_file():
+        for f in json.loads(report.read_text()).get("features", []):
+            labels[int(f["feature"])] = f"{f['best_name']} (AUROC {f['best_auroc']:.2f})"
+    return sae, labels
+
+
+@st.cache_resource(show_spinner="capturing the reference items", max_entries=16)
+def reference_site(ckpt: str, base: str, layer: int | None, k: int):
+    """What the edit site holds on the first N_REFERENCE validation items: the mean and the other items."""
+    from probe.interventions import site
+
+    model, tok = load_model(ckpt, base)
+    return site(model, tok, load_split(str(VALID))[:N_REFERENCE], k, layer)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def item_site(ckpt: str, base: str, item_json: str, layer: int | None, k: int):
+    from probe.interventions import site
+
+    model, tok = load_model(ckpt, base)
+    return site(model, tok, [parse_item(item_json)], k, layer)
+
+
+@st.cache_data(show_spinner="running the edit", max_entries=128)
+def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, spec: tuple) -> dict:
+    """The item answered after k thoughts with one edit, and its node values after each thought."""
+    import torch
+
+    from probe.capture import node_values
+    from probe.evaluate import evaluate
+    from probe.interventions import ablation_edit, steer_direction, steer_edit
+
+    model, tok = load_model(ckpt, base)
+    item = parse_item(item_json)
+    s = item_site(ckpt, base, item_json, layer, k)
+    if spec[0] == "ablate":
+        _, kind, steps, other = spec
+        if kind == "other":  # that validation item's thoughts at the same site
+            o = item_site(ckpt, base, json.dumps(load_split(str(VALID))[other].to_json()), layer, k)
+            ref, ref_valid = o.source, o.valid
+        else:
+            ref, ref_valid = reference_site(ckpt, base, layer, k).source, reference_site(ckpt, base, layer, k).valid
+        edit = ablation_edit(s.source, kind, list(steps), layer=layer, valid=s.valid, positions=s.positions,
+                             reference=ref, reference_valid=ref_valid)
+    else:
+        _, node, kind, step, alpha = spec
+        probe = None
+        if kind == "probe":
+            path = shipped(ckpt, "probes/frontier")
+            if path is None:
+                raise ValueError("this checkpoint ships no frontier probe; steer along unembed or random")
+            probe = load_probe(str(path), weights_hash(ckpt, base))
+        direction = steer_direction(model, tok, item, node, kind, step, probe)
+        scale = float(reference_site(ckpt, base, layer, k).norm[step - 1])
+        edit = steer_edit(direction, alpha * scale, step, 1, k, layer, s.positions)
+    res = evaluate(model, tok, [item], k=k, progress=False, edit=edit, prompts=s.prompts).items[0]
+    values = None
+    if model.config.stage_spec.markers:
+        with torch.no_grad():
+            values = np.stack([node_values(model, tok, [item], j, progress=False, edit=edit)[0, : item.n_nodes].numpy()
+                                for j in range(1, k + 1)])
+    return {"prediction": res.prediction, "correct": res.correct, "values": values}
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def dataset_analysis(ckpt: str, base: str, n: int):
+    """The data-set report of the frontier measures on the first n validation items."""
+    from probe.analyze import analyze
+
+    model, tok = load_model(ckpt, base)
+    return analyze(model, tok, load_split(str(VALID))[:n], checkpoint=ckpt, progress=False)
+
+
+def shipped(ckpt: str, sub: str) -> Path | None:
+    """A probe or SAE directory shipped inside the checkpoint, if there is one."""
+    p = Path(ckpt) / sub
+    return p if p.is_dir() else None
+
+
 def checkpoint_choices() -> list[str]:
     ours = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if (p / "coconut.json").is_file())
     default = "prosqa-coconut"
-    return ([default] if default in ours else []) + [c for c in ours if c != default] + [OTHER]
+    return ([default] if default in ours else []) + [c for c in ours if c != default]
+
+
+# ---------------------------------------------------------------------------- widgets and panels
 
 
 def sidebar() -> tuple[str, str, str, str]:
     """(checkpoint path, base path, item JSON, lens) from the sidebar widgets."""
     sb = st.sidebar
-    choice = sb.selectbox("checkpoint", checkpoint_choices(), key="ckpt")
+    choice = sb.selectbox("checkpoint", checkpoint_choices() + [OTHER], key="ckpt")
     base = ""
     if choice == OTHER:
         ckpt = sb.text_input("checkpoint path (ours, or an official state dict)", key="ckpt_path")
@@ -92,6 +226,13 @@ def sidebar() -> tuple[str, str, str, str]:
 def graph_panel(item, r: dict) -> None:
     from probe.viz import graph_figure
 
+    st.caption("The question's graph, root on the left. After k thoughts the frontier (nodes exactly k edges from "
+               "the root) is outlined in red; the colour is each node's value (the probability that the language "
+               "step after k thoughts names it first) or the logit-lens probability of its name at the last layer.")
+    if r["k"] == 0:
+        st.info("this checkpoint reasons in language (no latent thoughts): the graph is drawn without values")
+        st.plotly_chart(graph_figure(item, 0), key="graph")
+        return
     k = st.slider("thought k", 1, r["k"], 1, key="k") if r["k"] > 1 else r["k"]
     colour = st.radio("colour nodes by", ["value after k thoughts", "lens probability"], key="colour",
                       horizontal=True, disabled=r["values"] is None)
@@ -106,18 +247,183 @@ def lens_panel(r: dict, tok) -> None:
     from probe.lens import LensReadout
     from probe.viz import lens_heatmap
 
+    st.caption("Each layer's residual at the position that emits each thought (and the answer), read by the lens: "
+               "the colour is the probability on the frontier's names, the hover lists the top tokens.")
     ro = r["readout"]
     readout = LensReadout(ro["lens"], ro["layers"], ro["top_ids"], ro["top_probs"], None, None, None,
                           ro["frontier_mass"])
     st.plotly_chart(lens_heatmap(readout, tok, r["k"]), key="lens_heatmap")
 
 
+def superposition_panel(ckpt: str, base: str, item_json: str, item) -> None:
+    from probe.viz import attention, inner_products, node_heatmap
+
+    a = item_analysis(ckpt, base, item_json)
+    st.caption("Superposition: the inner product of thought k with each node name's input embedding, by node group "
+               "(optimal = the frontier nodes on a path to the answer; frontier; reachable; unreachable), and where "
+               "the position emitting thought k attends among the edge facts. A thought holding the frontier in "
+               "superposition gives the frontier groups the highest bars.")
+    view = st.radio("show", ["inner products", "node values", "attention", "continuations"], key="sp_view",
+                    horizontal=True)
+    if view == "inner products":
+        st.plotly_chart(inner_products(a), key="sp_inner")
+    elif view == "node values":
+        st.plotly_chart(node_heatmap(item, a.values[0, :, : item.n_nodes], "Value of each node after k thoughts",
+                                     "value"), key="sp_values")
+    elif view == "attention":
+        st.plotly_chart(attention(a), key="sp_attention")
+    else:
+        rows = [{"k": v.k, "continuation": v.text, "category": v.category, "first node": v.first_node or "",
+                 "its group": v.first_group or ""} for v in a.verbalised[0] if v is not None]
+        st.dataframe(rows, key="sp_continuations", hide_index=True)
+
+
+def probes_panel(ckpt: str, base: str, item_json: str, item, k: int) -> None:
+    from probe.viz import item_features, node_heatmap
+
+    st.caption("A linear frontier probe reads, from the residual at each thought, the probability that each name is "
+               "in the frontier (blue squares: the true frontier). The SAE shows the features that fire on each "
+               "thought, named by the node whose frontier membership each tracks best.")
+    if k == 0:
+        st.info("this checkpoint has no latent thoughts to read")
+        return
+    model_hash = weights_hash(ckpt, base)
+    left, right = st.columns(2)
+    with left:
+        src = st.radio("frontier probe", [SHIPPED, A_PATH], key="probe_src", horizontal=True)
+        path = shipped(ckpt, "probes/frontier") if src == SHIPPED else st.text_input("probe directory", key="probe_path")
+        if not path:
+            st.info("no probe ships with this checkpoint: give the directory `probe probes fit` wrote")
+        else:
+            try:
+                probe = load_probe(str(path), model_hash)
+                steps = [j for j in probe.steps if j <= k]
+                X = item_activations(ckpt, base, item_json, probe.hook, k)
+                z = np.full((k, item.n_nodes), np.nan)
+                for j in steps:
+                    z[j - 1] = probe.read(X[j - 1 : j], j, item.idx_to_symbol)[0]
+                auc = probe.metrics.get("steps", {})
+                st.plotly_chart(node_heatmap(item, z, f"{probe.target} probe on {probe.hook}", "probe p"),
+                                key="probe_readout")
+                if auc:
+                    st.caption("cross-validated AUROC by thought: " + ", ".join(
+                        f"{s}: {v.get('auroc', float('nan')):.2f}" for s, v in auc.items()))
+            except ValueError as e:
+                st.error(str(e))
+    with right:
+        src = st.radio("sparse autoencoder", [SHIPPED, A_PATH], key="sae_src", horizontal=True)
+        path = shipped(ckpt, "sae") if src == SHIPPED else st.text_input("SAE directory", key="sae_path")
+        if not path:
+            st.info("no SAE ships with this checkpoint: give the directory `probe sae train` wrote")
+        else:
+            try:
+                sae, labels = load_sae(str(path), model_hash)
+                X = item_activations(ckpt, base, item_json, sae.hook_name_, k)
+                acts = sae.encode(X).numpy()
+                st.plotly_chart(item_features(acts, labels), key="sae_features")
+            except ValueError as e:
+                st.error(str(e))
+
+
+def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, model) -> None:
+    from probe.interventions import ABLATIONS, STEER_KINDS, steer_target
+    from probe.model.architecture import find_architecture
+    from probe.viz import intervention_effect, node_heatmap
+
+    st.caption(f"Edit the thoughts of this item and watch the answer and the node values change. An ablation "
+               f"replaces thoughts by zero, the mean of the first {N_REFERENCE} validation items, a random vector of "
+               "the same norm, or another item's; steering adds alpha mean norms of a unit direction toward a node "
+               "(its frontier-probe direction, its unembedding row, or random).")
+    markers = model.config.stage_spec.markers
+    k = r["k"] if markers else max(1, len(item.steps))
+    n_layers = find_architecture(model.base).n_layers
+    sites = (["the thoughts fed back"] if markers else []) + [f"layer {l} residual" for l in range(n_layers)]
+    c1, c2, c3 = st.columns(3)
+    where = c1.selectbox("edit site", sites, key="iv_site")
+    layer = None if where.startswith("the thoughts") else int(where.split()[1])
+    action = c2.radio("edit", ["ablate", "steer"], key="iv_action", horizontal=True)
+    if action == "ablate":
+        kind = c3.selectbox("ablation", ABLATIONS, index=1, key="iv_kind")
+        steps = st.multiselect("thoughts to ablate", list(range(1, k + 1)), default=[1], key="iv_steps")
+        other = 0
+        if kind == "other":
+            split = load_split(str(VALID))
+            default = next(b for b in range(1, len(split)) if split[b].question != item.question)
+            other = int(st.number_input(f"the thoughts of validation item (0..{len(split) - 1})", 0, len(split) - 1,
+                                        default, key="iv_other"))
+            st.caption(f"its question is about **{split[other].name(split[other].root)}**; "
+                       f"its answer: *{split[other].answer}*")
+        if not steps:
+            st.info("choose the thoughts to ablate")
+            return
+        spec, node = ("ablate", kind, tuple(sorted(steps)), other), None
+    else:
+        kind = c3.selectbox("direction", STEER_KINDS, index=1, key="iv_dir")
+        node = st.selectbox("toward node", range(item.n_nodes), index=steer_target(item), key="iv_node",
+                            format_func=item.name)
+        s1, s2 = st.columns(2)
+        step = s1.number_input(f"at thought (1..{k})", 1, k, 1, key="iv_step")
+        alpha = s2.slider("alpha (mean residual norms)", 0.0, 8.0, 2.0, 0.5, key="iv_alpha")
+        spec = ("steer", int(node), kind, int(step), float(alpha))
+    try:
+        out = edited_run(ckpt, base, item_json, layer, k, spec)
+    except ValueError as e:
+        st.error(str(e))
+        return
+    before = r["prediction"] if markers else _own_answer(ckpt, base, item_json, layer, k)
+    verdict = "right" if out["correct"] else "wrong"
+    st.markdown(f"unedited: **{before}** → edited: **{out['prediction']}** ({verdict})")
+    if out["values"] is not None and r["values"] is not None:
+        st.plotly_chart(intervention_effect(item, r["values"], out["values"], node), key="iv_effect")
+        st.plotly_chart(node_heatmap(item, out["values"] - r["values"], "Change in each node's value after k thoughts",
+                                     "edited - unedited", zmax=None), key="iv_delta")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _own_answer(ckpt: str, base: str, item_json: str, layer: int | None, k: int) -> str:
+    """A CoT model's answer with its own chain as the prompt (the unedited run of a layer edit)."""
+    from probe.evaluate import evaluate
+
+    model, tok = load_model(ckpt, base)
+    s = item_site(ckpt, base, item_json, layer, k)
+    return evaluate(model, tok, [parse_item(item_json)], k=k, progress=False, prompts=s.prompts).items[0].prediction
+
+
+def dataset_panel(ckpt: str, base: str) -> None:
+    from probe.analyze import markdown_summary
+    from probe.viz import FIGURES
+
+    st.caption("The frontier measures of DESIGN.md over the first n validation items, this checkpoint beside a "
+               "control (the pause model by default): a pattern is only evidence of latent search if the control "
+               "lacks it.")
+    names = checkpoint_choices()
+    here = Path(ckpt).name
+    options = [NONE] + [c for c in names if c != here]
+    c1, c2, c3 = st.columns([2, 1, 1])
+    control = c1.selectbox("control", options, index=options.index("prosqa-pause") if "prosqa-pause" in options else 0,
+                           key="ds_control")
+    n = int(c2.number_input("items", 2, 300, 50, key="ds_n"))
+    wanted = (ckpt, base, control, n)
+    if c3.button("measure", key="ds_run"):
+        st.session_state["ds_done"] = wanted
+    if st.session_state.get("ds_done") != wanted:
+        st.info(f"press measure: about {0.25 * n * (1 + (control != NONE)):.0f} s on 2 CPU cores, then cached")
+        return
+    with st.spinner(f"measuring {n} items"):
+        a = dataset_analysis(ckpt, base, n)
+        c = None if control == NONE else dataset_analysis(str(ROOT / "checkpoints" / control), "", n)
+    fig = st.selectbox("figure", list(FIGURES), key="ds_figure")
+    st.plotly_chart(FIGURES[fig](a, c), key="ds_plot")
+    report = a.report(per_item=False)
+    if c is not None:
+        report["control"] = c.report(per_item=False)
+    st.markdown(markdown_summary(report, f"the validation split (first {n})"))
+
+
 def main() -> None:
     st.set_page_config(page_title="coconut-probe explorer", layout="wide")
     st.title("coconut-probe explorer")
     try:
-        from probe.data.prosqa import item_from_json
-
         ckpt, base, item_json, lens = sidebar()
         if not ckpt or not item_json.strip():
             st.info("Give a checkpoint path and an item.")
@@ -126,9 +432,12 @@ def main() -> None:
             raw = json.loads(item_json)
         except json.JSONDecodeError as e:
             raise ValueError(f"the pasted item is not JSON: {e}") from None
+        from probe.data.prosqa import item_from_json
+
         item = item_from_json(raw, "the pasted item" if st.session_state.get("source") == "pasted JSON" else "the item")
+        item_json = json.dumps(item.to_json())
         model, tok = load_model(ckpt, base)
-        r = item_readings(ckpt, base, json.dumps(item.to_json()), lens)
+        r = item_readings(ckpt, base, item_json, lens)
     except (ValueError, OSError) as e:
         st.error(str(e))
         return
@@ -136,11 +445,24 @@ def main() -> None:
     verdict = "right" if r["correct"] else "wrong"
     st.markdown(f"after {r['k']} thoughts the model answers **{r['prediction']}** ({verdict}; "
                 f"the answer is *{item.answer}*)")
-    graph_tab, lens_tab = st.tabs(["graph", "lens"])
-    with graph_tab:
-        graph_panel(item, r)
-    with lens_tab:
-        lens_panel(r, tok)
+    # tracked tabs rerun on a switch and only the open one is computed; ?tab=... in the URL opens one
+    tabs = dict(zip(TABS, st.tabs(TABS, key="tab", on_change="rerun", bind="query-params")))
+    panels = {
+        "graph": lambda: graph_panel(item, r),
+        "lens": lambda: lens_panel(r, tok),
+        "superposition": lambda: superposition_panel(ckpt, base, item_json, item),
+        "probes & SAE": lambda: probes_panel(ckpt, base, item_json, item, r["k"]),
+        "interventions": lambda: interventions_panel(ckpt, base, item_json, item, r, model),
+        "data set": lambda: dataset_panel(ckpt, base),
+    }
+    for name, draw in panels.items():
+        if not tabs[name].open:
+            continue
+        with tabs[name]:
+            try:
+                draw()
+            except (ValueError, OSError) as e:
+                st.error(str(e))
 
 
 main()

@@ -49,12 +49,14 @@ def _steps_mask(n: int, k: int, steps: Sequence[int] | None) -> Tensor:
 
 def ablation_edit(thoughts: Tensor, kind: str, steps: Sequence[int] | None = None, seed: int = 0,
                   layer: int | None = None, valid: Tensor | None = None, positions: Tensor | None = None,
-                  ) -> ThoughtEdit:
+                  reference: Tensor | None = None, reference_valid: Tensor | None = None) -> ThoughtEdit:
     """Replace thoughts [n, k, d] at the given steps (default all) by zero, the data-set mean of that step,
     a random vector with the thought's own norm, or the same step's thought of another item (a derangement).
 
     thoughts are what the edit's site holds (the thoughts fed back, or one layer's residual there);
-    valid [n, k] marks the thoughts an item has (default all).
+    valid [n, k] marks the thoughts an item has (default all). reference [m, k, d] (with reference_valid)
+    is the data set that the mean and the other items come from, when it is not the edited items
+    themselves; it must not hold them (an 'other' item is then any reference row).
     """
     if kind not in ABLATIONS:
         raise InterventionError(f"unknown ablation {kind!r}; expected one of {ABLATIONS}")
@@ -62,20 +64,30 @@ def ablation_edit(thoughts: Tensor, kind: str, steps: Sequence[int] | None = Non
     valid = torch.ones(n, k, dtype=torch.bool) if valid is None else valid.bool()
     mask = _steps_mask(n, k, steps) & valid
     g = torch.Generator().manual_seed(seed)
+    ref, ref_valid = (thoughts, valid) if reference is None else (reference.to(thoughts), reference_valid)
+    if ref_valid is None:
+        ref_valid = torch.ones(ref.shape[:2], dtype=torch.bool)
+    if ref.shape[1:] != (k, d):
+        raise InterventionError(f"the reference has shape {list(ref.shape)}, expected [m, {k}, {d}]")
     if kind == "zero":
         replace = torch.zeros_like(thoughts)
     elif kind == "mean":
-        w = valid[..., None].to(thoughts)
-        replace = ((thoughts * w).sum(0, keepdim=True) / w.sum(0, keepdim=True).clamp(min=1)).expand(n, k, d).clone()
+        w = ref_valid.bool()[..., None].to(thoughts)
+        replace = ((ref * w).sum(0, keepdim=True) / w.sum(0, keepdim=True).clamp(min=1)).expand(n, k, d).clone()
     elif kind == "random":
         r = torch.randn(n, k, d, generator=g)
         replace = r / r.norm(dim=-1, keepdim=True) * thoughts.norm(dim=-1, keepdim=True)
-    else:
+    elif reference is None:
         if n < 2:
             raise InterventionError("the 'other' ablation needs at least two items")
         shift = int(torch.randint(1, n, (1,), generator=g))
         other = (torch.arange(n) + shift) % n  # a cyclic shift: no item keeps its own
         replace, mask = thoughts[other], mask & valid[other]
+    else:
+        if len(ref) == 0:
+            raise InterventionError("the 'other' ablation needs at least one reference item")
+        other = torch.randint(0, len(ref), (n,), generator=g)
+        replace, mask = ref[other], mask & ref_valid.bool()[other]
     return ThoughtEdit(mask, replace, layer=layer, positions=positions)
 
 
@@ -386,6 +398,32 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
             rooted(preds), rooted(base_preds), res.accuracy, base.accuracy, float(np.mean([p != q for p, q in zip(preds, base_preds)])), at, mass,
             base_mass))
     return out
+
+
+STEER_KINDS = ("probe", "unembed", "random")
+
+
+def steer_direction(model: CoconutModel, tokenizer, item: ProsQAItem, node: int, kind: str, step: int = 1,
+                    probe: SavedProbe | None = None, seed: int = 0) -> Tensor:
+    """Unit direction [d] toward one node of one item: a saved frontier probe's for its name at thought `step`,
+    the unembedding row of its first name piece, or random."""
+    if not 0 <= node < item.n_nodes:
+        raise InterventionError(f"node {node} is out of range: the item has {item.n_nodes} nodes")
+    if kind == "probe":
+        if probe is None:
+            raise InterventionError("a probe direction needs a saved frontier probe")
+        dirs = probe.directions(step)
+        if item.name(node) not in dirs:
+            raise InterventionError(f"the probe has no direction for {item.name(node)!r}")
+        v = torch.as_tensor(dirs[item.name(node)], dtype=torch.float)
+    elif kind == "unembed":
+        piece = name_pieces(item, tokenizer, model.config.data_format)[node][0]
+        v = model.base.get_output_embeddings().weight.detach().float().cpu()[piece]
+    elif kind == "random":
+        v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(seed))
+    else:
+        raise InterventionError(f"unknown direction {kind!r}; expected one of {STEER_KINDS}")
+    return v / v.norm().clamp(min=1e-12)
 
 
 def steering_directions(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], s: Site, step: int,

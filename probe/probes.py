@@ -291,6 +291,14 @@ class SavedProbe:
         W = self.coef[self.steps.index(k)]
         return {n: w / np.linalg.norm(w) for n, w in zip(self.names, W) if np.linalg.norm(w) > 0}
 
+    def read(self, X: np.ndarray, k: int, names: Sequence[str]) -> np.ndarray:
+        """[n, len(names)] the probe's output at thought k on activations X [n, d] (a probability for a
+        classification probe), for each name; nan for a name it was not fit on."""
+        p = self.probe(k)
+        out = p.predict_proba(X) if self.kind == "classification" else p.predict(X)
+        col = {n: j for j, n in enumerate(self.names)}
+        return np.stack([out[:, col[n]] if n in col else np.full(len(out), np.nan) for n in names], axis=1)
+
     def save(self, path: str | os.PathLike) -> Path:
         """probe.safetensors (coef, intercept) and probe.json (everything else) in a directory written atomically."""
         with atomic_directory(path, replace=True) as tmp:

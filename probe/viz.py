@@ -384,3 +384,68 @@ def lens_heatmap(readout, tokenizer, k: int) -> go.Figure:
     fig.update_layout(title=f"{readout.lens} lens: probability on the frontier's names", xaxis_title="step",
                       yaxis_title="layer", template="plotly_white", height=360)
     return fig
+
+
+# ---------------------------------------------------------------------------- one item's readings
+
+
+def node_order(graph: ProsQAGraph) -> list[int]:
+    """The item's nodes root to leaves: the ones the root reaches by drawing layer, then the others (the rows of
+    a node heatmap)."""
+    return sorted(range(graph.n_nodes), key=lambda v: (not np.isfinite(graph.depth[v]), int(graph.layer[v]), v))
+
+
+def node_heatmap(item, z: np.ndarray, title: str, colorbar: str, zmax: float | None = 1.0) -> go.Figure:
+    """Nodes x thoughts heatmap of z [k, n_nodes] for one item; cells of frontier_k marked, nodes root to leaves."""
+    graph = ProsQAGraph.from_item(item)
+    order = node_order(graph)
+    k = z.shape[0]
+    cols = [f"thought {j}" for j in range(1, k + 1)]
+    rows = [item.name(v) for v in order]
+    mark = [["frontier" if v in set(graph.frontier(j)) else "" for j in range(1, k + 1)] for v in order]
+    fig = go.Figure(go.Heatmap(
+        z=np.asarray(z, dtype=float)[:, order].T, x=cols, y=rows, zmin=0 if zmax is not None else None, zmax=zmax,
+        colorscale="Reds", colorbar=dict(title=colorbar), customdata=mark,
+        hovertemplate="%{y}, %{x}<br>" + colorbar + " %{z:.3f}<br>%{customdata}<extra></extra>"))
+    fx, fy = zip(*[(cols[j - 1], item.name(v)) for j in range(1, k + 1) for v in graph.frontier(j)]) or ((), ())
+    fig.add_scatter(x=list(fx), y=list(fy), mode="markers", name="frontier node",
+                    marker=dict(symbol="square-open", size=14, color="#1f77b4", line=dict(width=2)))
+    fig.update_layout(title=title, template="plotly_white", height=max(360, 18 * len(rows) + 140),
+                      yaxis=dict(autorange="reversed", title="node (root to leaves)"), xaxis_title="step")
+    return fig
+
+
+def item_features(acts: np.ndarray, labels: dict[int, str] | None = None, top: int = 12) -> go.Figure:
+    """The SAE features most active on one item's thoughts (acts [k, d_sae]): activation per thought."""
+    labels = labels or {}
+    k = acts.shape[0]
+    feats = np.argsort(-acts.max(axis=0))[:top]
+    feats = [int(f) for f in feats if acts[:, f].max() > 0]
+    rows = [f"{f}" + (f" · {labels[f]}" if f in labels else "") for f in feats]
+    fig = go.Figure(go.Heatmap(z=acts[:, feats].T if feats else np.zeros((0, k)),
+                               x=[f"thought {j}" for j in range(1, k + 1)], y=rows, colorscale="Blues",
+                               colorbar=dict(title="activation"),
+                               hovertemplate="feature %{y}<br>%{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=f"SAE features firing on this item's thoughts (the {len(feats)} most active)",
+                      template="plotly_white", height=max(300, 22 * len(rows) + 140),
+                      yaxis=dict(autorange="reversed", title="feature · the node whose frontier membership it tracks"),
+                      xaxis_title="step")
+    return fig
+
+
+def intervention_effect(item, before: np.ndarray, after: np.ndarray, node: int | None = None) -> go.Figure:
+    """Frontier value mass (and one node's value) after each thought, unedited and edited; values [k, n_nodes]."""
+    graph = ProsQAGraph.from_item(item)
+    ks = list(range(1, before.shape[0] + 1))
+    fig = go.Figure()
+    for label, v, dash in (("unedited", before, "solid"), ("edited", after, "dash")):
+        mass = [float(v[j - 1, graph.frontier(j)].sum()) for j in ks]
+        fig.add_scatter(x=ks, y=mass, mode="lines+markers", name=f"frontier mass, {label}",
+                        line=dict(color="#d62728", dash=dash))
+        if node is not None:
+            fig.add_scatter(x=ks, y=[float(v[j - 1, node]) for j in ks], mode="lines+markers",
+                            name=f"value of {item.name(node)}, {label}", line=dict(color="#1f77b4", dash=dash))
+    fig.update_layout(title="What the language step reads after each thought, with and without the edit",
+                      xaxis=dict(title="thoughts k", dtick=1), yaxis=dict(title="value", range=[0, 1.02]),
+                      template="plotly_white", height=360)
+    return fig

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
@@ -25,7 +27,6 @@ def test_the_default_view_shows_the_first_item_and_its_graph(app, official_items
     assert "the answer is *Tom is a lempus.*" in app.markdown[1].value
     assert app.selectbox(key="ckpt").value == "prosqa-coconut"
     assert app.slider(key="k").value == 1 and app.slider(key="k").max == 6
-    assert [t.label for t in app.tabs] == ["graph", "lens"]
 
 
 def test_moving_the_slider_and_switching_colour_and_lens_raise_nothing(app):
@@ -63,3 +64,127 @@ def test_errors_are_messages_not_tracebacks(app, official_items):
     app.selectbox(key="ckpt").set_value("another path...").run()
     app.text_input(key="ckpt_path").input("/nowhere/at/all").run()
     assert not app.exception and "/nowhere/at/all" in app.error[0].value
+
+
+def open_tab(at, name: str):
+    at.session_state["tab"] = name
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def charts(at) -> list:
+    return list(at.get("plotly_chart"))
+
+
+def array(x) -> np.ndarray:
+    """A plotly JSON array: a list, or {dtype, bdata (base64), shape} as plotly writes numpy arrays."""
+    if isinstance(x, dict):
+        shape = [int(n) for n in str(x.get("shape", "-1")).split(",")]
+        return np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"]).reshape(shape)
+    return np.asarray(x)
+
+
+def test_only_the_open_tab_is_computed(app):
+    assert [t.label for t in app.tabs] == ["graph", "lens", "superposition", "probes & SAE", "interventions", "data set"]
+    assert len(charts(app)) == 1  # the graph; the other tabs wait until they are opened
+    open_tab(app, "lens")
+    assert len(charts(app)) == 1 and "lens" in json.loads(charts(app)[0].proto.spec)["layout"]["title"]["text"]
+
+
+def test_superposition_panel_every_view(app, official_items):
+    open_tab(app, "superposition")
+    views = {"inner products": "Superposition", "node values": "Value of each node", "attention": "Attention"}
+    for view, title in views.items():
+        app.radio(key="sp_view").set_value(view).run()
+        assert not app.exception and title in json.loads(charts(app)[0].proto.spec)["layout"]["title"]["text"]
+    app.radio(key="sp_view").set_value("continuations").run()
+    table = app.dataframe[0].value
+    assert list(table["k"]) == list(range(7))  # k = 0..6
+    # the default model answers at once after any k: every continuation is the answer, naming no node
+    assert all(table["first node"] == "") and all(t.endswith(".") for t in table["continuation"])
+
+
+def test_probes_and_sae_panel_reads_the_shipped_probe_and_sae(app, official_items):
+    from probe.capture import capture
+    from probe.model.checkpoint import load_checkpoint
+    from probe.probes import SavedProbe
+
+    open_tab(app, "probes & SAE")
+    probe_fig, sae_fig = (json.loads(c.proto.spec) for c in charts(app))
+    assert probe_fig["layout"]["title"]["text"] == "frontier probe on blocks.3.hook_resid_post"
+    # the heatmap's thought-2 column against the probe applied by hand to a capture of the same item
+    ckpt = Path(APP).parents[1] / "checkpoints" / "prosqa-coconut"
+    model, tok = load_checkpoint(ckpt)
+    it = official_items[0]
+    probe = SavedProbe.load(ckpt / "probes" / "frontier")
+    X = capture(model, tok, [it], k=6, names=[probe.hook], progress=False)[probe.hook][0, 1:2].float().numpy()
+    want = dict(zip(it.idx_to_symbol, probe.probe(2).predict_proba(X)[0][[probe.names.index(n) for n in it.idx_to_symbol]]))
+    heat = probe_fig["data"][0]
+    got = {name: row[1] for name, row in zip(heat["y"], array(heat["z"]))}
+    assert got.keys() == want.keys() and all(abs(got[n] - want[n]) < 1e-4 for n in want)
+    assert "SAE features firing" in sae_fig["layout"]["title"]["text"] and len(sae_fig["data"][0]["y"]) > 0
+    app.radio(key="probe_src").set_value("a path").run()
+    app.text_input(key="probe_path").input(str(ckpt.parent / "prosqa-coconut-mixed" / "probes" / "frontier")).run()
+    assert not app.exception and "this probe was fit on another model" in app.error[0].value
+    app.radio(key="sae_src").set_value("a path").run()
+    app.text_input(key="sae_path").input("/nowhere").run()
+    assert not app.exception and "/nowhere: not an SAE directory" in app.error[1].value
+    app.selectbox(key="ckpt").set_value("prosqa-pause").run()
+    app.radio(key="probe_src").set_value(app.radio(key="probe_src").options[0]).run()
+    assert not app.exception and any("no probe ships with this checkpoint" in i.value for i in app.info)
+
+
+def test_interventions_panel_ablates_and_steers(app, official_items):
+    from probe.capture import capture
+    from probe.evaluate import evaluate
+    from probe.interventions import patch_edit, steer_target
+    from probe.model.checkpoint import load_checkpoint
+
+    open_tab(app, "interventions")
+    it = official_items[0]
+    out = [m.value for m in app.markdown if m.value.startswith("unedited")]
+    assert out and out[0].startswith("unedited: **Tom is a lempus.** → edited: **")
+    # item 2's thoughts in place of all six: the answer a patch of the captured thoughts gives, run by hand
+    app.selectbox(key="iv_kind").set_value("other").run()
+    app.multiselect(key="iv_steps").set_value([1, 2, 3, 4, 5, 6]).run()
+    app.number_input(key="iv_other").set_value(2).run()
+    out = [m.value for m in app.markdown if m.value.startswith("unedited")][0]
+    edited = out.split(" → edited: **")[1].split("**")[0]
+    model, tok = load_checkpoint(Path(APP).parents[1] / "checkpoints" / "prosqa-coconut")
+    source = capture(model, tok, [official_items[2]], k=6, names=[], progress=False).thoughts
+    want = evaluate(model, tok, [it], k=6, edit=patch_edit(source), progress=False).items[0].prediction
+    assert not app.exception and edited == want
+    effect, delta = (json.loads(c.proto.spec) for c in charts(app))
+    assert effect["data"][0]["name"] == "frontier mass, unedited" and "Change in each node" in delta["layout"]["title"]["text"]
+    app.radio(key="iv_action").set_value("steer").run()
+    assert app.selectbox(key="iv_node").value == steer_target(it)  # default: a parent of the wrong option
+    app.slider(key="iv_alpha").set_value(0.0).run()
+    out = [m.value for m in app.markdown if m.value.startswith("unedited")][0]
+    assert out.startswith("unedited: **Tom is a lempus.** → edited: **Tom is a lempus.**")  # alpha 0: no edit
+    for kind in ("probe", "random"):
+        app.selectbox(key="iv_dir").set_value(kind).run()
+        assert not app.exception and not app.error
+    app.selectbox(key="iv_site").set_value("layer 1 residual").run()
+    app.slider(key="iv_alpha").set_value(8.0).run()
+    app.number_input(key="iv_step").set_value(2).run()
+    assert not app.exception and not app.error
+    app.selectbox(key="ckpt").set_value("prosqa-cot").run()  # no thoughts fed back: the layer sites only
+    assert not app.exception and app.selectbox(key="iv_site").options[0] == "layer 0 residual"
+
+
+def test_data_set_panel_measures_beside_a_control(app):
+    open_tab(app, "data set")
+    assert app.selectbox(key="ds_control").value == "prosqa-pause" and app.info
+    app.number_input(key="ds_n").set_value(3).run()
+    app.button(key="ds_run").click().run()
+    assert not app.exception
+    fig = json.loads(charts(app)[0].proto.spec)
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert any("prosqa-coconut " in t for t in titles) and any("prosqa-pause" in t for t in titles)
+    table = next(m.value for m in app.markdown if "frontier value mass" in m.value)
+    assert "on 3 items" in table and "control `prosqa-pause`" in table
+    app.selectbox(key="ds_figure").set_value("attention").run()
+    assert not app.exception and "Attention" in json.loads(charts(app)[0].proto.spec)["layout"]["title"]["text"]
+    app.number_input(key="ds_n").set_value(4).run()  # a new setting waits for the button again
+    assert not charts(app) and app.info

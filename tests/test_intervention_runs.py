@@ -21,7 +21,7 @@ from probe.cli import app
 from probe.data.layout import name_pieces
 from probe.evaluate import evaluate
 from probe.interventions import (InterventionError, ablation_runs, accuracy_without_thoughts, own_chains, patch_runs,
-                                 site, steer_runs, steer_target, steering_directions)
+                                 site, steer_direction, steer_runs, steer_target, steering_directions)
 from probe.model.checkpoint import load_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel, ThoughtEdit
 from probe.model.tokenizer import special_tokens
@@ -129,6 +129,13 @@ def test_steering_directions_and_the_dose_response(shipped, official_items):
     v = steer_target(items[0])
     row = model.base.get_output_embeddings().weight[name_pieces(items[0], tok, "edges")[v][0]].detach()
     torch.testing.assert_close(dirs["unembed"][0], row / row.norm())
+    one = steer_direction(model, tok, items[0], v, "unembed")  # one item's direction (the explorer's)
+    torch.testing.assert_close(one, dirs["unembed"][0])
+    assert abs(float(steer_direction(model, tok, items[0], v, "random", seed=4).norm()) - 1) < 1e-6
+    with pytest.raises(InterventionError, match="a probe direction needs a saved frontier probe"):
+        steer_direction(model, tok, items[0], v, "probe")
+    with pytest.raises(InterventionError, match="node 99 is out of range: the item has 18 nodes"):
+        steer_direction(model, tok, items[0], 99, "unembed")
     points = steer_runs(model, tok, items, 6, step=1, alphas=(0.0, 8.0), progress=False)
     assert [(p.direction, p.alpha) for p in points] == [(d, a) for d in ("probe", "unembed", "random") for a in (0, 8)]
     zero = [p for p in points if p.alpha == 0]

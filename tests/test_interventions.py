@@ -28,6 +28,16 @@ def test_ablation_edits_by_hand():
         ablation_edit(t, "noise")
     with pytest.raises(InterventionError, match=r"thought\(s\) \[4\] out of range: there are 3 thoughts"):
         ablation_edit(t, "zero", steps=[4])
+    ref = torch.randn(5, 3, 4)
+    ref_valid = torch.ones(5, 3, dtype=torch.bool)
+    ref_valid[4, 2] = False  # item 4 has no third thought: the mean there is over items 0..3
+    m = ablation_edit(t, "mean", reference=ref, reference_valid=ref_valid)
+    torch.testing.assert_close(m.replace[1, :2], ref[:, :2].mean(0))
+    torch.testing.assert_close(m.replace[0, 2], ref[:4, 2].mean(0))
+    o = ablation_edit(t, "other", reference=ref, seed=1)
+    assert all(any(torch.equal(o.replace[b], ref[j]) for j in range(5)) for b in range(2))
+    with pytest.raises(InterventionError, match=r"the reference has shape \[5, 2, 4\], expected \[m, 3, 4\]"):
+        ablation_edit(t, "mean", reference=ref[:, :2])
     s = steer_edit(torch.ones(4), 2.5, step=3, n=2, k=3)
     assert s.add[:, 2].eq(2.5).all() and not s.add[:, :2].any()
     with pytest.raises(InterventionError, match="thought 0 out of range"):

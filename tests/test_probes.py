@@ -93,6 +93,11 @@ def test_saved_probe_round_trip_and_errors(tmp_path):
     np.testing.assert_allclose(back.probe(1).decision_function(X), p.decision_function(X), rtol=1e-4, atol=1e-4)
     dirs = back.directions(1)
     assert set(dirs) == {"a", "b", "c"} and all(abs(np.linalg.norm(v) - 1) < 1e-6 for v in dirs.values())
+    read = back.read(X[:5], 1, ["c", "zz", "a"])  # columns by name; a name it never saw is nan
+    p_all = p.predict_proba(X[:5])
+    np.testing.assert_allclose(read[:, 0], p_all[:, 2], rtol=1e-4)
+    np.testing.assert_allclose(read[:, 2], p_all[:, 0], rtol=1e-4)
+    assert np.isnan(read[:, 1]).all() and ((read[:, [0, 2]] > 0) & (read[:, [0, 2]] < 1)).all()
     with pytest.raises(ProbeError, match="fit on another model"):
         SavedProbe.load(tmp_path / "pr", model_hash="x" * 64)
     with pytest.raises(ProbeError, match="no probe for thought 2"):
