@@ -21,6 +21,22 @@ OTHER = "another path..."
 SHIPPED, A_PATH, NONE = "shipped with the checkpoint", "a path", "none"
 N_REFERENCE = 64  # validation items the mean and "another item's" ablations are drawn from
 TABS = ["graph", "lens", "superposition", "probes & SAE", "interventions", "data set"]
+# widgets inside tabs: a closed tab's widgets are not drawn, and Streamlit would forget their values
+KEPT = ["k", "colour", "sp_view", "probe_src", "probe_path", "sae_src", "sae_path", "iv_site", "iv_action", "iv_kind",
+        "iv_steps", "iv_other", "iv_dir", "iv_node", "iv_step", "iv_alpha", "ds_control", "ds_n", "ds_figure"]
+
+
+def keep_widget_state() -> None:
+    """Carry the tab widgets' values over runs where their tab is closed."""
+    for key in KEPT:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def drop_if_invalid(key: str, ok) -> None:
+    """Forget a kept widget value that no longer fits (another checkpoint or item): the widget's default returns."""
+    if key in st.session_state and not ok(st.session_state[key]):
+        del st.session_state[key]
 
 
 # ---------------------------------------------------------------------------- cached loading and computing
@@ -233,6 +249,7 @@ def graph_panel(item, r: dict) -> None:
         st.info("this checkpoint reasons in language (no latent thoughts): the graph is drawn without values")
         st.plotly_chart(graph_figure(item, 0), key="graph")
         return
+    drop_if_invalid("k", lambda v: 1 <= v <= r["k"])
     k = st.slider("thought k", 1, r["k"], 1, key="k") if r["k"] > 1 else r["k"]
     colour = st.radio("colour nodes by", ["value after k thoughts", "lens probability"], key="colour",
                       horizontal=True, disabled=r["values"] is None)
@@ -338,6 +355,10 @@ def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, mod
     k = r["k"] if markers else max(1, len(item.steps))
     n_layers = find_architecture(model.base).n_layers
     sites = (["the thoughts fed back"] if markers else []) + [f"layer {l} residual" for l in range(n_layers)]
+    drop_if_invalid("iv_site", lambda v: v in sites)
+    drop_if_invalid("iv_steps", lambda v: all(1 <= j <= k for j in v))
+    drop_if_invalid("iv_step", lambda v: 1 <= v <= k)
+    drop_if_invalid("iv_node", lambda v: v < item.n_nodes)
     c1, c2, c3 = st.columns(3)
     where = c1.selectbox("edit site", sites, key="iv_site")
     layer = None if where.startswith("the thoughts") else int(where.split()[1])
@@ -399,6 +420,7 @@ def dataset_panel(ckpt: str, base: str) -> None:
     names = checkpoint_choices()
     here = Path(ckpt).name
     options = [NONE] + [c for c in names if c != here]
+    drop_if_invalid("ds_control", lambda v: v in options)
     c1, c2, c3 = st.columns([2, 1, 1])
     control = c1.selectbox("control", options, index=options.index("prosqa-pause") if "prosqa-pause" in options else 0,
                            key="ds_control")
@@ -423,6 +445,7 @@ def dataset_panel(ckpt: str, base: str) -> None:
 def main() -> None:
     st.set_page_config(page_title="coconut-probe explorer", layout="wide")
     st.title("coconut-probe explorer")
+    keep_widget_state()
     try:
         ckpt, base, item_json, lens = sidebar()
         if not ckpt or not item_json.strip():
@@ -436,6 +459,9 @@ def main() -> None:
 
         item = item_from_json(raw, "the pasted item" if st.session_state.get("source") == "pasted JSON" else "the item")
         item_json = json.dumps(item.to_json())
+        if st.session_state.get("_item") != item_json:  # a new item: the steering target is its own again
+            st.session_state["_item"] = item_json
+            st.session_state.pop("iv_node", None)
         model, tok = load_model(ckpt, base)
         r = item_readings(ckpt, base, item_json, lens)
     except (ValueError, OSError) as e:

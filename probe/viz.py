@@ -366,7 +366,8 @@ def graph_figure(item, k: int, values: np.ndarray | None = None, lens: np.ndarra
         fig.add_annotation(x=pos[v, 0], y=pos[v, 1], text=label, showarrow=True, arrowhead=2, ay=30)
     fig.update_layout(title=title or f"frontier after {k} thought(s), outlined red", template="plotly_white",
                       xaxis=dict(title="depth from the root (unreached nodes: below)", dtick=1),
-                      yaxis=dict(visible=False), height=520)
+                      yaxis=dict(visible=False), height=520,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
 
 

@@ -188,3 +188,16 @@ def test_data_set_panel_measures_beside_a_control(app):
     assert not app.exception and "Attention" in json.loads(charts(app)[0].proto.spec)["layout"]["title"]["text"]
     app.number_input(key="ds_n").set_value(4).run()  # a new setting waits for the button again
     assert not charts(app) and app.info
+
+
+def test_widget_values_survive_switching_tabs_and_reset_when_they_no_longer_fit(app):
+    app.slider(key="k").set_value(5).run()
+    open_tab(app, "interventions")
+    app.radio(key="iv_action").set_value("steer").run()
+    app.number_input(key="iv_step").set_value(3).run()
+    open_tab(app, "graph")
+    assert app.slider(key="k").value == 5
+    open_tab(app, "interventions")
+    assert app.radio(key="iv_action").value == "steer" and app.number_input(key="iv_step").value == 3
+    app.selectbox(key="ckpt").set_value("prosqa-cot").run()  # no thoughts fed back: the site falls back to layer 0
+    assert not app.exception and app.selectbox(key="iv_site").value == "layer 0 residual"
