@@ -33,6 +33,12 @@ def keep_widget_state() -> None:
             st.session_state[key] = st.session_state[key]
 
 
+def default(key: str, value) -> None:
+    """A kept widget's first value (given here, not to the widget, which then reads Session State alone)."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
 def drop_if_invalid(key: str, ok) -> None:
     """Forget a kept widget value that no longer fits (another checkpoint or item): the widget's default returns."""
     if key in st.session_state and not ok(st.session_state[key]):
@@ -250,7 +256,7 @@ def graph_panel(item, r: dict) -> None:
         st.plotly_chart(graph_figure(item, 0), key="graph")
         return
     drop_if_invalid("k", lambda v: 1 <= v <= r["k"])
-    k = st.slider("thought k", 1, r["k"], 1, key="k") if r["k"] > 1 else r["k"]
+    k = st.slider("thought k", 1, r["k"], key="k") if r["k"] > 1 else r["k"]
     colour = st.radio("colour nodes by", ["value after k thoughts", "lens probability"], key="colour",
                       horizontal=True, disabled=r["values"] is None)
     if colour == "lens probability" or r["values"] is None:
@@ -364,14 +370,16 @@ def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, mod
     layer = None if where.startswith("the thoughts") else int(where.split()[1])
     action = c2.radio("edit", ["ablate", "steer"], key="iv_action", horizontal=True)
     if action == "ablate":
-        kind = c3.selectbox("ablation", ABLATIONS, index=1, key="iv_kind")
-        steps = st.multiselect("thoughts to ablate", list(range(1, k + 1)), default=[1], key="iv_steps")
+        default("iv_kind", "mean")
+        default("iv_steps", [1])
+        kind = c3.selectbox("ablation", ABLATIONS, key="iv_kind")
+        steps = st.multiselect("thoughts to ablate", list(range(1, k + 1)), key="iv_steps")
         other = 0
         if kind == "other":
             split = load_split(str(VALID))
-            default = next(b for b in range(1, len(split)) if split[b].question != item.question)
+            default("iv_other", next(b for b in range(1, len(split)) if split[b].question != item.question))
             other = int(st.number_input(f"the thoughts of validation item (0..{len(split) - 1})", 0, len(split) - 1,
-                                        default, key="iv_other"))
+                                        key="iv_other"))
             st.caption(f"its question is about **{split[other].name(split[other].root)}**; "
                        f"its answer: *{split[other].answer}*")
         if not steps:
@@ -379,12 +387,14 @@ def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, mod
             return
         spec, node = ("ablate", kind, tuple(sorted(steps)), other), None
     else:
-        kind = c3.selectbox("direction", STEER_KINDS, index=1, key="iv_dir")
-        node = st.selectbox("toward node", range(item.n_nodes), index=steer_target(item), key="iv_node",
-                            format_func=item.name)
+        default("iv_dir", "unembed")
+        default("iv_node", steer_target(item))
+        default("iv_alpha", 2.0)
+        kind = c3.selectbox("direction", STEER_KINDS, key="iv_dir")
+        node = st.selectbox("toward node", range(item.n_nodes), key="iv_node", format_func=item.name)
         s1, s2 = st.columns(2)
-        step = s1.number_input(f"at thought (1..{k})", 1, k, 1, key="iv_step")
-        alpha = s2.slider("alpha (mean residual norms)", 0.0, 8.0, 2.0, 0.5, key="iv_alpha")
+        step = s1.number_input(f"at thought (1..{k})", 1, k, key="iv_step")
+        alpha = s2.slider("alpha (mean residual norms)", 0.0, 8.0, step=0.5, key="iv_alpha")
         spec = ("steer", int(node), kind, int(step), float(alpha))
     try:
         out = edited_run(ckpt, base, item_json, layer, k, spec)
@@ -421,10 +431,11 @@ def dataset_panel(ckpt: str, base: str) -> None:
     here = Path(ckpt).name
     options = [NONE] + [c for c in names if c != here]
     drop_if_invalid("ds_control", lambda v: v in options)
+    default("ds_control", "prosqa-pause" if "prosqa-pause" in options else NONE)
+    default("ds_n", 50)
     c1, c2, c3 = st.columns([2, 1, 1])
-    control = c1.selectbox("control", options, index=options.index("prosqa-pause") if "prosqa-pause" in options else 0,
-                           key="ds_control")
-    n = int(c2.number_input("items", 2, 300, 50, key="ds_n"))
+    control = c1.selectbox("control", options, key="ds_control")
+    n = int(c2.number_input("items", 2, 300, key="ds_n"))
     wanted = (ckpt, base, control, n)
     if c3.button("measure", key="ds_run"):
         st.session_state["ds_done"] = wanted
