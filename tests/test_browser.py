@@ -98,11 +98,12 @@ def test_the_explorer_in_chromium(server, tmp_path):
 
         slider = page.get_by_role("slider").first  # the thought slider of the graph panel
         slider.focus()
-        for _ in range(3):
-            page.keyboard.press("ArrowRight")
-        page.locator("text=frontier after 4 thought(s)").wait_for(timeout=WAIT_MS)
-        assert page.get_by_test_id("stSliderThumbValue").first.inner_text() == "4"
+        page.keyboard.press("ArrowRight")
+        page.locator("text=frontier after 2 thought(s)").wait_for(timeout=WAIT_MS)
+        assert page.get_by_test_id("stSliderThumbValue").first.inner_text() == "2"
+        page.get_by_text("lens probability", exact=True).click()
         settled()
+        page.locator("text=lens p").first.wait_for(timeout=WAIT_MS)  # the colour bar's title
         shoot("explorer-graph.png")
 
         waits = {
@@ -127,8 +128,8 @@ def test_the_explorer_in_chromium(server, tmp_path):
         settled()
         shoot("explorer-data-set.png")
 
-        page.get_by_role("tab", name="graph").click()
-        page.locator("text=frontier after 4 thought(s)").wait_for(timeout=WAIT_MS)
+        page.get_by_role("tab", name="graph").click()  # the slider kept its value while its tab was closed
+        page.locator("text=frontier after 2 thought(s)").wait_for(timeout=WAIT_MS)
         assert page.locator('[data-testid="stException"]').count() == 0
         assert page.locator('[data-testid="stAlertContentError"]').count() == 0
         browser.close()
