@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data/prosqa_valid.json
 
-.PHONY: setup run quickstart test clean
+.PHONY: setup run quickstart app test clean
 
 $(BIN)/probe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ quickstart: setup
 	rm -rf runs/quickstart
 	$(BIN)/probe train --config configs/quickstart.yaml
 	$(BIN)/probe eval --ckpt $$(ls -d runs/quickstart/epoch-* | tail -n 1) --data $(DATA) --json runs/quickstart/eval.json
+
+# The explorer app on http://localhost:8501 (the default model; nothing is downloaded).
+app: setup
+	$(BIN)/streamlit run apps/explorer.py
 
 test: setup
 	$(BIN)/python -m pytest -q

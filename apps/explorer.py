@@ -478,12 +478,15 @@ def main() -> None:
     except (ValueError, OSError) as e:
         st.error(str(e))
         return
+    except Exception as e:  # noqa: BLE001 - whatever else a checkpoint or item does: a message, not a traceback
+        st.error(f"{type(e).__name__}: {e}")
+        return
     st.markdown(f"**{item.question}**")
     verdict = "right" if r["correct"] else "wrong"
     st.markdown(f"after {r['k']} thoughts the model answers **{r['prediction']}** ({verdict}; "
                 f"the answer is *{item.answer}*)")
-    # tracked tabs rerun on a switch and only the open one is computed; ?tab=... in the URL opens one
-    tabs = dict(zip(TABS, st.tabs(TABS, key="tab", on_change="rerun", bind="query-params")))
+    # tracked tabs rerun on a switch, and only the open one is computed
+    tabs = dict(zip(TABS, st.tabs(TABS, key="tab", on_change="rerun")))
     panels = {
         "graph": lambda: graph_panel(item, r),
         "lens": lambda: lens_panel(r, tok),
@@ -500,6 +503,8 @@ def main() -> None:
                 draw()
             except (ValueError, OSError) as e:
                 st.error(str(e))
+            except Exception as e:  # noqa: BLE001
+                st.error(f"{type(e).__name__}: {e}")
 
 
 main()

@@ -201,3 +201,19 @@ def test_widget_values_survive_switching_tabs_and_reset_when_they_no_longer_fit(
     assert app.radio(key="iv_action").value == "steer" and app.number_input(key="iv_step").value == 3
     app.selectbox(key="ckpt").set_value("prosqa-cot").run()  # no thoughts fed back: the site falls back to layer 0
     assert not app.exception and app.selectbox(key="iv_site").value == "layer 0 residual"
+
+
+def test_an_official_checkpoint_with_its_base_directory(app, tmp_path):
+    from tests.test_checkpoint import official_fixture
+
+    base_dir, ckpt, _ = official_fixture(tmp_path, "gpt2")
+    app.selectbox(key="ckpt").set_value("another path...").run()
+    app.text_input(key="ckpt_path").input(str(ckpt)).run()
+    assert not app.exception and "an official checkpoint file needs --base DIR" in app.error[0].value  # no base yet
+    app.text_input(key="base").input(str(base_dir)).run()
+    assert not app.exception and not app.error
+    assert app.markdown[1].value.startswith("after 6 thoughts the model answers")  # a random model: any answer
+    open_tab(app, "interventions")
+    assert not app.error and any(m.value.startswith("unedited") for m in app.markdown)
+    open_tab(app, "probes & SAE")  # no probe or SAE ships with it
+    assert sum("ships with this checkpoint" in i.value for i in app.info) == 2, ([e.value for e in app.error], [i.value for i in app.info])
