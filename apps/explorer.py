@@ -313,39 +313,39 @@ def probes_panel(ckpt: str, base: str, item_json: str, item, k: int) -> None:
     model_hash = weights_hash(ckpt, base)
     left, right = st.columns(2)
     with left:
-        src = st.radio("frontier probe", [SHIPPED, A_PATH], key="probe_src", horizontal=True)
-        path = shipped(ckpt, "probes/frontier") if src == SHIPPED else st.text_input("probe directory", key="probe_path")
-        if not path:
-            st.info("no probe ships with this checkpoint: give the directory `probe probes fit` wrote")
-        else:
-            try:
+        path = pick_directory("frontier probe", "probe", ckpt, "probes/frontier", "probe probes fit")
+        try:
+            if path:
                 probe = load_probe(str(path), model_hash)
-                steps = [j for j in probe.steps if j <= k]
                 X = item_activations(ckpt, base, item_json, probe.hook, k)
                 z = np.full((k, item.n_nodes), np.nan)
-                for j in steps:
+                for j in (j for j in probe.steps if j <= k):
                     z[j - 1] = probe.read(X[j - 1 : j], j, item.idx_to_symbol)[0]
-                auc = probe.metrics.get("steps", {})
                 st.plotly_chart(node_heatmap(item, z, f"{probe.target} probe on {probe.hook}", "probe p"),
                                 key="probe_readout")
-                if auc:
-                    st.caption("cross-validated AUROC by thought: " + ", ".join(
-                        f"{s}: {v.get('auroc', float('nan')):.2f}" for s, v in auc.items()))
-            except ValueError as e:
-                st.error(str(e))
+                cv = {s: v["auroc"] for s, v in probe.metrics.items() if isinstance(v, dict) and "auroc" in v}
+                if cv:
+                    st.caption("cross-validated AUROC by thought: " + ", ".join(f"{s}: {v:.2f}" for s, v in cv.items()))
+        except ValueError as e:  # each side shows its own error, the other goes on
+            st.error(str(e))
     with right:
-        src = st.radio("sparse autoencoder", [SHIPPED, A_PATH], key="sae_src", horizontal=True)
-        path = shipped(ckpt, "sae") if src == SHIPPED else st.text_input("SAE directory", key="sae_path")
-        if not path:
-            st.info("no SAE ships with this checkpoint: give the directory `probe sae train` wrote")
-        else:
-            try:
+        path = pick_directory("sparse autoencoder", "sae", ckpt, "sae", "probe sae train")
+        try:
+            if path:
                 sae, labels = load_sae(str(path), model_hash)
                 X = item_activations(ckpt, base, item_json, sae.hook_name_, k)
-                acts = sae.encode(X).numpy()
-                st.plotly_chart(item_features(acts, labels), key="sae_features")
-            except ValueError as e:
-                st.error(str(e))
+                st.plotly_chart(item_features(sae.encode(X).numpy(), labels), key="sae_features")
+        except ValueError as e:
+            st.error(str(e))
+
+
+def pick_directory(label: str, key: str, ckpt: str, sub: str, command: str):
+    """The directory of a probe or SAE: the one shipped inside the checkpoint, or a path typed in (None: neither)."""
+    src = st.radio(label, [SHIPPED, A_PATH], key=f"{key}_src", horizontal=True)
+    path = shipped(ckpt, sub) if src == SHIPPED else st.text_input(f"{label} directory", key=f"{key}_path")
+    if not path:
+        st.info(f"no {label} ships with this checkpoint: give the directory `{command}` wrote")
+    return path or None
 
 
 def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, model) -> None:

@@ -124,6 +124,9 @@ def test_probes_and_sae_panel_reads_the_shipped_probe_and_sae(app, official_item
     got = {name: row[1] for name, row in zip(heat["y"], array(heat["z"]))}
     assert got.keys() == want.keys() and all(abs(got[n] - want[n]) < 1e-4 for n in want)
     assert "SAE features firing" in sae_fig["layout"]["title"]["text"] and len(sae_fig["data"][0]["y"]) > 0
+    cv = json.loads((ckpt / "probes" / "frontier" / "report.json").read_text())["steps"]
+    assert any(c.value == "cross-validated AUROC by thought: " + ", ".join(f"{k}: {v['auroc']:.2f}" for k, v in cv.items())
+               for c in app.caption)
     app.radio(key="probe_src").set_value("a path").run()
     app.text_input(key="probe_path").input(str(ckpt.parent / "prosqa-coconut-mixed" / "probes" / "frontier")).run()
     assert not app.exception and "this probe was fit on another model" in app.error[0].value
@@ -132,7 +135,7 @@ def test_probes_and_sae_panel_reads_the_shipped_probe_and_sae(app, official_item
     assert not app.exception and "/nowhere: not an SAE directory" in app.error[1].value
     app.selectbox(key="ckpt").set_value("prosqa-pause").run()
     app.radio(key="probe_src").set_value(app.radio(key="probe_src").options[0]).run()
-    assert not app.exception and any("no probe ships with this checkpoint" in i.value for i in app.info)
+    assert not app.exception and any("no frontier probe ships with this checkpoint" in i.value for i in app.info)
 
 
 def test_interventions_panel_ablates_and_steers(app, official_items):
