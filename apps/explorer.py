@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VALID = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
 OTHER = "another path..."
 SHIPPED, A_PATH, NONE = "shipped with the checkpoint", "a path", "none"
-N_REFERENCE = 64  # validation items the mean and "another item's" ablations are drawn from
+N_REFERENCE = 64  # the first validation items: the mean ablation's data set, and steering's norm
 TABS = ["graph", "lens", "superposition", "probes & SAE", "interventions", "data set"]
 # widgets inside tabs: a closed tab's widgets are not drawn, and Streamlit would forget their values
 KEPT = ["k", "colour", "sp_view", "probe_src", "probe_path", "sae_src", "sae_path", "iv_site", "iv_action", "iv_kind",
@@ -171,8 +171,10 @@ def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, 
         if kind == "other":  # that validation item's thoughts at the same site
             o = item_site(ckpt, base, json.dumps(load_split(str(VALID))[other].to_json()), layer, k)
             ref, ref_valid = o.source, o.valid
-        else:
-            ref, ref_valid = reference_site(ckpt, base, layer, k).source, reference_site(ckpt, base, layer, k).valid
+        else:  # the reference items' mean, the edited item left out
+            r = reference_site(ckpt, base, layer, k)
+            keep = [b for b, it in enumerate(load_split(str(VALID))[:N_REFERENCE]) if it.question != item.question]
+            ref, ref_valid = r.source[keep], r.valid[keep]
         edit = ablation_edit(s.source, kind, list(steps), layer=layer, valid=s.valid, positions=s.positions,
                              reference=ref, reference_valid=ref_valid)
     else:

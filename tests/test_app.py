@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 APP = str(Path(__file__).resolve().parents[1] / "apps" / "explorer.py")
@@ -143,18 +144,25 @@ def test_interventions_panel_ablates_and_steers(app, official_items):
     from probe.evaluate import evaluate
     from probe.interventions import patch_edit, steer_target
     from probe.model.checkpoint import load_checkpoint
+    from probe.model.coconut import ThoughtEdit
 
     open_tab(app, "interventions")
     it = official_items[0]
     out = [m.value for m in app.markdown if m.value.startswith("unedited")]
     assert out and out[0].startswith("unedited: **Tom is a lempus.** → edited: **")
+    # the default edit, thought 1 replaced by the mean of validation items 1..63 (item 0 left out), by hand
+    model, tok = load_checkpoint(Path(APP).parents[1] / "checkpoints" / "prosqa-coconut")
+    mean = capture(model, tok, official_items[1:64], k=6, names=[], progress=False).thoughts.mean(0)
+    mask = torch.zeros(1, 6, dtype=torch.bool)
+    mask[0, 0] = True
+    want = evaluate(model, tok, [it], k=6, edit=ThoughtEdit(mask, mean[None]), progress=False).items[0].prediction
+    assert out[0].split(" → edited: **")[1].split("**")[0] == want
     # item 2's thoughts in place of all six: the answer a patch of the captured thoughts gives, run by hand
     app.selectbox(key="iv_kind").set_value("other").run()
     app.multiselect(key="iv_steps").set_value([1, 2, 3, 4, 5, 6]).run()
     app.number_input(key="iv_other").set_value(2).run()
     out = [m.value for m in app.markdown if m.value.startswith("unedited")][0]
     edited = out.split(" → edited: **")[1].split("**")[0]
-    model, tok = load_checkpoint(Path(APP).parents[1] / "checkpoints" / "prosqa-coconut")
     source = capture(model, tok, [official_items[2]], k=6, names=[], progress=False).thoughts
     want = evaluate(model, tok, [it], k=6, edit=patch_edit(source), progress=False).items[0].prediction
     assert not app.exception and edited == want
@@ -165,6 +173,9 @@ def test_interventions_panel_ablates_and_steers(app, official_items):
     app.slider(key="iv_alpha").set_value(0.0).run()
     out = [m.value for m in app.markdown if m.value.startswith("unedited")][0]
     assert out.startswith("unedited: **Tom is a lempus.** → edited: **Tom is a lempus.**")  # alpha 0: no edit
+    app.selectbox(key="iv_node").set_value(it.index("terpus")).run()
+    names = [tr["name"] for tr in json.loads(charts(app)[0].proto.spec)["data"]]
+    assert not app.error and "value of terpus, edited" in names
     for kind in ("probe", "random"):
         app.selectbox(key="iv_dir").set_value(kind).run()
         assert not app.exception and not app.error
@@ -189,8 +200,11 @@ def test_data_set_panel_measures_beside_a_control(app):
     assert "on 3 items" in table and "control `prosqa-pause`" in table
     app.selectbox(key="ds_figure").set_value("attention").run()
     assert not app.exception and "Attention" in json.loads(charts(app)[0].proto.spec)["layout"]["title"]["text"]
-    app.number_input(key="ds_n").set_value(4).run()  # a new setting waits for the button again
+    app.selectbox(key="ds_control").set_value("none").run()  # a new setting waits for the button again
     assert not charts(app) and app.info
+    app.button(key="ds_run").click().run()
+    titles = [a["text"] for a in json.loads(charts(app)[0].proto.spec)["layout"]["annotations"]]
+    assert not app.exception and not any("prosqa-pause" in t for t in titles)
 
 
 def test_widget_values_survive_switching_tabs_and_reset_when_they_no_longer_fit(app):
