@@ -1,0 +1,165 @@
+"""Capture throughput and hook overhead, measured side by side in one run.
+
+    python benchmarks/capture_throughput.py [--ckpt checkpoints/prosqa-coconut] [--n 64] [--batch 32]
+                                            [--size default|gpt2-124m] [--device cpu] [--threads 2]
+
+1. `probe capture` (batched, KV-cached, hooks on every layer) against a batch-1 reference loop written
+   the way the official implementation runs: one item at a time, a forward pass per latent over the KV
+   cache with output_hidden_states, then greedy generation that recomputes the whole sequence for
+   every new token (the official `generate`). Both read every layer's residual at every thought and
+   produce the answer, on the same checkpoint and items. Goal: >= 20x on the CPU.
+2. Hook overhead: `capture` with every hook against the same batched forward with no hooks.
+   Goal: <= 1.2x.
+
+--size gpt2-124m replaces the checkpoint by a random GPT-2 of GPT-2-small's shape (12 x 768) with the
+default model's tokenizer. Prints items/s of each and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
+
+
+@torch.no_grad()
+def official_style(model, tok, item, k: int, max_new_tokens: int) -> tuple[list[torch.Tensor], list[int]]:
+    """One item as the official Coconut forward + generate run it: every layer's hidden state at the position
+    emitting each thought ([k] of [n_layers + 1, d]), and the greedy answer tokens."""
+    from probe.data.render import render_prompt, tokenize_item
+
+    cfg = model.config
+    base = model.base
+    ids = torch.tensor([render_prompt(tokenize_item(item, tok, cfg.data_format), k, cfg.stage_spec, cfg.special)],
+                       device=model.device)
+    embeds = base.get_input_embeddings()(ids)
+    latents = (ids[0] == cfg.latent_id).nonzero().flatten().tolist()
+    cache, start, thoughts = None, 0, []
+    for j, pos in enumerate(latents + [ids.shape[1]]):
+        # a pass over [start, pos): up to (not including) the next latent, or to the end after the last
+        out = base(inputs_embeds=embeds[:, start:pos], past_key_values=cache, use_cache=True,
+                   output_hidden_states=True, position_ids=torch.arange(start, pos, device=ids.device)[None])
+        cache, start = out.past_key_values, pos
+        if j < len(latents):
+            hidden = torch.stack([h[0, -1] for h in out.hidden_states])  # [n_layers + 1, d] at pos - 1
+            thoughts.append(hidden)
+            embeds = embeds.clone()
+            embeds[0, pos] = hidden[-1]  # the official thought: hidden_states[-1] (GPT-2: after ln_f)
+    answer = []
+    seq = embeds
+    logits = out.logits[0, -1]
+    for step in range(max_new_tokens):
+        nxt = int(logits.argmax())
+        if step > 0 and nxt == cfg.eos_id:
+            break
+        answer.append(nxt)
+        seq = torch.cat([seq, base.get_input_embeddings()(torch.tensor([[nxt]], device=ids.device))], dim=1)
+        logits = base(inputs_embeds=seq).logits[0, -1]  # the whole sequence again, no cache (as the official)
+    return thoughts, answer
+
+
+def random_gpt2_124m(tok):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from probe.model.coconut import CoconutConfig, CoconutModel
+    from probe.model.tokenizer import special_tokens
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=len(tok), n_positions=1024,
+                                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)).eval()
+    return CoconutModel(base, CoconutConfig.from_special(special_tokens(tok), data_format="edges"))
+
+
+def timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ckpt", type=Path, default=ROOT / "checkpoints" / "prosqa-coconut")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", choices=("default", "gpt2-124m"), default="default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    from probe.capture import FINAL, architecture, capture, hook_names
+    from probe.data.prosqa import load_items
+    from probe.evaluate import evaluate
+    from probe.model.checkpoint import load_checkpoint
+
+    model, tok = load_checkpoint(a.ckpt, device=a.device)
+    if a.size == "gpt2-124m":
+        model = random_gpt2_124m(tok).to(a.device)
+    model.eval()
+    items = load_items(DATA)[: a.n]
+    k = model.config.default_thoughts
+    n_layers = architecture(model).n_layers
+    resid = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)] + [FINAL]
+
+    def ours():
+        capture(model, tok, items, k=k, names=resid, batch_size=a.batch, progress=False)
+        evaluate(model, tok, items, k=k, batch_size=a.batch, max_new_tokens=a.max_new_tokens, progress=False)
+
+    def reference():
+        for it in items:
+            official_style(model, tok, it, k, a.max_new_tokens)
+
+    def all_hooks():
+        capture(model, tok, items, k=k, names=hook_names(n_layers), batch_size=a.batch, progress=False)
+
+    def no_hooks():
+        from probe.data.render import render_prompt, tokenize_item
+
+        cfg = model.config
+        with torch.no_grad():
+            for i in range(0, len(items), a.batch):
+                prompts = [render_prompt(tokenize_item(it, tok, cfg.data_format), k, cfg.stage_spec, cfg.special)
+                           for it in items[i : i + a.batch]]
+                width = max(map(len, prompts))
+                ids = torch.tensor([[cfg.pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
+                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+                model(ids, mask)
+
+    ours()  # warm-up: allocator, kernels
+    # the reference computes what ours does: the same answers and the same last-layer thoughts
+    check = items[:4]
+    got = evaluate(model, tok, check, k=k, max_new_tokens=a.max_new_tokens, progress=False)
+    tr = capture(model, tok, check, k=k, names=resid, progress=False)
+    same, gap = 0, 0.0
+    for b, (it, r) in enumerate(zip(check, got.items)):
+        thoughts, answer = official_style(model, tok, it, k, a.max_new_tokens)
+        ref = torch.stack(thoughts).float().cpu()  # [k, n_layers + 1, d]: embeddings, blocks 0..L-2, final
+        ours_ = torch.stack([tr[n][b, :k].float() for n in resid[:-2] + resid[-1:]], dim=1)
+        gap = max(gap, float((ref[:, 1:] - ours_).abs().max()))
+        same += r.prediction in tok.decode(answer)
+    t_ref = timed(reference)
+    t_ours = timed(ours, 2)
+    t_all = timed(all_hooks, 2)
+    t_none = timed(no_hooks, 2)
+    n = len(items)
+    print(f"reference check on {len(check)} items: hidden states within {gap:.1e} of the capture, "
+          f"answers agree on {same}/{len(check)}")
+    print(f"{a.size} model ({n_layers} layers, d={model.d_model}) on {a.device}, {a.threads} threads, {n} items, "
+          f"k={k}, batch {a.batch}, answers up to {a.max_new_tokens} tokens")
+    print(f"1. capture of every layer's residual + answer: probe capture {n / t_ours:8.1f} items/s | "
+          f"official-style batch-1 loop {n / t_ref:8.1f} items/s | ratio {t_ref / t_ours:6.1f}x (goal >= 20x)")
+    print(f"2. hook overhead: every hook ({len(hook_names(n_layers))}) {n / t_all:8.1f} items/s | no hooks "
+          f"{n / t_none:8.1f} items/s | ratio {t_all / t_none:5.2f}x (goal <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()
