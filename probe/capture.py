@@ -316,11 +316,12 @@ def capture(
 def capture_to_disk(
     model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], out: str | Path, k: int | None = None,
     names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, batch_size: int = 32,
-    shard_size: int = 256, source: dict | None = None, progress: bool = True,
+    shard_size: int = 256, source: dict | None = None, progress: bool = True, first_index: int = 0,
 ) -> "TraceStore":
     """Stream a data set's traces to safetensors shards plus a JSON manifest; memory stays one shard's worth.
 
     Written into a temporary directory that is renamed into place, so a failed run leaves nothing.
+    first_index: the data-set index of items[0] (a part of a larger data set, as one rank captures).
     """
     out = Path(out)
     if out.exists():
@@ -345,7 +346,8 @@ def capture_to_disk(
         with atomic_directory(out) as tmp:
             for i in range(0, len(items), batch_size):
                 batch = items[i : i + batch_size]
-                pending.append(capture_batch(model, tokenizer, batch, k, names, dtype, range(i, i + len(batch))))
+                pending.append(capture_batch(model, tokenizer, batch, k, names, dtype,
+                                             range(first_index + i, first_index + i + len(batch))))
                 n_pending += len(batch)
                 bar.update(len(batch))
                 if n_pending >= shard_size:
@@ -353,7 +355,7 @@ def capture_to_disk(
             if pending:
                 flush(tmp)
             manifest = {
-                "format": TRACE_FORMAT, "k": k, "n_items": len(items), "names": names,
+                "format": TRACE_FORMAT, "k": k, "n_items": len(items), "first_index": first_index, "names": names,
                 "dtype": str(dtype).removeprefix("torch."), "n_layers": arch.n_layers, "d_model": model.d_model,
                 "mode": model.config.mode, "source": source or {}, "shards": shards,
             }
@@ -465,3 +467,12 @@ def node_values(
                 pos = torch.arange(width - len(name) + 1, width)
                 out[b, v] += logp[row, pos, torch.tensor(name[1:])].sum()
     return out.exp()
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node N -m probe.capture --data ... --out ...`: `probe capture`
+    import sys
+
+    from probe.cli import app
+
+    app(["capture", *sys.argv[1:]], prog_name="python -m probe.capture")
+

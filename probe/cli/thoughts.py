@@ -88,21 +88,33 @@ def capture_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
     device: str = DEVICE_OPTION,
 ) -> None:
-    """Stream every thought of a data set, at every layer, to disk (safetensors shards + manifest)."""
+    """Stream every thought of a data set, at every layer, to disk (safetensors shards + manifest).
+
+    Under torchrun (`torchrun --nproc_per_node N -m probe.capture ...`) each process captures a block of the
+    items (on cuda, the GPU of its local rank) and rank 0 merges them into one store.
+    """
     from probe.capture import architecture, capture_to_disk, select_hooks
     from probe.data.prosqa import load_items
+    from probe.distributed import capture_distributed, world
 
+    rank, size, local = world()
+    if size > 1 and device == "cuda":
+        device = f"cuda:{local}"
     try:
         items = load_items(data, limit=limit)
         model, tok = _load(ckpt, base, device)
         names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
-        store = capture_to_disk(model, tok, items, out, k=k, names=names, dtype=_dtype(dtype), batch_size=batch_size,
-                                shard_size=shard_size, source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)})
+        kw = dict(k=k, names=names, dtype=_dtype(dtype), batch_size=batch_size, shard_size=shard_size,
+                  source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)})
+        store = capture_distributed(model, tok, items, out, **kw) if size > 1 else \
+            capture_to_disk(model, tok, items, out, **kw)
     except InputError as e:
         _fail(str(e))
-    size = sum(f.stat().st_size for f in store.path.iterdir()) / 2**20
+    if store is None:  # a rank other than 0: rank 0 reports
+        return
+    size_mb = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file()) / 2**20
     typer.echo(f"wrote {len(store)} items, k={store.k}, {len(store.names)} hooks, {store.n_shards} shard(s), "
-               f"{size:.1f} MB to {store.path}")
+               f"{size_mb:.1f} MB to {store.path}")
 
 
 @app.command("analyze")
