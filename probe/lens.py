@@ -79,6 +79,7 @@ class TunedLens(nn.Module):
         resid, target = _training_rows(traces)  # [n, layers, d], final logits [n, vocab]
         n_layers = resid.shape[1]
         norm, unembed = _readout(model)
+        ref = next(norm.parameters())
         frozen = list(norm.parameters()) + list(unembed.parameters())
         was = [p.requires_grad for p in frozen]
         for p in frozen:
@@ -90,8 +91,10 @@ class TunedLens(nn.Module):
             order = torch.randperm(len(resid), generator=g)
             for i in range(0, len(order), batch_size):
                 rows = order[i : i + batch_size]
+                # the translators train in float32; the model's readout runs in its own dtype and device
                 loss = sum(
-                    _kl(log_target[rows], F.log_softmax(unembed(norm(self.translate(resid[rows, l], l))).float(), -1)).mean()
+                    _kl(log_target[rows], F.log_softmax(unembed(norm(self.translate(resid[rows, l], l).to(ref)))
+                                                        .float().to(log_target.device), -1)).mean()
                     for l in range(n_layers - 1)
                 )
                 opt.zero_grad()

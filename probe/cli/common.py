@@ -70,6 +70,8 @@ def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Option
 
 
 BASE_OPTION = typer.Option(None, "--base", help="Base model directory, for official checkpoints.")
+DTYPE_OPTION = typer.Option(None, "--dtype", help="Model dtype: float32 (the checkpoint's, default), bfloat16 or "
+                                                  "float16 (on the GPU; README, 'Precision', states the tolerance).")
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")
 CKPT_HELP = "Our checkpoint directory, or an official state-dict file (default: the shipped checkpoints/prosqa-coconut)."
 

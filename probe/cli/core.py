@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from probe.cli.common import app, BASE_OPTION, CKPT_HELP, data_app, _device, DEVICE_OPTION, _fail, InputError, _load
+from probe.cli.common import app, BASE_OPTION, CKPT_HELP, data_app, _device, DEVICE_OPTION, DTYPE_OPTION, _fail, InputError, _load
 
 
 @data_app.command("generate")
@@ -65,7 +65,7 @@ def eval_cmd(
     base: Optional[Path] = BASE_OPTION,
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
     device: str = DEVICE_OPTION,
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
+    dtype: Optional[str] = DTYPE_OPTION,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write per-item predictions here (with --halt: the "

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, _fail, _float_option, InputError, _int_option,
+    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail, _float_option, InputError, _int_option,
     _load, _new_out, _num,
 )
 
@@ -37,6 +37,7 @@ def intervene_cmd(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Causal tests of the thoughts: fewer thoughts, ablation, counterfactual patching, steering; beside controls."""
     from probe.data.prosqa import atomic_directory, atomic_write_text, load_items
@@ -55,7 +56,7 @@ def intervene_cmd(
         items = load_items(data, limit=limit)
         runs = [(_default_ckpt(ckpt), base)] + [(c, None) for c in control]
         for i, (path, b) in enumerate(runs):
-            model, tok = _load(ckpt if i == 0 else path, b, device)
+            model, tok = _load(ckpt if i == 0 else path, b, device, dtype)
             probe = None
             if probe_dir is not None and i == 0:
                 probe = SavedProbe.load(probe_dir, model_weights_hash(model))

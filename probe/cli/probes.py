@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, _fail, InputError, _items, _load, _new_out, _num,
+    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail, InputError, _items, _load, _new_out, _num,
 )
 
 
@@ -34,6 +34,7 @@ def probes_fit(
     limit: Optional[int] = typer.Option(None, "--limit", min=2),
     seed: int = typer.Option(0, "--seed"),
     device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Cross-validated linear probes (and their control task) for every thought k at one layer."""
     from probe.data.prosqa import atomic_directory, atomic_write_text
@@ -43,11 +44,11 @@ def probes_fit(
     _new_out(out)
     try:
         items = _items(data, 0, 0, limit)
-        model, tok = _load(ckpt, base, device)
+        model, tok = _load(ckpt, base, device, dtype)
         rep = fit_probes(model, tok, items, target, layer=layer, k_max=k_max, folds=folds, seed=seed)
         report = {"checkpoint": str(_default_ckpt(ckpt)), "data": str(data), "n_items": len(items), **rep.as_dict()}
         if control is not None:
-            c_model, c_tok = _load(control, control_base, device)
+            c_model, c_tok = _load(control, control_base, device, dtype)
             c_rep = fit_probes(c_model, c_tok, items, target, layer=layer, k_max=max(rep.scores), folds=folds,
                                seed=seed)
             report["control"] = {"checkpoint": str(control), **c_rep.as_dict()}
@@ -80,6 +81,7 @@ def probes_halt(
     k_max: Optional[int] = typer.Option(None, "--k-max", min=2, help="The most thoughts (default: the checkpoint's)."),
     folds: int = typer.Option(5, "--folds", min=2),
     device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
     from probe.data.prosqa import atomic_directory, atomic_write_text
@@ -88,7 +90,7 @@ def probes_halt(
     _new_out(out)
     try:
         items = _items(data, n, seed)
-        model, tok = _load(ckpt, base, device)
+        model, tok = _load(ckpt, base, device, dtype)
         saved, scores = fit_halting_probe(model, tok, items, layer=layer, k_max=k_max, folds=folds)
     except InputError as e:
         _fail(str(e))
@@ -121,6 +123,7 @@ def sae_train(
     epochs: int = typer.Option(50, "--epochs", min=1),
     k_max: Optional[int] = typer.Option(None, "--k-max", min=1),
     device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires."""
     import numpy as np
@@ -135,7 +138,7 @@ def sae_train(
     _new_out(out)
     try:
         items = _items(data, n, seed)
-        model, tok = _load(ckpt, base, device)
+        model, tok = _load(ckpt, base, device, dtype)
         hook = resid_hook(model, layer) if layer is not None else None
         rows = thought_rows(model, tok, items, hook=hook, k_max=k_max)
         n_items = len(items)

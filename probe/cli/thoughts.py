@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, _dtype, _fail, InputError, _item, _items,
+    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, InputError, _item, _items,
     _layers, _load, _new_out, _num,
 )
 
@@ -27,6 +27,7 @@ def decode(
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
     top: int = typer.Option(5, "--top", min=1, help="Top tokens per layer."),
     device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the readings as JSON here."),
 ) -> None:
     """What every thought holds at every layer (logit or tuned lens), with frontier nodes marked."""
@@ -38,7 +39,7 @@ def decode(
         _fail(f"--lens: expected logit or tuned, got {lens!r}")
     try:
         item = _item(data, index)
-        model, tok = _load(ckpt, base, device)
+        model, tok = _load(ckpt, base, device, dtype)
         tuned = None
         if lens == "tuned":
             path = lens_file or _default_ckpt(ckpt) / "tuned_lens.safetensors"
@@ -82,11 +83,12 @@ def capture_cmd(
     hooks: Optional[list[str]] = typer.Option(None, "--hooks", help="Hook-name globs, e.g. '*hook_resid_post' (repeatable)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Storage dtype: float32, bfloat16 or float16."),
+    store_dtype: str = typer.Option("float32", "--store-dtype", help="Storage dtype: float32, bfloat16 or float16."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     shard_size: int = typer.Option(256, "--shard-size", min=1, help="Items per shard file."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
     device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Stream every thought of a data set, at every layer, to disk (safetensors shards + manifest).
 
@@ -102,9 +104,9 @@ def capture_cmd(
         device = f"cuda:{local}"
     try:
         items = load_items(data, limit=limit)
-        model, tok = _load(ckpt, base, device)
+        model, tok = _load(ckpt, base, device, dtype)
         names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
-        kw = dict(k=k, names=names, dtype=_dtype(dtype), batch_size=batch_size, shard_size=shard_size,
+        kw = dict(k=k, names=names, dtype=_dtype(store_dtype), batch_size=batch_size, shard_size=shard_size,
                   source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)})
         store = capture_distributed(model, tok, items, out, **kw) if size > 1 else \
             capture_to_disk(model, tok, items, out, **kw)
@@ -130,6 +132,7 @@ def analyze_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
     update_card: bool = typer.Option(False, "--update-card",
                                      help="Also write the summary into the checkpoint's model card (README.md)."),
 ) -> None:
@@ -141,11 +144,11 @@ def analyze_cmd(
     _new_out(out)
     try:
         items = load_items(data, limit=limit)
-        model, tok = _load(ckpt, base, device)
+        model, tok = _load(ckpt, base, device, dtype)
         main = analyze(model, tok, items, k_max=k_max, batch_size=batch_size, checkpoint=str(_default_ckpt(ckpt)))
         ctrl = None
         if control is not None:
-            c_model, c_tok = _load(control, control_base, device)
+            c_model, c_tok = _load(control, control_base, device, dtype)
             ctrl = analyze(c_model, c_tok, items, k_max=main.k_max, batch_size=batch_size, checkpoint=str(control))
     except InputError as e:
         _fail(str(e))
@@ -205,6 +208,7 @@ def tuned_lens_cmd(
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
     epochs: int = typer.Option(20, "--epochs", min=1),
     device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts."""
     from probe.capture import architecture, capture, select_hooks
@@ -212,7 +216,7 @@ def tuned_lens_cmd(
 
     try:
         items = _items(data, n, seed)
-        model, tok = _load(ckpt, base, device)
+        model, tok = _load(ckpt, base, device, dtype)
         names = select_hooks(architecture(model).n_layers, ["*hook_resid_post"])
         split = max(1, len(items) // 10)
         held = capture(model, tok, items[:split], k=k, names=names)

@@ -1,0 +1,67 @@
+"""Lower precision: every command takes --dtype, and a bfloat16 or float16 model gives float32's results within
+the README's tolerance ('Precision'): answers agree on >= 95% of items, thoughts and residuals within 2%
+relative error. Measured here on the CPU with the shipped default model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from probe.capture import FINAL, capture
+from probe.cli import app
+from probe.evaluate import evaluate
+from probe.model.checkpoint import default_checkpoint, load_checkpoint
+
+RESID = "blocks.3.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def float32(official_items):
+    model, tok = load_checkpoint(default_checkpoint())
+    items = official_items[:40]
+    return items, tok, evaluate(model, tok, items, progress=False), capture(model, tok, items, names=[RESID, FINAL],
+                                                                           progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lower_precision_matches_float32_within_the_stated_tolerance(float32, dtype):
+    items, tok, res32, tr32 = float32
+    model, _ = load_checkpoint(default_checkpoint(), dtype=dtype)
+    assert next(model.parameters()).dtype == dtype
+    res = evaluate(model, tok, items, progress=False)
+    agree = sum(a.prediction == b.prediction for a, b in zip(res.items, res32.items)) / len(items)
+    assert agree >= 0.95
+    tr = capture(model, tok, items, names=[RESID, FINAL], progress=False)
+    for got, want in ((tr.thoughts, tr32.thoughts), (tr[RESID][:, :6], tr32[RESID][:, :6])):
+        rel = (got.float() - want).norm(dim=-1) / want.norm(dim=-1)
+        assert float(rel.max()) < 0.02
+        assert float(rel.max()) > 0  # it really ran in lower precision
+
+
+def test_every_model_command_takes_dtype(tmp_path, official_path):
+    runner = CliRunner()
+    data = ["--data", str(official_path)]
+    runs = {
+        "eval": ["eval", *data, "--limit", "4", "--dtype", "bfloat16", "--json", str(tmp_path / "e.json")],
+        "decode": ["decode", *data, "--index", "0", "--dtype", "bfloat16"],
+        "capture": ["capture", *data, "--limit", "4", "--dtype", "bfloat16", "--store-dtype", "float16",
+                    "--hooks", "*hook_resid_post", "--out", str(tmp_path / "trace")],
+        "analyze": ["analyze", *data, "--limit", "3", "--dtype", "bfloat16", "--out", str(tmp_path / "an")],
+        "intervene": ["intervene", *data, "--limit", "3", "--dtype", "bfloat16", "--only", "ablate", "--ablations",
+                      "mean", "--out", str(tmp_path / "iv")],
+        "probes fit": ["probes", "fit", *data, "--limit", "6", "--k-max", "1", "--folds", "2", "--dtype", "bfloat16",
+                       "--out", str(tmp_path / "probe")],
+        # the translators train in float32 through the bfloat16 model's readout
+        "tuned-lens": ["tuned-lens", "--n", "8", "--epochs", "1", "--dtype", "bfloat16", "--out", str(tmp_path / "tl")],
+    }
+    for name, args in runs.items():
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, (name, r.output[-1500:])
+    assert "Tom is a lempus." in runner.invoke(app, runs["decode"]).output
+    manifest = json.loads((tmp_path / "trace" / "manifest.json").read_text())
+    assert manifest["dtype"] == "float16"
+    r = runner.invoke(app, ["eval", *data, "--limit", "2", "--dtype", "float8"])
+    assert r.exit_code != 0 and "--dtype: expected one of float32, bfloat16, float16, got 'float8'" in r.output
