@@ -403,23 +403,13 @@ def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, mod
     except ValueError as e:
         st.error(str(e))
         return
-    before = r["prediction"] if markers else _own_answer(ckpt, base, item_json, layer, k)
+    before = r["prediction"]  # for a CoT model, its free answer: the same as with its own chain as the prompt
     verdict = "right" if out["correct"] else "wrong"
     st.markdown(f"unedited: **{before}** → edited: **{out['prediction']}** ({verdict})")
     if out["values"] is not None and r["values"] is not None:
         st.plotly_chart(intervention_effect(item, r["values"], out["values"], node), key="iv_effect")
         st.plotly_chart(node_heatmap(item, out["values"] - r["values"], "Change in each node's value after k thoughts",
                                      "edited - unedited", zmax=None), key="iv_delta")
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _own_answer(ckpt: str, base: str, item_json: str, layer: int | None, k: int) -> str:
-    """A CoT model's answer with its own chain as the prompt (the unedited run of a layer edit)."""
-    from probe.evaluate import evaluate
-
-    model, tok = load_model(ckpt, base)
-    s = item_site(ckpt, base, item_json, layer, k)
-    return evaluate(model, tok, [parse_item(item_json)], k=k, progress=False, prompts=s.prompts).items[0].prediction
 
 
 def dataset_panel(ckpt: str, base: str) -> None:

@@ -55,8 +55,7 @@ def merge_stores(parts: Sequence[Path], out: Path) -> TraceStore:
     if any(p.parent != root for p in parts):
         raise CaptureError("the rank stores must share one parent directory")
     shards = [{**sh, "file": f"{s.path.name}/{sh['file']}"} for s in stores for sh in s.manifest["shards"]]
-    manifest = {**first, "n_items": sum(len(s) for s in stores), "first_index": first.get("first_index", 0),
-                "shards": shards, "ranks": len(stores)}
+    manifest = {**first, "n_items": sum(len(s) for s in stores), "shards": shards, "ranks": len(stores)}
     atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
     root.rename(out)
     return TraceStore(out)

@@ -418,7 +418,7 @@ def steer_direction(model: CoconutModel, tokenizer, item: ProsQAItem, node: int,
         v = torch.as_tensor(dirs[item.name(node)], dtype=torch.float)
     elif kind == "unembed":
         piece = name_pieces(item, tokenizer, model.config.data_format)[node][0]
-        v = model.base.get_output_embeddings().weight.detach().float().cpu()[piece]
+        v = model.base.get_output_embeddings().weight[piece].detach().float().cpu()  # one row, not the matrix
     elif kind == "random":
         v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(seed))
     else:
@@ -435,7 +435,6 @@ def steering_directions(model: CoconutModel, tokenizer, items: Sequence[ProsQAIt
     (what the logit lens reads as v); random: a random direction per item.
     """
     items = list(items)
-    cfg = model.config
     targets = [steer_target(it) for it in items]
     names = [it.name(v) for it, v in zip(items, targets)]
     if probe is None:
@@ -451,12 +450,10 @@ def steering_directions(model: CoconutModel, tokenizer, items: Sequence[ProsQAIt
     has = torch.tensor([n in dirs for n in names])
     probe_dirs = torch.stack([torch.as_tensor(dirs[n], dtype=torch.float) if n in dirs else torch.zeros(d)
                               for n in names])
-    w_u = model.base.get_output_embeddings().weight.detach().float().cpu()
-    first = [name_pieces(it, tokenizer, cfg.data_format)[v][0] for it, v in zip(items, targets)]
-    unembed = w_u[first]
+    unembed = torch.stack([steer_direction(model, tokenizer, it, v, "unembed") for it, v in zip(items, targets)])
     rnd = torch.randn(len(items), d, generator=torch.Generator().manual_seed(seed))
     unit = lambda t: t / t.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # noqa: E731
-    return {"probe": unit(probe_dirs), "unembed": unit(unembed), "random": unit(rnd)}, has
+    return {"probe": unit(probe_dirs), "unembed": unembed, "random": unit(rnd)}, has
 
 
 def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, step: int = 1, layer: int = -1,

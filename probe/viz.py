@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 from probe.analyze import Analysis
 from probe.data.graph import ProsQAGraph
 from probe.frontier import CATEGORIES, GROUPS, GroupMeans
+from probe.frontier import frontier_mass as mass_on_frontier
 
 GROUP_COLORS = dict(zip(GROUPS, ("#d62728", "#ff7f0e", "#1f77b4", "#7f7f7f")))
 K_COLORS = qualitative.Plotly
@@ -331,7 +332,8 @@ def graph_figure(item, k: int, values: np.ndarray | None = None, lens: np.ndarra
     after k thoughts (or the lens probability), hover with name, depth, value and lens probability."""
     graph = ProsQAGraph.from_item(item)
     pos = graph_positions(graph)
-    path = set(zip(graph.shortest_paths()[0], graph.shortest_paths()[0][1:]))
+    shortest = graph.shortest_paths()[0]
+    path = set(zip(shortest, shortest[1:]))
     fig = go.Figure()
     for thick in (False, True):
         xs, ys = [], []
@@ -403,12 +405,13 @@ def node_heatmap(item, z: np.ndarray, title: str, colorbar: str, zmax: float | N
     k = z.shape[0]
     cols = [f"thought {j}" for j in range(1, k + 1)]
     rows = [item.name(v) for v in order]
-    mark = [["frontier" if v in set(graph.frontier(j)) else "" for j in range(1, k + 1)] for v in order]
+    frontiers = [set(graph.frontier(j)) for j in range(1, k + 1)]
+    mark = [["frontier" if v in f else "" for f in frontiers] for v in order]
     fig = go.Figure(go.Heatmap(
         z=np.asarray(z, dtype=float)[:, order].T, x=cols, y=rows, zmin=0 if zmax is not None else None, zmax=zmax,
         colorscale="Reds", colorbar=dict(title=colorbar), customdata=mark,
         hovertemplate="%{y}, %{x}<br>" + colorbar + " %{z:.3f}<br>%{customdata}<extra></extra>"))
-    fx, fy = zip(*[(cols[j - 1], item.name(v)) for j in range(1, k + 1) for v in graph.frontier(j)]) or ((), ())
+    fx, fy = zip(*[(col, item.name(v)) for col, f in zip(cols, frontiers) for v in sorted(f)]) or ((), ())
     fig.add_scatter(x=list(fx), y=list(fy), mode="markers", name="frontier node",
                     marker=dict(symbol="square-open", size=14, color="#1f77b4", line=dict(width=2)))
     fig.update_layout(title=title, template="plotly_white", height=max(360, 18 * len(rows) + 140),
@@ -440,7 +443,7 @@ def intervention_effect(item, before: np.ndarray, after: np.ndarray, node: int |
     ks = list(range(1, before.shape[0] + 1))
     fig = go.Figure()
     for label, v, dash in (("unedited", before, "solid"), ("edited", after, "dash")):
-        mass = [float(v[j - 1, graph.frontier(j)].sum()) for j in ks]
+        mass = [float(mass_on_frontier(v[j - 1][None], [graph], j)[0]) for j in ks]
         fig.add_scatter(x=ks, y=mass, mode="lines+markers", name=f"frontier mass, {label}",
                         line=dict(color="#d62728", dash=dash))
         if node is not None:
