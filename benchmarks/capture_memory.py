@@ -40,13 +40,23 @@ print(json.dumps({"before_mb": before / 1024, "peak_mb": after / 1024, "stored_m
 """
 
 
-def peak(n: int, how: str, shard: int) -> dict:
+def peaks(runs: list[tuple[int, str, int]]) -> list[dict]:
+    """Peak memory of each (n, "disk" | "memory", shard) run, each in its own process, all at once.
+
+    Every process has one thread: running them side by side changes their times, not their peaks.
+    """
     # Large blocks straight from mmap, so that freed tensors leave the resident set and the peak
     # measures live memory rather than the allocator's free lists.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2"}
-    out = subprocess.run([sys.executable, "-c", RUN, str(n), how, str(shard)], capture_output=True, text=True,
-                         check=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", RUN, str(n), how, str(shard)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for n, how, shard in runs]
+    results = []
+    for (n, how, _), p in zip(runs, procs):
+        out, err = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"the {how} capture of {n} items failed:\n{err[-2000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 def main() -> None:
@@ -55,13 +65,12 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=4)
     ap.add_argument("--shard", type=int, default=32)
     a = ap.parse_args()
+    runs = [(n, how, a.shard) for how in ("disk", "memory") for n in (a.n, a.n * a.factor)]
     rows = {}
-    for how in ("disk", "memory"):
-        for n in (a.n, a.n * a.factor):
-            r = peak(n, how, a.shard)
-            rows[(how, n)] = r
-            print(f"{how:6s} n={n:5d}: peak {r['peak_mb']:7.1f} MB (after imports and model {r['before_mb']:7.1f} MB), "
-                  f"trace {r['stored_mb']:.1f} MB")
+    for (n, how, _), r in zip(runs, peaks(runs)):
+        rows[(how, n)] = r
+        print(f"{how:6s} n={n:5d}: peak {r['peak_mb']:7.1f} MB (after imports and model {r['before_mb']:7.1f} MB), "
+              f"trace {r['stored_mb']:.1f} MB")
     for how in ("disk", "memory"):
         small, big = rows[(how, a.n)], rows[(how, a.n * a.factor)]
         grow_small, grow_big = small["peak_mb"] - small["before_mb"], big["peak_mb"] - big["before_mb"]

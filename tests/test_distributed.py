@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
 from probe.capture import TraceStore
+from probe.cli import app
 from probe.distributed import merge_stores, rank_slice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +40,13 @@ def _run(args: list[str], env_extra: dict | None = None) -> subprocess.Completed
 def test_torchrun_two_processes_equal_one(tmp_path, official_path, batch):
     common = ["--data", str(official_path), "--limit", "10", "--batch-size", str(batch), "--shard-size", "3",
               "--hooks", "*hook_resid_post", "--hooks", "blocks.1.attn.hook_pattern"]
-    one = _run([sys.executable, "-m", "probe.cli", "capture", "--out", str(tmp_path / "one"), *common])
-    assert one.returncode == 0, one.stderr[-2000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank runs (OMP_NUM_THREADS=1): a matmul's sums depend on the thread count
+    try:
+        one = CliRunner().invoke(app, ["capture", "--out", str(tmp_path / "one"), *common])  # one process: this one
+    finally:
+        torch.set_num_threads(threads)
+    assert one.exit_code == 0, one.output[-2000:]
     two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "probe.capture", "--out", str(tmp_path / "two"), *common])
     assert two.returncode == 0, two.stderr[-3000:]
