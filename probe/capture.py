@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from probe.data.layout import NONE, name_pieces, prompt_layout
 from probe.data.prosqa import ProsQAItem, atomic_directory, atomic_write_text
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
+from probe.evaluate import extract_answer
 from probe.model.architecture import Architecture, find_architecture
 from probe.model.coconut import CoconutModel, ThoughtEdit
 
@@ -94,6 +95,7 @@ class ThoughtTrace:
     thoughts: Tensor  # [batch, k, d_model] the vectors fed back
     logits: Tensor  # [batch, k + 1, vocab]
     cache: dict[str, Tensor] = field(default_factory=dict)  # hook name -> [batch, k + 1, ...]
+    answer_ids: Tensor | None = None  # [batch, max_new] greedy answer after the prompt, eos excluded, -1 padded
 
     def __getitem__(self, name: str) -> Tensor:
         try:
@@ -112,16 +114,36 @@ class ThoughtTrace:
         """[batch, k + 1, n_layers, ...]: one hook point across every layer (all must be captured)."""
         return torch.stack([self[f"blocks.{l}.{point}"] for l in range(self.n_layers)], dim=2)
 
+    def answers(self) -> list[list[int]]:
+        """Each item's generated answer tokens (capture with max_new_tokens > 0)."""
+        if self.answer_ids is None:
+            raise CaptureError("this trace holds no answers; capture with max_new_tokens > 0")
+        return [[t for t in row if t >= 0] for row in self.answer_ids.tolist()]
+
+    def predictions(self, tokenizer) -> list[str]:
+        """Each item's prediction by the official rule (prompt and answer decoded together, text after '#')."""
+        prompts = [[t for t in row if t >= 0] for row in self.prompt_ids.tolist()]
+        return [extract_answer(tokenizer.decode(p + a, skip_special_tokens=True)) for p, a in zip(prompts, self.answers())]
+
+    def select(self, rows: Tensor | Sequence[int]) -> "ThoughtTrace":
+        """The trace of some of its items, in the given order."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        pick = {n: getattr(self, n)[rows] for n in _FIELDS}
+        return ThoughtTrace(k=self.k, **pick, cache={n: t[rows] for n, t in self.cache.items()},
+                            answer_ids=None if self.answer_ids is None else self.answer_ids[rows])
+
     def to_tensors(self) -> dict[str, Tensor]:
         """Flat name -> tensor, for safetensors."""
         fixed = {n: getattr(self, n) for n in _FIELDS}
+        if self.answer_ids is not None:
+            fixed["answer_ids"] = self.answer_ids
         return {**{f"trace.{n}": t.contiguous() for n, t in fixed.items()}, **{n: t.contiguous() for n, t in self.cache.items()}}
 
     @classmethod
     def from_tensors(cls, k: int, tensors: dict[str, Tensor]) -> "ThoughtTrace":
         fixed = {n: tensors[f"trace.{n}"] for n in _FIELDS}
         cache = {n: t for n, t in tensors.items() if not n.startswith("trace.")}
-        return cls(k=k, **fixed, cache=cache)
+        return cls(k=k, **fixed, cache=cache, answer_ids=tensors.get("trace.answer_ids"))
 
 
 _FIELDS = ("indices", "prompt_ids", "prompt_len", "question_len", "positions", "fact", "node", "thoughts", "logits")
@@ -205,8 +227,13 @@ def _eager_attention(model: CoconutModel, needed: bool):
 def capture_batch(
     model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int | None = None,
     names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, indices: Sequence[int] | None = None,
+    max_new_tokens: int = 0,
 ) -> ThoughtTrace:
-    """Run one batch of items with k forced thoughts (default: the model's) and capture the named hooks."""
+    """Run one batch of items with k forced thoughts (default: the model's) and capture the named hooks.
+
+    max_new_tokens > 0 also decodes each item's greedy answer from the same pass (its KV cache), as
+    evaluate does; for a model without latent mode the prompt holds the first k gold steps.
+    """
     if not items:
         raise CaptureError("capture needs at least one item")
     cfg = model.config
@@ -246,6 +273,12 @@ def capture_batch(
     with _eager_attention(model, any(n.endswith("hook_pattern") for n in names)):
         with _Recorder(arch, recorded, wanted, width, dtype) as rec:
             out = model(ids, mask)
+    answer_ids = None
+    if max_new_tokens > 0:
+        answers = model.continue_greedy(out, mask, max_new_tokens)
+        answer_ids = torch.full((len(items), max(map(len, answers))), -1, dtype=torch.long)
+        for b, a in enumerate(answers):
+            answer_ids[b, : len(a)] = torch.tensor(a, dtype=torch.long)
     thoughts = out.thoughts[:, :k] if markers else rec.out[FINAL][:, :k]
     rows = torch.arange(len(items), device=device)[:, None]
     logits = out.logits[rows, wanted].to(dtype)
@@ -269,7 +302,7 @@ def capture_batch(
         prompt_ids=torch.tensor([p + [-1] * (width - len(p)) for p in prompts]),
         prompt_len=p_len, question_len=q_len, positions=positions, fact=fact, node=node,
         thoughts=thoughts.to(dtype).cpu(), logits=logits.cpu(),
-        cache={n: t.cpu() for n, t in cache.items()},
+        cache={n: t.cpu() for n, t in cache.items()}, answer_ids=answer_ids,
     )
 
 
@@ -287,6 +320,8 @@ def concat_traces(traces: Sequence[ThoughtTrace]) -> ThoughtTrace:
         raise CaptureError("nothing to concatenate")
     if len({t.k for t in traces}) != 1 or len({tuple(sorted(t.cache)) for t in traces}) != 1:
         raise CaptureError("traces to concatenate must share k and hook names")
+    if len({t.answer_ids is None for t in traces}) != 1:
+        raise CaptureError("traces to concatenate must all hold answers or none")
     width = max(t.prompt_ids.shape[1] for t in traces)
     cat = lambda ts, dim=1, v=-1: torch.cat([_pad_to(x, width, dim, v) for x in ts])  # noqa: E731
     cache = {}
@@ -299,29 +334,52 @@ def concat_traces(traces: Sequence[ThoughtTrace]) -> ThoughtTrace:
         question_len=torch.cat([t.question_len for t in traces]), positions=torch.cat([t.positions for t in traces]),
         fact=cat([t.fact for t in traces]), node=cat([t.node for t in traces]),
         thoughts=torch.cat([t.thoughts for t in traces]), logits=torch.cat([t.logits for t in traces]), cache=cache,
+        answer_ids=None if traces[0].answer_ids is None else
+        torch.cat([_pad_to(t.answer_ids, max(x.answer_ids.shape[1] for x in traces), 1, -1) for t in traces]),
     )
+
+
+def _capture_window(
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], first_index: int, bar: tqdm, batch_size: int, **kw,
+) -> ThoughtTrace:
+    """Capture items in batches of similar length (less padding), returned in their own order."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i].question))
+    traces = []
+    for j in range(0, len(order), batch_size):
+        rows = order[j : j + batch_size]
+        traces.append(capture_batch(model, tokenizer, [items[i] for i in rows], indices=[first_index + i for i in rows],
+                                    **kw))
+        bar.update(len(rows))
+    trace = concat_traces(traces)
+    return trace.select(torch.argsort(torch.tensor(order)))
 
 
 def capture(
     model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int | None = None,
     names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, batch_size: int = 32,
-    progress: bool = True,
+    progress: bool = True, max_new_tokens: int = 0,
 ) -> ThoughtTrace:
     """Capture a (small) data set in memory; use capture_to_disk for a large one."""
-    traces = [capture_batch(model, tokenizer, items[i : i + batch_size], k, names, dtype, range(i, min(i + batch_size, len(items))))
-              for i in tqdm(range(0, len(items), batch_size), desc="capture", unit="batch", disable=not progress)]
-    return concat_traces(traces)
+    if not items:
+        raise CaptureError("capture needs at least one item")
+    with tqdm(total=len(items), desc="capture", unit="item", disable=not progress) as bar:
+        return _capture_window(model, tokenizer, items, 0, bar, batch_size, k=k, names=names, dtype=dtype,
+                               max_new_tokens=max_new_tokens)
 
 
 def capture_to_disk(
     model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], out: str | Path, k: int | None = None,
     names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, batch_size: int = 32,
     shard_size: int = 256, source: dict | None = None, progress: bool = True, first_index: int = 0,
+    max_new_tokens: int = 0,
 ) -> "TraceStore":
-    """Stream a data set's traces to safetensors shards plus a JSON manifest; memory stays one shard's worth.
+    """Stream a data set's traces to safetensors shards of shard_size items plus a JSON manifest.
+
+    Memory stays one shard's worth; within a shard, items are batched by length and stored in order.
 
     Written into a temporary directory that is renamed into place, so a failed run leaves nothing.
     first_index: the data-set index of items[0] (a part of a larger data set, as one rank captures).
+    max_new_tokens > 0 also stores each item's greedy answer (trace.answer_ids), decoded in the same pass.
     """
     out = Path(out)
     if out.exists():
@@ -331,33 +389,20 @@ def capture_to_disk(
     arch = architecture(model)
     names = list(hook_names(arch.n_layers) if names is None else names)
     k = model.config.default_thoughts if k is None else k
-    shards, pending, n_pending = [], [], 0
+    shards = []
     bar = tqdm(total=len(items), desc="capture", unit="item", disable=not progress)
-
-    def flush(tmp: Path) -> None:
-        nonlocal pending, n_pending
-        tr = concat_traces(pending)
-        file = f"shard-{len(shards):05d}.safetensors"
-        save_file(tr.to_tensors(), str(tmp / file), metadata={"k": str(tr.k)})
-        shards.append({"file": file, "n": len(tr), "first": int(tr.indices[0])})
-        pending, n_pending = [], 0
-
     try:
         with atomic_directory(out) as tmp:
-            for i in range(0, len(items), batch_size):
-                batch = items[i : i + batch_size]
-                pending.append(capture_batch(model, tokenizer, batch, k, names, dtype,
-                                             range(first_index + i, first_index + i + len(batch))))
-                n_pending += len(batch)
-                bar.update(len(batch))
-                if n_pending >= shard_size:
-                    flush(tmp)
-            if pending:
-                flush(tmp)
+            for i in range(0, len(items), shard_size):
+                tr = _capture_window(model, tokenizer, items[i : i + shard_size], first_index + i, bar, batch_size,
+                                     k=k, names=names, dtype=dtype, max_new_tokens=max_new_tokens)
+                file = f"shard-{len(shards):05d}.safetensors"
+                save_file(tr.to_tensors(), str(tmp / file), metadata={"k": str(tr.k)})
+                shards.append({"file": file, "n": len(tr), "first": int(tr.indices[0])})
             manifest = {
                 "format": TRACE_FORMAT, "k": k, "n_items": len(items), "first_index": first_index, "names": names,
                 "dtype": str(dtype).removeprefix("torch."), "n_layers": arch.n_layers, "d_model": model.d_model,
-                "mode": model.config.mode, "source": source or {}, "shards": shards,
+                "mode": model.config.mode, "max_new_tokens": max_new_tokens, "source": source or {}, "shards": shards,
             }
             atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
     finally:

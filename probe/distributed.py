@@ -48,9 +48,9 @@ def merge_stores(parts: Sequence[Path], out: Path) -> TraceStore:
         raise CaptureError("nothing to merge: no rank captured any item")
     first = stores[0].manifest
     for s in stores[1:]:
-        for key in ("k", "names", "dtype", "n_layers", "d_model", "mode"):
-            if s.manifest[key] != first[key]:
-                raise CaptureError(f"{s.path}: {key} {s.manifest[key]!r} differs from {stores[0].path}'s {first[key]!r}")
+        for key in ("k", "names", "dtype", "n_layers", "d_model", "mode", "max_new_tokens"):
+            if s.manifest.get(key) != first.get(key):
+                raise CaptureError(f"{s.path}: {key} {s.manifest.get(key)!r} differs from {stores[0].path}'s {first.get(key)!r}")
     root = parts[0].parent
     if any(p.parent != root for p in parts):
         raise CaptureError("the rank stores must share one parent directory")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import probe.capture as capture_mod
-from probe.capture import (FINAL, CaptureError, TraceStore, architecture, capture, capture_batch, capture_to_disk,
+from probe.capture import (FINAL, CaptureError, TraceStore, architecture, capture, capture_batch, capture_to_disk, concat_traces,
                            select_hooks)
 from probe.data.layout import prompt_layout
 from probe.data.render import render_prompt, tokenize_item
@@ -73,6 +73,25 @@ def test_a_batch_equals_its_items_alone(tiny_model, word_tokenizer, items):
             torch.testing.assert_close(got, t, atol=1e-5, rtol=0, msg=name)
 
 
+def test_answers_come_from_the_same_pass(tiny_model, word_tokenizer, official_items):
+    from probe.evaluate import evaluate
+
+    items = official_items[:9]  # batched by length, so batches mix data-set positions; returned in order
+    tr = capture(tiny_model, word_tokenizer, items, k=2, batch_size=4, max_new_tokens=6, progress=False)
+    ev = evaluate(tiny_model, word_tokenizer, items, k=2, batch_size=4, max_new_tokens=6, progress=False)
+    assert tr.indices.tolist() == list(range(9))
+    for b, it in enumerate(items):
+        prompt = render_prompt(tokenize_item(it, word_tokenizer, "sentences"), 2, tiny_model.config.stage_spec,
+                               tiny_model.config.special)
+        assert tr.prompt_ids[b, : tr.prompt_len[b]].tolist() == prompt
+    answers = tr.answers()
+    assert [word_tokenizer.decode(a, skip_special_tokens=True) for a in answers] == [r.text for r in ev.items]
+    assert [len(a) for a in answers] == [r.n_generated for r in ev.items] and max(map(len, answers)) <= 6
+    assert tr.predictions(word_tokenizer) == [r.prediction for r in ev.items]
+    with pytest.raises(CaptureError, match="holds no answers"):
+        capture_batch(tiny_model, word_tokenizer, items[:2], k=2).answers()
+
+
 def test_layout_marks_facts_and_names(word_tokenizer, items):
     it = items[0]
     for fmt in ("sentences", "edges"):
@@ -116,13 +135,16 @@ def test_streaming_to_disk_keeps_memory_flat():
 
 def test_store_round_trip_and_errors(tiny_model, word_tokenizer, official_items, tmp_path, monkeypatch):
     items = official_items[:10]
-    mem = capture(tiny_model, word_tokenizer, items, k=2, batch_size=4, progress=False)
-    store = capture_to_disk(tiny_model, word_tokenizer, items, tmp_path / "t", k=2, batch_size=4, shard_size=4,
-                            progress=False)
-    assert len(store) == 10 and store.n_shards == 3 and store.k == 2  # batches of 4, 4, 2
+    # a shard is a capture of its own items (batched by length within it)
+    mem = concat_traces([capture(tiny_model, word_tokenizer, items[i : i + 4], k=2, batch_size=3, max_new_tokens=8,
+                                 progress=False) for i in (0, 4, 8)])
+    store = capture_to_disk(tiny_model, word_tokenizer, items, tmp_path / "t", k=2, batch_size=3, shard_size=4,
+                            max_new_tokens=8, progress=False)
+    assert len(store) == 10 and store.n_shards == 3 and store.k == 2  # shards of 4, 4, 2
+    assert store.manifest["max_new_tokens"] == 8
     back = store.load()
     assert back.indices.tolist() == list(range(10))
-    for name in ("thoughts", "logits", "positions", "fact", "node", "prompt_ids"):
+    for name in ("thoughts", "logits", "positions", "fact", "node", "prompt_ids", "answer_ids"):
         assert torch.equal(getattr(back, name), getattr(mem, name)), name
     for name, t in mem.cache.items():
         assert torch.equal(back[name], t), name

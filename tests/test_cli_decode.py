@@ -12,6 +12,7 @@ from probe.capture import TraceStore
 from probe.cli import app
 from probe.data.graph import ProsQAGraph
 from probe.data.render import render_prompt, tokenize_item
+from probe.evaluate import evaluate
 from probe.model.checkpoint import load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import build_word_tokenizer, special_tokens
@@ -67,12 +68,14 @@ def test_decode_errors(ckpt, official_path, tmp_path):
     assert r.exit_code == 2 and "--layers: expected comma-separated integers" in r.stderr
 
 
-def test_capture_and_tuned_lens_commands(ckpt, official_path, tmp_path):
+def test_capture_and_tuned_lens_commands(ckpt, official_path, official_items, tmp_path):
     r = runner.invoke(app, ["capture", "--ckpt", str(ckpt), "--data", str(official_path), "--out", str(tmp_path / "t"),
                             "--limit", "10", "--hooks", "*hook_resid_post", "--batch-size", "4", "--shard-size", "4"])
     assert r.exit_code == 0, r.output
     store = TraceStore(tmp_path / "t")
     assert len(store) == 10 and store.n_shards == 3 and store.names == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    right = sum(r.correct for r in evaluate(*load_checkpoint(ckpt), official_items[:10], progress=False).items)
+    assert f"answers (greedy, up to 128 tokens): {right}/10 correct" in r.stdout  # as probe eval scores them
     assert store.manifest["source"]["data"] == str(official_path)
     lens = tmp_path / "lens.safetensors"
     r = runner.invoke(app, ["tuned-lens", "--ckpt", str(ckpt), "--out", str(lens), "--n", "40", "--epochs", "5"])

@@ -87,6 +87,9 @@ def capture_cmd(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     shard_size: int = typer.Option(256, "--shard-size", min=1, help="Items per shard file."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=0,
+                                       help="Also store each item's greedy answer, up to N tokens, from the same pass "
+                                            "(0: thoughts only)."),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
@@ -107,7 +110,7 @@ def capture_cmd(
         model, tok = _load(ckpt, base, device, dtype)
         names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
         kw = dict(k=k, names=names, dtype=_dtype(store_dtype), batch_size=batch_size, shard_size=shard_size,
-                  source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)})
+                  max_new_tokens=max_new_tokens, source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)})
         store = capture_distributed(model, tok, items, out, **kw) if size > 1 else \
             capture_to_disk(model, tok, items, out, **kw)
     except InputError as e:
@@ -117,6 +120,12 @@ def capture_cmd(
     size_mb = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file()) / 2**20
     typer.echo(f"wrote {len(store)} items, k={store.k}, {len(store.names)} hooks, {store.n_shards} shard(s), "
                f"{size_mb:.1f} MB to {store.path}")
+    if max_new_tokens:
+        first = store.manifest.get("first_index", 0)
+        right = sum(pred == items[int(i) - first].answer.replace(",", "").strip()
+                    for tr in (store.shard(s, names=[]) for s in range(store.n_shards))
+                    for i, pred in zip(tr.indices, tr.predictions(tok)))
+        typer.echo(f"answers (greedy, up to {max_new_tokens} tokens): {right}/{len(store)} correct")
 
 
 @app.command("analyze")

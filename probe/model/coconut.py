@@ -282,20 +282,28 @@ class CoconutModel(nn.Module):
         ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         out = self.forward(ids, mask, edit=edit)
-        cache, positions = out.past_key_values, position_ids_from_mask(mask)[:, -1]
+        tokens = self.continue_greedy(out, mask, max_new_tokens)
+        return Generation(tokens, out.thoughts, out.n_thoughts, out.logits[:, -1])
+
+    @torch.no_grad()
+    def continue_greedy(self, out: CoconutOutput, attention_mask: Tensor, max_new_tokens: int) -> list[list[int]]:
+        """Greedy new tokens after a forward pass over left-padded prompts (its KV cache is extended in place)."""
+        cache, mask = out.past_key_values, attention_mask
+        positions = position_ids_from_mask(mask)[:, -1]
         logits = out.logits[:, -1]
-        tokens: list[list[int]] = [[] for _ in prompts]
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        tokens: list[list[int]] = [[] for _ in range(len(mask))]
+        done = torch.zeros(len(mask), dtype=torch.bool, device=mask.device)
         for step in range(max_new_tokens):
             nxt = logits.argmax(-1)
             if step > 0:
                 done |= nxt == self.config.eos_id
+            new = nxt.tolist()  # one device sync per step
             for i in torch.nonzero(~done).flatten().tolist():
-                tokens[i].append(int(nxt[i]))
+                tokens[i].append(new[i])
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions + 1
             h = self._run(self.embed(nxt[:, None]), mask, positions[:, None], cache)
             logits = self.unembed(h[:, -1])
-        return Generation(tokens, out.thoughts, out.n_thoughts, out.logits[:, -1])
+        return tokens
