@@ -1,7 +1,7 @@
 """Capture throughput and hook overhead, measured side by side in one run.
 
     python benchmarks/capture_throughput.py [--ckpt checkpoints/prosqa-coconut] [--n 64] [--batch 32]
-                                            [--size default|gpt2-124m] [--device cpu] [--threads 2]
+                                            [--size default|gpt2-124m] [--device cpu] [--threads 2] [--repeat 2]
 
 1. `probe capture` (batched, KV-cached, hooks on every layer) against a batch-1 reference loop written
    the way the official implementation runs: one item at a time, a forward pass per latent over the KV
@@ -63,24 +63,15 @@ def official_style(model, tok, item, k: int, max_new_tokens: int) -> tuple[list[
     return thoughts, answer
 
 
-def random_gpt2_124m(tok):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from probe.model.coconut import CoconutConfig, CoconutModel
-    from probe.model.tokenizer import special_tokens
-
-    torch.manual_seed(0)
-    base = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=len(tok), n_positions=1024,
-                                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)).eval()
-    return CoconutModel(base, CoconutConfig.from_special(special_tokens(tok), data_format="edges"))
-
-
-def timed(fn, repeat: int = 1) -> float:
-    best = float("inf")
+def side_by_side(fns: dict, repeat: int) -> dict:
+    """Best seconds of each function over `repeat` rounds, the functions taking turns within each round
+    (so that a slow spell of a shared machine falls on all of them, not on one)."""
+    best = {name: float("inf") for name in fns}
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
@@ -93,16 +84,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=2, help="Rounds; each measurement is the best of its rounds.")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
     from probe.capture import FINAL, architecture, capture, hook_names
     from probe.data.prosqa import load_items
     from probe.model.checkpoint import load_checkpoint
+    from sizes import random_model
 
     model, tok = load_checkpoint(a.ckpt, device=a.device)
     if a.size == "gpt2-124m":
-        model = random_gpt2_124m(tok).to(a.device)
+        model = random_model("gpt2-124m", tok, model.config).to(a.device)
     model.eval()
     items = load_items(DATA)[: a.n]
     k = model.config.default_thoughts
@@ -113,9 +106,12 @@ def main() -> None:
         capture(model, tok, items, k=k, names=resid, batch_size=a.batch, max_new_tokens=a.max_new_tokens,
                 progress=False)
 
-    def reference():
+    def reference(max_new_tokens: int = a.max_new_tokens):
         for it in items:
-            official_style(model, tok, it, k, a.max_new_tokens)
+            official_style(model, tok, it, k, max_new_tokens)
+
+    def ours_thoughts_only():
+        capture(model, tok, items, k=k, names=resid, batch_size=a.batch, progress=False)
 
     def all_hooks():
         capture(model, tok, items, k=k, names=hook_names(n_layers), batch_size=a.batch, progress=False)
@@ -134,10 +130,11 @@ def main() -> None:
         ours_ = torch.stack([tr[n][b, :k].float() for n in resid[:-2] + resid[-1:]], dim=1)
         gap = max(gap, float((ref[:, 1:] - ours_).abs().max()))
         same += got == answer
-    t_ref = timed(reference)
-    t_ours = timed(ours, 2)
-    t_all = timed(all_hooks, 2)
-    t_none = timed(no_hooks, 2)
+    t = side_by_side({"ref": reference, "ours": ours, "ref_latent": lambda: reference(0),
+                      "ours_latent": ours_thoughts_only}, a.repeat)
+    t_ref, t_ours, t_ref_latent, t_ours_latent = t["ref"], t["ours"], t["ref_latent"], t["ours_latent"]
+    t = side_by_side({"all": all_hooks, "none": no_hooks}, 3 * a.repeat)
+    t_all, t_none = t["all"], t["none"]
     n = len(items)
     print(f"reference check on {len(check)} items: hidden states within {gap:.1e} of the capture, "
           f"answers (token for token) agree on {same}/{len(check)}")
@@ -145,6 +142,11 @@ def main() -> None:
           f"k={k}, batch {a.batch}, answers up to {a.max_new_tokens} tokens")
     print(f"1. capture of every layer's residual + answer: probe capture {n / t_ours:8.1f} items/s | "
           f"official-style batch-1 loop {n / t_ref:8.1f} items/s | ratio {t_ref / t_ours:6.1f}x (goal >= 20x)")
+    ms = lambda t: 1000 * t / n  # noqa: E731
+    print(f"   without answers: probe capture {ms(t_ours_latent):.2f} ms/item | batch-1 loop {ms(t_ref_latent):.2f} "
+          f"ms/item | ratio {t_ref_latent / t_ours_latent:.1f}x; the batch-1 loop's answers (whole sequence per "
+          f"token) add {ms(t_ref - t_ref_latent):.2f} ms/item, probe capture's (KV cache, batched) "
+          f"{ms(max(t_ours - t_ours_latent, 0)):.2f}")
     print(f"2. hook overhead: every hook ({len(hook_names(n_layers))}) {n / t_all:8.1f} items/s | no hooks "
           f"{n / t_none:8.1f} items/s | ratio {t_all / t_none:5.2f}x (goal <= 1.2x)")
 
