@@ -125,7 +125,8 @@ def capture_cmd(
         right = sum(pred == items[int(i) - first].answer.replace(",", "").strip()
                     for tr in (store.shard(s, names=[]) for s in range(store.n_shards))
                     for i, pred in zip(tr.indices, tr.predictions(tok)))
-        typer.echo(f"answers (greedy, up to {max_new_tokens} tokens): {right}/{len(store)} correct")
+        given = "" if model.config.stage_spec.markers or not store.k else f", after the first {store.k} gold steps"
+        typer.echo(f"answers (greedy, up to {max_new_tokens} tokens{given}): {right}/{len(store)} correct")
 
 
 @app.command("analyze")
