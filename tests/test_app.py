@@ -226,7 +226,7 @@ def test_an_official_checkpoint_with_its_base_directory(app, tmp_path):
     base_dir, ckpt, _ = official_fixture(tmp_path, "gpt2")
     app.selectbox(key="ckpt").set_value("another path...").run()
     app.text_input(key="ckpt_path").input(str(ckpt)).run()
-    assert not app.exception and "an official checkpoint file needs --base DIR" in app.error[0].value  # no base yet
+    assert not app.exception and "an official checkpoint file needs its base model directory" in app.error[0].value  # no base yet
     app.text_input(key="base").input(str(base_dir)).run()
     assert not app.exception and not app.error
     assert app.markdown[1].value.startswith("after 6 thoughts the model answers")  # a random model: any answer

@@ -140,7 +140,7 @@ def test_official_checkpoint_key_errors_list_every_key(tmp_path):
 
 def test_official_checkpoint_errors(tmp_path):
     base_dir, ckpt, _ = official_fixture(tmp_path, "gpt2")
-    with pytest.raises(CheckpointError, match=r"needs --base DIR"):
+    with pytest.raises(CheckpointError, match=r"needs its base model directory \(--base DIR\)"):
         load_checkpoint(ckpt)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a torch file")

@@ -93,12 +93,14 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
         if base is not None:
-            raise CheckpointError(f"{path}: --base is only for official checkpoint files, this is a directory")
+            raise CheckpointError(f"{path}: a base model directory (--base) is only for official checkpoint files; "
+                                  "this is one of ours (a directory)")
         model, tok = _load_ours(path)
     else:
         if base is None:
             raise CheckpointError(
-                f"{path}: an official checkpoint file needs --base DIR, the base model's config and tokenizer"
+                f"{path}: an official checkpoint file needs its base model directory (--base DIR), "
+                "with the base model's config and tokenizer"
             )
         model, tok = load_official(path, base, **official)
     model.base.eval()
