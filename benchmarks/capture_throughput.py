@@ -2,6 +2,7 @@
 
     python benchmarks/capture_throughput.py [--ckpt checkpoints/prosqa-coconut] [--n 64] [--batch 32]
                                             [--size default|gpt2-124m] [--device cpu] [--threads 2] [--repeat 2]
+                                            [--vocab 50257]
 
 1. `probe capture` (batched, KV-cached, hooks on every layer) against a batch-1 reference loop written
    the way the official implementation runs: one item at a time, a forward pass per latent over the KV
@@ -12,7 +13,8 @@
    Goal: <= 1.2x.
 
 --size gpt2-124m replaces the checkpoint by a random GPT-2 of GPT-2-small's shape (12 x 768) with the
-default model's tokenizer. Prints items/s of each and the ratios.
+default model's tokenizer (--vocab 50257: with GPT-2's 50257-row embedding and unembedding).
+Prints items/s of each and the ratios.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--vocab", type=int, default=None, help="With --size gpt2-124m: vocabulary rows (50257: GPT-2's).")
     ap.add_argument("--repeat", type=int, default=2, help="Rounds; each measurement is the best of its rounds.")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -95,7 +98,7 @@ def main() -> None:
 
     model, tok = load_checkpoint(a.ckpt, device=a.device)
     if a.size == "gpt2-124m":
-        model = random_model("gpt2-124m", tok, model.config).to(a.device)
+        model = random_model("gpt2-124m", tok, model.config, a.vocab).to(a.device)
     model.eval()
     items = load_items(DATA)[: a.n]
     k = model.config.default_thoughts

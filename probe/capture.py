@@ -272,7 +272,7 @@ def capture_batch(
     recorded = names if markers or FINAL in names else [*names, FINAL]  # a CoT "thought" is read from FINAL
     with _eager_attention(model, any(n.endswith("hook_pattern") for n in names)):
         with _Recorder(arch, recorded, wanted, width, dtype) as rec:
-            out = model(ids, mask)
+            out = model(ids, mask, logits_at=wanted)  # the last wanted column is the last column
     answer_ids = None
     if max_new_tokens > 0:
         answers = model.continue_greedy(out, mask, max_new_tokens)
@@ -280,8 +280,7 @@ def capture_batch(
         for b, a in enumerate(answers):
             answer_ids[b, : len(a)] = torch.tensor(a, dtype=torch.long)
     thoughts = out.thoughts[:, :k] if markers else rec.out[FINAL][:, :k]
-    rows = torch.arange(len(items), device=device)[:, None]
-    logits = out.logits[rows, wanted].to(dtype)
+    logits = out.logits.to(dtype)
     cache = {n: rec.out[n] for n in names}
     for n in names:  # pattern keys: padded columns -> prompt positions
         if n.endswith("hook_pattern"):
@@ -504,12 +503,14 @@ def node_values(
         ids = torch.tensor([[cfg.pad_id] * (width - len(s[2])) + s[2] for s in chunk], device=model.device)
         mask = torch.tensor([[0] * (width - len(s[2])) + [1] * len(s[2]) for s in chunk], device=model.device)
         rows_edit = None if edit is None else edit.rows([s[0] for s in chunk])
-        logp = model(ids, mask, edit=rows_edit).logits.float().log_softmax(-1).cpu()
+        tail = max([1] + [len(s[3]) - 1 for s in chunk if s[3] is not None])  # columns any read needs
+        logp = model(ids, mask, edit=rows_edit, logits_at=torch.arange(width - tail, width)).logits
+        logp = logp.float().log_softmax(-1).cpu()  # [chunk, tail, vocab]: the last `tail` columns
         for row, (b, v, _, name) in enumerate(chunk):
             if v < 0:  # the first piece of every name, read at the prompt's last position
                 out[b, : items[b].n_nodes] += logp[row, -1, first[b]]
             else:  # the later pieces of one name: piece j (j >= 1) is predicted at width - len(name) + j
-                pos = torch.arange(width - len(name) + 1, width)
+                pos = torch.arange(tail - len(name) + 1, tail)
                 out[b, v] += logp[row, pos, torch.tensor(name[1:])].sum()
     return out.exp()
 

@@ -271,7 +271,7 @@ def _residuals_at(model: CoconutModel, prompts: list[list[int]], positions: Tens
     handle = architecture(model).layers[layer].register_forward_hook(
         lambda m, a, out: got.__setitem__("h", out[0] if isinstance(out, tuple) else out))
     try:
-        model(ids, mask)
+        model(ids, mask, logits_at=torch.tensor([width - 1]))  # the logits are not needed
     finally:
         handle.remove()
     h = got["h"].float().cpu()

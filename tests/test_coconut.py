@@ -126,6 +126,24 @@ def test_edited_thoughts_equal_the_naive_reference_fed_the_same_edits(tiny_model
 
 
 @torch.no_grad()
+def test_logits_at_some_columns_are_those_of_the_full_pass(tiny_model, sequences):
+    sp = tiny_model.config.special
+    batch = collate(sequences, sp.pad_id, sp.latent_id)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    full = tiny_model(ids, mask)
+    width = ids.shape[1]
+    cols = torch.tensor([[0, 5, width - 1], [width - 1, 3, 3], [1, 2, 4], [width - 2, 0, width - 1]])
+    some = tiny_model(ids, mask, logits_at=cols)  # per row
+    assert some.logits.shape == (4, 3, full.logits.shape[-1])
+    torch.testing.assert_close(some.logits, full.logits[torch.arange(4)[:, None], cols], atol=TOL, rtol=0)
+    last = tiny_model(ids, mask, logits_at=torch.tensor([width - 1]))  # one set of columns for every row
+    torch.testing.assert_close(last.logits[:, 0], full.logits[:, -1], atol=TOL, rtol=0)
+    torch.testing.assert_close(last.thoughts, full.thoughts)
+    with pytest.raises(ValueError, match="the loss needs every position's logits"):
+        tiny_model(**batch, logits_at=cols)
+
+
+@torch.no_grad()
 def test_loss_is_mean_cross_entropy_on_labelled_tokens(tiny_model, sequences):
     sp = tiny_model.config.special
     batch = collate(sequences[:2], sp.pad_id, sp.latent_id)

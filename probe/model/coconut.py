@@ -106,7 +106,7 @@ class ThoughtEdit:
 class CoconutOutput:
     """A forward pass: logits at every position and the thoughts fed back."""
 
-    logits: Tensor  # [batch, seq, vocab]
+    logits: Tensor  # [batch, seq, vocab], or [batch, n, vocab] at the columns asked for (logits_at)
     thoughts: Tensor  # [batch, max_thoughts, d_model], zero past each row's n_thoughts
     n_thoughts: Tensor  # [batch]
     loss: Tensor | None = None
@@ -211,8 +211,15 @@ class CoconutModel(nn.Module):
         position_ids: Tensor | None = None,
         labels: Tensor | None = None,
         edit: ThoughtEdit | None = None,
+        logits_at: Tensor | None = None,
     ) -> CoconutOutput:
-        """Run [batch, seq] sequences, feeding each thought back (edited, if asked) at its <|latent|> position."""
+        """Run [batch, seq] sequences, feeding each thought back (edited, if asked) at its <|latent|> position.
+
+        logits_at ([batch, n] or [n] column indices) unembeds only those columns: with a real vocabulary,
+        every position's logits would cost more memory than the rest of the pass.
+        """
+        if logits_at is not None and labels is not None:
+            raise ValueError("logits_at cannot be combined with labels: the loss needs every position's logits")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
@@ -258,6 +265,9 @@ class CoconutModel(nn.Module):
             rows, cols = torch.nonzero(is_latent, as_tuple=True)
             slot = slot_of[rows, cols]
             thoughts = thoughts.index_put((rows, slot), h[rows, cols - 1])
+        if logits_at is not None:
+            logits_at = logits_at.to(h.device)
+            h = h[:, logits_at] if logits_at.dim() == 1 else h[torch.arange(batch, device=h.device)[:, None], logits_at]
         logits = self.unembed(h)
         loss = None
         if labels is not None:
@@ -281,13 +291,16 @@ class CoconutModel(nn.Module):
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        out = self.forward(ids, mask, edit=edit)
+        out = self.forward(ids, mask, edit=edit, logits_at=torch.tensor([width - 1], device=device))
         tokens = self.continue_greedy(out, mask, max_new_tokens)
         return Generation(tokens, out.thoughts, out.n_thoughts, out.logits[:, -1])
 
     @torch.no_grad()
     def continue_greedy(self, out: CoconutOutput, attention_mask: Tensor, max_new_tokens: int) -> list[list[int]]:
-        """Greedy new tokens after a forward pass over left-padded prompts (its KV cache is extended in place)."""
+        """Greedy new tokens after a forward pass over left-padded prompts (its KV cache is extended in place).
+
+        out.logits[:, -1] must be the last column's logits (forward with logits_at ending there does).
+        """
         cache, mask = out.past_key_values, attention_mask
         positions = position_ids_from_mask(mask)[:, -1]
         logits = out.logits[:, -1]
