@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from probe.data.layout import NONE, name_pieces, prompt_layout
 from probe.data.prosqa import ProsQAItem, atomic_directory, atomic_write_text
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
-from probe.evaluate import extract_answer
+from probe.evaluate import prediction
 from probe.model.architecture import Architecture, find_architecture
 from probe.model.coconut import CoconutModel, ThoughtEdit
 
@@ -123,7 +123,7 @@ class ThoughtTrace:
     def predictions(self, tokenizer) -> list[str]:
         """Each item's prediction by the official rule (prompt and answer decoded together, text after '#')."""
         prompts = [[t for t in row if t >= 0] for row in self.prompt_ids.tolist()]
-        return [extract_answer(tokenizer.decode(p + a, skip_special_tokens=True)) for p, a in zip(prompts, self.answers())]
+        return [prediction(tokenizer, p, a) for p, a in zip(prompts, self.answers())]
 
     def select(self, rows: Tensor | Sequence[int]) -> "ThoughtTrace":
         """The trace of some of its items, in the given order."""
@@ -276,9 +276,8 @@ def capture_batch(
     answer_ids = None
     if max_new_tokens > 0:
         answers = model.continue_greedy(out, mask, max_new_tokens)
-        answer_ids = torch.full((len(items), max(map(len, answers))), -1, dtype=torch.long)
-        for b, a in enumerate(answers):
-            answer_ids[b, : len(a)] = torch.tensor(a, dtype=torch.long)
+        n = max(map(len, answers))
+        answer_ids = torch.tensor([a + [-1] * (n - len(a)) for a in answers], dtype=torch.long)
     thoughts = out.thoughts[:, :k] if markers else rec.out[FINAL][:, :k]
     logits = out.logits.to(dtype)
     cache = {n: rec.out[n] for n in names}

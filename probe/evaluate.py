@@ -21,6 +21,16 @@ def extract_answer(text: str) -> str:
     return text.split("#")[-1].replace(",", "").strip()
 
 
+def prediction(tokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:
+    """The official prediction of a continuation: prompt and new tokens decoded together, then extract_answer."""
+    return extract_answer(tokenizer.decode(list(prompt) + list(new), skip_special_tokens=True))
+
+
+def is_correct(pred: str, item: ProsQAItem) -> bool:
+    """Whether a prediction is the item's answer by the official rule (commas removed, stripped)."""
+    return pred == item.answer.replace(",", "").strip()
+
+
 @dataclass(frozen=True)
 class ItemResult:
     index: int
@@ -103,11 +113,9 @@ def evaluate(
         gen = model.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens,
                              edit=None if edit is None else edit.rows(batch))
         for row, (i, new) in enumerate(zip(batch, gen.tokens)):
-            # The official rule decodes prompt and continuation together.
-            full = tokenizer.decode(prompts[i] + new, skip_special_tokens=True)
-            pred = extract_answer(full)
+            pred = prediction(tokenizer, prompts[i], new)
             results[i] = ItemResult(
-                index=i, prediction=pred, correct=pred == items[i].answer.replace(",", "").strip(),
+                index=i, prediction=pred, correct=is_correct(pred, items[i]),
                 n_thoughts=ks[i], n_generated=len(new), text=tokenizer.decode(new, skip_special_tokens=True),
                 thoughts=gen.thoughts[row, : ks[i]].float().cpu(),
             )

@@ -101,6 +101,7 @@ def capture_cmd(
     from probe.capture import architecture, capture_to_disk, select_hooks
     from probe.data.prosqa import load_items
     from probe.distributed import capture_distributed, world
+    from probe.evaluate import is_correct
 
     rank, size, local = world()
     if size > 1 and device == "cuda":
@@ -122,7 +123,7 @@ def capture_cmd(
                f"{size_mb:.1f} MB to {store.path}")
     if max_new_tokens:
         first = store.manifest.get("first_index", 0)
-        right = sum(pred == items[int(i) - first].answer.replace(",", "").strip()
+        right = sum(is_correct(pred, items[int(i) - first])
                     for tr in (store.shard(s, names=[]) for s in range(store.n_shards))
                     for i, pred in zip(tr.indices, tr.predictions(tok)))
         given = "" if model.config.stage_spec.markers or not store.k else f", after the first {store.k} gold steps"
