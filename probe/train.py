@@ -1,9 +1,17 @@
-"""The multi-stage curriculum (Coconut, Hao et al. 2024): stage s replaces the first s steps by thoughts.
+"""Training: the multi-stage curriculum of Coconut (Hao et al. 2024) under either supervision.
 
-One YAML file configures a run; the same loop trains the paper's baselines (mode cot,
-no_cot, pause_as_thought, no_thoughts). A checkpoint is written after every epoch with the
-optimizer state; `resume` continues from the latest one exactly (each epoch's data order
-and dropout are seeded from (seed, epoch)).
+One YAML file configures a run; the same loop trains the paper's baselines (mode cot, no_cot,
+pause_as_thought, no_thoughts) and, with `supervision: optimal`, the recipe of "Reasoning by
+Superposition" (Zhu, Hao et al. 2025; probe.data.supervision). `train()` sets up (a new run, or
+the `RunState` of its latest checkpoint), then runs the stream of batches epoch by epoch,
+recording (and evaluating) and saving where due. Batch b of epoch e and its dropout are seeded
+from (seed, e, b), so a run resumed from any checkpoint continues exactly.
+
+On a GPU: bfloat16 autocast (`precision`), data prepared by CPU workers ahead of the model
+(`num_workers`), the thought loop batched over rows (CoconutModel.forward), logits computed only at
+supervised positions, evaluation every N steps, checkpoints inside the run, and a wall-clock
+budget (`max_minutes`) that first times each stage's batches and the evaluation, then sizes the
+epochs so that the whole curriculum, its learning-rate schedule and a final evaluated checkpoint fit.
 """
 
 from __future__ import annotations
@@ -11,26 +19,30 @@ from __future__ import annotations
 import json
 import math
 import platform
-import random
-import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES, generate_items
+from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
 from probe.data.prosqa import ProsQAItem, atomic_write_text, load_items
-from probe.data.render import DATA_FORMATS, IGNORE_INDEX, MODES, Rendered, StageSpec, render_stage, tokenize_item
+from probe.data.render import DATA_FORMATS, MODES, StageSpec
+from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_pool
+from probe.data.supervision import SUPERVISIONS, THOUGHT_LOSSES
 from probe.evaluate import evaluate
-from probe.model.checkpoint import load_checkpoint, save_checkpoint
-from probe.model.coconut import CoconutConfig, CoconutModel, position_ids_from_mask
+from probe.model.checkpoint import load_checkpoint
+from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import add_latent_tokens, build_word_tokenizer, load_tokenizer
+from probe.run_state import Plan, RunState, latest_checkpoint, load_optimizer, prune
+
+PRECISIONS = ("float32", "bfloat16")
+BUDGET_MARGIN = 0.05  # of max_minutes, left unplanned for what calibration cannot see
 
 
 class ConfigError(ValueError):
@@ -50,11 +62,18 @@ class TrainConfig:
     base: str | None = None
     model: dict[str, Any] = field(default_factory=lambda: {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4})
     tokenizer: str = "word"  # 'word' (one token per name) or a tokenizer directory
-    data_format: str = "sentences"
-    # Data: a file in the official format, or generated items (fresh every epoch if asked).
+    data_format: str = "sentences"  # sentences | edges | graph (probe.data.render)
+    # What the loss reads (probe.data.supervision): language steps (Coconut), or each thought read
+    # through the unembedding toward its optimal nodes (Reasoning by Superposition).
+    supervision: str = "language"  # language | optimal
+    thought_loss: str = "all"  # with optimal: every thought up to the stage (all), or only the newest
+    # Data: a file in the official format, or a pool of train_size generated items (generated anew
+    # every epoch if asked); an epoch is epoch_items views of the pool (default: one pass), each
+    # with its facts and options reshuffled.
     train_data: str | None = None
     train_size: int = 20000
     fresh_data_every_epoch: bool = False
+    epoch_items: int | None = None
     val_data: str | None = None
     val_size: int | None = None
     # Curriculum (the official names).
@@ -76,12 +95,20 @@ class TrainConfig:
     max_grad_norm: float | None = None
     seed: int = 0
     eval_every_epochs: int = 1
+    eval_every_steps: int | None = None  # also evaluate (and record) every N optimizer steps
+    save_every_steps: int | None = None  # also checkpoint every N optimizer steps (epoch ends always save)
     eval_batch_size: int = 64
     keep_checkpoints: int = 2
+    # Speed: bfloat16 autocast on CUDA (weights and optimizer stay float32), data prepared by
+    # num_workers processes ahead of the model, and a wall-clock budget in minutes that fits
+    # epoch_items (so the curriculum and the learning-rate schedule) to the time.
+    precision: str = "float32"  # float32 | bfloat16
+    num_workers: int = 0
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         # YAML reads '1e-4' as a string; accept it as the official configs write it.
-        for name in ("lr", "weight_decay", "uniform_prob", "max_grad_norm"):
+        for name in ("lr", "weight_decay", "uniform_prob", "max_grad_norm", "max_minutes"):
             v = getattr(self, name)
             if isinstance(v, str):
                 try:
@@ -103,6 +130,24 @@ class TrainConfig:
             raise ConfigError("load_model_path and base both name a starting model; keep one")
         if not 0 <= self.uniform_prob <= 1:
             raise ConfigError(f"uniform_prob must be in [0, 1], got {self.uniform_prob}")
+        choices = {"supervision": SUPERVISIONS, "thought_loss": THOUGHT_LOSSES, "precision": PRECISIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}: unknown {getattr(self, name)!r}; expected one of {allowed}")
+        if self.supervision == "optimal" and self.mode == "cot":
+            raise ConfigError("mode cot trains language steps; it needs supervision: language")
+        for name in ("train_size", "epoch_items", "eval_every_steps", "save_every_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if self.max_minutes is not None and self.fresh_data_every_epoch:
+            raise ConfigError("max_minutes fits epoch_items to the budget, and fresh_data_every_epoch fixes it at "
+                              "train_size; use a fixed pool (fresh_data_every_epoch: false)")
+        if self.fresh_data_every_epoch and self.epoch_items not in (None, self.train_size):
+            raise ConfigError("with fresh_data_every_epoch an epoch is its pool: leave epoch_items unset")
 
     @property
     def run_dir(self) -> Path:
@@ -116,8 +161,13 @@ class TrainConfig:
         """The curriculum stage of an epoch (always 0 for cot and no_cot)."""
         return 0 if self.mode in ("cot", "no_cot") else epoch // self.epochs_per_stage
 
+    def resets_optimizer(self, epoch: int) -> bool:
+        """Whether a fresh optimizer starts this epoch (reset_optimizer, at a stage change)."""
+        return self.reset_optimizer and epoch > 0 and self.stage(epoch) != self.stage(epoch - 1)
+
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """A config from a YAML file; overrides (non-None) replace its options (the CLI's flags)."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
@@ -127,6 +177,7 @@ class TrainConfig:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of options")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -137,46 +188,8 @@ class TrainConfig:
             raise ConfigError(f"{path}: {e}") from None
 
 
-# ---------------------------------------------------------------------------- batches
-
-
-def collate(seqs: list[Rendered], pad_id: int, latent_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch so that every row's first latent sits in one column (the official layout).
-
-    Rows are left-padded by the difference in where their first latent falls, then
-    right-padded to one length; padding is masked and gets label IGNORE_INDEX.
-    """
-    first = [s.input_ids.index(latent_id) if latent_id in s.input_ids else None for s in seqs]
-    anchor = max((f for f in first if f is not None), default=0)
-    left = [anchor - f if f is not None else 0 for f in first]
-    width = max(l + len(s.input_ids) for l, s in zip(left, seqs))
-    ids, labels, mask = [], [], []
-    for l, s in zip(left, seqs):
-        r = width - l - len(s.input_ids)
-        ids.append([pad_id] * l + list(s.input_ids) + [pad_id] * r)
-        labels.append([IGNORE_INDEX] * l + list(s.labels) + [IGNORE_INDEX] * r)
-        mask.append([0] * l + [1] * len(s.input_ids) + [0] * r)
-    mask_t = torch.tensor(mask)
-    return {
-        "input_ids": torch.tensor(ids),
-        "attention_mask": mask_t,
-        "position_ids": position_ids_from_mask(mask_t),
-        "labels": torch.tensor(labels),
-    }
-
-
-def epoch_sequences(tokenized, stage: int, cfg: TrainConfig, special, rng: random.Random) -> list[Rendered]:
-    """Every training item rendered at the epoch's stage (or, with uniform_prob, a random one), shuffled."""
-    out = []
-    for tok in tokenized:
-        s = rng.randrange(len(tok.steps) + 1) if rng.random() < cfg.uniform_prob else stage
-        out.append(render_stage(tok, s, cfg.stage_spec, special))
-    rng.shuffle(out)
-    return out
-
-
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Learning rate: linear warmup, then constant or cosine decay to 10%."""
+    """Learning rate at an optimizer step of `total`: linear warmup, then constant or cosine decay to 10%."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
@@ -185,40 +198,43 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-# ---------------------------------------------------------------------------- state on disk
+# ---------------------------------------------------------------------------- the loss and its cost
 
 
-def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
-    sd = opt.state_dict()
-    tensors = {f"{pid}.{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
-    save_file(tensors, str(path / "optimizer.safetensors"))
-    (path / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"]}))
+def sequence_loss(model: CoconutModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over a batch's supervised units (collate's target_pos [batch, n] and target_ids [batch, n, set])
+    of the mean negative log-probability of the unit's tokens; logits are computed at those columns only.
+
+    For language labels (sets of one) this is the usual next-token cross-entropy over labelled tokens.
+    """
+    pos, ids = batch["target_pos"], batch["target_ids"]
+    out = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], logits_at=pos.clamp(min=0))
+    logp = out.logits.float().log_softmax(-1)  # [batch, n, vocab]
+    have = ids >= 0
+    nll = -(logp.gather(-1, ids.clamp(min=0)) * have).sum(-1) / have.sum(-1).clamp(min=1)  # [batch, n]
+    valid = pos >= 0
+    return (nll * valid).sum() / valid.sum()
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    groups = json.loads((path / "optimizer.json").read_text())["param_groups"]
-    opt.load_state_dict({"state": state, "param_groups": groups})
+def flops_per_token(model: CoconutModel, context: float) -> float:
+    """Training FLOPs per token (forward and backward): 6 N + 12 L d T, with N the non-embedding
+    parameters, L layers, d the width and T the context (PaLM, Chowdhery et al. 2022, appendix B)."""
+    embeds = {id(model.base.get_input_embeddings().weight)}
+    embeds |= {id(p) for n, p in model.base.named_parameters() if "wpe" in n or "position" in n}
+    n = sum(p.numel() for p in model.base.parameters() if id(p) not in embeds)
+    layers = getattr(model.base.config, "n_layer", None) or model.base.config.num_hidden_layers
+    return 6 * n + 12 * layers * model.d_model * context
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest epoch checkpoint of a run, if any."""
-    done = sorted(p for p in run_dir.glob("epoch-*") if (p / "trainer_state.json").is_file())
-    return done[-1] if done else None
+def _autocast(cfg: TrainConfig, device: str):
+    if cfg.precision == "bfloat16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
-# ---------------------------------------------------------------------------- setup
-
-
-def _load_data(cfg: TrainConfig, epoch: int) -> list[ProsQAItem]:
-    if cfg.train_data:
-        return load_items(cfg.train_data, limit=cfg.train_size)
-    seed = cfg.seed * 1_000_003 + (epoch if cfg.fresh_data_every_epoch else 0)
-    return generate_items(cfg.train_size, seed=seed)
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel, Any]:
@@ -229,6 +245,7 @@ def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel,
         model.config = replace(
             model.config, mode=cfg.mode, c_thought=0 if cfg.mode == "no_thoughts" else cfg.c_thought,
             max_latent_stage=cfg.max_latent_stage, pad_latent_to_max=cfg.pad_latent_to_max, data_format=cfg.data_format,
+            supervision=cfg.supervision,
         )
         return model, tok
     if cfg.tokenizer == "word":
@@ -256,103 +273,257 @@ def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel,
     config = CoconutConfig.from_special(
         special, mode=cfg.mode, c_thought=0 if cfg.mode == "no_thoughts" else cfg.c_thought,
         max_latent_stage=cfg.max_latent_stage, pad_latent_to_max=cfg.pad_latent_to_max, data_format=cfg.data_format,
+        supervision=cfg.supervision,
     )
     return CoconutModel(base, config), tok
 
 
-# ---------------------------------------------------------------------------- the loop
+# ---------------------------------------------------------------------------- setup
 
 
 @dataclass
 class TrainResult:
-    """Where a run ended and what it measured per epoch."""
+    """Where a run ended and what it recorded (one dict per record: epoch ends and eval points)."""
 
     run_dir: Path
     last_checkpoint: Path
     history: list[dict[str, Any]]
 
 
-def train(
-    cfg: TrainConfig, resume: bool = False, device: str = "cpu", progress: bool = True,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainResult:
-    """Run the curriculum; write a checkpoint every epoch; continue from the latest one if resume."""
+@dataclass
+class _Run:
+    """What train() works on."""
+
+    cfg: TrainConfig
+    model: CoconutModel
+    tok: Any
+    state: RunState
+    resumed_from: Path | None
+    val_items: list[ProsQAItem]
+    pool: list[ProsQAItem] | None
+    device: str
+    hardware: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
     run_dir = cfg.run_dir
     val_items = load_items(cfg.val_data, limit=cfg.val_size) if cfg.val_data else []
-    start_epoch, history, global_step, init = cfg.start_epoch, [], 0, None
     last = latest_checkpoint(run_dir) if resume else None
     if resume and last is None:
         raise ConfigError(f"{run_dir}: nothing to resume (no epoch-* checkpoint)")
     if last is not None:
         model, tok = load_checkpoint(last, device=device)
-        state = json.loads((last / "trainer_state.json").read_text())
-        start_epoch, history, global_step = state["epoch"], state["history"], state["global_step"]
-        init = state.get("init")
+        state = RunState.load(last)
     else:
         if run_dir.exists() and any(run_dir.glob("epoch-*")):
             raise ConfigError(f"{run_dir}: holds checkpoints already; pass resume, or choose another out_dir")
         torch.manual_seed(cfg.seed)
-        extra = sorted({s for it in val_items for s in it.idx_to_symbol})
-        model, tok = build_model(cfg, extra)
+        model, tok = build_model(cfg, sorted({s for it in val_items for s in it.idx_to_symbol}))
         model.to(device)
-        if cfg.load_model_path:
-            init = {"path": cfg.load_model_path, **_run_record(Path(cfg.load_model_path))}
+        init = {"path": cfg.load_model_path, **_run_record(Path(cfg.load_model_path))} if cfg.load_model_path else None
+        plan = Plan(cfg.epoch_items or cfg.train_size, cfg.batch_size, cfg.gradient_accumulation_steps,
+                    cfg.num_epochs, cfg.start_epoch)
+        state = RunState(asdict(cfg), plan, epoch=cfg.start_epoch, init=init)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-    special = model.config.special
+    if cfg.train_data:
+        pool = load_items(cfg.train_data, limit=cfg.train_size)
+    elif not cfg.fresh_data_every_epoch:
+        pool = generate_pool(cfg.train_size, cfg.seed, workers=cfg.num_workers)
+    else:
+        pool = None
+    return _Run(cfg, model, tok, state, last, val_items, pool, device, _hardware(device))
 
-    items = None
-    steps_per_epoch = math.ceil(cfg.train_size / (cfg.batch_size * cfg.gradient_accumulation_steps))
-    total_steps = steps_per_epoch * (cfg.num_epochs - cfg.start_epoch)
-    hardware = _hardware(device)
-    opt = None
-    for epoch in range(start_epoch, cfg.num_epochs):
-        stage = cfg.stage(epoch)
-        if items is None or cfg.fresh_data_every_epoch:
-            items = _load_data(cfg, epoch)
-            tokenized = [tokenize_item(it, tok, cfg.data_format) for it in items]
-        reset = cfg.reset_optimizer and stage != cfg.stage(epoch - 1)
-        if opt is None or reset:
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            if last is not None and epoch == start_epoch and not reset:
-                _load_optimizer(opt, last)
-        rng = random.Random(cfg.seed * 1_000_003 + epoch)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        seqs = epoch_sequences(tokenized, stage, cfg, special, rng)
+
+def _stream(run: _Run, plan: Plan) -> BatchStream:
+    cfg = run.cfg
+    spec = StreamSpec(
+        seed=cfg.seed, batch_size=cfg.batch_size, epoch_items=plan.epoch_items,
+        stages=tuple(cfg.stage(e) for e in range(cfg.num_epochs)), stage_spec=cfg.stage_spec,
+        special=run.model.config.special, data_format=cfg.data_format, supervision=cfg.supervision,
+        thought_loss=cfg.thought_loss, uniform_prob=cfg.uniform_prob, train_size=len(run.pool or []) or cfg.train_size,
+        fresh_data_every_epoch=cfg.fresh_data_every_epoch,
+    )
+    return BatchStream(spec, run.tok, run.pool, (run.state.epoch, run.state.batch), cfg.num_epochs)
+
+
+def _to(batch: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def _eval_points(cfg: TrainConfig, plan: Plan) -> int:
+    """How many evaluations a run makes (for the budget)."""
+    if cfg.eval_every_steps:
+        return plan.total_steps // cfg.eval_every_steps + 1
+    return sum((e + 1) % cfg.eval_every_epochs == 0 or e + 1 == cfg.num_epochs
+               for e in range(cfg.start_epoch, cfg.num_epochs))
+
+
+def fit_plan(run: _Run) -> tuple[Plan, dict[str, float]]:
+    """Size epoch_items so that the run fits max_minutes (counted from the start of train()).
+
+    Times forward and backward (no optimizer step: the weights do not change) on the first batch of
+    each stage the run will meet, and one evaluation, then solves for the items per epoch. Returns
+    the plan and the measurements (seconds per item by stage, seconds per evaluation).
+    Raises ConfigError when not even one batch per epoch fits.
+    """
+    cfg, model, device = run.cfg, run.model, run.device
+    stream = _stream(run, run.state.plan)
+    first_epoch: dict[int, int] = {}
+    for e in range(cfg.start_epoch, cfg.num_epochs):
+        first_epoch.setdefault(cfg.stage(e), e)
+    per_item: dict[int, float] = {}
+    model.train()
+    for i, (stage, epoch) in enumerate(sorted(first_epoch.items())):
+        batch = stream.batch(epoch, 0)
+        tensors = _to(batch, device)
+        for rep in range(2 if i == 0 else 1):  # the first call warms up kernels and allocators
+            _sync(device)
+            t0 = time.perf_counter()
+            with _autocast(cfg, device):
+                loss = sequence_loss(model, tensors)
+            loss.backward()
+            _sync(device)
+            per_item[stage] = (time.perf_counter() - t0) / len(tensors["input_ids"])
+        model.zero_grad(set_to_none=True)
+    t_eval = 0.0
+    if run.val_items:
+        t0 = time.perf_counter()
+        evaluate(model, run.tok, run.val_items, stage=cfg.stage(cfg.num_epochs - 1), batch_size=cfg.eval_batch_size,
+                 progress=False)
+        t_eval = time.perf_counter() - t0
         model.train()
-        bar = tqdm(total=math.ceil(len(seqs) / cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.num_epochs} stage {stage}",
-                   disable=not progress, unit="batch")
-        t0, n_tok, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
-        for b, j in enumerate(range(0, len(seqs), cfg.batch_size)):
-            batch = {k: v.to(device) for k, v in collate(seqs[j : j + cfg.batch_size], special.pad_id, special.latent_id).items()}
-            out = model(**batch)
-            (out.loss / cfg.gradient_accumulation_steps).backward()
-            n_tok += int(batch["attention_mask"].sum())
-            loss_sum, n_loss = loss_sum + float(out.loss.detach()), n_loss + 1
-            if (b + 1) % cfg.gradient_accumulation_steps == 0 or j + cfg.batch_size >= len(seqs):
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(global_step, total_steps, cfg)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                global_step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / n_loss:.4f}", tok_s=f"{n_tok / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "stage": stage, "train_loss": loss_sum / max(1, n_loss),
-                  "tokens_per_s": n_tok / seconds, "seconds": seconds, "global_step": global_step, "hardware": hardware}
-        if val_items and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.num_epochs):
-            res = evaluate(model, tok, val_items, stage=stage, batch_size=cfg.eval_batch_size, progress=progress)
-            record.update(val_accuracy=res.accuracy, val_mean_thoughts=sum(r.n_thoughts for r in res.items) / res.n)
-        history.append(record)
-        if on_epoch:
-            on_epoch(record)
-        last = _save_epoch(model, tok, opt, cfg, record, history, global_step, init)
+    left = cfg.max_minutes * 60 * (1 - BUDGET_MARGIN) - (time.perf_counter() - run.started)
+    cost = sum(per_item[cfg.stage(e)] for e in range(cfg.start_epoch, cfg.num_epochs))  # seconds per epoch item
+    plan = run.state.plan
+    for _ in range(3):  # the number of evaluations depends on the plan
+        items = int((left - _eval_points(cfg, plan) * t_eval) / cost)
+        plan = replace(plan, epoch_items=max(cfg.batch_size, items // cfg.batch_size * cfg.batch_size))
+    if items < cfg.batch_size:
+        raise ConfigError(f"max_minutes={cfg.max_minutes} holds {max(items, 0)} items per epoch, fewer than one batch "
+                          f"of {cfg.batch_size}; allow more minutes or fewer epochs")
+    return plan, {"seconds_per_item": per_item, "seconds_per_eval": t_eval}
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: TrainConfig, resume: bool = False, device: str = "cpu", progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Run the curriculum; record, evaluate and checkpoint where due; continue from the latest checkpoint if resume.
+
+    Raises ConfigError for a run that cannot start (nothing to resume, a used out_dir, a budget too small).
+    """
+    run = _setup(cfg, resume, device)
+    state, model = run.state, run.model
+    calibration: dict[str, Any] = {}
+    if cfg.max_minutes and run.resumed_from is None:
+        state.plan, calibration = fit_plan(run)
+    plan = state.plan
+    if state.epoch >= cfg.num_epochs:
+        raise ConfigError(f"{cfg.run_dir}: num_epochs={cfg.num_epochs} leaves nothing to train")
+    deadline = run.started + cfg.max_minutes * 60 * (1 - BUDGET_MARGIN / 2) if cfg.max_minutes else None
+    if deadline and calibration:
+        deadline -= calibration["seconds_per_eval"]
+    opt = None
+    if run.resumed_from is not None and not (state.batch == 0 and cfg.resets_optimizer(state.epoch)):
+        opt = _optimizer(model, cfg)
+        load_optimizer(opt, run.resumed_from)
+    loader = batch_loader(_stream(run, plan), cfg.num_workers, pin_memory=device.startswith("cuda"))
+    loss_sum = torch.tensor(state.pending["loss"], dtype=torch.float64, device=device)
+    bar = tqdm(total=plan.total_steps, initial=state.step, desc=cfg.name, unit="step", disable=not progress)
+    micro, last = 0, run.resumed_from
+    t0 = time.perf_counter()
+    model.train()
+    for batch in loader:
+        epoch, b = batch["epoch"], batch["batch"]
+        if b == 0 and micro == 0 and (opt is None or cfg.resets_optimizer(epoch)):
+            opt = _optimizer(model, cfg)
+        torch.manual_seed(hash((cfg.seed, epoch, b)) % 2**62)
+        tensors = _to(batch, device)
+        with _autocast(cfg, device):
+            loss = sequence_loss(model, tensors)
+        (loss / cfg.gradient_accumulation_steps).backward()
+        loss_sum += loss.detach().double()
+        state.pending["batches"] += 1
+        state.pending["tokens"] += batch["n_tokens"]
+        state.pending["sequences"] += len(tensors["input_ids"])
+        micro += 1
+        end_of_epoch = b + 1 == plan.batches_per_epoch
+        if micro < cfg.gradient_accumulation_steps and not end_of_epoch:
+            continue
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(state.step, plan.total_steps, cfg)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        micro = 0
+        state.step += 1
+        state.epoch, state.batch = (epoch + 1, 0) if end_of_epoch else (epoch, b + 1)
+        bar.update(1)
+        out_of_time = deadline is not None and time.perf_counter() > deadline
+        finished = state.epoch == cfg.num_epochs and state.batch == 0
+        evals = bool(cfg.eval_every_steps) and state.step % cfg.eval_every_steps == 0
+        if end_of_epoch or evals or out_of_time:
+            state.pending["seconds"] += time.perf_counter() - t0
+            state.pending["loss"] = float(loss_sum)
+            due = evals or finished or out_of_time or (
+                not cfg.eval_every_steps and end_of_epoch and (epoch + 1) % cfg.eval_every_epochs == 0)
+            record = _record(run, epoch, evaluate_now=due, calibration=calibration)
+            loss_sum.zero_()
+            calibration = {}
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                            **({"val": f"{record['val_accuracy']:.3f}"} if "val_accuracy" in record else {}))
+            if on_record:
+                on_record(record)
+            t0 = time.perf_counter()
+        saves = bool(cfg.save_every_steps) and state.step % cfg.save_every_steps == 0
+        if end_of_epoch or saves or out_of_time:
+            state.pending["loss"] = float(loss_sum)
+            state.pending["seconds"] += time.perf_counter() - t0
+            last = state.save(cfg.run_dir, model, run.tok, opt, metadata={"run": cfg.name, **state.history[-1]}
+                              if state.history else {"run": cfg.name})
+            prune(cfg.run_dir, cfg.keep_checkpoints)
+            t0 = time.perf_counter()
+        if out_of_time:
+            break
+    bar.close()
     if last is None:
-        raise ConfigError(f"{run_dir}: num_epochs={cfg.num_epochs} leaves nothing to train")
-    return TrainResult(run_dir, last, history)
+        raise ConfigError(f"{cfg.run_dir}: num_epochs={cfg.num_epochs} leaves nothing to train")
+    return TrainResult(cfg.run_dir, last, state.history)
+
+
+def _optimizer(model: CoconutModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _record(run: _Run, epoch: int, evaluate_now: bool, calibration: dict[str, Any]) -> dict[str, Any]:
+    """Close the pending record (the training since the last one), evaluating if due; append it to the history."""
+    cfg, state, p = run.cfg, run.state, run.state.pending
+    seconds = max(p["seconds"], 1e-9)
+    tokens_per_s = p["tokens"] / seconds
+    record: dict[str, Any] = {
+        "epoch": epoch + 1, "step": state.step, "stage": cfg.stage(epoch), "train_loss": p["loss"] / max(1, p["batches"]),
+        "tokens_per_s": tokens_per_s,
+        "tflops": flops_per_token(run.model, p["tokens"] / max(1, p["sequences"])) * tokens_per_s / 1e12,
+        "seconds": seconds, "global_step": state.step, "hardware": run.hardware,
+    }
+    if calibration:
+        record["calibration"] = calibration
+        record["epoch_items"] = state.plan.epoch_items
+    if evaluate_now and run.val_items:
+        res = evaluate(run.model, run.tok, run.val_items, stage=cfg.stage(epoch), batch_size=cfg.eval_batch_size,
+                       progress=False)
+        record.update(val_accuracy=res.accuracy, val_mean_thoughts=sum(r.n_thoughts for r in res.items) / res.n)
+        run.model.train()
+    state.history.append(record)
+    state.seconds += seconds
+    state.pending = RunState.empty_pending()
+    return record
 
 
 def _hardware(device: str) -> str:
@@ -375,16 +546,3 @@ def _run_record(ckpt: Path) -> dict[str, Any]:
     for phase in json.loads(meta.read_text()).get("metadata", {}).get("training", []):  # oldest first
         rec = {"history": phase.get("history", []), "init": rec or None}
     return rec
-
-
-def _save_epoch(model, tok, opt, cfg: TrainConfig, record, history, global_step, init) -> Path:
-    path = cfg.run_dir / f"epoch-{record['epoch']:03d}"
-    save_checkpoint(model, tok, path, metadata={"run": cfg.name, **record})
-    _save_optimizer(opt, path)
-    state = {"epoch": record["epoch"], "global_step": global_step, "history": history, "init": init,
-             "config": asdict(cfg)}
-    atomic_write_text(path / "trainer_state.json", json.dumps(state, indent=1))
-    old = sorted(p for p in cfg.run_dir.glob("epoch-*"))[: -cfg.keep_checkpoints]
-    for p in old:
-        shutil.rmtree(p, ignore_errors=True)
-    return path

@@ -8,7 +8,8 @@ import torch
 from probe.data.render import StageSpec, render_prompt, render_stage, tokenize_item
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import special_tokens
-from probe.train import collate
+from probe.data.stream import collate
+from probe.train import sequence_loss
 
 TOL = 1e-5
 
@@ -140,19 +141,21 @@ def test_logits_at_some_columns_are_those_of_the_full_pass(tiny_model, sequences
     torch.testing.assert_close(last.logits[:, 0], full.logits[:, -1], atol=TOL, rtol=0)
     torch.testing.assert_close(last.thoughts, full.thoughts)
     with pytest.raises(ValueError, match="the loss needs every position's logits"):
-        tiny_model(**batch, logits_at=cols)
+        tiny_model(ids, mask, labels=batch["labels"], logits_at=cols)
 
 
 @torch.no_grad()
 def test_loss_is_mean_cross_entropy_on_labelled_tokens(tiny_model, sequences):
     sp = tiny_model.config.special
     batch = collate(sequences[:2], sp.pad_id, sp.latent_id)
-    out = tiny_model(**batch)
+    out = tiny_model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], labels=batch["labels"])
     logp = out.logits[:, :-1].log_softmax(-1)
     labels = batch["labels"][:, 1:]
     keep = labels != -100
     expected = -logp[keep].gather(-1, labels[keep][:, None]).mean()
     torch.testing.assert_close(out.loss, expected)
+    # The training loss reads the same units from collate's target tensors, unembedding only those columns.
+    torch.testing.assert_close(sequence_loss(tiny_model, batch), expected)
 
 
 @torch.no_grad()

@@ -27,15 +27,15 @@ def spy(monkeypatch):
     calls = []
     original = CoconutModel.forward
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None):
-        if labels is not None:
+    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, **kw):
+        if self.training and torch.is_grad_enabled():
             c = self.config
             for row in input_ids.tolist():
                 lat = [i for i, t in enumerate(row) if t == c.latent_id]
                 start = row.index(c.start_id) if c.start_id in row else None
                 end = row.index(c.end_id) if c.end_id in row else None
                 calls.append({"n": len(lat), "start": start, "end": end, "lat": lat})
-        return original(self, input_ids, attention_mask, position_ids, labels)
+        return original(self, input_ids, attention_mask, position_ids, labels, **kw)
 
     monkeypatch.setattr(CoconutModel, "forward", forward)
     return calls

@@ -46,13 +46,17 @@ def train(
     config: Path = typer.Option(..., "--config", help="A training YAML file."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget: the epochs are "
+                                                "sized so that the curriculum, its schedule and a final evaluated "
+                                                "checkpoint fit (overrides the config's max_minutes)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write the run here (overrides out_dir)."),
 ) -> None:
     """Train a Coconut model (or a baseline) with the multi-stage curriculum."""
     from probe.train import TrainConfig, train as run
 
     try:
-        cfg = TrainConfig.from_yaml(config)
-        result = run(cfg, resume=resume, device=_device(device), on_epoch=lambda r: typer.echo(json.dumps(r)))
+        cfg = TrainConfig.from_yaml(config, max_minutes=max_minutes, out_dir=None if out_dir is None else str(out_dir))
+        result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)))
     except InputError as e:
         _fail(str(e))
     typer.echo(f"last checkpoint: {result.last_checkpoint}")

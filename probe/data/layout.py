@@ -20,7 +20,7 @@ class PromptLayout:
 
     fact: tuple[int, ...]  # [question_len]
     node: tuple[int, ...]  # [question_len]
-    query: tuple[int, ...]  # positions of the query's names: root, then the two options (all sub-tokens)
+    query: tuple[int, ...]  # positions of the query's names (root and the two options, all sub-tokens), in text order
 
     def fact_positions(self, edge: int) -> list[int]:
         """Token positions of one fact."""
@@ -75,9 +75,10 @@ def prompt_layout(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") ->
         for (s, t), name in (((ps, pe), p), ((cs, ce), c)):
             for i in range(s, t):
                 char_node[i] = item.index(name)
-    query_spans, _ = _name_spans(text, [root, a, b], cursor)
+    names = (a, b, root) if fmt == "graph" else (root, a, b)  # in the order the question writes them
+    query_spans, _ = _name_spans(text, list(names), cursor)
     char_query = [False] * len(text)
-    for (s, t), name in zip(query_spans, (root, a, b)):
+    for (s, t), name in zip(query_spans, names):
         for i in range(s, t):
             char_node[i], char_query[i] = item.index(name), True
     fact, node, query = [], [], []

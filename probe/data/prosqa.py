@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -61,6 +62,16 @@ class ProsQAItem:
         _, (_, a, b) = parse_question(self.question)
         return self.index(a), self.index(b)
 
+    def reshuffled(self, rng: random.Random) -> "ProsQAItem":
+        """The same item with its facts in a new random order and its two options in a random order
+        (Reasoning by Superposition reshuffles both every time an item is seen); steps and answer unchanged."""
+        *facts, _ = _sentences(self.question)
+        _, (root, a, b) = parse_question(self.question)
+        facts = rng.sample(facts, len(facts))
+        if rng.random() < 0.5:
+            a, b = b, a
+        return replace(self, question=" ".join([*facts, f"Is {root} a {a} or {b}?"]))
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["steps"] = list(self.steps)
@@ -69,9 +80,13 @@ class ProsQAItem:
         return {k: d[k] for k in REQUIRED_FIELDS}
 
 
+def _sentences(question: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.?])\s+", question.strip()) if s.strip()]
+
+
 def parse_question(question: str) -> tuple[list[tuple[str, str]], tuple[str, str, str]]:
     """Split a ProsQA question into its facts [(parent, child)] and its query (root, a, b)."""
-    sentences = [s.strip() for s in re.split(r"(?<=[.?])\s+", question.strip()) if s.strip()]
+    sentences = _sentences(question)
     if not sentences or not (m := _QUERY.match(sentences[-1])):
         raise ValueError(f"the question does not end with 'Is X a A or B?': {question[-60:]!r}")
     facts = []

@@ -1,11 +1,15 @@
 """Render ProsQA items to text and to Coconut token sequences for any curriculum stage.
 
-Two text formats:
+Three text formats:
 - "sentences": the official one. Question "Every X is a Y. ... Is Tom a A or B?", steps
   "Every X is a Y.", answer "### Tom is a A.".
 - "edges": a compact one with about half the tokens, after "Reasoning by Superposition"
   (Zhu et al. 2025): the question lists "X Y |" per fact, then "Tom ? A B"; a step is "X Y";
   the answer stays "### Tom is a A." so the official evaluation rule still applies.
+- "graph": the layout of "Reasoning by Superposition" itself: the facts "X Y |", then the two
+  options, then the root ("... X Y | A B ? Tom"); a step is the one node it reaches ("terpus"),
+  which is what a thought trained with `supervision: optimal` emits. The answer line is the
+  official one.
 
 Token layout (Coconut): question, <|start-latent|>, n x <|latent|>, <|end-latent|>, the
 remaining steps, "### " answer, eos. Modes without markers (cot, no_cot, no_thoughts) drop
@@ -19,8 +23,8 @@ from typing import Literal
 
 from probe.data.prosqa import ProsQAItem, parse_question
 
-DataFormat = Literal["sentences", "edges"]
-DATA_FORMATS: tuple[str, ...] = ("sentences", "edges")
+DataFormat = Literal["sentences", "edges", "graph"]
+DATA_FORMATS: tuple[str, ...] = ("sentences", "edges", "graph")
 Mode = Literal["coconut", "pause_as_thought", "cot", "no_cot", "no_thoughts"]
 MODES: tuple[str, ...] = ("coconut", "pause_as_thought", "cot", "no_cot", "no_thoughts")
 IGNORE_INDEX = -100
@@ -32,7 +36,7 @@ def _check_format(fmt: str) -> None:
 
 
 def step_prefix(fmt: DataFormat) -> str:
-    """The text of a step before its first node name ('Every' in sentences, nothing in edges)."""
+    """The text of a step before its first node name ('Every' in sentences, nothing in edges and graph)."""
     _check_format(fmt)
     return "Every" if fmt == "sentences" else ""
 
@@ -43,7 +47,8 @@ def question_text(item: ProsQAItem, fmt: DataFormat = "sentences") -> str:
     if fmt == "sentences":
         return item.question
     facts, (root, a, b) = parse_question(item.question)
-    return " ".join(f"{p} {c} |" for p, c in facts) + f" {root} ? {a} {b}"
+    listed = " ".join(f"{p} {c} |" for p, c in facts)
+    return f"{listed} {root} ? {a} {b}" if fmt == "edges" else f"{listed} {a} {b} ? {root}"
 
 
 def step_texts(item: ProsQAItem, fmt: DataFormat = "sentences") -> list[str]:
@@ -54,7 +59,7 @@ def step_texts(item: ProsQAItem, fmt: DataFormat = "sentences") -> list[str]:
     out = []
     for s in item.steps:
         facts, _ = parse_question(f"{s} Is x a y or z?")
-        out.extend(f"{p} {c}" for p, c in facts)
+        out.extend(f"{p} {c}" if fmt == "edges" else c for p, c in facts)
     return out
 
 
@@ -124,11 +129,20 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class Rendered:
-    """One training sequence: input ids, labels (IGNORE_INDEX where no loss) and its thought count."""
+    """One training sequence: input ids, labels (IGNORE_INDEX where no loss), its thought count, and
+    thought targets: (position, token ids) pairs whose logits are trained toward that token set
+    (`probe.data.supervision`)."""
 
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
     n_thoughts: int
+    targets: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+    def units(self) -> list[tuple[int, tuple[int, ...]]]:
+        """Every supervised (logit position, token ids) pair: each label, read at the position before
+        it, and each thought target, in position order."""
+        labels = [(p - 1, (t,)) for p, t in enumerate(self.labels) if t != IGNORE_INDEX and p > 0]
+        return sorted(labels + list(self.targets))
 
 
 def render_stage(tok: TokenizedItem, stage: int, spec: StageSpec, special) -> Rendered:

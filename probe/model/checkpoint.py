@@ -58,12 +58,26 @@ def save_checkpoint(
     """Write our directory format atomically (a temporary directory renamed into place)."""
     path = Path(path)
     with atomic_directory(path, replace=True) as tmp:
-        model.base.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        meta = {"format_version": FORMAT_VERSION, **model.config.__dict__, "metadata": metadata or {}}
-        (tmp / "coconut.json").write_text(json.dumps(meta, indent=2))
-        (tmp / "README.md").write_text(card or default_card(model, metadata or {}))
+        write_checkpoint(model, tokenizer, tmp, card, metadata)
     return path
+
+
+def write_checkpoint(
+    model: CoconutModel,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: Path,
+    card: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Write our format's files into an existing directory (the caller makes the whole write atomic).
+
+    The weights are stored in the model's dtype (a bfloat16 model writes bfloat16).
+    """
+    model.base.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    meta = {"format_version": FORMAT_VERSION, **model.config.__dict__, "metadata": metadata or {}}
+    (directory / "coconut.json").write_text(json.dumps(meta, indent=2))
+    (directory / "README.md").write_text(card or default_card(model, metadata or {}))
 
 
 def default_card(model: CoconutModel, metadata: dict[str, Any]) -> str:
@@ -127,7 +141,8 @@ def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
             raise CheckpointError(f"{path}: missing {name}")
     try:
         tok = load_tokenizer(path)
-        base = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        # float32 whatever the stored dtype (a release may store bfloat16); --dtype casts afterwards.
+        base = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     except (TokenizerError, SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from None
     _check_match(path, base, tok, config)

@@ -40,6 +40,7 @@ class CoconutConfig:
     max_latent_stage: int = 6
     pad_latent_to_max: bool = True
     data_format: str = "sentences"
+    supervision: str = "language"  # how the thoughts were trained: probe.data.supervision
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -143,6 +144,12 @@ class CoconutModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.base.get_input_embeddings().weight.device
+
+    @property
+    def max_positions(self) -> int | None:
+        """The base model's hard position limit (GPT-2's learned position embeddings, n_positions), or None
+        (rotary models have no table to run past)."""
+        return getattr(self.base.config, "n_positions", None)
 
     @property
     def d_model(self) -> int:
@@ -300,9 +307,12 @@ class CoconutModel(nn.Module):
         """Greedy new tokens after a forward pass over left-padded prompts (its KV cache is extended in place).
 
         out.logits[:, -1] must be the last column's logits (forward with logits_at ending there does).
+        Decoding stops early where the longest row would pass the model's position limit.
         """
         cache, mask = out.past_key_values, attention_mask
         positions = position_ids_from_mask(mask)[:, -1]
+        if (limit := self.max_positions) is not None:
+            max_new_tokens = min(max_new_tokens, limit - int(positions.max()))
         logits = out.logits[:, -1]
         tokens: list[list[int]] = [[] for _ in range(len(mask))]
         done = torch.zeros(len(mask), dtype=torch.bool, device=mask.device)

@@ -1,0 +1,132 @@
+"""A training run's state on disk: one directory holds everything a resume needs, written atomically.
+
+A run checkpoint is our checkpoint format (loadable by every command) plus `optimizer.safetensors`,
+`optimizer.json` and `trainer_state.json` (a `RunState`). It is written into a temporary
+directory and renamed into place, so a run killed mid-save leaves the previous checkpoint whole.
+Names say where the run stood: `epoch-003` after three whole epochs, `epoch-003-step-0000420`
+inside the fourth, at optimizer step 420; they sort in training order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from probe.data.prosqa import atomic_directory
+from probe.model.checkpoint import CheckpointError, write_checkpoint
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long a run is: items per epoch and the optimizer steps they make.
+
+    epoch_items is the config's, or what a wall-clock budget fitted (train.fit_plan).
+    """
+
+    epoch_items: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    num_epochs: int
+    start_epoch: int
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-self.epoch_items // self.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.batches_per_epoch // self.gradient_accumulation_steps)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * (self.num_epochs - self.start_epoch)
+
+
+@dataclass
+class RunState:
+    """Where a run stands: the next micro-batch (epoch, batch), the optimizer steps done, the record so far.
+
+    pending holds the running sums of the record in progress (loss as a float64 sum, batches,
+    sequences, tokens, seconds), so that a resumed run writes the same records as an uninterrupted one.
+    """
+
+    config: dict[str, Any]
+    plan: Plan
+    epoch: int
+    batch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    init: dict[str, Any] | None = None
+    pending: dict[str, float] = field(default_factory=lambda: RunState.empty_pending())
+    seconds: float = 0.0  # training seconds of the closed records
+
+    @staticmethod
+    def empty_pending() -> dict[str, float]:
+        return {"loss": 0.0, "batches": 0, "sequences": 0, "tokens": 0, "seconds": 0.0}
+
+    @property
+    def name(self) -> str:
+        """The checkpoint directory name of this position."""
+        return f"epoch-{self.epoch:03d}" if self.batch == 0 else f"epoch-{self.epoch:03d}-step-{self.step:07d}"
+
+    def save(self, run_dir: Path, model, tokenizer, optimizer: torch.optim.Optimizer, metadata: dict[str, Any],
+             ) -> Path:
+        """Write model, tokenizer, optimizer and this state as one directory under run_dir, atomically."""
+        path = run_dir / self.name
+        with atomic_directory(path, replace=True) as tmp:
+            write_checkpoint(model, tokenizer, tmp, metadata=metadata)
+            sd = optimizer.state_dict()
+            tensors = {f"{pid}.{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"]}))
+            (tmp / STATE_FILE).write_text(json.dumps({**asdict(self), "plan": asdict(self.plan)}, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "RunState":
+        """The state of a run checkpoint; CheckpointError when it has none or it is unreadable."""
+        file = Path(path) / STATE_FILE
+        if not file.is_file():
+            raise CheckpointError(f"{path}: no {STATE_FILE} (not a checkpoint written by `probe train`)")
+        try:
+            raw = json.loads(file.read_text())
+            raw["plan"] = Plan(**raw["plan"])
+            return cls(**raw)
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{file}: not a readable run state ({type(e).__name__}: {e})") from None
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Restore an optimizer's state from a run checkpoint (onto the device of its parameters)."""
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    groups = json.loads((path / "optimizer.json").read_text())["param_groups"]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's complete checkpoints, oldest first."""
+    return sorted(p for p in Path(run_dir).glob("epoch-*") if (p / STATE_FILE).is_file())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, if any."""
+    done = run_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Remove all but the newest `keep` checkpoints of a run."""
+    for p in run_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
