@@ -59,11 +59,21 @@ class EvalResult:
         }
 
 
-def thoughts_for(model: CoconutModel, item: ProsQAItem, k: int | None, stage: int | None = None) -> int:
-    """Thoughts to force for an item: k, or the official rule at a stage (default: the last stage)."""
+GOLD = "gold"  # k: as many thoughts as the item has reasoning steps (RbS evaluates this way)
+
+
+def thoughts_for(model: CoconutModel, item: ProsQAItem, k: int | str | None, stage: int | None = None) -> int:
+    """Thoughts to force for an item: k, the item's gold number of steps (k="gold", times c_thought),
+    or the official rule at a stage (k None; default: the last stage)."""
     spec = model.config.stage_spec
     if k is None:
         return spec.inference_thoughts(spec.max_latent_stage if stage is None else stage, len(item.steps))
+    if k == GOLD:
+        if not spec.markers:
+            raise ValueError(f"a {spec.mode} checkpoint has no latent mode; k='gold' needs thoughts")
+        return len(item.steps) * spec.c_thought
+    if not isinstance(k, int):
+        raise ValueError(f"k must be an integer or 'gold', got {k!r}")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     if not spec.markers and k:
@@ -75,7 +85,7 @@ def evaluate(
     model: CoconutModel,
     tokenizer,
     items: Sequence[ProsQAItem],
-    k: int | None = None,
+    k: int | str | None = None,
     stage: int | None = None,
     batch_size: int = 32,
     max_new_tokens: int = MAX_NEW_TOKENS,
@@ -85,7 +95,8 @@ def evaluate(
 ) -> EvalResult:
     """Greedy-decode every item after its thoughts and score it by the official rule.
 
-    prompts, if given, replace the rendered ones (one per item; k and stage are then ignored);
+    k: thoughts forced for every item, "gold" for each item's number of steps, or None for the
+    official rule at `stage`. prompts, if given, replace the rendered ones (one per item; k and stage are then ignored);
     edit (rows indexed like items) intervenes on the thoughts.
     """
     if not items:

@@ -12,12 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
+import torch
 
 from probe.data.prosqa import ProsQAItem, load_items
-from probe.evaluate import evaluate
+from probe.evaluate import GOLD, evaluate
 from probe.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutModel
+from probe.train import read_options
 
 FIRST_N = 50  # the shipped-model test re-measures the first FIRST_N items
 MARGIN_ITEMS = 2  # ...and allows this many items of difference (numerics may flip a near tie)
@@ -51,6 +52,8 @@ class Evaluation:
     correct_by_k: dict[int, int]
     first_n: int
     first_n_correct: int  # at default_k
+    gold_accuracy: float | None = None  # with each item's gold number of steps as its thoughts (RbS's evaluation)
+    gold_correct: int | None = None
 
     @property
     def accuracy(self) -> float:
@@ -89,7 +92,9 @@ def lineage(ckpt: Path, config_paths: Sequence[str | Path]) -> list[Phase]:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: no such config file")
-        phases.append(Phase(str(path), yaml.safe_load(path.read_text()), hist))
+        phases.append(Phase(str(path), read_options(path), hist))
+    if state.get("config"):  # the last phase ran with this config, command-line overrides included
+        phases[-1].config = state["config"]
     return phases
 
 
@@ -97,7 +102,8 @@ def evaluate_by_k(
     model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], data: str, first_n: int = FIRST_N,
     batch_size: int = 64, progress: bool = True,
 ) -> Evaluation:
-    """Accuracy with k = 0..max_latent_stage forced thoughts (k = 0 only for modes without thoughts)."""
+    """Accuracy with k = 0..max_latent_stage forced thoughts (k = 0 only for modes without thoughts), and
+    for a model with thoughts at each item's gold number of steps."""
     spec = model.config.stage_spec
     default_k = model.config.default_thoughts
     ks = range(spec.max_latent_stage * spec.c_thought + 1) if spec.markers else range(1)
@@ -107,21 +113,37 @@ def evaluate_by_k(
         acc[k], correct[k] = res.accuracy, sum(r.correct for r in res.items)
         if k == default_k:
             first = sum(r.correct for r in res.items[:first_n])
-    return Evaluation(data, len(items), default_k, acc, correct, min(first_n, len(items)), first)
+    gold = {}
+    if spec.markers:
+        res = evaluate(model, tokenizer, items, k=GOLD, batch_size=batch_size, progress=progress)
+        gold = {"gold_accuracy": res.accuracy, "gold_correct": sum(r.correct for r in res.items)}
+    return Evaluation(data, len(items), default_k, acc, correct, min(first_n, len(items)), first, **gold)
+
+
+STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def release(
     ckpt: str | Path, out: str | Path, data: str | Path, config_paths: Sequence[str | Path],
-    name: str | None = None, summary: str = "", progress: bool = True,
+    name: str | None = None, summary: str = "", progress: bool = True, device: str = "cpu",
+    store_dtype: str = "float32",
 ) -> Release:
-    """Evaluate a training checkpoint and write it, without optimizer state, with its model card."""
+    """Evaluate a training checkpoint (in float32) and write it, without optimizer state, with its model card.
+
+    store_dtype: the dtype of the written weights (bfloat16 halves the files; loading casts back to
+    float32). Raises CheckpointError for a checkpoint without a training record, ValueError for an
+    unknown store_dtype.
+    """
+    if store_dtype not in STORE_DTYPES:
+        raise ValueError(f"store dtype: expected one of {', '.join(STORE_DTYPES)}, got {store_dtype!r}")
     ckpt, out = Path(ckpt), Path(out)
     phases = lineage(ckpt, config_paths)
     items = load_items(data)
-    model, tok = load_checkpoint(ckpt)
+    model, tok = load_checkpoint(ckpt, device=device)
     evaluation = evaluate_by_k(model, tok, items, data=Path(data).name, progress=progress)
     rel = Release(out, name or out.name, evaluation, phases)
-    meta = {"evaluation": asdict(evaluation), "training": [asdict(p) for p in phases]}
+    meta = {"evaluation": asdict(evaluation), "training": [asdict(p) for p in phases], "weights_dtype": store_dtype}
+    model.to(device="cpu", dtype=STORE_DTYPES[store_dtype])
     save_checkpoint(model, tok, out, card=model_card(rel, model, summary), metadata=meta)
     return rel
 
@@ -142,6 +164,12 @@ def read_evaluation(path: str | Path) -> Evaluation:
 
 def _minutes(s: float) -> str:
     return f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+def _exact_epochs(phase: Phase) -> str:
+    """For a run whose epochs a wall-clock budget sized: the flags that replay that size exactly."""
+    items = next((h["epoch_items"] for h in phase.history if "epoch_items" in h), None)
+    return f" --set epoch_items={items} --set max_minutes=null" if items and phase.config.get("max_minutes") else ""
 
 
 def model_card(rel: Release, model: CoconutModel, summary: str = "") -> str:
@@ -168,6 +196,9 @@ def model_card(rel: Release, model: CoconutModel, summary: str = "") -> str:
     for k in sorted(ev.accuracy_by_k):
         mark = " (default)" if k == ev.default_k else ""
         lines.append(f"| {k}{mark} | {ev.accuracy_by_k[k]:.1%} | {ev.correct_by_k[k]}/{ev.n} |")
+    if ev.gold_accuracy is not None:
+        lines.append(f"| gold depth (each item's number of steps, as RbS evaluates) | {ev.gold_accuracy:.1%} | "
+                     f"{ev.gold_correct}/{ev.n} |")
     lines += [
         "",
         f"First {ev.first_n} items at the default k: {ev.first_n_correct}/{ev.first_n}. The test suite "
@@ -181,11 +212,21 @@ def model_card(rel: Release, model: CoconutModel, summary: str = "") -> str:
     for i, p in enumerate(rel.phases, 1):
         c = p.config
         stages = sorted({h["stage"] for h in p.history})
+        epochs = len({h["epoch"] for h in p.history})
+        per_epoch = next((h["epoch_items"] for h in p.history if "epoch_items" in h), c.get("epoch_items"))
+        data = (f"{c.get('train_size')} {'fresh ' if c.get('fresh_data_every_epoch') else ''}generated items"
+                if not c.get("train_data") else f"`{c['train_data']}`")
         lines.append(
-            f"- phase {i}: `{p.config_path}`, mode `{c.get('mode', 'coconut')}`, {len(p.history)} epochs of "
-            f"{c.get('train_size')} {'fresh ' if c.get('fresh_data_every_epoch') else ''}generated items (data seed "
-            f"{c.get('seed', 0)}), stages {stages[0]}..{stages[-1]}, lr {c.get('lr')} ({c.get('schedule', 'constant')}), "
-            f"batch {c.get('batch_size')}; {_minutes(p.seconds)}"
+            f"- phase {i}: `{p.config_path}`, mode `{c.get('mode', 'coconut')}`, supervision "
+            f"`{c.get('supervision', 'language')}`"
+            + (f" ({c.get('thought_loss', 'all')} thoughts)" if c.get("supervision") == "optimal" else "")
+            + f", {epochs} epochs" + (f" of {per_epoch} item views" if per_epoch else "") + f" drawn from {data} "
+            f"(data seed {c.get('seed', 0)}), stages {stages[0]}..{stages[-1]}, uniform_prob {c.get('uniform_prob', 0)}, "
+            f"lr {c.get('lr')} ({c.get('schedule', 'constant')}), batch {c.get('batch_size')}"
+            + (f", precision {c['precision']}" if c.get("precision", "float32") != "float32" else "")
+            + (f", budget {c['max_minutes']} min" if c.get("max_minutes") else "")
+            + f"; {_minutes(p.seconds)} of training"
+            + "".join(f" (the budget ran out: {h['cut_by_budget']})" for h in p.history if "cut_by_budget" in h)
             + (f" plus {p.untimed_epochs} untimed epochs" if p.untimed_epochs else "")
         )
         total, untimed = total + p.seconds, untimed + p.untimed_epochs
@@ -196,16 +237,20 @@ def model_card(rel: Release, model: CoconutModel, summary: str = "") -> str:
         "## Learning curve",
         "",
         "Validation accuracy is measured during training on the first `val_size` validation items at the "
-        "epoch's stage.",
+        "record's stage; tokens/s and TFLOP/s (6N + 12LdT per token, PaLM's estimate) are over the training "
+        "since the previous record.",
         "",
-        "| phase | epoch | stage | train loss | val accuracy | seconds |",
-        "|---|---|---|---|---|---|",
+        "| phase | epoch | step | stage | train loss | val accuracy | tokens/s | TFLOP/s | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, p in enumerate(rel.phases, 1):
         for h in p.history:
             va = f"{h['val_accuracy']:.0%}" if "val_accuracy" in h else "-"
             sec = f"{h['seconds']:.0f}" if "seconds" in h else "-"
-            lines.append(f"| {i} | {h['epoch']} | {h['stage']} | {h['train_loss']:.4f} | {va} | {sec} |")
+            rate = f"{h['tokens_per_s']:,.0f}" if "tokens_per_s" in h else "-"
+            tflops = f"{h['tflops']:.2f}" if "tflops" in h else "-"
+            lines.append(f"| {i} | {h['epoch']} | {h.get('step', h.get('global_step', '-'))} | {h['stage']} | "
+                         f"{h['train_loss']:.4f} | {va} | {rate} | {tflops} | {sec} |")
     last = rel.phases[-1].history[-1]["epoch"] if rel.phases and rel.phases[-1].history else "N"
     run_dir = rel.phases[-1].config.get("out_dir") if rel.phases else "RUN"
     lines += [
@@ -216,7 +261,7 @@ def model_card(rel: Release, model: CoconutModel, summary: str = "") -> str:
         "point `out_dir` elsewhere to keep the shipped runs.",
         "",
         "```",
-        *[f"probe train --config {p.config_path}" for p in rel.phases],
+        *[f"probe train --config {p.config_path}" + _exact_epochs(p) for p in rel.phases],
         f"probe release --ckpt {run_dir}/epoch-{last:03d} --out {rel.path} --data ../shared/data/{ev.data} "
         + " ".join(f"--config {p.config_path}" for p in rel.phases),
         f"probe eval --ckpt {rel.path} --data ../shared/data/{ev.data}",

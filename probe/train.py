@@ -42,7 +42,7 @@ from probe.model.tokenizer import add_latent_tokens, build_word_tokenizer, load_
 from probe.run_state import Plan, RunState, latest_checkpoint, load_optimizer, prune
 
 PRECISIONS = ("float32", "bfloat16")
-BUDGET_MARGIN = 0.05  # of max_minutes, left unplanned for what calibration cannot see
+BUDGET_MARGIN = 0.08  # of max_minutes, left unplanned for what calibration cannot see
 
 
 class ConfigError(ValueError):
@@ -167,17 +167,22 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """A config from a YAML file; overrides (non-None) replace its options (the CLI's flags)."""
+        """A config from a YAML file; overrides replace its options (the CLI's --set and flags), a dotted
+        name one entry of a mapping option (`model.n_embd`).
+
+        A file may start from another with `inherit: other.yaml` (a path relative to it) and change
+        some of its options; chains are followed, a cycle is an error.
+        """
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of options")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
+        raw = read_options(path)
+        for key, value in overrides.items():  # "model.n_embd" changes one entry of the model mapping
+            head, _, sub = key.partition(".")
+            if sub:
+                if not isinstance(raw.get(head, {}), dict):
+                    raise ConfigError(f"{path}: {key}: option {head!r} is not a mapping")
+                raw[head] = {**raw.get(head, {}), sub: value}
+            else:
+                raw[key] = value
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -186,6 +191,39 @@ class TrainConfig:
             return cls(**raw)
         except TypeError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+def read_options(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's options, with those of the files it inherits from underneath; ConfigError names a
+    missing, malformed or circular file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: inherits from itself ({' -> '.join(str(p) for p in (*seen, path.resolve()))})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of options")
+    parent = raw.pop("inherit", None)
+    if parent is None:
+        return raw
+    return {**read_options(path.parent / str(parent), (*seen, path.resolve())), **raw}
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """OPTION=VALUE strings (the value read as YAML) as a dict; ConfigError names a malformed one."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected OPTION=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({e})") from None
+    return out
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -308,16 +346,23 @@ class _Run:
 
 def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
     run_dir = cfg.run_dir
-    val_items = load_items(cfg.val_data, limit=cfg.val_size) if cfg.val_data else []
     last = latest_checkpoint(run_dir) if resume else None
     if resume and last is None:
         raise ConfigError(f"{run_dir}: nothing to resume (no epoch-* checkpoint)")
+    if last is None and run_dir.exists() and any(run_dir.glob("epoch-*")):
+        raise ConfigError(f"{run_dir}: holds checkpoints already; pass resume, or choose another out_dir")
+    val_items = load_items(cfg.val_data, limit=cfg.val_size) if cfg.val_data else []
+    # The pool before the model: its worker processes fork before anything touches a GPU.
+    if cfg.train_data:
+        pool = load_items(cfg.train_data, limit=cfg.train_size)
+    elif not cfg.fresh_data_every_epoch:
+        pool = generate_pool(cfg.train_size, cfg.seed, workers=cfg.num_workers)
+    else:
+        pool = None
     if last is not None:
         model, tok = load_checkpoint(last, device=device)
         state = RunState.load(last)
     else:
-        if run_dir.exists() and any(run_dir.glob("epoch-*")):
-            raise ConfigError(f"{run_dir}: holds checkpoints already; pass resume, or choose another out_dir")
         torch.manual_seed(cfg.seed)
         model, tok = build_model(cfg, sorted({s for it in val_items for s in it.idx_to_symbol}))
         model.to(device)
@@ -327,12 +372,6 @@ def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
         state = RunState(asdict(cfg), plan, epoch=cfg.start_epoch, init=init)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-    if cfg.train_data:
-        pool = load_items(cfg.train_data, limit=cfg.train_size)
-    elif not cfg.fresh_data_every_epoch:
-        pool = generate_pool(cfg.train_size, cfg.seed, workers=cfg.num_workers)
-    else:
-        pool = None
     return _Run(cfg, model, tok, state, last, val_items, pool, device, _hardware(device))
 
 
@@ -402,8 +441,10 @@ def fit_plan(run: _Run) -> tuple[Plan, dict[str, float]]:
         plan = replace(plan, epoch_items=max(cfg.batch_size, items // cfg.batch_size * cfg.batch_size))
     if items < cfg.batch_size:
         raise ConfigError(f"max_minutes={cfg.max_minutes} holds {max(items, 0)} items per epoch, fewer than one batch "
-                          f"of {cfg.batch_size}; allow more minutes or fewer epochs")
-    return plan, {"seconds_per_item": per_item, "seconds_per_eval": t_eval}
+                          f"of {cfg.batch_size} (setup and timing took {time.perf_counter() - run.started:.0f} s); "
+                          "allow more minutes or fewer epochs")
+    return plan, {"seconds_per_item": per_item, "seconds_per_eval": t_eval, "seconds_left": left,
+                  "evaluations": _eval_points(cfg, plan)}
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -474,6 +515,8 @@ def train(
             due = evals or finished or out_of_time or (
                 not cfg.eval_every_steps and end_of_epoch and (epoch + 1) % cfg.eval_every_epochs == 0)
             record = _record(run, epoch, evaluate_now=due, calibration=calibration)
+            if out_of_time and not finished:
+                record["cut_by_budget"] = f"stopped at step {state.step} of {plan.total_steps}"
             loss_sum.zero_()
             calibration = {}
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -59,7 +60,12 @@ def test_release_evaluates_every_k_and_writes_the_card(two_phases, official_path
     assert f"| 2 (default) | {ev.accuracy_by_k[2]:.1%} | {ev.correct_by_k[2]}/12 |" in card
     assert f"probe train --config {configs[0]}\nprobe train --config {configs[1]}\n" in card
     for phase, epoch, stage in [(1, 1, 0), (1, 2, 0), (2, 2, 1), (2, 3, 2)]:  # the learning curve's rows
-        assert f"\n| {phase} | {epoch} | {stage} | " in card
+        assert re.search(rf"\n\| {phase} \| {epoch} \| \d+ \| {stage} \| ", card), (phase, epoch, stage)
+    # Accuracy at each item's gold number of steps, against an independent evaluation.
+    gold = evaluate(model, tok, items, k="gold", progress=False)
+    assert [r.n_thoughts for r in gold.items] == [len(it.steps) for it in items]
+    assert ev.gold_correct == sum(r.correct for r in gold.items)
+    assert f"| gold depth (each item's number of steps, as RbS evaluates) | {ev.gold_accuracy:.1%} | " in card
     assert "cpu (" in card and "training time" in card
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +151,97 @@ def test_start_epoch_and_starting_models_are_checked(tmp_path):
         tiny_config(tmp_path, load_model_path="a", base="b")
     with pytest.raises(ValueError, match="no such checkpoint"):
         train(tiny_config(tmp_path, load_model_path=str(tmp_path / "missing")), progress=False)
+
+
+def graph_config(tmp_path, **kw) -> TrainConfig:
+    """The default model's recipe (supervision optimal, graph format), tiny."""
+    base = dict(data_format="graph", supervision="optimal", uniform_prob=0.1, reset_optimizer=False)
+    base.update(kw)
+    return tiny_config(tmp_path, **base)
+
+
+def _optimizer_state(ckpt):
+    return load_file(ckpt / "optimizer.safetensors"), json.loads((ckpt / "optimizer.json").read_text())
+
+
+def test_resume_inside_an_epoch_continues_exactly(tmp_path):
+    """Stopped at a checkpoint inside an epoch, in the middle of a stage, with warmup and cosine decay,
+    uniform_prob, fresh data every epoch and gradient accumulation: the resumed run ends bit-identical."""
+    kw = dict(num_epochs=3, epochs_per_stage=2, train_size=40, batch_size=8, gradient_accumulation_steps=2,
+              warmup_steps=2, schedule="cosine", uniform_prob=0.5, fresh_data_every_epoch=True, lr=3e-3)
+    straight = train(graph_config(tmp_path, out_dir=str(tmp_path / "a"), **kw), progress=False)
+    run_b = graph_config(tmp_path, out_dir=str(tmp_path / "b"), save_every_steps=2, keep_checkpoints=20, **kw)
+    train(run_b, progress=False)
+    ckpts = sorted((tmp_path / "b").glob("epoch-*"))
+    middle = [p for p in ckpts if p.name.startswith("epoch-001-step-")]  # inside epoch 2, stage 0
+    assert middle, [p.name for p in ckpts]
+    for p in ckpts[ckpts.index(middle[0]) + 1 :]:
+        shutil.rmtree(p)
+    state = json.loads((middle[0] / "trainer_state.json").read_text())
+    assert state["epoch"] == 1 and 0 < state["batch"] < 5 and state["pending"]["batches"] > 0
+    resumed = train(run_b, resume=True, progress=False)
+    a, b = load_file(straight.last_checkpoint / "model.safetensors"), load_file(resumed.last_checkpoint / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    (ta, ga), (tb, gb) = _optimizer_state(straight.last_checkpoint), _optimizer_state(resumed.last_checkpoint)
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert ga == gb  # the learning rate of the last step and every other setting
+    untimed = lambda hist: [{k: v for k, v in h.items() if k not in ("seconds", "tokens_per_s", "tflops")}  # noqa: E731
+                            for h in hist]
+    assert untimed(straight.history) == untimed(resumed.history)  # the same records: losses, steps, stages
+
+
+def test_the_learning_rate_follows_warmup_and_cosine():
+    from probe.train import lr_at
+
+    cfg = TrainConfig(name="x", lr=1.0, warmup_steps=4, schedule="cosine")
+    assert [lr_at(s, 20, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(4, 20, cfg) == pytest.approx(1.0) and lr_at(20, 20, cfg) == pytest.approx(0.1)
+    assert lr_at(12, 20, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the decay
+
+
+def test_loss_falls_under_optimal_supervision(tmp_path):
+    cfg = graph_config(tmp_path, num_epochs=4, epochs_per_stage=10, train_size=64, lr=1e-2, uniform_prob=0.0)
+    losses = [h["train_loss"] for h in train(cfg, progress=False).history]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.85 * losses[0], losses
+
+
+def test_a_budget_sizes_the_epochs_from_measured_costs(tmp_path):
+    cfg = graph_config(tmp_path, max_minutes=0.3, num_epochs=4, epochs_per_stage=1, train_size=64, batch_size=8,
+                       val_data=None)
+    result = train(cfg, progress=False)
+    cal = result.history[0]["calibration"]
+    per_item = {int(k): v for k, v in cal["seconds_per_item"].items()}
+    assert sorted(per_item) == [0, 1, 2, 3] and all(v > 0 for v in per_item.values())
+    # epoch_items solves: seconds left = sum over epochs of epoch_items x seconds per item of its stage
+    cost = sum(per_item[cfg.stage(e)] for e in range(cfg.num_epochs))
+    expected = max(cfg.batch_size, int(cal["seconds_left"] / cost) // cfg.batch_size * cfg.batch_size)
+    assert result.history[0]["epoch_items"] == expected
+    state = json.loads((result.last_checkpoint / "trainer_state.json").read_text())
+    assert state["plan"]["epoch_items"] == expected
+    last = result.history[-1]
+    assert last["epoch"] == 4 or "cut_by_budget" in last
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        train(graph_config(tmp_path, out_dir=str(tmp_path / "tiny"), max_minutes=0.001), progress=False)
+    with pytest.raises(ConfigError, match="use a fixed pool"):
+        graph_config(tmp_path, max_minutes=1, fresh_data_every_epoch=True)
+
+
+def test_configs_inherit_and_take_overrides(tmp_path):
+    from probe.train import parse_overrides
+
+    (tmp_path / "base.yaml").write_text("name: base\nlr: 1e-3\nmodel: {model_type: gpt2, n_layer: 2, n_embd: 64}\n")
+    (tmp_path / "child.yaml").write_text("inherit: base.yaml\nname: child\nmode: pause_as_thought\n")
+    cfg = TrainConfig.from_yaml(tmp_path / "child.yaml", **parse_overrides(["model.n_embd=32", "seed=7"]))
+    assert (cfg.name, cfg.mode, cfg.lr, cfg.seed) == ("child", "pause_as_thought", 1e-3, 7)
+    assert cfg.model == {"model_type": "gpt2", "n_layer": 2, "n_embd": 32}
+    (tmp_path / "a.yaml").write_text("inherit: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("inherit: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        TrainConfig.from_yaml(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match=r"--set 'lr': expected OPTION=VALUE"):
+        parse_overrides(["lr"])
+    with pytest.raises(ConfigError, match="mode cot trains language steps"):
+        TrainConfig(name="x", mode="cot", supervision="optimal")
+    for name in ("coconut", "coconut_newest", "pause", "no_thoughts"):  # the shipped recipe's configs load
+        TrainConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "rbs" / f"{name}.yaml")

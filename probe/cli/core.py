@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from probe.cli.common import app, BASE_OPTION, CKPT_HELP, data_app, _device, DEVICE_OPTION, DTYPE_OPTION, _fail, InputError, _load
+from probe.cli.common import app, BASE_OPTION, CKPT_HELP, data_app, _device, DEVICE_OPTION, DTYPE_OPTION, _fail, InputError, _int_option, _load
 
 
 @data_app.command("generate")
@@ -50,12 +50,16 @@ def train(
                                                 "sized so that the curriculum, its schedule and a final evaluated "
                                                 "checkpoint fit (overrides the config's max_minutes)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write the run here (overrides out_dir)."),
+    set_: list[str] = typer.Option([], "--set", help="Override one config option, as OPTION=VALUE with a YAML value "
+                                   "(repeatable): --set lr=3e-4 --set model.n_layer=1."),
 ) -> None:
     """Train a Coconut model (or a baseline) with the multi-stage curriculum."""
-    from probe.train import TrainConfig, train as run
+    from probe.train import TrainConfig, parse_overrides, train as run
 
     try:
-        cfg = TrainConfig.from_yaml(config, max_minutes=max_minutes, out_dir=None if out_dir is None else str(out_dir))
+        overrides = parse_overrides(set_)
+        overrides.update({k: v for k, v in {"max_minutes": max_minutes, "out_dir": out_dir}.items() if v is not None})
+        cfg = TrainConfig.from_yaml(config, **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
         result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)))
     except InputError as e:
         _fail(str(e))
@@ -67,7 +71,8 @@ def eval_cmd(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
     data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
     base: Optional[Path] = BASE_OPTION,
-    k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
+    k: Optional[str] = typer.Option(None, "--k", help="Thoughts to force: a number, or 'gold' for each item's number "
+                                                      "of steps (default: the checkpoint's)."),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -80,7 +85,7 @@ def eval_cmd(
 ) -> None:
     """Accuracy by the official rule (greedy, at most 128 new tokens, answer after the last '#')."""
     from probe.data.prosqa import atomic_write_text, load_items
-    from probe.evaluate import evaluate
+    from probe.evaluate import GOLD, evaluate
 
     try:
         items = load_items(data, limit=limit)
@@ -91,7 +96,7 @@ def eval_cmd(
             result = halting_eval(model, tok, items, SavedProbe.load(halt, model_weights_hash(model)),
                                   threshold=threshold, batch_size=batch_size)
         else:
-            res = evaluate(model, tok, items, k=k, batch_size=batch_size)
+            res = evaluate(model, tok, items, k=k if k in (None, GOLD) else _int_option("--k", k), batch_size=batch_size)
     except InputError as e:
         _fail(str(e))
     if halt is not None:
@@ -120,14 +125,19 @@ def release(
     config: list[Path] = typer.Option(..., "--config", help="The training config of each phase, oldest first."),
     name: Optional[str] = typer.Option(None, "--name", help="Title of the model card (default: the --out name)."),
     summary: str = typer.Option("", "--summary", help="A paragraph for the top of the model card."),
+    device: str = DEVICE_OPTION,
+    store_dtype: str = typer.Option("float32", "--store-dtype", help="dtype of the written weights: float32, "
+                                    "bfloat16 or float16 (evaluation runs in float32; loading casts back)."),
 ) -> None:
-    """Evaluate a trained checkpoint at every forced k; write it without optimizer state, with its model card."""
+    """Evaluate a trained checkpoint at every forced k and at the gold depth; write it without optimizer state,
+    with its model card."""
     from probe.release import release as run
 
     try:
-        rel = run(ckpt, out, data, config, name=name, summary=summary)
+        rel = run(ckpt, out, data, config, name=name, summary=summary, device=_device(device), store_dtype=store_dtype)
     except InputError as e:
         _fail(str(e))
     ev = rel.evaluation
     accs = ", ".join(f"k={k}: {a:.3f}" for k, a in ev.accuracy_by_k.items())
-    typer.echo(f"wrote {rel.path}: accuracy {ev.accuracy:.4f} at the default k={ev.default_k} ({accs})")
+    gold = f", gold depth: {ev.gold_accuracy:.3f}" if ev.gold_accuracy is not None else ""
+    typer.echo(f"wrote {rel.path}: accuracy {ev.accuracy:.4f} at the default k={ev.default_k} ({accs}{gold})")

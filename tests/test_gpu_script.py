@@ -1,0 +1,59 @@
+"""scripts/train_default_gpu.sh end to end on the CPU, with a budget of seconds and a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from safetensors import safe_open
+
+from probe.data.prosqa import load_items
+from probe.evaluate import evaluate
+from probe.model.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ("model.n_layer=1 model.n_head=2 model.n_embd=32 train_size=128 batch_size=32 num_workers=0 val_size=8 "
+        "epochs_per_stage=1 num_epochs=8 warmup_steps=2 eval_every_epochs=4 precision=float32")
+
+
+def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
+    data = tmp_path / "valid8.json"
+    data.write_text(json.dumps(json.loads(official_path.read_text())[:8]))
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cpu", "MINUTES": "0.7", "DATA": str(data), "PYTHON": sys.executable,
+           "RUNS": "coconut coconut_newest", "PROBE_SET": TINY}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "train_default_gpu.sh"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "SUMMARY.json").read_text())
+    runs = summary["runs"]
+    assert set(runs) == {"coconut", "coconut_newest"}
+    best = summary["best_coconut"]
+    other = ({"coconut", "coconut_newest"} - {best}).pop()
+    assert runs[best]["accuracy"] >= runs[other]["accuracy"]
+    assert summary["shipped_as"] == {best: "prosqa-coconut", other: "prosqa-coconut-alt"}
+    for run in runs.values():  # the whole curriculum ran, or the record says the budget cut it
+        assert run["epochs"] == 8 or run["cut_by_budget"]
+        assert run["tokens_per_s"] > 0 and run["tflops"] > 0 and run["epoch_items"] >= 32
+    # packed for the trip back: one tar per checkpoint, each under 16 MiB
+    tars = sorted(p.name for p in out.glob("*.tar"))
+    assert tars == ["prosqa-coconut-alt.tar", "prosqa-coconut.tar"]
+    assert all((out / t).stat().st_size < 16 * 2**20 for t in tars)
+    with tarfile.open(out / "prosqa-coconut.tar") as tf:
+        tf.extractall(tmp_path / "unpacked")
+    ckpt = tmp_path / "unpacked" / "prosqa-coconut"
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    model, tok = load_checkpoint(ckpt)
+    assert model.config.supervision == "optimal" and model.config.data_format == "graph"
+    assert model.config.default_thoughts == 6
+    res = evaluate(model, tok, load_items(data), progress=False)  # an independent measurement of the card
+    assert res.accuracy == runs[best]["accuracy"]
+    card = (ckpt / "README.md").read_text()
+    assert card.startswith("# prosqa-coconut\n") and "chosen by validation accuracy" in card
+    assert "| gold depth" in card
+    assert f"supervision `optimal` ({'all' if best == 'coconut' else 'newest'} thoughts)" in card
