@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
-# name -> (n_layer, n_embd, n_head); "default" is the shipped model's own shape
-SIZES = {"tiny": (2, 64, 4), "default": (4, 128, 4), "gpt2-124m": (12, 768, 12)}
+# name -> (n_layer, n_embd, n_head); "default" is the shipped model's own shape, "rbs" the recipe of
+# configs/rbs (the default model's replacement), "rbs-768" the width of "Reasoning by Superposition"
+SIZES = {"tiny": (2, 64, 4), "default": (4, 128, 4), "rbs": (2, 512, 8), "rbs-768": (2, 768, 8),
+         "gpt2-124m": (12, 768, 12)}
 
 
 def random_model(size: str, tok, config, vocab: int | None = None):

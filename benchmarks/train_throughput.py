@@ -1,20 +1,23 @@
 """Training tokens/s by model size: the curriculum's last stage against its stage 0, side by side.
 
-    python benchmarks/train_throughput.py [--sizes tiny,default,gpt2-124m] [--batch 16] [--steps 4]
-                                          [--device cpu] [--threads 2]
+    python benchmarks/train_throughput.py [--config configs/rbs/coconut.yaml] [--sizes tiny,rbs,gpt2-124m]
+                                          [--batch 16] [--steps 4] [--device cpu] [--threads 2]
+                                          [--precision float32]
 
-Each size (benchmarks/sizes.py) is a random GPT-2 of that shape with the default model's tokenizer and
-Coconut config, trained as `probe train` trains (forward with labels, backward, AdamW step) on the
-validation items rendered by the training code at stage 0 (every language step, one pass) and at the
-last stage (every step a continuous thought: one pass per thought over the KV cache, plus the rest).
-Tokens are the unpadded sequence tokens. Prints tokens/s of both stages and their ratio, the price of
-the sequential thought passes; on cuda, also the peak GPU memory.
+Each size (benchmarks/sizes.py) is a random GPT-2 of that shape, trained as `probe train` trains a
+config (default: the default model's recipe): batches built by the training stream from the validation
+items (the config's format, supervision and stages), `train.sequence_loss` under the config's
+precision, backward, AdamW step. Stage 0 has no thought (one pass); the last stage has every step as a
+continuous thought (one pass per thought over the KV cache, plus the rest). Tokens are the unpadded
+sequence positions, thoughts included. Prints tokens/s of both stages, their ratio (the price of the
+sequential thought passes) and the achieved TFLOP/s (6N + 12LdT per token); on cuda, also the peak
+GPU memory.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,17 +27,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
 
 
-def tokens_per_s(model, batches: list[dict[str, torch.Tensor]], steps: int, device: str) -> float:
+def tokens_per_s(model, batches: list[dict], steps: int, device: str, autocast) -> float:
     """Tokens/s of `steps` training steps (after one warm-up step) cycling over the batches."""
+    from probe.train import sequence_loss
+
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
     def step(batch):
-        out = model(**batch)
-        out.loss.backward()
+        with autocast():
+            loss = sequence_loss(model, {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)})
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return int(batch["attention_mask"].sum())
+        return batch["n_tokens"]
 
     step(batches[0])
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -50,53 +56,56 @@ def main() -> None:
     from sizes import SIZES, random_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", type=Path, default=ROOT / "checkpoints" / "prosqa-coconut")
-    ap.add_argument("--sizes", default="tiny,default,gpt2-124m")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "rbs" / "coconut.yaml")
+    ap.add_argument("--sizes", default="tiny,rbs,gpt2-124m")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     sizes = a.sizes.split(",")
     if bad := [s for s in sizes if s not in SIZES]:
         ap.error(f"--sizes: unknown {bad}; expected some of {sorted(SIZES)}")
 
-    from probe.data.prosqa import load_items
-    from probe.data.render import tokenize_item
-    from probe.model.checkpoint import load_checkpoint
-    from probe.train import TrainConfig, collate, epoch_sequences
+    from functools import partial
 
-    shipped, tok = load_checkpoint(a.ckpt)
-    config = shipped.config
-    del shipped
-    cfg = TrainConfig(name="bench", data_format=config.data_format, max_latent_stage=config.max_latent_stage,
-                      c_thought=config.c_thought, pad_latent_to_max=config.pad_latent_to_max)
-    tokenized = [tokenize_item(it, tok, cfg.data_format) for it in load_items(DATA)[: a.batch * a.steps]]
-    special = config.special
-    stages = (0, cfg.max_latent_stage)
-    batches = {}
-    for stage in stages:
-        seqs = epoch_sequences(tokenized, stage, cfg, special, random.Random(0))
-        batches[stage] = [{k: v.to(a.device) for k, v in collate(seqs[i : i + a.batch], special.pad_id,
-                                                                  special.latent_id).items()}
-                          for i in range(0, len(seqs), a.batch)]
-    k = max(int((b["input_ids"] == special.latent_id).sum(-1).max()) for b in batches[stages[1]])
-    print(f"training on {a.device}, {a.threads} threads, batch {a.batch}, {a.steps} timed steps; stage 0: every "
-          f"language step; stage {stages[1]}: {k} continuous thoughts")
+    from probe.train import TrainConfig, _autocast, _setup, _stream, flops_per_token
+
+    with tempfile.TemporaryDirectory() as tmp:  # the run's tokenizer and stream; each size's model replaces its own
+        cfg = TrainConfig.from_yaml(a.config, train_data=str(DATA), train_size=a.batch * a.steps, batch_size=a.batch,
+                                    num_workers=0, val_data=None, out_dir=tmp, precision=a.precision, max_minutes=None,
+                                    uniform_prob=0.0, model={"model_type": "gpt2", "n_layer": 1, "n_embd": 8,
+                                                             "n_head": 1, "n_positions": 512})
+        run = _setup(cfg, False, "cpu")
+    stream = _stream(run, run.state.plan)
+    last = cfg.num_epochs - 1
+    stages = {0: 0, cfg.stage(last): last}  # stage -> an epoch at that stage
+    batches = {s: [stream.batch(e, b) for b in range(stream.spec.batches_per_epoch)] for s, e in stages.items()}
+    special = run.model.config.special
+    k = max(int((b["input_ids"] == special.latent_id).sum(-1).max()) for b in batches[max(stages)])
+    print(f"training {a.config.name} ({cfg.data_format} format, supervision {cfg.supervision}) on {a.device}, "
+          f"{a.threads} threads, {a.precision}, batch {a.batch}, {a.steps} timed steps; stage 0: no thought; "
+          f"stage {max(stages)}: {k} continuous thoughts")
+    autocast = partial(_autocast, cfg, a.device)
     for size in sizes:
-        model = random_model(size, tok, config).to(a.device)
+        model = random_model(size, run.tok, run.model.config).to(a.device)
         n_params = sum(p.numel() for p in model.parameters()) / 1e6
-        rate = {}
+        rate, tflops = {}, {}
         for stage in stages:
             if a.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            rate[stage] = tokens_per_s(model, batches[stage], a.steps, a.device)
+            rate[stage] = tokens_per_s(model, batches[stage], a.steps, a.device, autocast)
+            context = sum(b["n_tokens"] for b in batches[stage]) / sum(len(b["input_ids"]) for b in batches[stage])
+            tflops[stage] = flops_per_token(model, context) * rate[stage] / 1e12
         mem = f" | peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" \
             if a.device.startswith("cuda") else ""
         l, d, _h = SIZES[size]
-        print(f"{size:>9} ({l} x {d}, {n_params:6.1f}M params): stage 0 {rate[0]:9.0f} tokens/s | stage {stages[1]} "
-              f"{rate[stages[1]]:9.0f} tokens/s | ratio {rate[0] / rate[stages[1]]:4.1f}x{mem}")
+        s0, s1 = min(stages), max(stages)
+        print(f"{size:>9} ({l} x {d}, {n_params:6.1f}M params): stage {s0} {rate[s0]:9.0f} tokens/s "
+              f"({tflops[s0]:.2f} TFLOP/s) | stage {s1} {rate[s1]:9.0f} tokens/s ({tflops[s1]:.2f} TFLOP/s) | "
+              f"ratio {rate[s0] / rate[s1]:4.1f}x{mem}")
         del model
 
 

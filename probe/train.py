@@ -458,6 +458,8 @@ def train(
 
     Raises ConfigError for a run that cannot start (nothing to resume, a used out_dir, a budget too small).
     """
+    if device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
     run = _setup(cfg, resume, device)
     state, model = run.state, run.model
     calibration: dict[str, Any] = {}

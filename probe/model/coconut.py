@@ -235,12 +235,17 @@ class CoconutModel(nn.Module):
         embeds = self.embed(input_ids)
         is_latent = input_ids == self.config.latent_id
         n_thoughts = is_latent.sum(-1)
-        max_k = int(n_thoughts.max()) if batch else 0
+        # The loop is planned on the host from one copy of the latent mask (one device sync per call).
+        host_latent = is_latent.cpu()
+        max_k = int(host_latent.sum(-1).max()) if batch else 0
         thoughts = embeds.new_zeros(batch, max_k, embeds.shape[-1])
         slot_of = is_latent.long().cumsum(-1) - 1  # [batch, seq] index of the thought a latent position holds
         feedback = self.config.mode in FEEDBACK_MODES
         # Columns that hold a latent in some row: a segment ends before each of them.
-        cuts = torch.nonzero(is_latent.any(0)).flatten().tolist() if feedback else []
+        cuts = torch.nonzero(host_latent.any(0)).flatten().tolist() if feedback else []
+        # The rows that hold a latent at each cut, moved to the device in one copy.
+        cut_rows = [torch.nonzero(host_latent[:, c]).flatten() for c in cuts]
+        cut_rows = torch.cat(cut_rows).to(embeds.device).split([len(r) for r in cut_rows]) if cuts else []
         layer_edit = edit if edit is not None and edit.layer is not None else None
         edit = None if layer_edit is not None else edit
         if edit is not None and not feedback and max_k:
@@ -250,7 +255,7 @@ class CoconutModel(nn.Module):
         cache = DynamicCache(config=self.base.config)
         hidden, start = [], 0
         with self._residual_edit(layer_edit, is_latent, slot_of, attention_mask):
-            for col in cuts + [seq]:
+            for i, col in enumerate(cuts + [seq]):
                 if col > start:
                     h = self._run(embeds[:, start:col], attention_mask[:, :col], position_ids[:, start:col], cache)
                     hidden.append(h)
@@ -259,7 +264,7 @@ class CoconutModel(nn.Module):
                     break
                 if col == 0:
                     raise ValueError("a sequence starts with <|latent|>: a thought needs a position before it")
-                rows = torch.nonzero(is_latent[:, col]).flatten()
+                rows = cut_rows[i]
                 thought = hidden[-1][rows, -1]  # the state at col - 1
                 slot = slot_of[rows, col]
                 if edit is not None:
