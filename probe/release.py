@@ -18,7 +18,7 @@ from probe.data.prosqa import ProsQAItem, load_items
 from probe.evaluate import GOLD, evaluate
 from probe.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutModel
-from probe.train import read_options
+from probe.train_config import read_options
 
 FIRST_N = 50  # the shipped-model test re-measures the first FIRST_N items
 MARGIN_ITEMS = 2  # ...and allows this many items of difference (numerics may flip a near tie)

@@ -228,7 +228,7 @@ def test_a_budget_sizes_the_epochs_from_measured_costs(tmp_path):
 
 
 def test_configs_inherit_and_take_overrides(tmp_path):
-    from probe.train import parse_overrides
+    from probe.train_config import parse_overrides
 
     (tmp_path / "base.yaml").write_text("name: base\nlr: 1e-3\nmodel: {model_type: gpt2, n_layer: 2, n_embd: 64}\n")
     (tmp_path / "child.yaml").write_text("inherit: base.yaml\nname: child\nmode: pause_as_thought\n")

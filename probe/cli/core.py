@@ -54,7 +54,8 @@ def train(
                                    "(repeatable): --set lr=3e-4 --set model.n_layer=1."),
 ) -> None:
     """Train a Coconut model (or a baseline) with the multi-stage curriculum."""
-    from probe.train import TrainConfig, parse_overrides, train as run
+    from probe.train import train as run
+    from probe.train_config import TrainConfig, parse_overrides
 
     try:
         overrides = parse_overrides(set_)
