@@ -65,17 +65,15 @@ def collate(seqs: Sequence[Rendered], pad_id: int, latent_id: int) -> dict[str, 
     units = [s.units() for s in seqs]
     n_units = max(1, max(len(u) for u in units))
     n_set = max([1] + [len(t) for u in units for _, t in u])
-    ids, labels, mask = [], [], []
-    target_pos = torch.full((len(seqs), n_units), -1)
-    target_ids = torch.full((len(seqs), n_units, n_set), -1)
-    for row, (l, s, u) in enumerate(zip(left, seqs, units)):
+    ids, labels, mask, pos, toks = [], [], [], [], []
+    for l, s, u in zip(left, seqs, units):
         r = width - l - len(s.input_ids)
         ids.append([pad_id] * l + list(s.input_ids) + [pad_id] * r)
         labels.append([IGNORE_INDEX] * l + list(s.labels) + [IGNORE_INDEX] * r)
         mask.append([0] * l + [1] * len(s.input_ids) + [0] * r)
-        for j, (pos, toks) in enumerate(u):
-            target_pos[row, j] = pos + l
-            target_ids[row, j, : len(toks)] = torch.tensor(toks)
+        pos.append([p + l for p, _ in u] + [-1] * (n_units - len(u)))
+        toks.append([list(t) + [-1] * (n_set - len(t)) for _, t in u] + [[-1] * n_set] * (n_units - len(u)))
+    target_pos, target_ids = torch.tensor(pos), torch.tensor(toks)
     mask_t = torch.tensor(mask)
     return {
         "input_ids": torch.tensor(ids),
