@@ -10,6 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from probe.data.prosqa import load_items
+from probe.evaluate import evaluate
+from probe.model.checkpoint import load_checkpoint
 from probe.model.coconut import CoconutModel
 from probe.train import ConfigError, TrainConfig, train
 
@@ -245,3 +248,17 @@ def test_configs_inherit_and_take_overrides(tmp_path):
         TrainConfig(name="x", mode="cot", supervision="optimal")
     for name in ("coconut", "coconut_newest", "pause", "no_thoughts"):  # the shipped recipe's configs load
         TrainConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "rbs" / f"{name}.yaml")
+
+
+def test_the_recipe_learns_its_training_items(tmp_path, official_path):
+    """Trained at the last stage on eight items, evaluated as `probe eval` evaluates them (six thoughts, then
+    the answer line by the official rule): every one right. Training and inference agree on the layout."""
+    data = tmp_path / "eight.json"
+    data.write_text(json.dumps(json.loads(official_path.read_text())[:8]))
+    cfg = graph_config(tmp_path, model={"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4},
+                       train_data=str(data), train_size=8, batch_size=8, epochs_per_stage=1, max_latent_stage=6,
+                       start_epoch=7, num_epochs=107, uniform_prob=0.0, lr=3e-3, warmup_steps=10, keep_checkpoints=1)
+    model, tok = load_checkpoint(train(cfg, progress=False).last_checkpoint)
+    res = evaluate(model, tok, load_items(data), progress=False)
+    assert [r.n_thoughts for r in res.items] == [6] * 8
+    assert res.accuracy == 1.0, [r.text for r in res.items]
