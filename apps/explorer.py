@@ -64,9 +64,9 @@ def load_split(path: str):
 
 @st.cache_resource(show_spinner=False)
 def weights_hash(ckpt: str, base: str) -> str:
-    from probe.probes import model_weights_hash
+    from probe.model.identity import weights_hash as model_hash
 
-    return model_weights_hash(load_model(ckpt, base)[0])
+    return model_hash(load_model(ckpt, base)[0])
 
 
 def parse_item(item_json: str):

@@ -12,7 +12,6 @@ another model.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_tokens
 from probe.data.prosqa import ProsQAItem
 from probe.model.coconut import CoconutModel
+from probe.model.identity import readout_hash
 
 RESID = "hook_resid_post"
 
@@ -40,17 +40,6 @@ class LensError(ValueError):
 
 def _readout(model: CoconutModel) -> tuple[nn.Module, nn.Module]:
     return architecture(model).final_norm, model.base.get_output_embeddings()
-
-
-def readout_hash(model: CoconutModel) -> str:
-    """sha256 of the final norm and unembedding weights: what a lens is tied to."""
-    h = hashlib.sha256()
-    norm, unembed = _readout(model)
-    for mod in (norm, unembed):
-        for name, p in sorted(mod.state_dict().items()):
-            h.update(name.encode())
-            h.update(p.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class TunedLens(nn.Module):
@@ -105,7 +94,10 @@ class TunedLens(nn.Module):
         return self
 
     def _check(self, model: CoconutModel) -> None:
-        if self.model_hash and self.model_hash != readout_hash(model):
+        if not self.model_hash:
+            raise LensError("this tuned lens records no model hash, so nothing ties it to a model; refit it "
+                            "(probe tuned-lens)")
+        if self.model_hash != readout_hash(model):
             raise LensError(
                 f"this tuned lens was trained for another model (readout hash {self.model_hash[:12]} "
                 f"!= {readout_hash(model)[:12]})"

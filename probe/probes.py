@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from safetensors.numpy import load_file, save_file
 from scipy.stats import spearmanr
 from sklearn.base import BaseEstimator
@@ -29,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from probe.data.graph import ProsQAGraph
 from probe.data.prosqa import ProsQAItem, atomic_directory, atomic_write_text
+from probe.model.identity import weights_hash
 
 TARGETS = ("frontier", "reachable", "value", "depth")
 CLASSIFICATION = ("frontier", "reachable")
@@ -352,17 +352,6 @@ def halt_points(p_correct: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return np.where(fires.any(axis=1), first, p_correct.shape[1] + 1)
 
 
-def model_weights_hash(model: torch.nn.Module) -> str:
-    """sha256 of every parameter: what a probe or SAE fit on a model's activations is tied to."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------- on a model
 
 
@@ -417,7 +406,7 @@ def fit_probes(
         coefs.append(p.coef_)
         biases.append(p.intercept_)
     saved = SavedProbe(target, kind, hook, list(scores), names, np.stack(coefs), np.stack(biases),
-                       model_weights_hash(model), {str(k): s.as_dict() for k, s in scores.items()})
+                       weights_hash(model), {str(k): s.as_dict() for k, s in scores.items()})
     return ProbeReport(target, hook, scores, saved)
 
 
@@ -479,7 +468,7 @@ def fit_halting_probe(
     scores = ProbeScores(0, "classification", _nanmean(aucs), _nanstd(aucs), _nanmean(ctrl), float("nan"), n)
     p = LinearProbe("classification").fit(X, y)
     saved = SavedProbe("halt", "classification", hook, [k_max], ["correct"], p.coef_[None], p.intercept_[None],
-                       model_weights_hash(model), {"cv": scores.as_dict(), "k_max": k_max,
+                       weights_hash(model), {"cv": scores.as_dict(), "k_max": k_max,
                                                    "positive_rate": float(y.mean())})
     return saved, scores
 

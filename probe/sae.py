@@ -177,7 +177,11 @@ class SparseAutoencoder:
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> "SparseAutoencoder":
-        """Read an SAE in SAELens's format (ours, or any topk/standard SAELens SAE); refuse another model's."""
+        """Read an SAE in SAELens's format (ours, or any topk/standard SAELens SAE).
+
+        With model_hash (probe.model.identity.weights_hash of the model it will read), refuse one trained
+        on another model or recording no model (an SAE from SAELens itself: load it without model_hash).
+        """
         path = Path(path)
         cfg_file, weights = path / "cfg.json", path / "sae_weights.safetensors"
         if not cfg_file.is_file() or not weights.is_file():
@@ -199,8 +203,9 @@ class SparseAutoencoder:
         for name, shape in shapes.items():
             if tuple(tensors[name].shape) != shape:
                 raise SAEError(f"{weights}: {name} has shape {list(tensors[name].shape)}, cfg.json says {list(shape)}")
-        if model_hash is not None and ours.get("model_hash") not in (None, model_hash):
-            raise SAEError(f"{path}: this SAE was trained on another model's activations")
+        if model_hash is not None and ours.get("model_hash") != model_hash:
+            why = "records no model hash" if not ours.get("model_hash") else "was trained on another model's activations"
+            raise SAEError(f"{path}: this SAE {why}; refit it (probe sae train)")
         sae = cls(d_sae=d_sae, k=int(cfg.get("k", 1)), activation="topk" if arch == "topk" else "relu",
                   **{k: ours[k] for k in ("l1_coeff", "lr", "epochs", "batch_size", "seed") if k in ours})
         for name in shapes:

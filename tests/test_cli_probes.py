@@ -13,7 +13,8 @@ from probe.cli import app
 from probe.model.checkpoint import load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import special_tokens
-from probe.probes import SavedProbe, model_weights_hash
+from probe.model.identity import weights_hash
+from probe.probes import SavedProbe
 from probe.sae import SparseAutoencoder
 
 runner = CliRunner()
@@ -40,7 +41,7 @@ def test_probes_fit_writes_probe_report_and_figure(ckpt, official_path, tmp_path
         assert s["selectivity"] == pytest.approx(s["auroc"] - s["control_auroc"])
     assert rep["control"]["steps"]["1"]["auroc"] == pytest.approx(rep["steps"]["1"]["auroc"])  # same model
     model, _ = load_checkpoint(ckpt)
-    saved = SavedProbe.load(out, model_weights_hash(model))
+    saved = SavedProbe.load(out, weights_hash(model))
     assert saved.steps == [1, 2] and saved.coef.shape[-1] == model.d_model
     assert (out / "scores.html").stat().st_size > 1000
     r = runner.invoke(app, ["probes", "fit", "--ckpt", str(ckpt), "--data", str(official_path), "--target", "height",
@@ -81,7 +82,7 @@ def test_sae_train_writes_saelens_files_and_a_report(ckpt, tmp_path):
     assert 0 <= rep["fvu"] and 0 < rep["l0"] <= 4 and 0 <= rep["dead_fraction"] <= 1
     assert rep["features"] and all(0 <= f["best_auroc"] <= 1 for f in rep["features"])
     model, _ = load_checkpoint(ckpt)
-    sae = SparseAutoencoder.load(out, model_hash=model_weights_hash(model))
+    sae = SparseAutoencoder.load(out, model_hash=weights_hash(model))
     assert sae.hook_name_ == "ln_final.hook_normalized" and sae.W_dec_.shape == (32, model.d_model)
     assert np.isfinite(sae.metrics(np.random.default_rng(0).normal(size=(5, model.d_model))).fvu)
     r = runner.invoke(app, ["sae", "train", "--ckpt", str(ckpt), "--n", "30", "--layer", "7", "--out",

@@ -65,3 +65,43 @@ def test_every_model_command_takes_dtype(tmp_path, official_path):
     assert manifest["dtype"] == "float16"
     r = runner.invoke(app, ["eval", *data, "--limit", "2", "--dtype", "float8"])
     assert r.exit_code != 0 and "--dtype: expected one of float32, bfloat16, float16, got 'float8'" in r.output
+
+
+def test_a_lower_precision_copy_keeps_the_models_identity(tmp_path):
+    """The shipped lens, probe and SAE were fit on the float32 weights; the same model loaded in bfloat16 or
+    float16 must be accepted by all three, a model one element away refused, and an unhashed lens refused."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from probe.lens import LensError, TunedLens
+    from probe.model.identity import readout_hash, weights_hash
+    from probe.probes import ProbeError, SavedProbe
+    from probe.sae import SAEError, SparseAutoencoder
+
+    ckpt = default_checkpoint()
+    lens_file, probe_dir, sae_dir = ckpt / "tuned_lens.safetensors", ckpt / "probes" / "frontier", ckpt / "sae"
+    full, _ = load_checkpoint(ckpt)
+    for dtype in (torch.bfloat16, torch.float16):
+        low, _ = load_checkpoint(ckpt, dtype=dtype)
+        assert next(low.parameters()).dtype == dtype
+        assert weights_hash(low) == weights_hash(full) and readout_hash(low) == readout_hash(full)
+        TunedLens.load(lens_file, low)
+        SavedProbe.load(probe_dir, weights_hash(low))
+        SparseAutoencoder.load(sae_dir, model_hash=weights_hash(low))
+    # one element of the unembedding changed: another model to every readout
+    with torch.no_grad():
+        full.base.get_output_embeddings().weight[3, 5] += 1e-3
+    assert weights_hash(full) != weights_hash(load_checkpoint(ckpt)[0])
+    with pytest.raises(LensError, match="trained for another model"):
+        TunedLens.load(lens_file, full)
+    with pytest.raises(ProbeError, match="fit on another model"):
+        SavedProbe.load(probe_dir, weights_hash(full))
+    with pytest.raises(SAEError, match="another model"):
+        SparseAutoencoder.load(sae_dir, model_hash=weights_hash(full))
+    # a lens file whose hash is empty is tied to nothing: refused, not accepted silently
+    with safe_open(str(lens_file), framework="pt") as f:
+        meta = f.metadata()
+    save_file(load_file(str(lens_file)), str(tmp_path / "unhashed.safetensors"), metadata={**meta, "model_hash": ""})
+    with pytest.raises(LensError, match="records no model hash"):
+        TunedLens.load(tmp_path / "unhashed.safetensors", load_checkpoint(ckpt)[0])
+

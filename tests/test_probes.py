@@ -9,7 +9,8 @@ import pytest
 
 from probe.data.prosqa import ProsQAItem
 from probe.probes import (LinearProbe, ProbeError, SavedProbe, control_targets, cross_validate, fit_halting_probe,
-                          fit_probes, halt_points, halting_eval, model_weights_hash, probe_targets)
+                          fit_probes, halt_points, halting_eval, probe_targets)
+from probe.model.identity import weights_hash
 
 # Tom -> wumpus -> yumpus (target); Tom -> zumpus -> rompus (neg_target); lempus -> rompus (unreached).
 ITEM = ProsQAItem(
@@ -128,7 +129,7 @@ def test_probes_on_a_model_read_its_own_residuals(tiny, official_items):
     rep = fit_probes(model, tok, items, "frontier", layer=-1, k_max=2, folds=4, progress=False)
     assert rep.hook == "blocks.1.hook_resid_post" and sorted(rep.scores) == [1, 2]
     assert rep.probe.coef.shape == (2, len(rep.probe.names), model.d_model)
-    assert rep.probe.model_hash == model_weights_hash(model)
+    assert rep.probe.model_hash == weights_hash(model)
     # The saved probe of thought 2 applied to an independent capture's residual gives the same logits.
     trace = capture(model, tok, items[:3], k=2, names=[rep.hook], progress=False)
     X = trace[rep.hook][:, 1].numpy()

@@ -71,6 +71,12 @@ def test_files_follow_saelens_and_round_trip(tmp_path):
     torch.testing.assert_close(back.decode(want), want @ w["W_dec"] + w["b_dec"])
     with pytest.raises(SAEError, match="another model"):
         SparseAutoencoder.load(tmp_path / "sae", model_hash="xyz")
+    unhashed = json.loads((tmp_path / "sae" / "coconut_probe.json").read_text())
+    del unhashed["model_hash"]
+    (tmp_path / "sae" / "coconut_probe.json").write_text(json.dumps(unhashed))
+    with pytest.raises(SAEError, match="records no model hash"):  # tied to nothing: not accepted silently
+        SparseAutoencoder.load(tmp_path / "sae", model_hash="abc")
+    SparseAutoencoder.load(tmp_path / "sae")  # without a model to check against (an SAE from SAELens itself)
     with pytest.raises(SAEError, match="d_in=5"):
         back.encode(torch.zeros(3, 5))
     with pytest.raises(SAEError, match="not an SAE directory"):

@@ -92,9 +92,10 @@ def eval_cmd(
         items = load_items(data, limit=limit)
         model, tok = _load(ckpt, base, device, dtype)
         if halt is not None:
-            from probe.probes import SavedProbe, halting_eval, model_weights_hash
+            from probe.model.identity import weights_hash
+            from probe.probes import SavedProbe, halting_eval
 
-            result = halting_eval(model, tok, items, SavedProbe.load(halt, model_weights_hash(model)),
+            result = halting_eval(model, tok, items, SavedProbe.load(halt, weights_hash(model)),
                                   threshold=threshold, batch_size=batch_size)
         else:
             res = evaluate(model, tok, items, k=k if k in (None, GOLD) else _int_option("--k", k), batch_size=batch_size)

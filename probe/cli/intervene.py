@@ -42,7 +42,8 @@ def intervene_cmd(
     """Causal tests of the thoughts: fewer thoughts, ablation, counterfactual patching, steering; beside controls."""
     from probe.data.prosqa import atomic_directory, atomic_write_text, load_items
     from probe.interventions import ABLATIONS, run_interventions
-    from probe.probes import SavedProbe, model_weights_hash
+    from probe.model.identity import weights_hash
+    from probe.probes import SavedProbe
     from probe.viz import INTERVENTION_FIGURES
 
     _new_out(out)
@@ -59,7 +60,7 @@ def intervene_cmd(
             model, tok = _load(ckpt if i == 0 else path, b, device, dtype)
             probe = None
             if probe_dir is not None and i == 0:
-                probe = SavedProbe.load(probe_dir, model_weights_hash(model))
+                probe = SavedProbe.load(probe_dir, weights_hash(model))
             typer.echo(f"{path}:")
             rep = run_interventions(model, tok, items, k if i == 0 else reports[0].k, site_list, kind_list,
                                     steer_step, steer_layer, alpha_list, probe, batch_size, seed,

@@ -131,7 +131,8 @@ def sae_train(
     from probe.analyze import finite
     from probe.data.prosqa import atomic_directory, atomic_write_text
     from probe.frontier import GROUPS
-    from probe.probes import model_weights_hash, resid_hook
+    from probe.model.identity import weights_hash
+    from probe.probes import resid_hook
     from probe.sae import SparseAutoencoder, feature_reports, thought_rows
     from probe.viz import sae_features
 
@@ -156,7 +157,7 @@ def sae_train(
                      "features": [vars(f) for f in ranked[:50]]})
     with atomic_directory(out) as tmp:
         sae.write_into(tmp, rows.hook, model_name=_default_ckpt(ckpt).name,
-                       extra={"model_hash": model_weights_hash(model), "k_max": rows.k_max, "n_items": n_items})
+                       extra={"model_hash": weights_hash(model), "k_max": rows.k_max, "n_items": n_items})
         atomic_write_text(tmp / "report.json", json.dumps(report, indent=1))
         sae_features(feats).write_html(tmp / "features.html", include_plotlyjs=True)
     typer.echo(f"SAE on {rows.hook} ({len(rows.X)} thoughts of {n_items} items): fvu {train_m.fvu:.3f} "

@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from probe.data.prosqa import atomic_directory
 from probe.model.coconut import CoconutConfig, CoconutModel
+from probe.model.identity import pin
 from probe.model.tokenizer import TokenizerError, add_latent_tokens, load_tokenizer, special_tokens
 
 FORMAT_VERSION = 1
@@ -101,7 +102,11 @@ def load_checkpoint(
     dtype: torch.dtype | None = None,
     **official: Any,
 ) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
-    """Load our directory format, or an official state-dict file given its base directory."""
+    """Load our directory format, or an official state-dict file given its base directory.
+
+    With a dtype other than float32 the model's identity (probe.model.identity) is pinned first, so
+    readouts fit on the stored weights still accept it.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -118,6 +123,8 @@ def load_checkpoint(
             )
         model, tok = load_official(path, base, **official)
     model.base.eval()
+    if dtype is not None and dtype != torch.float32:
+        pin(model)  # the lens, probes and SAEs fit on the stored weights serve the cast copy too
     model.to(device=device, dtype=dtype)
     return model, tok
 

@@ -136,6 +136,7 @@ class CoconutModel(nn.Module):
         super().__init__()
         self.base = base
         self.config = config
+        self.identity: dict[str, str] = {}  # hashes pinned by load_checkpoint before a cast (probe.model.identity)
         vocab = base.get_input_embeddings().num_embeddings
         for name in ("start_id", "end_id", "latent_id", "eos_id", "pad_id"):
             if not 0 <= getattr(config, name) < vocab:
