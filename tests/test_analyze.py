@@ -93,6 +93,7 @@ def test_analysis_agrees_with_independent_computations(tiny, official_items):
         ev = evaluate(model, tok, items, k=k, progress=False)
         assert a.accuracy_by_k[k] == ev.accuracy
         assert [row[k].text for row in a.verbalised] == [r.text for r in ev.items]
+        assert [row[k].correct for row in a.verbalised] == [r.correct for r in ev.items]
     # Attention per edge is a share of one softmax row: within [0, 1], and not all zero.
     att = a.attention.per_item
     assert np.nanmin(att) >= 0 and np.nanmax(att) <= 1 and np.nansum(att) > 0

@@ -139,20 +139,24 @@ def test_probes_on_a_model_read_its_own_residuals(tiny, official_items):
         fit_probes(model, tok, items, "frontier", layer=5, k_max=2)
 
 
-def test_halting_eval_with_a_probe_that_always_or_never_fires(tiny, official_items):
+def test_halting_eval_with_a_probe_that_always_or_never_fires(answering, official_items):
+    """On a model that answers some items right and some wrong at every k, so that each item's correctness,
+    not just a 0 == 0 accuracy, is compared."""
     from probe.evaluate import evaluate
 
-    model, tok = tiny
+    model, tok = answering
     items = official_items[:12]
+    correct = {k: [r.correct for r in evaluate(model, tok, items, k=k, progress=False).items] for k in (0, 1, 3)}
+    assert all(0 < sum(c) < len(items) for c in correct.values()), correct  # mixed: the comparison can fail
     saved, scores = fit_halting_probe(model, tok, items, k_max=3, folds=3, progress=False)
     assert saved.target == "halt" and saved.coef.shape == (1, 1, model.d_model) and scores.n_items == 12
     always = SavedProbe(**{**saved.__dict__, "intercept": np.full((1, 1), 50.0), "coef": np.zeros_like(saved.coef)})
     never = SavedProbe(**{**saved.__dict__, "intercept": np.full((1, 1), -50.0), "coef": np.zeros_like(saved.coef)})
     res = halting_eval(model, tok, items, always, progress=False)
-    assert res.mean_thoughts == 1 and res.accuracy == evaluate(model, tok, items, k=1, progress=False).accuracy
+    assert res.mean_thoughts == 1 and res.correct.tolist() == correct[1]
     res = halting_eval(model, tok, items, never, progress=False)
-    assert res.mean_thoughts == 3 and res.accuracy == res.fixed[3]
-    assert res.fixed[0] == evaluate(model, tok, items, k=0, progress=False).accuracy
+    assert res.mean_thoughts == 3 and res.correct.tolist() == correct[3]
+    assert res.fixed[3] == pytest.approx(sum(correct[3]) / 12) and res.fixed[0] == pytest.approx(sum(correct[0]) / 12)
     assert json.loads(json.dumps(res.as_dict()))["thoughts_histogram"] == {"3": 12}
 
 
