@@ -153,3 +153,33 @@ def test_official_checkpoint_errors(tmp_path):
     PreTrainedTokenizerFast(tokenizer_object=small.backend_tokenizer, eos_token="<|endoftext|>").save_pretrained(base_dir)
     with pytest.raises(CheckpointError, match=r"(?s)tensor shapes do not match .*transformer.wte.weight: checkpoint \(70, 32\) vs model \(69, 32\)"):
         load_checkpoint(ckpt, base=base_dir)
+
+
+def test_official_loader_checks(tmp_path, saved):
+    for sub in ("g", "l"):
+        (tmp_path / sub).mkdir()
+    base_dir, ckpt, _ = official_fixture(tmp_path / "g", "gpt2")
+    state = torch.load(ckpt, weights_only=True)
+    # the wrapper's embedding.weight is the base model's input embedding: another tensor there is refused
+    state["embedding.weight"] = state["embedding.weight"].clone()
+    state["embedding.weight"][0, 0] += 1
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match=r"embedding.weight differs from the base model's input embedding "
+                                              r"\(base_causallm.transformer.wte.weight\)"):
+        load_checkpoint(ckpt, base=base_dir)
+    # a file that holds something else than a state dict of tensors
+    for thing in ({"base_causallm.x": 1}, [torch.zeros(1)]):
+        torch.save(thing, ckpt)
+        with pytest.raises(CheckpointError, match="expected a state dict of tensors"):
+            load_checkpoint(ckpt, base=base_dir)
+    # an untied Llama checkpoint without its lm_head
+    base_dir, ckpt, original = official_fixture(tmp_path / "l", "llama")
+    assert not original.config.tie_word_embeddings
+    state = torch.load(ckpt, weights_only=True)
+    del state["base_causallm.lm_head.weight"]
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match=r"missing keys: base_causallm.lm_head.weight$"):
+        load_checkpoint(ckpt, base=base_dir)
+    # --base with one of our directories
+    with pytest.raises(CheckpointError, match=r"a base model directory \(--base\) is only for official checkpoint files"):
+        load_checkpoint(saved, base=base_dir)

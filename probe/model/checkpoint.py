@@ -180,6 +180,11 @@ def _tied_keys(model: PreTrainedModel) -> set[str]:
     return set(keys.keys() if isinstance(keys, dict) else keys)
 
 
+def _embedding_key(model: PreTrainedModel) -> str:
+    weight = model.get_input_embeddings().weight
+    return next(k for k, v in model.state_dict(keep_vars=True).items() if v is weight)
+
+
 def load_official(
     path: str | os.PathLike,
     base: str | os.PathLike,
@@ -230,6 +235,10 @@ def load_official(
             + "\n  ".join(shapes)
         )
     model.load_state_dict(base_state, strict=False)
+    for alias in OFFICIAL_ALIASES:  # the wrapper's second name for the input embedding: it must be that tensor
+        if alias in state and not torch.equal(state[alias], model.get_input_embeddings().weight.detach()):
+            raise CheckpointError(f"{path}: {alias} differs from the base model's input embedding "
+                                  f"({OFFICIAL_PREFIX}{_embedding_key(model)}); the file is not one official wrapper's")
     config = CoconutConfig.from_special(
         special, mode=mode, c_thought=c_thought, max_latent_stage=max_latent_stage,
         pad_latent_to_max=pad_latent_to_max, data_format="sentences",
