@@ -130,11 +130,29 @@ def test_probes_on_a_model_read_its_own_residuals(tiny, official_items):
     assert rep.hook == "blocks.1.hook_resid_post" and sorted(rep.scores) == [1, 2]
     assert rep.probe.coef.shape == (2, len(rep.probe.names), model.d_model)
     assert rep.probe.model_hash == weights_hash(model)
-    # The saved probe of thought 2 applied to an independent capture's residual gives the same logits.
-    trace = capture(model, tok, items[:3], k=2, names=[rep.hook], progress=False)
-    X = trace[rep.hook][:, 1].numpy()
-    want = X @ rep.probe.coef[1].T + rep.probe.intercept[1]
-    np.testing.assert_allclose(rep.probe.probe(2).decision_function(X), want, rtol=1e-6)
+    # Refit independently: thought 2's residuals from a capture of our own, each name's frontier_2 labels from
+    # the graphs, a StandardScaler over every row and one scikit-learn logistic regression per name on the
+    # items that have it. Its logits equal the saved probe's on every item.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from probe.data.graph import ProsQAGraph
+
+    trace = capture(model, tok, items, k=2, names=[rep.hook], progress=False)
+    X = trace[rep.hook][:, 1].double().numpy()
+    scaler = StandardScaler().fit(X)
+    Z = scaler.transform(X)
+    saved = rep.probe.probe(2).decision_function(X)
+    checked = 0
+    for j, name in enumerate(rep.probe.names):
+        rows = [b for b, it in enumerate(items) if name in it.idx_to_symbol]
+        y = [items[b].index(name) in ProsQAGraph.from_item(items[b]).frontier(2) for b in rows]
+        if len(set(y)) < 2:
+            continue
+        clf = LogisticRegression(C=1.0, max_iter=2000).fit(Z[rows], y)
+        np.testing.assert_allclose(saved[:, j], clf.decision_function(Z), rtol=1e-4, atol=1e-4, err_msg=name)
+        checked += 1
+    assert checked >= 5
     with pytest.raises(ProbeError, match="layer 5 is out of range"):
         fit_probes(model, tok, items, "frontier", layer=5, k_max=2)
 
