@@ -32,14 +32,21 @@ def official_items(official_path):
 
 
 @pytest.fixture(scope="session")
-def answering(tmp_path_factory, official_path):
-    """(model, tokenizer): a tiny Coconut model built to answer some validation items right and some wrong
+def answering(answering_checkpoint):
+    """(model, tokenizer) of answering_checkpoint."""
+    from probe.model.checkpoint import load_checkpoint
+
+    return load_checkpoint(answering_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def answering_checkpoint(tmp_path_factory, official_path):
+    """A checkpoint directory: a tiny Coconut model built to answer some validation items right and some wrong
     after any number of thoughts: trained on items 0..7 at every stage (uniform_prob 1), so that it writes
     an answer line after any k, right on most of those items and wrong on items 8..11 (about 12 s, once).
     Comparisons of accuracies or correctness on it can fail, unlike 0 == 0 on a random model."""
     import json
 
-    from probe.model.checkpoint import load_checkpoint
     from probe.train import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("answering")
@@ -49,7 +56,7 @@ def answering(tmp_path_factory, official_path):
                       model={"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4}, train_size=8,
                       batch_size=8, epochs_per_stage=1, max_latent_stage=6, start_epoch=7, num_epochs=127,
                       uniform_prob=1.0, lr=3e-3, warmup_steps=10, seed=1, keep_checkpoints=1)
-    return load_checkpoint(train(cfg, progress=False).last_checkpoint)
+    return train(cfg, progress=False).last_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -94,9 +94,34 @@ def test_analysis_agrees_with_independent_computations(tiny, official_items):
         assert a.accuracy_by_k[k] == ev.accuracy
         assert [row[k].text for row in a.verbalised] == [r.text for r in ev.items]
         assert [row[k].correct for row in a.verbalised] == [r.correct for r in ev.items]
-    # Attention per edge is a share of one softmax row: within [0, 1], and not all zero.
-    att = a.attention.per_item
-    assert np.nanmin(att) >= 0 and np.nanmax(att) <= 1 and np.nansum(att) > 0
+    # Attention by edge group at thought 1, computed by hand: an eager forward of the question and
+    # <|start-latent|> (the position emitting thought 1), heads averaged, summed over each fact's tokens
+    # (the facts are the question's sentences, found word by word), averaged over the edges that leave the
+    # root (group "optimal" at step 0) and over all others ("unreachable").
+    sp = model.config.special
+    before = model.base.config._attn_implementation
+    model.base.set_attn_implementation("eager")
+    try:
+        for b in (0, 2):
+            it = items[b]
+            ids = tok.encode(it.question + "\n") + [sp.start_id]
+            with torch.no_grad():
+                att = model.base(torch.tensor([ids]), output_attentions=True).attentions  # per layer [1, h, q, k]
+            sentences = [s.strip() for s in it.question.replace(".", ".|").replace("?", "?|").split("|") if s.strip()]
+            start, per_edge = 0, {}
+            for sentence in sentences[:-1]:
+                n = len(tok.encode(sentence, add_special_tokens=False))
+                *head, parent, _is, _a, child = sentence.rstrip(".").split()
+                per_edge[(it.index(parent), it.index(child))] = [float(l[0, :, -1, start : start + n].mean(0).sum())
+                                                                 for l in att]
+                start += n
+            leaves_root = [e for e in per_edge if e[0] == it.root]
+            for j, group in ((0, leaves_root), (3, [e for e in per_edge if e[0] != it.root])):
+                want = np.mean([per_edge[e] for e in group], axis=0)  # [layers]
+                np.testing.assert_allclose(a.attention.per_item[b, 0, :, j], want, rtol=1e-4, atol=1e-6)
+            assert np.isnan(a.attention.per_item[b, 0, :, 1:3]).all()  # no frontier or reachable edge at step 0
+    finally:
+        model.base.set_attn_implementation(before)
     rep = a.report()
     assert set(rep["inner_product"]["1"]) == set(GROUPS)
     assert set(rep["parallelism"]["2"]) == {"top1", "top2", "top3"}
@@ -135,15 +160,19 @@ def shipped():
     return default_checkpoint()
 
 
-def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, official_path, tmp_path):
+def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, official_path, official_items, tmp_path):
     out = tmp_path / "an"
     control = shipped.parent / "prosqa-pause"
     r = runner.invoke(app, ["analyze", "--data", str(official_path), "--limit", "6", "--k-max", "2",
                             "--control", str(control), "--out", str(out)])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
-    for rpt in (rep, rep["control"]):
-        assert rpt["n"] == 6 and 0 <= rpt["accuracy"] <= 1
+    from probe.model.checkpoint import load_checkpoint
+
+    items = official_items[:6]
+    for rpt, ckpt in ((rep, shipped), (rep["control"], control)):
+        model, tok = load_checkpoint(ckpt)
+        assert rpt["n"] == 6 and rpt["accuracy"] == pytest.approx(evaluate(model, tok, items, progress=False).accuracy)
         assert set(rpt["inner_product"]) == {"1", "2"} and set(rpt["inner_product"]["1"]) == set(GROUPS)
         assert set(rpt["parallelism"]["1"]) == {"top1", "top2", "top3"}
         p = rpt["parallelism"]["2"]

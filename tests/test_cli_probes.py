@@ -49,26 +49,40 @@ def test_probes_fit_writes_probe_report_and_figure(ckpt, official_path, tmp_path
     assert r.exit_code == 2 and "unknown probe target 'height'" in r.output and not (tmp_path / "bad").exists()
 
 
-def test_halting_probe_then_eval_halt(ckpt, official_path, tmp_path):
+def test_halting_probe_then_eval_halt(answering_checkpoint, answering, official_path, tmp_path):
+    """On a model that answers some items right after some k and not others, so that the reported rates and
+    accuracies are compared with evaluate's, item by item, not 0 with 0."""
+    from probe.data.prosqa import load_items
+    from probe.evaluate import evaluate
+    from probe.probes import halting_eval
+
+    ckpt, (model, tok) = answering_checkpoint, answering
+    data = tmp_path / "twelve.json"
+    data.write_text(json.dumps(json.loads(official_path.read_text())[:12]))
+    items = load_items(data)
+    correct = {k: [r.correct for r in evaluate(model, tok, items, k=k, progress=False).items] for k in range(7)}
     out = tmp_path / "halt"
-    r = runner.invoke(app, ["probes", "halt", "--ckpt", str(ckpt), "--n", "24", "--folds", "3", "--out", str(out)])
+    r = runner.invoke(app, ["probes", "halt", "--ckpt", str(ckpt), "--data", str(data), "--folds", "3", "--out", str(out)])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
-    assert rep["k_max"] == 2 and 0 <= rep["positive_rate"] <= 1
+    # the share of (item, k) pairs, k = 1..5, whose forced answer is right
+    pairs = [c for k in range(1, 6) for c in correct[k]]
+    assert 0 < sum(pairs) < len(pairs) and rep["positive_rate"] == pytest.approx(sum(pairs) / len(pairs))
     js = tmp_path / "h.json"
-    r = runner.invoke(app, ["eval", "--ckpt", str(ckpt), "--data", str(official_path), "--limit", "10",
-                            "--halt", str(out), "--json", str(js)])
+    r = runner.invoke(app, ["eval", "--ckpt", str(ckpt), "--data", str(data), "--halt", str(out), "--json", str(js)])
     assert r.exit_code == 0, r.output
     res = json.loads(js.read_text())
-    assert 1 <= res["mean_thoughts"] <= 2 and set(res["fixed"]) == {"0", "1", "2"}
-    assert sum(res["thoughts_histogram"].values()) == 10
+    assert res["fixed"] == {str(k): pytest.approx(sum(c) / 12) for k, c in correct.items()}
+    assert sum(res["thoughts_histogram"].values()) == 12 and 1 <= res["mean_thoughts"] <= 6
+    lib = halting_eval(model, tok, items, SavedProbe.load(out, weights_hash(model)), progress=False)
+    assert res["accuracy"] == pytest.approx(lib.accuracy) and res["thoughts_histogram"] == lib.as_dict()["thoughts_histogram"]
     assert "plotly" in js.with_suffix(".html").read_text()[:20000].lower()
     # A probe fit on another model is refused by name.
     other = tmp_path / "other"
     saved = SavedProbe.load(out)
     saved.model_hash = "0" * 64
     saved.save(other)
-    r = runner.invoke(app, ["eval", "--ckpt", str(ckpt), "--data", str(official_path), "--halt", str(other)])
+    r = runner.invoke(app, ["eval", "--ckpt", str(ckpt), "--data", str(data), "--halt", str(other)])
     assert r.exit_code == 2 and "fit on another model" in r.output
 
 
@@ -79,10 +93,24 @@ def test_sae_train_writes_saelens_files_and_a_report(ckpt, tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["hook"] == "ln_final.hook_normalized" and rep["rows"] == 30 * 2
-    assert 0 <= rep["fvu"] and 0 < rep["l0"] <= 4 and 0 <= rep["dead_fraction"] <= 1
-    assert rep["features"] and all(0 <= f["best_auroc"] <= 1 for f in rep["features"])
-    model, _ = load_checkpoint(ckpt)
+    model, tok = load_checkpoint(ckpt)
     sae = SparseAutoencoder.load(out, model_hash=weights_hash(model))
+    # the report's numbers are the library's on the same rows: the first 27 items trained, the last 3 held out
+    from probe.data.generate import generate_items
+    from probe.frontier import GROUPS
+    from probe.sae import feature_reports, thought_rows
+
+    rows = thought_rows(model, tok, generate_items(30, seed=12345), progress=False)
+    train_m, held_m = sae.metrics(rows.X[: 27 * 2]), sae.metrics(rows.X[27 * 2 :])
+    assert rep["fvu"] == pytest.approx(train_m.fvu) and rep["l0"] == pytest.approx(train_m.l0)
+    assert rep["dead_fraction"] == pytest.approx(train_m.dead_fraction)
+    assert rep["held_out"]["fvu"] == pytest.approx(held_m.fvu)
+    feats = {f.feature: f for f in feature_reports(sae.encode(rows.X).numpy(), rows.frontier, rows.present,
+                                                    rows.names, rows.groups, GROUPS)}
+    assert rep["features"]
+    for f in rep["features"]:
+        assert f["best_auroc"] == pytest.approx(feats[f["feature"]].best_auroc)
+        assert f["best_name"] == feats[f["feature"]].best_name
     assert sae.hook_name_ == "ln_final.hook_normalized" and sae.W_dec_.shape == (32, model.d_model)
     assert np.isfinite(sae.metrics(np.random.default_rng(0).normal(size=(5, model.d_model))).fvu)
     r = runner.invoke(app, ["sae", "train", "--ckpt", str(ckpt), "--n", "30", "--layer", "7", "--out",
