@@ -14,11 +14,18 @@ AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 APP = str(Path(__file__).resolve().parents[1] / "apps" / "explorer.py")
 
 
+def ok(at) -> None:
+    """Nothing went wrong: the explorer shows every exception as a message, so no exception escaping is not
+    enough; no error message may be on the page either."""
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
 @pytest.fixture
 def app():
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
-    assert not at.exception, at.exception
+    ok(at)
     return at
 
 
@@ -32,26 +39,69 @@ def test_the_default_view_shows_the_first_item_and_its_graph(app, official_items
 
 def test_moving_the_slider_and_switching_colour_and_lens_raise_nothing(app):
     app.slider(key="k").set_value(4).run()
-    assert not app.exception and app.slider(key="k").value == 4
+    ok(app)
+    assert app.slider(key="k").value == 4
     app.radio(key="colour").set_value("lens probability").run()
-    assert not app.exception
+    ok(app)
     app.radio(key="lens").set_value("tuned").run()
-    assert not app.exception
+    ok(app)
     app.number_input(key="index").set_value(7).run()
-    assert not app.exception
+    ok(app)
     app.selectbox(key="ckpt").set_value("prosqa-pause").run()  # it has no tuned lens: a message says so
     assert not app.exception and "no such tuned lens file" in app.error[0].value
     app.radio(key="lens").set_value("logit").run()
-    assert not app.exception and app.slider(key="k").max == 6
+    ok(app)
+    assert app.slider(key="k").max == 6
+
+
+def nodes_trace(at) -> dict:
+    fig = json.loads(charts(at)[0].proto.spec)
+    return next(t for t in fig["data"] if t.get("name") == "nodes")
+
+
+def test_the_graph_shows_the_frontier_and_each_readout(app, official_items):
+    """Outlined red: exactly frontier_k. Colour: the node values after k thoughts, or (either lens) the
+    probability of each name's first token where the model emits thought k, computed here by hand: at the last
+    layer the tuned lens's translator is the identity, so both lenses read the model's own logits there."""
+    from probe.capture import node_values
+    from probe.data.graph import ProsQAGraph
+    from probe.data.layout import name_tokens
+    from probe.data.render import render_prompt, tokenize_item
+    from probe.model.checkpoint import load_checkpoint
+
+    model, tok = load_checkpoint(Path(APP).parents[1] / "checkpoints" / "prosqa-coconut")
+    it, g = official_items[0], ProsQAGraph.from_item(official_items[0])
+    for k in (1, 3):
+        app.slider(key="k").set_value(k).run()
+        ok(app)
+        nodes = nodes_trace(app)
+        red = [v for v, c in enumerate(nodes["marker"]["line"]["color"]) if c == "#d62728"]
+        assert red == g.frontier(k)
+        want = node_values(model, tok, [it], k, progress=False)[0, : it.n_nodes].numpy()
+        np.testing.assert_allclose(array(nodes["marker"]["color"]), want, rtol=1e-4, atol=1e-6)
+        prompt = render_prompt(tokenize_item(it, tok, model.config.data_format), k, model.config.stage_spec,
+                               model.config.special)
+        emit = len(tokenize_item(it, tok, model.config.data_format).question) + k - 1  # the position emitting thought k
+        with torch.no_grad():
+            probs = model(torch.tensor([prompt])).logits[0, emit].softmax(-1)
+        want = probs[torch.tensor(name_tokens(it, tok, model.config.data_format))].numpy()
+        for lens in ("logit", "tuned"):
+            app.radio(key="lens").set_value(lens).run()
+            app.radio(key="colour").set_value("lens probability").run()
+            ok(app)
+            np.testing.assert_allclose(array(nodes_trace(app)["marker"]["color"]), want, rtol=1e-4, atol=1e-6)
+        app.radio(key="colour").set_value("value after k thoughts").run()
 
 
 def test_generated_and_pasted_items(app, official_items):
     app.radio(key="source").set_value("generated").run()
-    assert not app.exception and app.number_input(key="seed").value == 0
+    ok(app)
+    assert app.number_input(key="seed").value == 0
     app.radio(key="source").set_value("pasted JSON").run()
     assert app.info  # nothing pasted yet
     app.text_area(key="json").input(json.dumps(official_items[3].to_json())).run()
-    assert not app.exception and official_items[3].question in app.markdown[0].value
+    ok(app)
+    assert official_items[3].question in app.markdown[0].value
 
 
 def test_errors_are_messages_not_tracebacks(app, official_items):
@@ -70,7 +120,7 @@ def test_errors_are_messages_not_tracebacks(app, official_items):
 def open_tab(at, name: str):
     at.session_state["tab"] = name
     at.run()
-    assert not at.exception, at.exception
+    ok(at)
     return at
 
 
@@ -98,7 +148,8 @@ def test_superposition_panel_every_view(app, official_items):
     views = {"inner products": "Superposition", "node values": "Value of each node", "attention": "Attention"}
     for view, title in views.items():
         app.radio(key="sp_view").set_value(view).run()
-        assert not app.exception and title in json.loads(charts(app)[0].proto.spec)["layout"]["title"]["text"]
+        ok(app)
+        assert title in json.loads(charts(app)[0].proto.spec)["layout"]["title"]["text"]
     app.radio(key="sp_view").set_value("continuations").run()
     table = app.dataframe[0].value
     assert list(table["k"]) == list(range(7))  # k = 0..6
@@ -165,7 +216,8 @@ def test_interventions_panel_ablates_and_steers(app, official_items):
     edited = out.split(" → edited: **")[1].split("**")[0]
     source = capture(model, tok, [official_items[2]], k=6, names=[], progress=False).thoughts
     want = evaluate(model, tok, [it], k=6, edit=patch_edit(source), progress=False).items[0].prediction
-    assert not app.exception and edited == want
+    ok(app)
+    assert edited == want
     effect, delta = (json.loads(c.proto.spec) for c in charts(app))
     assert effect["data"][0]["name"] == "frontier mass, unedited" and "Change in each node" in delta["layout"]["title"]["text"]
     app.radio(key="iv_action").set_value("steer").run()
@@ -184,7 +236,8 @@ def test_interventions_panel_ablates_and_steers(app, official_items):
     app.number_input(key="iv_step").set_value(2).run()
     assert not app.exception and not app.error
     app.selectbox(key="ckpt").set_value("prosqa-cot").run()  # no thoughts fed back: the layer sites only
-    assert not app.exception and app.selectbox(key="iv_site").options[0] == "layer 0 residual"
+    ok(app)
+    assert app.selectbox(key="iv_site").options[0] == "layer 0 residual"
 
 
 def test_data_set_panel_measures_beside_a_control(app):
@@ -192,19 +245,21 @@ def test_data_set_panel_measures_beside_a_control(app):
     assert app.selectbox(key="ds_control").value == "prosqa-pause" and app.info
     app.number_input(key="ds_n").set_value(3).run()
     app.button(key="ds_run").click().run()
-    assert not app.exception
+    ok(app)
     fig = json.loads(charts(app)[0].proto.spec)
     titles = [a["text"] for a in fig["layout"]["annotations"]]
     assert any("prosqa-coconut " in t for t in titles) and any("prosqa-pause" in t for t in titles)
     table = next(m.value for m in app.markdown if "frontier value mass" in m.value)
     assert "on 3 items" in table and "control `prosqa-pause`" in table
     app.selectbox(key="ds_figure").set_value("attention").run()
-    assert not app.exception and "Attention" in json.loads(charts(app)[0].proto.spec)["layout"]["title"]["text"]
+    ok(app)
+    assert "Attention" in json.loads(charts(app)[0].proto.spec)["layout"]["title"]["text"]
     app.selectbox(key="ds_control").set_value("none").run()  # a new setting waits for the button again
     assert not charts(app) and app.info
     app.button(key="ds_run").click().run()
     titles = [a["text"] for a in json.loads(charts(app)[0].proto.spec)["layout"]["annotations"]]
-    assert not app.exception and not any("prosqa-pause" in t for t in titles)
+    ok(app)
+    assert not any("prosqa-pause" in t for t in titles)
 
 
 def test_widget_values_survive_switching_tabs_and_reset_when_they_no_longer_fit(app):
@@ -217,7 +272,8 @@ def test_widget_values_survive_switching_tabs_and_reset_when_they_no_longer_fit(
     open_tab(app, "interventions")
     assert app.radio(key="iv_action").value == "steer" and app.number_input(key="iv_step").value == 3
     app.selectbox(key="ckpt").set_value("prosqa-cot").run()  # no thoughts fed back: the site falls back to layer 0
-    assert not app.exception and app.selectbox(key="iv_site").value == "layer 0 residual"
+    ok(app)
+    assert app.selectbox(key="iv_site").value == "layer 0 residual"
 
 
 def test_an_official_checkpoint_with_its_base_directory(app, tmp_path):
