@@ -153,8 +153,13 @@ def test_superposition_panel_every_view(app, official_items):
     app.radio(key="sp_view").set_value("continuations").run()
     table = app.dataframe[0].value
     assert list(table["k"]) == list(range(7))  # k = 0..6
-    # the default model answers at once after any k: every continuation is the answer, naming no node
-    assert all(table["first node"] == "") and all(t.endswith(".") for t in table["continuation"])
+    # each row is what the model writes after k forced thoughts, as evaluate generates it
+    from probe.evaluate import evaluate
+    from probe.model.checkpoint import load_checkpoint
+
+    model, tok = load_checkpoint(Path(APP).parents[1] / "checkpoints" / "prosqa-coconut")
+    texts = [evaluate(model, tok, official_items[:1], k=k, progress=False).items[0].text for k in range(7)]
+    assert list(table["continuation"]) == texts
 
 
 def test_probes_and_sae_panel_reads_the_shipped_probe_and_sae(app, official_items):

@@ -79,14 +79,36 @@ def test_a_pause_models_thought_site_is_its_pause_input_so_mean_and_other_change
     assert all(p.changed == 0.0 for p in patched)  # every item's pause input is the same vector
 
 
-def test_patching_every_thought_makes_the_default_model_answer_about_the_other_items_person(shipped, official_items):
+def test_patching_measures_what_a_patch_by_hand_gives(shipped, official_items):
+    """A's thoughts captured, written into B's by a hand-built ThoughtEdit (all at once, and thought 1 alone),
+    B answered: how often B's answer names A's person, follows A's concept, is right, or changed, equal what
+    patch_runs reports. A property of the measurement, whatever the model's thoughts hold."""
+    from probe.capture import capture
+    from probe.data.counterfactual import counterfactual_pairs
+    from probe.interventions import answer_concept
+    from probe.model.coconut import ThoughtEdit
+
     model, tok = shipped["prosqa-coconut"]
-    runs = patch_runs(model, tok, official_items[:24], 6, progress=False)
-    first = runs[0]
-    assert first.steps == "all" and first.n == 24 and first.baseline_names_a_root == 0.0
-    assert first.names_a_root > 0.8 and first.accuracy < 0.2  # "Tom is a ..." asked about Davis: wrong
-    by_step = {r.steps: r for r in runs}
-    assert by_step["1"].names_a_root > 0.8 and by_step["6"].names_a_root < 0.2  # the person is read off thought 1
+    items = official_items[:24]
+    runs = {r.steps: r for r in patch_runs(model, tok, items, 6, progress=False)}
+    index, b_items = counterfactual_pairs(items)
+    a_items = [items[i] for i in index]
+    thoughts = capture(model, tok, a_items, k=6, names=[], progress=False).thoughts[:, :6]
+    a_concepts = [answer_concept(r.prediction) for r in evaluate(model, tok, a_items, k=6, progress=False).items]
+    base = [r.prediction for r in evaluate(model, tok, b_items, k=6, progress=False).items]
+    for steps, slots in (("all", range(6)), ("1", [0])):
+        mask = torch.zeros(len(b_items), 6, dtype=torch.bool)
+        mask[:, list(slots)] = True
+        res = evaluate(model, tok, b_items, k=6, edit=ThoughtEdit(mask, thoughts), progress=False)
+        preds = [r.prediction for r in res.items]
+        run = runs[steps]
+        assert run.n == len(b_items) == 24
+        assert run.names_a_root == pytest.approx(np.mean([p.split()[:1] == [it.name(it.root)]
+                                                          for p, it in zip(preds, a_items)]))
+        assert run.follows_a == pytest.approx(np.mean([answer_concept(p) == c for p, c in zip(preds, a_concepts)]))
+        assert run.accuracy == pytest.approx(res.accuracy)
+        assert run.changed == pytest.approx(np.mean([p != q for p, q in zip(preds, base)]))
+    assert runs["all"].changed > 0  # the patch reaches the answers: the comparison is not 0 against 0
 
 
 def test_own_chains_reproduce_the_cot_models_answers_and_end_steps_at_newlines(shipped, official_items):

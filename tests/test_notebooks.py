@@ -10,14 +10,90 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-# a line each notebook must print: known answers of the shipped models, or of the official-format loader
-EXPECT = {
-    "01_quickstart": "model: Tom is a lempus. | right answer: Tom is a lempus. | correct: True",
-    "02_bfs_in_superposition": "values: (12, 6, ",
-    "03_probes_and_saes": "thought 3: AUROC",
-    "04_interventions_and_controls": "unedited: Tom is a lempus. | with item 1's thoughts: Sally is a lempus.",
-    "05_official_checkpoint": "unexpected keys: base_causallm.extra.weight",
-}
+ROOT = NOTEBOOKS.parent
+DATA = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
+
+
+def _items(n: int):
+    from probe.data.prosqa import load_items
+
+    return load_items(DATA, limit=n)
+
+
+def _load(name: str):
+    from probe.model.checkpoint import load_checkpoint
+
+    return load_checkpoint(ROOT / "checkpoints" / name)
+
+
+def check_01(printed: str) -> None:
+    """The decoded answer of item 0, as the library decodes it."""
+    from probe.decode import decode_item
+
+    model, tok = _load("prosqa-coconut")
+    it = _items(1)[0]
+    dec = decode_item(model, tok, it)
+    assert f"model: {dec.prediction} | right answer: {it.answer} | correct: {dec.correct}" in printed
+
+
+def check_02(printed: str) -> None:
+    """The values' shape and item 0's highest values after k = 1, 2, as analyze gives them on the same items."""
+    import numpy as np
+
+    from probe.analyze import analyze
+    from probe.data.graph import ProsQAGraph
+
+    model, tok = _load("prosqa-coconut-mixed")
+    items = _items(12)
+    a = analyze(model, tok, items, checkpoint="prosqa-coconut-mixed", progress=False)
+    assert f"values: {a.values.shape}" in printed
+    it, g = items[0], ProsQAGraph.from_item(items[0])
+    for k in (1, 2):
+        vals = a.values[0, k - 1, : it.n_nodes]
+        line = f"k={k}: frontier {[it.name(v) for v in g.frontier(k)]}; highest values " + ", ".join(
+            f"{it.name(v)} {vals[v]:.3f}" for v in np.argsort(-vals)[:4])
+        assert line in printed, line
+
+
+def check_03(printed: str) -> None:
+    """Every thought's cross-validated AUROC is a number, as is its control task's; the probe beats its
+    control on the thought read last."""
+    import math
+    import re
+
+    rows = re.findall(r"thought (\d): AUROC ([-\d.nan]+) \+- [-\d.nan]+, control task ([-\d.nan]+)", printed)
+    assert [int(k) for k, _, _ in rows] == [1, 2, 3], rows
+    assert all(math.isfinite(float(a)) and math.isfinite(float(c)) for _, a, c in rows), rows
+    assert float(rows[-1][1]) > float(rows[-1][2]), rows
+
+
+def check_04(printed: str) -> None:
+    """Item 0 answered with item 1's thoughts, as the library's patch gives it."""
+    from probe.capture import capture
+    from probe.interventions import intervene, patch_edit
+
+    model, tok = _load("prosqa-coconut")
+    items = _items(2)
+    thoughts = capture(model, tok, items, k=6, names=[], progress=False).thoughts
+    res = intervene(model, tok, items[:1], patch_edit(thoughts[1:2]), k=6)
+    assert f"unedited: {res.baseline_predictions[0]} | with item 1's thoughts: {res.predictions[0]}" in printed
+    assert f"item 1 asks about {items[1].name(items[1].root)}" in printed
+
+
+def check_05(printed: str) -> None:
+    """Both errors the notebook demonstrates, each as its one line."""
+    lines = printed.splitlines()
+    at = [i for i, line in enumerate(lines) if line.startswith("CheckpointError:")]
+    assert len(at) == 2, lines
+    # the broken state dict: the extra key named on the line after, and nothing missing (GPT-2 ties lm_head)
+    assert "state dict does not match gpt2 from" in lines[at[0]]
+    assert lines[at[0] + 1] == "  unexpected keys: base_causallm.extra.weight" and at[1] == at[0] + 2
+    assert lines[at[1]].endswith("nowhere: the base directory must hold the base model's config.json and tokenizer")
+
+
+# each notebook's printed numbers, checked against the library run here on the same items
+EXPECT = {"01_quickstart": check_01, "02_bfs_in_superposition": check_02, "03_probes_and_saes": check_03,
+          "04_interventions_and_controls": check_04, "05_official_checkpoint": check_05}
 
 # Smaller runs than the notebooks' own, injected after each one's "parameters" cell (papermill's convention)
 PARAMETERS = {
@@ -53,7 +129,7 @@ def test_notebook_runs(name):
     client.execute()  # raises CellExecutionError, naming the cell, on any error
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
                       if o.get("output_type") == "stream")
-    assert EXPECT[name] in printed
+    EXPECT[name](printed)
     figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                   for o in c.outputs)
     assert name == "05_official_checkpoint" or figures > 0

@@ -20,8 +20,11 @@ SHIPPED = {"prosqa-coconut": "coconut", "prosqa-coconut-mixed": "coconut", "pros
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_checkpoint_reproduces_its_card(name, official_path):
     path = CHECKPOINTS / name
+    # small enough to ship in the repository and to come back from one GPU run: no file over 16 MiB (the
+    # device's limit per file), the whole checkpoint with its lens, probe and SAE under 32 MiB
     files = [f for f in path.rglob("*") if f.is_file()]
-    assert sum(f.stat().st_size for f in files) < 20 * 2**20
+    assert max(f.stat().st_size for f in files) <= 16 * 2**20
+    assert sum(f.stat().st_size for f in files) < 32 * 2**20
     assert [f.name for f in files if f.suffix in (".bin", ".pt", ".pth", ".pkl")] == []
     assert not (path / "optimizer.safetensors").exists()
     ev = read_evaluation(path)
