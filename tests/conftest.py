@@ -64,6 +64,17 @@ def word_tokenizer():
     return build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES])
 
 
+def prompt_by_hand(item, tok, fmt: str, k: int, special) -> list[int]:
+    """The inference prompt after k thoughts, written from each data format's description (render.py's
+    docstring), not by probe.data.render: an independent reference for every format."""
+    from probe.data.prosqa import parse_question
+
+    facts, (root, a, b) = parse_question(item.question)
+    listed = " ".join(f"{p} {c} |" for p, c in facts)
+    text = {"sentences": item.question, "edges": f"{listed} {root} ? {a} {b}", "graph": f"{listed} {a} {b} ? {root}"}[fmt]
+    return tok.encode(text + "\n") + [special.start_id] + [special.latent_id] * k + [special.end_id]
+
+
 def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
     """Give every layer norm non-trivial weights (and biases), so a skipped norm shows."""
     g = torch.Generator().manual_seed(seed)

@@ -16,7 +16,7 @@ from probe.cli import app
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_tokens
 from probe.data.prosqa import ProsQAItem
-from probe.data.render import render_prompt, tokenize_item
+from probe.data.render import tokenize_item
 from probe.evaluate import evaluate
 from probe.frontier import CATEGORIES, GROUPS, node_groups
 from probe.model.coconut import CoconutConfig, CoconutModel
@@ -60,16 +60,24 @@ def tiny(official_items, word_tokenizer):
     return model, tok
 
 
-def test_analysis_agrees_with_independent_computations(tiny, official_items):
+@pytest.mark.parametrize("fmt", ["sentences", "edges", "graph"])
+def test_analysis_agrees_with_independent_computations(tiny, official_items, fmt):
+    """Every measure against a computation by hand, in each data format (prompts written from the format's
+    description, conftest.prompt_by_hand)."""
+    from dataclasses import replace
+
+    from conftest import prompt_by_hand
+
     model, tok = tiny
+    model = CoconutModel(model.base, replace(model.config, data_format=fmt))
     items = official_items[:5]
     a = analyze(model, tok, items, k_max=2, batch_size=3, progress=False)
     graphs = [ProsQAGraph.from_item(it) for it in items]
     assert a.k_max == 2 and a.n == 5 and a.values.shape == (5, 2, max(it.n_nodes for it in items))
-    # Values: node b's probability as the next name, from a plain forward of the forced prompt + "Every".
-    every = tok.convert_tokens_to_ids("Every")
+    # Values: node b's probability as the next name, from a plain forward of the forced prompt (+ "Every").
+    lead = [tok.convert_tokens_to_ids("Every")] if fmt == "sentences" else []
     for b in (0, 3):
-        prompt = render_prompt(tokenize_item(items[b], tok), 2, model.config.stage_spec, model.config.special) + [every]
+        prompt = prompt_by_hand(items[b], tok, fmt, 2, model.config.special) + lead
         with torch.no_grad():
             probs = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
         want = probs[torch.tensor(name_tokens(items[b], tok))].numpy()
@@ -79,8 +87,7 @@ def test_analysis_agrees_with_independent_computations(tiny, official_items):
         assert a.frontier_mass[b, 1] == pytest.approx(want[f].sum(), rel=1e-4)
         assert a.parallelism[2].cumulative[b, 0] == pytest.approx(want[f].max(), rel=1e-4)
     # Inner products: the model's own thought against the input embedding of each name, by group.
-    gen = model.generate([render_prompt(tokenize_item(items[1], tok), 2, model.config.stage_spec,
-                                        model.config.special)])
+    gen = model.generate([prompt_by_hand(items[1], tok, fmt, 2, model.config.special)])
     emb = model.base.get_input_embeddings().weight.detach()
     ips = (gen.thoughts[0, 0] @ emb[torch.tensor(name_tokens(items[1], tok))].T).numpy()
     groups = node_groups(graphs[1], 1)
@@ -104,14 +111,15 @@ def test_analysis_agrees_with_independent_computations(tiny, official_items):
     try:
         for b in (0, 2):
             it = items[b]
-            ids = tok.encode(it.question + "\n") + [sp.start_id]
+            ids = prompt_by_hand(it, tok, fmt, 0, sp)[:-1]  # the question, then <|start-latent|>
             with torch.no_grad():
                 att = model.base(torch.tensor([ids]), output_attentions=True).attentions  # per layer [1, h, q, k]
             sentences = [s.strip() for s in it.question.replace(".", ".|").replace("?", "?|").split("|") if s.strip()]
             start, per_edge = 0, {}
             for sentence in sentences[:-1]:
-                n = len(tok.encode(sentence, add_special_tokens=False))
                 *head, parent, _is, _a, child = sentence.rstrip(".").split()
+                # a fact's tokens: its sentence, or "parent child |" in the compact formats
+                n = len(tok.encode(sentence, add_special_tokens=False)) if fmt == "sentences" else 3
                 per_edge[(it.index(parent), it.index(child))] = [float(l[0, :, -1, start : start + n].mean(0).sum())
                                                                  for l in att]
                 start += n

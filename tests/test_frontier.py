@@ -90,17 +90,23 @@ def test_parallelism_mass_and_height():
         value_by_height(values, [G], 1, height="middle")
 
 
-def test_node_values_are_next_name_probabilities(tiny_model, word_tokenizer, official_items):
-    from probe.capture import node_values
-    from probe.data.render import render_prompt, tokenize_item
+@pytest.mark.parametrize("fmt", ["sentences", "edges", "graph"])
+def test_node_values_are_next_name_probabilities(tiny_model, word_tokenizer, official_items, fmt):
+    """The value of a node: the probability of its name as the next step's first word, after k thoughts and
+    <|end-latent|> ('Every' first in the sentence format), from a prompt written by hand in each format."""
+    from dataclasses import replace
 
+    from conftest import prompt_by_hand
+    from probe.capture import node_values
+
+    tiny_model.config = replace(tiny_model.config, data_format=fmt)
     items = official_items[:3]
     k = 2
     vals = node_values(tiny_model, word_tokenizer, items, k, progress=False)
-    every = word_tokenizer.convert_tokens_to_ids("Every")
+    lead = [word_tokenizer.convert_tokens_to_ids("Every")] if fmt == "sentences" else []
     cfg = tiny_model.config
     for b, it in enumerate(items):
-        prompt = render_prompt(tokenize_item(it, word_tokenizer, "sentences"), k, cfg.stage_spec, cfg.special) + [every]
+        prompt = prompt_by_hand(it, word_tokenizer, fmt, k, cfg.special) + lead
         with torch.no_grad():
             probs = tiny_model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
         want = [float(probs[word_tokenizer.convert_tokens_to_ids(n)]) for n in it.idx_to_symbol]

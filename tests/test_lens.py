@@ -15,11 +15,25 @@ from probe.model.tokenizer import special_tokens
 from conftest import tiny_base
 
 
-def test_logit_lens_reads_the_model_and_the_frontier(tiny_model, word_tokenizer, official_items):
+@pytest.mark.parametrize("fmt", ["sentences", "edges", "graph"])
+def test_logit_lens_reads_the_model_and_the_frontier(tiny_model, word_tokenizer, official_items, fmt):
+    from dataclasses import replace
+
+    from conftest import prompt_by_hand
+
+    tiny_model.config = replace(tiny_model.config, data_format=fmt)
     items = official_items[:5]
     tr = capture(tiny_model, word_tokenizer, items, k=3, progress=False)
     logits = lens_logits(tr, tiny_model)
     torch.testing.assert_close(logits[:, :, -1], tr.logits, atol=1e-4, rtol=0)
+    # the trace's logits are the model's at the positions emitting thoughts 1..3 and the answer, in a prompt
+    # written by hand in this format (thought j is emitted at the position before latent j)
+    for b, it in enumerate(items):
+        prompt = prompt_by_hand(it, word_tokenizer, fmt, 3, tiny_model.config.special)
+        q = prompt.index(tiny_model.config.special.start_id)
+        with torch.no_grad():
+            full = tiny_model(torch.tensor([prompt])).logits[0]
+        torch.testing.assert_close(tr.logits[b].float(), full[[q, q + 1, q + 2, q + 4]], atol=1e-4, rtol=1e-4)
     ro = read_lens(tr, tiny_model, word_tokenizer, items, top=4)
     probs = tr.logits.softmax(-1)  # the last layer, computed independently
     vocab = word_tokenizer.get_vocab()
