@@ -77,3 +77,29 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_items(word_tokenizer, tmp_p
         TunedLens.load(tmp_path / "bad.safetensors", model)
     with pytest.raises(LensError, match="no such tuned lens file"):
         TunedLens.load(tmp_path / "none.safetensors", model)
+
+
+@pytest.mark.parametrize("fmt", ["sentences", "edges", "graph"])
+def test_decode_reads_each_thought_in_every_format(tiny_model, word_tokenizer, official_items, fmt):
+    """decode_item's last-layer reading of thought j: the model's own top tokens and frontier_j mass at the
+    position emitting it, in a prompt written by hand in the format."""
+    from dataclasses import replace
+
+    from conftest import prompt_by_hand
+    from probe.decode import decode_item
+
+    tiny_model.config = replace(tiny_model.config, data_format=fmt)
+    it = official_items[2]
+    dec = decode_item(tiny_model, word_tokenizer, it, k=3)
+    prompt = prompt_by_hand(it, word_tokenizer, fmt, 3, tiny_model.config.special)
+    q = prompt.index(tiny_model.config.special.start_id)
+    with torch.no_grad():
+        probs = tiny_model(torch.tensor([prompt])).logits[0].softmax(-1)
+    g = ProsQAGraph.from_item(it)
+    vocab = word_tokenizer.get_vocab()
+    for j, step in enumerate(dec.thoughts, start=1):
+        last = step.layers[-1]
+        p = probs[q + j - 1]
+        assert [t for t, _ in last.top[:3]] == [word_tokenizer.decode([i]) for i in p.topk(3).indices.tolist()]
+        mass = sum(float(p[vocab[n]]) for n in {it.name(v) for v in g.frontier(j)})
+        assert last.frontier_mass == pytest.approx(mass, abs=1e-5)
