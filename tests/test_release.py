@@ -106,3 +106,21 @@ def test_eval_without_ckpt_uses_the_default(monkeypatch, tmp_path, official_path
     monkeypatch.setattr(ck, "DEFAULT_CHECKPOINT", tmp_path / "nowhere")
     r = CliRunner().invoke(app, ["eval", "--data", str(official_path), "--limit", "2"])
     assert r.exit_code == 2 and "nowhere: the default checkpoint is not there" in r.output
+
+
+def test_release_counts_what_evaluate_counts_on_a_model_that_answers(answering_checkpoint, official_path, tmp_path):
+    """On a model right on some items and wrong on others after every k (conftest.answering_checkpoint), so
+    that the card's counts can disagree with evaluate's; they do not, at any k nor at the gold depth."""
+    config = tmp_path / "answering.yaml"
+    config.write_text(yaml.safe_dump(json.loads((answering_checkpoint / "trainer_state.json").read_text())["config"]))
+    data = tmp_path / "valid12.json"
+    data.write_text(json.dumps(json.loads(official_path.read_text())[:12]))
+    rel = release(answering_checkpoint, tmp_path / "released", data, [config], progress=False)
+    ev = read_evaluation(rel.path)
+    model, tok = load_checkpoint(rel.path)
+    items = load_items(data)
+    for k in range(7):
+        res = evaluate(model, tok, items, k=k, progress=False)
+        assert 0 < ev.correct_by_k[k] < 12 and ev.correct_by_k[k] == sum(r.correct for r in res.items), k
+    gold = evaluate(model, tok, items, k="gold", progress=False)
+    assert ev.gold_correct == sum(r.correct for r in gold.items)
