@@ -45,7 +45,10 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}" || { failed=1; echo "training failed: $(echo $RUNS | cut -d' ' -f$((i + 1)))" >&2; }
 done
 TRAINED=$(date +%s)
-for run in $RUNS; do tail -n 3 "$OUT/logs/$run.log" | grep -v '^\s*$' | sed "s/^/[$run] /" | cut -c1-300; done
+for run in $RUNS; do  # each run's last record (JSON), and its last line: its checkpoint, or its error
+  echo "[$run] $(grep -a -o '{"epoch.*}' "$OUT/logs/$run.log" | tail -n 1)"
+  echo "[$run] $(tr '\r' '\n' < "$OUT/logs/$run.log" | grep -a -E '^(error|last checkpoint)' | tail -n 1)"
+done
 [ "$failed" = 0 ] || exit 1
 
 echo "== releasing (accuracy on $DATA at every k and at the gold depth)"

@@ -204,10 +204,11 @@ def test_interventions_panel_ablates_and_steers(app, official_items):
 
     open_tab(app, "interventions")
     it = official_items[0]
-    out = [m.value for m in app.markdown if m.value.startswith("unedited")]
-    assert out and out[0].startswith("unedited: **Tom is a lempus.** → edited: **")
-    # the default edit, thought 1 replaced by the mean of validation items 1..63 (item 0 left out), by hand
     model, tok = load_checkpoint(Path(APP).parents[1] / "checkpoints" / "prosqa-coconut")
+    unedited = evaluate(model, tok, [it], k=6, progress=False).items[0].prediction  # whatever the model answers
+    out = [m.value for m in app.markdown if m.value.startswith("unedited")]
+    assert out and out[0].startswith(f"unedited: **{unedited}** → edited: **")
+    # the default edit, thought 1 replaced by the mean of validation items 1..63 (item 0 left out), by hand
     mean = capture(model, tok, official_items[1:64], k=6, names=[], progress=False).thoughts.mean(0)
     mask = torch.zeros(1, 6, dtype=torch.bool)
     mask[0, 0] = True
@@ -229,7 +230,7 @@ def test_interventions_panel_ablates_and_steers(app, official_items):
     assert app.selectbox(key="iv_node").value == steer_target(it)  # default: a parent of the wrong option
     app.slider(key="iv_alpha").set_value(0.0).run()
     out = [m.value for m in app.markdown if m.value.startswith("unedited")][0]
-    assert out.startswith("unedited: **Tom is a lempus.** → edited: **Tom is a lempus.**")  # alpha 0: no edit
+    assert out.startswith(f"unedited: **{unedited}** → edited: **{unedited}**")  # alpha 0: no edit
     app.selectbox(key="iv_node").set_value(it.index("terpus")).run()
     names = [tr["name"] for tr in json.loads(charts(app)[0].proto.spec)["data"]]
     assert not app.error and "value of terpus, edited" in names
