@@ -11,6 +11,9 @@
 # default k becomes prosqa-coconut; the other is kept as prosqa-coconut-alt, and both cards say so.
 # OUT_DIR/SUMMARY.json and the last lines printed hold every accuracy and timing.
 #
+# On the lent GPU machine only the checkout travels: carry a copy of the validation split in the ignored
+# folder .device/ (run's carry=[".device"]) and pass DATA=.device/prosqa_valid.json.
+#
 # Environment: DEVICE (cuda), MINUTES (5.5), DATA (../shared/data/prosqa_valid.json), PYTHON (python3),
 # RUNS (the four above), PROBE_SET (extra --set OPTION=VALUE words for every run: the CPU smoke test
 # shrinks the model and the data this way).
