@@ -385,7 +385,8 @@ def _record(run: _Run, epoch: int, evaluate_now: bool, calibration: dict[str, An
         "epoch": epoch + 1, "step": state.step, "stage": cfg.stage(epoch), "train_loss": p["loss"] / max(1, p["batches"]),
         "tokens_per_s": tokens_per_s,
         "tflops": flops_per_token(run.model, p["tokens"] / max(1, p["sequences"])) * tokens_per_s / 1e12,
-        "seconds": seconds, "global_step": state.step, "hardware": run.hardware,
+        "seconds": seconds, "global_step": state.step, "lr": lr_at(max(0, state.step - 1), state.plan.total_steps, cfg),
+        "hardware": run.hardware,
     }
     if calibration:
         record["calibration"] = calibration

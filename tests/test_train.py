@@ -190,7 +190,11 @@ def test_resume_inside_an_epoch_continues_exactly(tmp_path):
     assert ga == gb  # the learning rate of the last step and every other setting
     untimed = lambda hist: [{k: v for k, v in h.items() if k not in ("seconds", "tokens_per_s", "tflops")}  # noqa: E731
                             for h in hist]
-    assert untimed(straight.history) == untimed(resumed.history)  # the same records: losses, steps, stages
+    assert untimed(straight.history) == untimed(resumed.history)  # the same records: losses, steps, stages, lr
+    # the first step after the resume used the learning rate the uninterrupted run used there
+    resumed_step = state["step"]
+    first_after = next(h for h in resumed.history if h["step"] > resumed_step)
+    assert first_after["lr"] == next(h for h in straight.history if h["step"] == first_after["step"])["lr"]
 
 
 def test_the_learning_rate_follows_warmup_and_cosine():
