@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from probe.data.prosqa import atomic_directory
+from probe.data.stream import batches_per_epoch
 from probe.model.checkpoint import CheckpointError, write_checkpoint
 
 STATE_FILE = "trainer_state.json"
@@ -39,7 +40,7 @@ class Plan:
 
     @property
     def batches_per_epoch(self) -> int:
-        return -(-self.epoch_items // self.batch_size)
+        return batches_per_epoch(self.epoch_items, self.batch_size)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -49,6 +49,11 @@ def generate_pool(n: int, seed: int, workers: int = 0) -> list[ProsQAItem]:
     return [it for c in chunks for it in c]
 
 
+def batches_per_epoch(epoch_items: int, batch_size: int) -> int:
+    """Batches in an epoch of epoch_items item views (the last one may be short)."""
+    return math.ceil(epoch_items / batch_size)
+
+
 def collate(seqs: Sequence[Rendered], pad_id: int, latent_id: int) -> dict[str, torch.Tensor]:
     """Pad a batch so that every row's first latent sits in one column (the official layout).
 
@@ -104,7 +109,7 @@ class StreamSpec:
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(self.epoch_items / self.batch_size)
+        return batches_per_epoch(self.epoch_items, self.batch_size)
 
     def draw_stage(self, stage: int, n_steps: int, rng: random.Random) -> int:
         """An item's stage: the epoch's, or with probability uniform_prob a random one, drawn as the
