@@ -210,3 +210,16 @@ def test_an_edit_of_a_pause_model_acts_on_the_pause_input(word_tokenizer, offici
     embeds = base.get_input_embeddings()(torch.tensor([ids])).clone()
     embeds[0, ids.index(sp.latent_id) + 1] = v  # the second pause token's input
     torch.testing.assert_close(out.logits, base(inputs_embeds=embeds).logits, atol=TOL, rtol=0)
+
+
+def test_the_latent_loop_uses_the_kv_cache_keyword_that_stays(tiny_model, sequences):
+    """transformers 5.2x renamed past_key_values to cache and warns on every call with the old name; older 5.x
+    have only the old one. The loop passes whichever the model takes: no FutureWarning reaches users."""
+    import warnings
+
+    sp = tiny_model.config.special
+    batch = collate(sequences, sp.pad_id, sp.latent_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        tiny_model(batch["input_ids"], batch["attention_mask"])
+        tiny_model.generate([list(sequences[0].input_ids)], max_new_tokens=3)

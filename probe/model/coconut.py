@@ -10,8 +10,10 @@ padded, masked and given their own position ids.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from typing import Any, Iterator
 
 import torch
@@ -169,10 +171,17 @@ class CoconutModel(nn.Module):
     def _run(self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: DynamicCache) -> Tensor:
         """Run one segment over the cache; returns the final-normalised hidden states."""
         out = self.base.base_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-            past_key_values=cache, use_cache=True,
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+            **{self._cache_arg: cache},
         )
         return out.last_hidden_state
+
+    @cached_property
+    def _cache_arg(self) -> str:
+        """The KV cache's keyword: `cache` from transformers 5.2x on (past_key_values is deprecated there and
+        warns on every call), `past_key_values` before."""
+        params = inspect.signature(type(self.base.base_model).forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
 
     @contextmanager
     def _residual_edit(self, edit: ThoughtEdit | None, is_latent: Tensor, slot_of: Tensor, attention_mask: Tensor,
