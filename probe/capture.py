@@ -24,7 +24,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from probe.data.layout import NONE, name_pieces, prompt_layout
-from probe.data.prosqa import ProsQAItem, atomic_directory, atomic_write_text
+from probe.atomic import atomic_directory, atomic_write_text
+from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
 from probe.evaluate import prediction
 from probe.model.architecture import Architecture, find_architecture
@@ -512,12 +513,3 @@ def node_values(
                 pos = torch.arange(tail - len(name) + 1, tail)
                 out[b, v] += logp[row, pos, torch.tensor(name[1:])].sum()
     return out.exp()
-
-
-if __name__ == "__main__":  # `torchrun --nproc_per_node N -m probe.capture --data ... --out ...`: `probe capture`
-    import sys
-
-    from probe.cli import app
-
-    app(["capture", *sys.argv[1:]], prog_name="python -m probe.capture")
-

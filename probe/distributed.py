@@ -1,7 +1,7 @@
 """Capture past one process: each rank of a `torchrun` job captures a contiguous block of the data set into
 its own TraceStore, and rank 0 merges them into one store (a manifest over every rank's shards).
 
-    torchrun --nproc_per_node N -m probe.capture --data DATA --out DIR [probe capture's options]
+    torchrun --nproc_per_node N -m probe.cli capture --data DATA --out DIR [probe capture's options]
 
 Ranks find each other through torch.distributed (gloo on the CPU, nccl on GPUs); the result reads
 back (TraceStore) exactly like a single-process capture of the same items.
@@ -19,7 +19,8 @@ from typing import Sequence
 import torch.distributed as dist
 
 from probe.capture import MANIFEST, CaptureError, TraceStore, capture_to_disk
-from probe.data.prosqa import ProsQAItem, atomic_write_text
+from probe.atomic import atomic_write_text
+from probe.data.prosqa import ProsQAItem
 
 
 def world() -> tuple[int, int, int]:

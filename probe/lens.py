@@ -118,7 +118,8 @@ class TunedLens(nn.Module):
         """Read a saved lens; refuse one trained for another model."""
         path = Path(path)
         if not path.is_file():
-            raise LensError(f"{path}: no such tuned lens file")
+            raise LensError(f"{path}: no such tuned lens file; fit one with "
+                            f"`probe tuned-lens --ckpt CHECKPOINT --out {path}`")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}

@@ -27,7 +27,8 @@ from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 
 from probe.data.graph import ProsQAGraph
-from probe.data.prosqa import ProsQAItem, atomic_directory, atomic_write_text
+from probe.atomic import atomic_directory, atomic_write_text
+from probe.data.prosqa import ProsQAItem
 from probe.model.identity import weights_hash
 
 TARGETS = ("frontier", "reachable", "value", "depth")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from probe.data.prosqa import atomic_directory
+from probe.atomic import atomic_directory
 from probe.data.stream import batches_per_epoch
 from probe.model.checkpoint import CheckpointError, write_checkpoint
 

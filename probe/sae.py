@@ -25,7 +25,7 @@ from scipy.stats import rankdata
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probe.data.prosqa import atomic_directory, atomic_write_text
+from probe.atomic import atomic_directory, atomic_write_text
 
 SAE_LENS_VERSION = "6.5.0"  # the SAELens file format these files follow
 ACTIVATIONS = ("topk", "relu")

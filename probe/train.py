@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
-from probe.data.prosqa import ProsQAItem, atomic_write_text, load_items
+from probe.atomic import atomic_write_text
+from probe.data.prosqa import ProsQAItem, load_items
 from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_pool
 from probe.evaluate import evaluate
 from probe.model.checkpoint import load_checkpoint

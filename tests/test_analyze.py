@@ -168,12 +168,17 @@ def shipped():
     return default_checkpoint()
 
 
-def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, official_path, official_items, tmp_path):
+def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, official_path, official_items, tmp_path,
+                                                                   tmp_path_factory):
     out = tmp_path / "an"
     control = shipped.parent / "prosqa-pause"
     r = runner.invoke(app, ["analyze", "--data", str(official_path), "--limit", "6", "--k-max", "2",
                             "--control", str(control), "--out", str(out)])
     assert r.exit_code == 0, r.output
+    assert "frontier measures by thought k (model | control)" in r.output
+    alone = runner.invoke(app, ["analyze", "--data", str(official_path), "--limit", "2", "--k-max", "1",
+                                "--out", str(tmp_path_factory.mktemp("alone") / "an")])
+    assert alone.exit_code == 0 and "frontier measures by thought k" in alone.output and "control" not in alone.output
     rep = json.loads((out / "report.json").read_text())
     from probe.model.checkpoint import load_checkpoint
 

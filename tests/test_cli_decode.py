@@ -63,7 +63,7 @@ def test_decode_errors(ckpt, official_path, tmp_path):
     r = runner.invoke(app, ["decode", "--ckpt", str(ckpt), "--data", str(official_path), "--index", "300"])
     assert r.exit_code == 2 and "--index 300 is out of range" in r.stderr and "has 300 items (0..299)" in r.stderr
     r = runner.invoke(app, ["decode", "--ckpt", str(ckpt), "--data", str(official_path), "--index", "0", "--lens", "tuned"])
-    assert r.exit_code == 2 and "tuned_lens.safetensors: no such tuned lens file" in r.stderr
+    assert r.exit_code == 2 and "tuned_lens.safetensors: no such tuned lens file; fit one with `probe tuned-lens" in r.stderr
     r = runner.invoke(app, ["decode", "--ckpt", str(ckpt), "--data", str(official_path), "--index", "0", "--layers", "x"])
     assert r.exit_code == 2 and "--layers: expected comma-separated integers" in r.stderr
 

@@ -1,4 +1,4 @@
-"""Capture past one process: `torchrun --nproc_per_node 2 -m probe.capture` on the CPU (gloo) gives the same
+"""Capture past one process: `torchrun --nproc_per_node 2 -m probe.cli capture` on the CPU (gloo) gives the same
 data set as a single-process `probe capture` of the same items."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_torchrun_two_processes_equal_one(tmp_path, official_path, batch, shard)
         torch.set_num_threads(threads)
     assert one.exit_code == 0, one.output[-2000:]
     two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "probe.capture", "--out", str(tmp_path / "two"), *common])
+                "-m", "probe.cli", "capture", "--out", str(tmp_path / "two"), *common])
     assert two.returncode == 0, two.stderr[-3000:]
     assert "wrote 10 items" in two.stdout and two.stdout.count("wrote") == 1  # rank 0 reports, once
     a, b = TraceStore(tmp_path / "one"), TraceStore(tmp_path / "two")
@@ -97,6 +97,6 @@ def test_merge_refuses_parts_that_do_not_match(tmp_path, official_path):
 def test_torchrun_into_an_existing_directory_fails_with_one_message_and_writes_nothing(tmp_path, official_path):
     (tmp_path / "two").mkdir()
     two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "probe.capture", "--out", str(tmp_path / "two"), "--data", str(official_path), "--limit", "4"])
+                "-m", "probe.cli", "capture", "--out", str(tmp_path / "two"), "--data", str(official_path), "--limit", "4"])
     assert two.returncode != 0 and "two: already exists; choose a new directory" in two.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two"] and not any((tmp_path / "two").iterdir())

@@ -1,3 +1,4 @@
 from probe.cli import app
 
-app()
+# `python -m probe.cli ...`, and the torchrun entry point: `torchrun --nproc_per_node N -m probe.cli capture ...`
+app(prog_name="probe")

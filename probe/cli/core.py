@@ -85,7 +85,8 @@ def eval_cmd(
     threshold: float = typer.Option(0.5, "--threshold", help="With --halt: stop when P(right answer) reaches this."),
 ) -> None:
     """Accuracy by the official rule (greedy, at most 128 new tokens, answer after the last '#')."""
-    from probe.data.prosqa import atomic_write_text, load_items
+    from probe.atomic import atomic_write_text
+    from probe.data.prosqa import load_items
     from probe.evaluate import GOLD, evaluate
 
     try:

@@ -40,7 +40,8 @@ def intervene_cmd(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Causal tests of the thoughts: fewer thoughts, ablation, counterfactual patching, steering; beside controls."""
-    from probe.data.prosqa import atomic_directory, atomic_write_text, load_items
+    from probe.atomic import atomic_directory, atomic_write_text
+    from probe.data.prosqa import load_items
     from probe.interventions import ABLATIONS, run_interventions
     from probe.model.identity import weights_hash
     from probe.probes import SavedProbe

@@ -37,7 +37,7 @@ def probes_fit(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Cross-validated linear probes (and their control task) for every thought k at one layer."""
-    from probe.data.prosqa import atomic_directory, atomic_write_text
+    from probe.atomic import atomic_directory, atomic_write_text
     from probe.probes import fit_probes
     from probe.viz import probe_scores
 
@@ -84,7 +84,7 @@ def probes_halt(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
-    from probe.data.prosqa import atomic_directory, atomic_write_text
+    from probe.atomic import atomic_directory, atomic_write_text
     from probe.probes import fit_halting_probe
 
     _new_out(out)
@@ -129,7 +129,7 @@ def sae_train(
     import numpy as np
 
     from probe.analyze import finite
-    from probe.data.prosqa import atomic_directory, atomic_write_text
+    from probe.atomic import atomic_directory, atomic_write_text
     from probe.frontier import GROUPS
     from probe.model.identity import weights_hash
     from probe.probes import resid_hook

@@ -31,7 +31,7 @@ def decode(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the readings as JSON here."),
 ) -> None:
     """What every thought holds at every layer (logit or tuned lens), with frontier nodes marked."""
-    from probe.data.prosqa import atomic_write_text
+    from probe.atomic import atomic_write_text
     from probe.decode import decode_item
     from probe.lens import TunedLens
 
@@ -95,7 +95,7 @@ def capture_cmd(
 ) -> None:
     """Stream every thought of a data set, at every layer, to disk (safetensors shards + manifest).
 
-    Under torchrun (`torchrun --nproc_per_node N -m probe.capture ...`) each process captures a block of the
+    Under torchrun (`torchrun --nproc_per_node N -m probe.cli capture ...`) each process captures a block of the
     items (on cuda, the GPU of its local rank) and rank 0 merges them into one store.
     """
     from probe.capture import architecture, capture_to_disk, select_hooks
@@ -149,7 +149,8 @@ def analyze_cmd(
 ) -> None:
     """The latent-search measures (values, height, parallelism, categories, superposition, attention) with plots."""
     from probe.analyze import analyze, markdown_summary, replace_card_section
-    from probe.data.prosqa import atomic_directory, atomic_write_text, load_items
+    from probe.atomic import atomic_directory, atomic_write_text
+    from probe.data.prosqa import load_items
     from probe.viz import FIGURES
 
     _new_out(out)
@@ -187,7 +188,8 @@ def _print_analysis(main, ctrl) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="frontier measures by thought k (model | control)", title_justify="left")
+    title = "frontier measures by thought k" + (" (model | control)" if ctrl is not None else "")
+    table = Table(title=title, title_justify="left")
     for col in ("k", "frontier mass", "top-1", "top-3", "<t,optimal>", "<t,frontier>", "<t,reachable>",
                 "<t,unreachable>", "accuracy"):
         table.add_column(col, justify="right")

@@ -6,14 +6,13 @@ import json
 import os
 import random
 import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import networkx as nx
+
+from probe.atomic import atomic_write_text
 
 REQUIRED_FIELDS = ("question", "steps", "answer", "idx_to_symbol", "edges", "root", "target", "neg_target")
 
@@ -196,47 +195,6 @@ def load_items(path: str | os.PathLike, limit: int | None = None) -> list[ProsQA
     if isinstance(data, list) and limit is not None:
         data = data[:limit]
     return items_from_json(data, str(path))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to a temporary file beside path, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
-    """A temporary directory beside path, renamed into place when the block ends well and removed when it fails.
-
-    With replace, an existing directory at path is swapped out; without, it is an error.
-    """
-    path = Path(path)
-    if path.exists() and not replace:
-        raise FileExistsError(f"{path}: already exists; choose a new directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-    tmp.chmod(0o755)
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_items(items: Iterable[ProsQAItem], path: str | os.PathLike) -> None:

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from probe.data.prosqa import atomic_directory
+from probe.atomic import atomic_directory
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.identity import pin
 from probe.model.tokenizer import TokenizerError, add_latent_tokens, load_tokenizer, special_tokens
