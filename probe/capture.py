@@ -261,6 +261,7 @@ def capture_batch(
                 [len(t.question) - 1] for t in tok_items]
         steps = torch.tensor([[e[min(j, len(e) - 1)] for j in range(k)] for e in ends], dtype=torch.long)
         steps = steps.reshape(len(items), k)
+    model.check_positions([len(p) for p in prompts], f"k={k}")
     p_len = torch.tensor([len(p) for p in prompts])
     width = int(p_len.max())
     positions = torch.cat([steps, (p_len - 1)[:, None]], dim=1)  # [batch, k + 1]

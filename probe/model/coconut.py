@@ -14,7 +14,7 @@ import inspect
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +154,17 @@ class CoconutModel(nn.Module):
         (rotary models have no table to run past)."""
         return getattr(self.base.config, "n_positions", None)
 
+    def check_positions(self, lengths: Sequence[int], setting: str = "") -> None:
+        """Refuse prompts past the model's position limit before anything runs.
+
+        lengths: each prompt's length in positions (question, thought markers and thoughts). Raises
+        ValueError naming the setting that made them (e.g. "k=600"), the longest and the limit.
+        """
+        limit = self.max_positions
+        if limit is not None and lengths and max(lengths) > limit:
+            raise ValueError(f"{setting + ': ' if setting else ''}the longest prompt holds {max(lengths)} positions, "
+                             f"past this model's limit of {limit} (n_positions)")
+
     @property
     def d_model(self) -> int:
         return self.base.get_input_embeddings().embedding_dim
@@ -242,6 +253,7 @@ class CoconutModel(nn.Module):
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         batch, seq = input_ids.shape
+        self.check_positions([int(attention_mask.sum(-1).max())] if batch else [])
         embeds = self.embed(input_ids)
         is_latent = input_ids == self.config.latent_id
         n_thoughts = is_latent.sum(-1)
