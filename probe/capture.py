@@ -28,7 +28,7 @@ from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
 from probe.evaluate import prediction
-from probe.model.architecture import Architecture, find_architecture
+from probe.model.architecture import Architecture, find_architecture, layer_index
 from probe.model.coconut import CoconutModel, ThoughtEdit
 
 POINTS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
@@ -58,10 +58,7 @@ def select_hooks(n_layers: int, patterns: Sequence[str] | None = None, layers: S
     """Hook names matching any glob pattern (default: all), restricted to some layers."""
     names = hook_names(n_layers)
     if layers is not None:
-        bad = [l for l in layers if not -n_layers <= l < n_layers]
-        if bad:
-            raise CaptureError(f"layers {bad} are out of range for a model with {n_layers} layers")
-        keep = {l % n_layers for l in layers}
+        keep = {layer_index(l, n_layers, CaptureError) for l in layers}
         names = [n for n in names if n == FINAL or int(n.split(".")[1]) in keep]
     if patterns:
         picked = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]

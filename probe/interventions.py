@@ -25,6 +25,7 @@ from probe.data.prosqa import ProsQAItem
 from probe.data.render import tokenize_item
 from probe.evaluate import MAX_NEW_TOKENS, EvalResult, evaluate
 from probe.frontier import frontier_mass
+from probe.model.architecture import layer_index
 from probe.model.coconut import FEEDBACK_MODES, CoconutModel, ThoughtEdit
 from probe.probes import LinearProbe, SavedProbe, name_vocabulary, probe_targets
 
@@ -234,8 +235,8 @@ def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, la
     items = list(items)
     cfg = model.config
     n_layers = architecture(model).n_layers
-    if layer is not None and not -n_layers <= layer < n_layers:
-        raise InterventionError(f"layer {layer} is out of range for a model with {n_layers} layers")
+    if layer is not None:
+        layer_index(layer, n_layers, InterventionError)
     if not cfg.stage_spec.markers:
         if layer is None:
             raise InterventionError(f"a {cfg.mode} model feeds no thought back; edit one layer's residual instead")
@@ -566,9 +567,9 @@ def run_interventions(
     from probe.capture import architecture
 
     n_layers = architecture(model).n_layers
-    bad = [layer for layer in [*sites, steer_layer] if layer is not None and not -n_layers <= layer < n_layers]
-    if bad:
-        raise InterventionError(f"layer {bad[0]} is out of range for a model with {n_layers} layers")
+    for layer in [*sites, steer_layer]:
+        if layer is not None:
+            layer_index(layer, n_layers, InterventionError)
     if unknown := sorted(set(parts) - set(PARTS)):
         raise InterventionError(f"unknown part(s) {unknown}; expected some of {', '.join(PARTS)}")
     skipped = []

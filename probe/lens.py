@@ -28,6 +28,7 @@ from probe.capture import ThoughtTrace, TraceStore, architecture
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_tokens
 from probe.data.prosqa import ProsQAItem
+from probe.model.architecture import layer_index
 from probe.model.coconut import CoconutModel
 from probe.model.identity import readout_hash
 
@@ -203,7 +204,7 @@ def read_lens(
     """Top tokens, node probabilities and ranks, and frontier mass at every step and layer of a trace."""
     if len(items) != len(trace):
         raise ValueError(f"{len(items)} items for a trace of {len(trace)}")
-    layers = list(range(trace.n_layers)) if layers is None else [l % trace.n_layers for l in layers]
+    layers = list(range(trace.n_layers)) if layers is None else [layer_index(l, trace.n_layers, LensError) for l in layers]
     probs = lens_logits(trace, model, layers, lens).softmax(-1)  # [batch, steps, layers, vocab]
     top_probs, top_ids = probs.topk(min(top, probs.shape[-1]), dim=-1)
     batch, steps = probs.shape[:2]

@@ -29,6 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from probe.data.graph import ProsQAGraph
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem
+from probe.model.architecture import layer_index
 from probe.model.identity import weights_hash
 
 TARGETS = ("frontier", "reachable", "value", "depth")
@@ -374,10 +375,7 @@ def resid_hook(model, layer: int) -> str:
     """The residual-stream hook name of a layer (negative layers count from the end)."""
     from probe.capture import architecture
 
-    n = architecture(model).n_layers
-    if not -n <= layer < n:
-        raise ProbeError(f"layer {layer} is out of range for a model with {n} layers")
-    return f"blocks.{layer % n}.hook_resid_post"
+    return f"blocks.{layer_index(layer, architecture(model).n_layers, ProbeError)}.hook_resid_post"
 
 
 def fit_probes(

@@ -115,7 +115,7 @@ def test_selection_and_errors(tiny_model, word_tokenizer, items):
     assert set(tr.cache) == {"blocks.1.hook_resid_post"} and tr["blocks.1.hook_resid_post"].dtype == torch.float16
     with pytest.raises(KeyError, match="was not captured"):
         tr["blocks.0.hook_resid_post"]
-    with pytest.raises(CaptureError, match=r"layers \[2\] are out of range for a model with 2 layers"):
+    with pytest.raises(CaptureError, match=r"layer 2 is out of range for a model with 2 layers \(0..1, or -2..-1 from the end\)"):
         select_hooks(2, layers=[2])
     with pytest.raises(CaptureError, match=r"hook pattern\(s\) \['resid'\] match no hook"):
         select_hooks(2, ["resid"])

@@ -68,3 +68,19 @@ def test_thoughts_past_the_position_limit_are_one_line_and_write_nothing(tmp_pat
             "positions, past this model's limit of 512 (n_positions)"), (name, lines[-1])
         assert "Traceback" not in r.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_layer_past_the_model_is_refused_alike_by_every_command(tmp_path, official_path):
+    """--layers 4 on the 4-layer default: decode used to wrap it to layer 0; every command now says the same."""
+    data = ["--data", str(official_path)]
+    want = "error: layer 4 is out of range for a model with 4 layers (0..3, or -4..-1 from the end)"
+    for args in (["decode", *data, "--index", "0", "--layers", "4"],
+                 ["capture", *data, "--limit", "1", "--layers", "4", "--out", str(tmp_path / "c")],
+                 ["probes", "fit", *data, "--limit", "6", "--layer", "4", "--out", str(tmp_path / "p")],
+                 ["intervene", *data, "--limit", "2", "--sites", "4", "--out", str(tmp_path / "i")]):
+        r = runner.invoke(app, args)
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert r.exit_code == 2 and lines[-1] == want, (args[0], r.output[-1500:])
+    r = runner.invoke(app, ["decode", *data, "--index", "0", "--layers", "-4", "--json", str(tmp_path / "d.json")])
+    assert r.exit_code == 0 and json.loads((tmp_path / "d.json").read_text())["thoughts"][0]["layers"][0]["layer"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json"]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
 from probe.data.render import IGNORE_INDEX, MODES, StageSpec
-from probe.model.architecture import find_architecture
+from probe.model.architecture import find_architecture, layer_index
 from probe.model.tokenizer import SpecialTokens
 
 FEEDBACK_MODES = ("coconut",)
@@ -202,8 +202,7 @@ class CoconutModel(nn.Module):
             yield
             return
         layers = find_architecture(self.base).layers
-        if not -len(layers) <= edit.layer < len(layers):
-            raise ValueError(f"layer {edit.layer} is out of range for a model with {len(layers)} layers")
+        layer_index(edit.layer, len(layers))
         batch = is_latent.shape[0]
         if edit.positions is not None:
             pos = edit.positions.to(is_latent.device)
