@@ -31,6 +31,12 @@ SAE_LENS_VERSION = "6.5.0"  # the SAELens file format these files follow
 ACTIVATIONS = ("topk", "relu")
 
 
+# SAELens cfg.json fields that change the computation and that this toolkit does not apply: the values that
+# leave it unchanged (the first is SAELens's default)
+UNSUPPORTED_CFG = {"normalize_activations": ("none", None), "reshape_activations": ("none", None),
+                   "hook_head_index": (None,), "apply_finetuning_scaling_factor": (False, None)}
+
+
 class SAEError(ValueError):
     """An SAE that cannot be trained, used or loaded (bad settings, shapes, file or model)."""
 
@@ -52,10 +58,11 @@ class SparseAutoencoder:
 
     def __init__(self, d_sae: int = 512, k: int = 8, activation: str = "topk", l1_coeff: float = 0.0,
                  lr: float = 1e-3, epochs: int = 50, batch_size: int = 256, seed: int = 0, device: str = "cpu",
-                 progress: bool = True):
+                 progress: bool = True, apply_b_dec_to_input: bool = True):
         self.d_sae, self.k, self.activation, self.l1_coeff = d_sae, k, activation, l1_coeff
         self.lr, self.epochs, self.batch_size, self.seed, self.device, self.progress = \
             lr, epochs, batch_size, seed, device, progress
+        self.apply_b_dec_to_input = apply_b_dec_to_input  # SAELens's field: encode x - b_dec (True) or x
 
     def _check(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -111,7 +118,7 @@ class SparseAutoencoder:
         return self
 
     def _encode(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
-        pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+        pre = ((x - p["b_dec"]) if self.apply_b_dec_to_input else x) @ p["W_enc"] + p["b_enc"]
         if self.activation == "relu":
             return torch.relu(pre)
         top = pre.topk(self.k, dim=-1)
@@ -163,7 +170,8 @@ class SparseAutoencoder:
         cfg = {
             "architecture": "topk" if self.activation == "topk" else "standard",
             "d_in": d_in, "d_sae": self.d_sae, "dtype": "float32", "device": "cpu",
-            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+            "apply_b_dec_to_input": self.apply_b_dec_to_input, "normalize_activations": "none",
+            "reshape_activations": "none",
             "metadata": {"model_name": model_name, "hook_name": hook_name, "sae_lens_version": SAE_LENS_VERSION,
                          "sae_lens_training_version": SAE_LENS_VERSION, "prepend_bos": False},
         }
@@ -195,6 +203,13 @@ class SparseAutoencoder:
         arch = cfg.get("architecture")
         if arch not in ("topk", "standard"):
             raise SAEError(f"{cfg_file}: architecture {arch!r} is not supported (topk or standard)")
+        # Every SAELens field that changes what the SAE computes is applied (apply_b_dec_to_input) or refused.
+        for name, plain in UNSUPPORTED_CFG.items():
+            if cfg.get(name, plain[0]) not in plain:
+                raise SAEError(f"{cfg_file}: {name}={cfg[name]!r} changes the computation in a way this toolkit does "
+                               f"not apply (it supports {plain[0]!r})")
+        if arch == "standard" and cfg.get("activation_fn", "relu") != "relu":
+            raise SAEError(f"{cfg_file}: activation_fn={cfg['activation_fn']!r} is not supported (relu)")
         missing = sorted({"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors))
         if missing:
             raise SAEError(f"{weights}: missing tensor(s) {missing}")
@@ -207,6 +222,7 @@ class SparseAutoencoder:
             why = "records no model hash" if not ours.get("model_hash") else "was trained on another model's activations"
             raise SAEError(f"{path}: this SAE {why}; refit it (probe sae train)")
         sae = cls(d_sae=d_sae, k=int(cfg.get("k", 1)), activation="topk" if arch == "topk" else "relu",
+                  apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
                   **{k: ours[k] for k in ("l1_coeff", "lr", "epochs", "batch_size", "seed") if k in ours})
         for name in shapes:
             setattr(sae, f"{name}_", tensors[name].float())

@@ -128,3 +128,26 @@ def test_thought_rows_are_the_models_thoughts(official_items, word_tokenizer):
     f2 = {items[2].name(v) for v in ProsQAGraph.from_item(items[2]).frontier(2)}
     assert {n for n, y in zip(rows.names, rows.frontier[7]) if y} == f2
     assert all(GROUPS[rows.groups[7, rows.names.index(n)]] in ("optimal", "frontier") for n in f2)
+
+
+def test_saelens_fields_that_change_the_computation_are_applied_or_refused(tmp_path):
+    """A SAELens SAE with apply_b_dec_to_input false encodes x, not x - b_dec, as SAELens does (this used to be
+    ignored: features off by up to 24.9); fields we do not apply are refused by name."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(40, 24, generator=g) * 3
+    sae = SparseAutoencoder(d_sae=16, k=2, epochs=3, progress=False).fit(X)
+    sae.write_into(tmp_path, "blocks.0.hook_resid_post")
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "apply_b_dec_to_input": False}))
+    w = load_file(str(tmp_path / "sae_weights.safetensors"))
+    back = SparseAutoencoder.load(tmp_path)
+    pre = X @ w["W_enc"] + w["b_enc"]  # SAELens's encode without b_dec on the input
+    top = pre.topk(2, dim=-1)
+    want = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+    torch.testing.assert_close(back.encode(X), want)
+    assert not torch.allclose(back.encode(X), sae.encode(X))  # b_dec is not zero: the field matters
+    for field, value in (("normalize_activations", "expected_average_only_in"), ("hook_head_index", 3),
+                         ("reshape_activations", "hook_z")):
+        (tmp_path / "cfg.json").write_text(json.dumps({**cfg, field: value}))
+        with pytest.raises(SAEError, match=rf"cfg.json: {field}=.* changes the computation"):
+            SparseAutoencoder.load(tmp_path)
