@@ -22,8 +22,26 @@ def extract_answer(text: str) -> str:
 
 
 def prediction(tokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:
-    """The official prediction of a continuation: prompt and new tokens decoded together, then extract_answer."""
-    return extract_answer(tokenizer.decode(list(prompt) + list(new), skip_special_tokens=True))
+    """The official prediction of a continuation: prompt and new tokens decoded together, then extract_answer.
+
+    A token the tokenizer does not know (its unk token) stays in the text as that token rather than being
+    skipped with the other special tokens, so an answer that holds one can never match a gold answer.
+    """
+    ids = list(prompt) + list(new)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk in new:
+        special = set(tokenizer.all_special_ids) - {unk}
+        return extract_answer(tokenizer.decode([t for t in ids if t not in special], skip_special_tokens=False))
+    return extract_answer(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def unknown_names(item: ProsQAItem, tokenizer) -> list[str]:
+    """The item's node names that the tokenizer cannot write (they map to its unk token): readings of those
+    nodes cannot tell them apart."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    return [n for n in item.idx_to_symbol if unk in tokenizer.encode(n, add_special_tokens=False)]
 
 
 def is_correct(pred: str, item: ProsQAItem) -> bool:
@@ -40,6 +58,7 @@ class ItemResult:
     n_generated: int
     text: str  # the generated continuation, special tokens skipped
     thoughts: torch.Tensor = field(repr=False)  # [n_thoughts, d_model] the thoughts fed back
+    unknown_names: tuple[str, ...] = ()  # node names the tokenizer cannot write (unknown_names)
 
 
 @dataclass(frozen=True)
@@ -55,7 +74,8 @@ class EvalResult:
             "accuracy": self.accuracy,
             "n": self.n,
             "mean_generated_tokens": self.mean_generated_tokens,
-            "items": [{"index": r.index, "prediction": r.prediction, "correct": r.correct} for r in self.items],
+            "items": [{"index": r.index, "prediction": r.prediction, "correct": r.correct,
+                       **({"unknown_names": list(r.unknown_names)} if r.unknown_names else {})} for r in self.items],
         }
 
 
@@ -129,7 +149,7 @@ def evaluate(
             results[i] = ItemResult(
                 index=i, prediction=pred, correct=is_correct(pred, items[i]),
                 n_thoughts=ks[i], n_generated=len(new), text=tokenizer.decode(new, skip_special_tokens=True),
-                thoughts=gen.thoughts[row, : ks[i]].float().cpu(),
+                thoughts=gen.thoughts[row, : ks[i]].float().cpu(), unknown_names=tuple(unknown_names(items[i], tokenizer)),
             )
     ordered = [results[i] for i in range(len(items))]
     return EvalResult(

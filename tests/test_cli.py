@@ -84,3 +84,16 @@ def test_a_layer_past_the_model_is_refused_alike_by_every_command(tmp_path, offi
     r = runner.invoke(app, ["decode", *data, "--index", "0", "--layers", "-4", "--json", str(tmp_path / "d.json")])
     assert r.exit_code == 0 and json.loads((tmp_path / "d.json").read_text())["thoughts"][0]["layers"][0]["layer"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json"]
+
+
+def test_eval_warns_about_names_the_tokenizer_cannot_write(tmp_path, official_path):
+    raw = json.loads(official_path.read_text())[:2]
+    target = raw[0]["idx_to_symbol"][raw[0]["target"]]
+    text = json.dumps(raw[0]).replace(f'"{target}"', '"zzpus"').replace(f" {target}", " zzpus")
+    data = tmp_path / "two.json"
+    data.write_text(json.dumps([json.loads(text), raw[1]]))
+    r = runner.invoke(app, ["eval", "--data", str(data), "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    assert "warning: 1 item(s) name nodes the tokenizer cannot write (zzpus)" in r.stderr
+    items = json.loads((tmp_path / "e.json").read_text())["items"]
+    assert items[0]["unknown_names"] == ["zzpus"] and items[0]["correct"] is False

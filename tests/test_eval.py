@@ -68,3 +68,31 @@ def test_predictions_equal_an_independent_decode(tiny_model, word_tokenizer, off
 def test_bad_k(tiny_model, word_tokenizer, official_items):
     with pytest.raises(ValueError, match="k must be >= 0"):
         evaluate(tiny_model, word_tokenizer, official_items[:1], k=-1, progress=False)
+
+
+def test_an_answer_the_tokenizer_cannot_write_is_never_correct(tiny_model, word_tokenizer, official_items, monkeypatch,
+                                                                tmp_path):
+    """An item whose answer names a node outside the word-level vocabulary: a model that writes the gold tokens
+    writes <|unk|> for that name; the prediction keeps it and is scored wrong, and the item is flagged."""
+    import json
+
+    from probe.data.prosqa import item_from_json
+    from probe.evaluate import prediction, unknown_names
+
+    raw = official_items[0].to_json()
+    target = raw["idx_to_symbol"][raw["target"]]
+    for key in ("question", "answer"):
+        raw[key] = raw[key].replace(target, "zzpus")
+    raw["steps"] = [s.replace(target, "zzpus") for s in raw["steps"]]
+    raw["idx_to_symbol"] = ["zzpus" if n == target else n for n in raw["idx_to_symbol"]]
+    item = item_from_json(raw)
+    assert unknown_names(item, word_tokenizer) == ["zzpus"] and unknown_names(official_items[0], word_tokenizer) == []
+    gold = list(tokenize_item(item, word_tokenizer).answer[:-1])  # '### Tom is a <|unk|> .'
+    assert word_tokenizer.unk_token_id in gold
+    assert prediction(word_tokenizer, [], gold) == "Tom is a <|unk|>."
+    monkeypatch.setattr(type(tiny_model), "generate", lambda self, prompts, max_new_tokens=128, edit=None: Generation(
+        [gold] * len(prompts), torch.zeros(len(prompts), 0, 1), torch.zeros(len(prompts)), torch.zeros(len(prompts), 1)))
+    res = evaluate(tiny_model, word_tokenizer, [item, official_items[1]], progress=False)
+    assert [r.correct for r in res.items] == [False, False] and res.items[0].unknown_names == ("zzpus",)
+    assert json.loads(json.dumps(res.to_json()))["items"][0]["unknown_names"] == ["zzpus"]
+    assert "unknown_names" not in res.to_json()["items"][1]

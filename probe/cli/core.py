@@ -112,6 +112,13 @@ def eval_cmd(
         typer.echo(f"halting probe: accuracy {result.accuracy:.4f} with {result.mean_thoughts:.2f} thoughts on average "
                    f"(fixed {fixed})")
         return
+    unknown = [r for r in res.items if r.unknown_names]
+    if unknown:
+        names = sorted({n for r in unknown for n in r.unknown_names})
+        typer.secho(f"warning: {len(unknown)} item(s) name nodes the tokenizer cannot write ({', '.join(names[:8])}"
+                    f"{', ...' if len(names) > 8 else ''}): they read as its unknown token, and an answer holding that token is "
+                    "never scored correct",
+                    fg=typer.colors.YELLOW, err=True)
     if json_out:
         atomic_write_text(json_out, json.dumps(res.to_json(), indent=1))
     typer.echo(
