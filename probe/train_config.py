@@ -175,7 +175,9 @@ def read_options(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or type(e).__name__}{where})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of options")
     parent = raw.pop("inherit", None)
@@ -194,5 +196,5 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({e})") from None
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     return out

@@ -1,0 +1,86 @@
+"""Every command, given bad input of each kind: one line that names the thing and what is wrong, exit code 2,
+never a Python traceback, and nothing written."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from probe.cli import app
+
+runner = CliRunner()
+
+# each command with the options that make it run, {data} and {out} filled in per case
+COMMANDS = {
+    "eval": ["eval", "--data", "{data}", "--limit", "2"],
+    "decode": ["decode", "--data", "{data}", "--index", "0"],
+    "capture": ["capture", "--data", "{data}", "--limit", "2", "--out", "{out}"],
+    "analyze": ["analyze", "--data", "{data}", "--limit", "2", "--k-max", "1", "--out", "{out}"],
+    "tuned-lens": ["tuned-lens", "--data", "{data}", "--epochs", "1", "--out", "{out}"],
+    "intervene": ["intervene", "--data", "{data}", "--limit", "2", "--k", "1", "--out", "{out}"],
+    "probes fit": ["probes", "fit", "--data", "{data}", "--limit", "4", "--k-max", "1", "--folds", "2", "--out", "{out}"],
+    "probes halt": ["probes", "halt", "--data", "{data}", "--k-max", "2", "--folds", "2", "--out", "{out}"],
+    "sae train": ["sae", "train", "--data", "{data}", "--epochs", "1", "--d-sae", "8", "--k", "2", "--out", "{out}"],
+}
+
+
+def bad_cases(tmp_path, official_path):
+    """(name, extra arguments or a replaced --data, the words the one line must hold)."""
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("[{not json")
+    ours_without_meta = tmp_path / "not-a-checkpoint"
+    ours_without_meta.mkdir()
+    broken = tmp_path / "broken-ckpt"
+    broken.mkdir()
+    (broken / "coconut.json").write_text('{"format_version": 1, "start_id": 1}')
+    return [
+        ("missing data file", {"data": str(tmp_path / "nowhere.json")}, "no such ProsQA data file"),
+        ("corrupt data file", {"data": str(corrupt)}, "not a valid JSON file"),
+        ("missing checkpoint", {"args": ["--ckpt", str(tmp_path / "nockpt")]}, "no such checkpoint"),
+        ("a directory that is not a checkpoint", {"args": ["--ckpt", str(ours_without_meta)]}, "no coconut.json"),
+        ("a checkpoint with a broken coconut.json", {"args": ["--ckpt", str(broken)]}, "broken-ckpt"),
+        ("a device that is not there", {"args": ["--device", "cuda:7"]}, "--device cuda:7"),
+        ("an unknown dtype", {"args": ["--dtype", "float8"]}, "--dtype"),
+    ]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_answers_bad_input_in_one_line(command, tmp_path, official_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    out = tmp_path / "out"
+    for name, case, words in bad_cases(inputs, official_path):
+        args = [a.format(data=case.get("data", str(official_path)), out=str(out)) for a in COMMANDS[command]]
+        r = runner.invoke(app, args + case.get("args", []))
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert r.exit_code == 2, (command, name, r.output[-1500:])
+        assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output, (command, name, r.output[-1500:])
+        assert words in r.output and lines[-1].startswith("error: "), (command, name, lines[-3:])
+        assert not out.exists(), (command, name)
+
+
+def test_train_release_and_data_answer_bad_input_in_one_line(tmp_path, official_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: x\nmode: [\n")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("name: x\nepochs: 3\n")
+    good = tmp_path / "good.yaml"
+    good.write_text(f"name: x\nout_dir: {tmp_path / 'run'}\n")
+    cases = [
+        (["train", "--config", str(tmp_path / "none.yaml")], "none.yaml: no such config file"),
+        (["train", "--config", str(bad_yaml)], "bad.yaml: not valid YAML"),
+        (["train", "--config", str(unknown)], "unknown option(s) ['epochs']"),
+        (["train", "--config", str(good), "--set", "lr"], "--set 'lr': expected OPTION=VALUE"),
+        (["train", "--config", str(good), "--set", "mode=sideways"], "mode: unknown 'sideways'"),
+        (["train", "--config", str(good), "--max-minutes", "-1"], "max_minutes must be > 0, got -1.0"),
+        (["release", "--ckpt", str(tmp_path / "nockpt"), "--out", str(tmp_path / "rel"), "--data", str(official_path),
+          "--config", str(good)], "no trainer_state.json"),
+        (["data", "stats", str(tmp_path / "none.json")], "no such ProsQA data file"),
+        (["eval", "--data", str(official_path), "--k", "three"], "--k: expected an integer, got 'three'"),
+    ]
+    for args, words in cases:
+        r = runner.invoke(app, args)
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (args, r.output[-1500:])
+        assert "Traceback" not in r.output and words in lines[-1] and lines[-1].startswith("error: "), (args, lines[-3:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "good.yaml", "unknown.yaml"]
