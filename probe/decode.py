@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from probe.capture import architecture, capture_batch, select_hooks
 from probe.data.graph import ProsQAGraph
+from probe.data.layout import indistinct_names
 from probe.data.prosqa import ProsQAItem
 from probe.evaluate import evaluate
 from probe.lens import RESID, LensReadout, TunedLens, read_lens
@@ -50,12 +51,14 @@ class Decoded:
     thoughts: list[StepReading]
     answer_step: StepReading
     readout: LensReadout = field(repr=False)
+    indistinct: list[tuple[str, ...]] = field(default_factory=list)  # names the readings cannot tell apart
 
     def to_json(self) -> dict[str, Any]:
         """The `probe decode --json` report."""
         return {"index": self.index, "question": self.question, "prediction": self.prediction, "correct": self.correct,
                 "lens": self.lens, "thoughts": [t.to_json() for t in self.thoughts],
-                "answer_step": self.answer_step.to_json()}
+                "answer_step": self.answer_step.to_json(),
+                **({"indistinct_names": [list(g) for g in self.indistinct]} if self.indistinct else {})}
 
 
 def _shown(text: str) -> str:
@@ -88,4 +91,5 @@ def decode_item(
         steps.append(reading)
     res = evaluate(model, tokenizer, [item], k=trace.k, batch_size=1, progress=False).items[0]
     return Decoded(index, item.question, item.answer, res.prediction, res.correct, res.text, ro.lens,
-                   steps[: trace.k], steps[trace.k], ro)
+                   steps[: trace.k], steps[trace.k], ro,
+                   indistinct_names(item, tokenizer, model.config.data_format))

@@ -97,3 +97,28 @@ def test_eval_warns_about_names_the_tokenizer_cannot_write(tmp_path, official_pa
     assert "warning: 1 item(s) name nodes the tokenizer cannot write (zzpus)" in r.stderr
     items = json.loads((tmp_path / "e.json").read_text())["items"]
     assert items[0]["unknown_names"] == ["zzpus"] and items[0]["correct"] is False
+
+
+def test_decode_says_which_names_the_lens_cannot_tell_apart(tmp_path, official_path, bpe_tokenizer, official_items):
+    """Two names unknown to the default model's word-level tokenizer read as one token: decode warns and flags
+    them; with a byte-level BPE, names that start with the same piece are grouped the same way."""
+    from probe.data.layout import indistinct_names
+
+    raw = json.loads(official_path.read_text())[0]
+    a, b = [n for i, n in enumerate(raw["idx_to_symbol"]) if i not in (raw["root"], raw["target"], raw["neg_target"])][:2]
+    text = json.dumps(raw)
+    for old, new in ((a, "zzpus"), (b, "qqpus")):
+        text = text.replace(f'"{old}"', f'"{new}"').replace(f" {old} ", f" {new} ").replace(f" {old}.", f" {new}.")
+    data = tmp_path / "one.json"
+    data.write_text(f"[{text}]")
+    r = runner.invoke(app, ["decode", "--data", str(data), "--index", "0", "--json", str(tmp_path / "d.json")])
+    assert r.exit_code == 0, r.output
+    assert "warning: the lens cannot tell these names apart" in r.stderr and "zzpus = qqpus" in r.stderr.replace("\n", "")
+    assert json.loads((tmp_path / "d.json").read_text())["indistinct_names"] == [["zzpus", "qqpus"]]
+    r = runner.invoke(app, ["decode", "--data", str(official_path), "--index", "0", "--json", str(tmp_path / "o.json")])
+    assert r.exit_code == 0 and "indistinct_names" not in json.loads((tmp_path / "o.json").read_text())
+    assert "cannot tell" not in r.stderr
+    groups = [g for it in official_items[:10] for g in indistinct_names(it, bpe_tokenizer)]
+    assert groups  # a small byte-level BPE does merge some names' first pieces
+    for group in groups:  # each group shares the first piece after "Every "
+        assert len({bpe_tokenizer.encode(f"Every {n}")[1] for n in group}) == 1, group

@@ -115,3 +115,14 @@ def name_tokens(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> l
             raise ValueError(f"cannot isolate the tokens of {name!r}")
         out.append(rest[0])
     return out
+
+
+def indistinct_names(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> list[tuple[str, ...]]:
+    """Groups of the item's node names that a reading of one position cannot tell apart: names whose first
+    token where a step writes them is the same (with GPT-2's byte-level BPE `rempus` and `rorpus` both start
+    with `Ġr`; with a word-level tokenizer every unknown name is its unknown token). A lens or value that reads
+    one position gives every name of a group the same probability."""
+    groups: dict[int, list[str]] = {}
+    for name, token in zip(item.idx_to_symbol, name_tokens(item, tokenizer, fmt)):
+        groups.setdefault(token, []).append(name)
+    return [tuple(g) for g in groups.values() if len(g) > 1]
