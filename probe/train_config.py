@@ -108,6 +108,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}: unknown {getattr(self, name)!r}; expected one of {allowed}")
         if self.supervision == "optimal" and self.mode == "cot":
             raise ConfigError("mode cot trains language steps; it needs supervision: language")
+        if self.supervision == "optimal" and self.c_thought != 1:
+            raise ConfigError(f"supervision optimal trains one thought per node: c_thought must be 1, got {self.c_thought}")
         for name in ("train_size", "epoch_items", "eval_every_steps", "save_every_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

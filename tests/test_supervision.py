@@ -104,6 +104,8 @@ def test_sequences_of_each_stage(hand):
     assert list(r.input_ids) == q + answer and r.targets == ()
     with pytest.raises(ValueError, match="use supervision: language"):
         render_optimal(t, 1, StageSpec(mode="cot"), sp)
+    with pytest.raises(ValueError, match="c_thought must be 1, got 2"):
+        render_optimal(t, 1, StageSpec(c_thought=2), sp)
     assert render_training(t, 1, spec, sp, "language").targets == ()  # Coconut's language stage
     # a unit is read at its own position; a label at the position before it
     units = render_optimal(t, 3, spec, sp).units()

@@ -86,6 +86,8 @@ def render_optimal(item: TrainingItem, stage: int, spec: StageSpec, special, tho
         raise ValueError("mode cot trains language steps; use supervision: language")
     if thought_loss not in THOUGHT_LOSSES:
         raise ValueError(f"unknown thought_loss {thought_loss!r}; expected one of {THOUGHT_LOSSES}")
+    if spec.markers and spec.c_thought != 1:
+        raise ValueError(f"supervision optimal trains one thought per node: c_thought must be 1, got {spec.c_thought}")
     tok, d = item.tokens, item.n_steps
     question = list(tok.question)
     answer = list(tok.answer)
@@ -95,11 +97,9 @@ def render_optimal(item: TrainingItem, stage: int, spec: StageSpec, special, tho
     if s < d:  # ends with s thoughts; the position emitting thought j is len(question) + j - 1
         first = 1 if thought_loss == "all" else s + 1
         units = tuple((len(question) + j - 1, item.targets[j - 1]) for j in range(first, s + 2))
-        ids = question + [special.start_id] + [special.latent_id] * (s * spec.c_thought)
-        return Rendered(tuple(ids), tuple([IGNORE_INDEX] * len(ids)), s * spec.c_thought, units)
+        ids = question + [special.start_id] + [special.latent_id] * s
+        return Rendered(tuple(ids), tuple([IGNORE_INDEX] * len(ids)), s, units)
     _, n_latent = spec.layout(stage, d)
-    if spec.c_thought != 1 and thought_loss == "all":
-        raise ValueError("supervision: optimal with thought_loss all needs c_thought 1 (one thought per node)")
     prefix = question + [special.start_id] + [special.latent_id] * n_latent + [special.end_id]
     units = tuple((len(question) + j - 1, item.targets[j - 1]) for j in range(1, d + 1)) if thought_loss == "all" else ()
     return Rendered(tuple(prefix + answer), tuple([IGNORE_INDEX] * len(prefix) + answer), n_latent, units)
