@@ -35,13 +35,19 @@ def prediction(tokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:
     return extract_answer(tokenizer.decode(ids, skip_special_tokens=True))
 
 
+def _unwritable(names, tokenizer) -> set[str]:
+    """The names (each encoded once) that the tokenizer writes with its unk token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return set()
+    return {n for n in set(names) if unk in tokenizer.encode(n, add_special_tokens=False)}
+
+
 def unknown_names(item: ProsQAItem, tokenizer) -> list[str]:
     """The item's node names that the tokenizer cannot write (they map to its unk token): readings of those
     nodes cannot tell them apart."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is None:
-        return []
-    return [n for n in item.idx_to_symbol if unk in tokenizer.encode(n, add_special_tokens=False)]
+    bad = _unwritable(item.idx_to_symbol, tokenizer)
+    return [n for n in item.idx_to_symbol if n in bad]
 
 
 def is_correct(pred: str, item: ProsQAItem) -> bool:
@@ -140,6 +146,7 @@ def evaluate(
         groups[ks[i]].append(i)
     batches = [g[j : j + batch_size] for g in groups.values() for j in range(0, len(g), batch_size)]
     results: dict[int, ItemResult] = {}
+    unwritable = _unwritable((n for it in items for n in it.idx_to_symbol), tokenizer)  # each name once, not per item
     model.eval()
     for batch in tqdm(batches, desc="eval", unit="batch", disable=not progress):
         gen = model.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens,
@@ -149,7 +156,7 @@ def evaluate(
             results[i] = ItemResult(
                 index=i, prediction=pred, correct=is_correct(pred, items[i]),
                 n_thoughts=ks[i], n_generated=len(new), text=tokenizer.decode(new, skip_special_tokens=True),
-                thoughts=gen.thoughts[row, : ks[i]].float().cpu(), unknown_names=tuple(unknown_names(items[i], tokenizer)),
+                thoughts=gen.thoughts[row, : ks[i]].float().cpu(), unknown_names=tuple(n for n in items[i].idx_to_symbol if n in unwritable),
             )
     ordered = [results[i] for i in range(len(items))]
     return EvalResult(

@@ -252,12 +252,12 @@ class CoconutModel(nn.Module):
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         batch, seq = input_ids.shape
-        self.check_positions([int(attention_mask.sum(-1).max())] if batch else [])
         embeds = self.embed(input_ids)
         is_latent = input_ids == self.config.latent_id
         n_thoughts = is_latent.sum(-1)
-        # The loop is planned on the host from one copy of the latent mask (one device sync per call).
-        host_latent = is_latent.cpu()
+        # The loop is planned, and the lengths checked, on the host from one copy of both masks (one sync).
+        host_latent, host_mask = torch.stack([is_latent, attention_mask.bool()]).cpu()
+        self.check_positions([int(host_mask.sum(-1).max())] if batch else [])
         max_k = int(host_latent.sum(-1).max()) if batch else 0
         thoughts = embeds.new_zeros(batch, max_k, embeds.shape[-1])
         slot_of = is_latent.long().cumsum(-1) - 1  # [batch, seq] index of the thought a latent position holds
