@@ -69,39 +69,44 @@ def capture_distributed(model, tokenizer, items: Sequence[ProsQAItem], out: str 
     out = Path(out)
     if out.exists():
         raise CaptureError(f"{out}: already exists; choose a new directory")
-    if not dist.is_initialized():
+    created = not dist.is_initialized()  # a group this call opens, it also closes (gloo threads at exit abort)
+    if created:
         backend = "nccl" if str(model.device).startswith("cuda") else "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    parts = parts_dir(out)
-    if rank == 0:
-        shutil.rmtree(parts, ignore_errors=True)  # a failed earlier run's leftovers
-        parts.mkdir(parents=True)
-    dist.barrier()
-    block = rank_slice(len(items), rank, size)
-    progress = capture_kw.pop("progress", True) and rank == 0
-    ok = True
     try:
-        if len(block):
-            capture_to_disk(model, tokenizer, list(items[block.start : block.stop]), parts / f"rank-{rank:05d}",
-                            first_index=block.start, progress=progress, **capture_kw)
-    except BaseException:
-        ok = False
-        raise
-    finally:
-        flags = [None] * size
-        dist.all_gather_object(flags, ok)
-    if not all(flags):
+        parts = parts_dir(out)
         if rank == 0:
-            shutil.rmtree(parts, ignore_errors=True)
-        raise CaptureError(f"rank(s) {[r for r, f in enumerate(flags) if not f]} failed; nothing was written")
-    store = None
-    if rank == 0:
-        done = [parts / f"rank-{r:05d}" for r in range(size) if len(rank_slice(len(items), r, size))]
+            shutil.rmtree(parts, ignore_errors=True)  # a failed earlier run's leftovers
+            parts.mkdir(parents=True)
+        dist.barrier()
+        block = rank_slice(len(items), rank, size)
+        progress = capture_kw.pop("progress", True) and rank == 0
+        ok = True
         try:
-            store = merge_stores(done, out)
+            if len(block):
+                capture_to_disk(model, tokenizer, list(items[block.start : block.stop]), parts / f"rank-{rank:05d}",
+                                first_index=block.start, progress=progress, **capture_kw)
         except BaseException:
-            shutil.rmtree(parts, ignore_errors=True)
+            ok = False
             raise
-    dist.barrier()
-    return store
+        finally:
+            flags = [None] * size
+            dist.all_gather_object(flags, ok)
+        if not all(flags):
+            if rank == 0:
+                shutil.rmtree(parts, ignore_errors=True)
+            raise CaptureError(f"rank(s) {[r for r, f in enumerate(flags) if not f]} failed; nothing was written")
+        store = None
+        if rank == 0:
+            done = [parts / f"rank-{r:05d}" for r in range(size) if len(rank_slice(len(items), r, size))]
+            try:
+                store = merge_stores(done, out)
+            except BaseException:
+                shutil.rmtree(parts, ignore_errors=True)
+                raise
+        dist.barrier()
+        return store
+    finally:
+        if created:
+            dist.destroy_process_group()
 
