@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from probe.data.prosqa import item_at
+
 ROOT = Path(__file__).resolve().parents[1]
 VALID = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
 OTHER = "another path..."
@@ -169,7 +171,7 @@ def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, 
     if spec[0] == "ablate":
         _, kind, steps, other = spec
         if kind == "other":  # that validation item's thoughts at the same site
-            o = item_site(ckpt, base, json.dumps(load_split(str(VALID))[other].to_json()), layer, k)
+            o = item_site(ckpt, base, json.dumps(item_at(load_split(str(VALID)), other, VALID.name).to_json()), layer, k)
             ref, ref_valid = o.source, o.valid
         else:  # the reference items' mean, the edited item left out
             r = reference_site(ckpt, base, layer, k)
@@ -235,7 +237,7 @@ def sidebar() -> tuple[str, str, str, str]:
     if source == "validation split":
         items = load_split(str(VALID))
         index = sb.number_input(f"index (0..{len(items) - 1})", 0, len(items) - 1, 0, key="index")
-        item_json = json.dumps(items[int(index)].to_json())
+        item_json = json.dumps(item_at(items, int(index), VALID.name).to_json())
     elif source == "generated":
         from probe.data.generate import generate_items
 
@@ -382,8 +384,8 @@ def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, mod
             default("iv_other", next(b for b in range(1, len(split)) if split[b].question != item.question))
             other = int(st.number_input(f"the thoughts of validation item (0..{len(split) - 1})", 0, len(split) - 1,
                                         key="iv_other"))
-            st.caption(f"its question is about **{split[other].name(split[other].root)}**; "
-                       f"its answer: *{split[other].answer}*")
+            donor = item_at(split, other, VALID.name)
+            st.caption(f"its question is about **{donor.name(donor.root)}**; its answer: *{donor.answer}*")
         if not steps:
             st.info("choose the thoughts to ablate")
             return

@@ -91,7 +91,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from probe.capture import FINAL, architecture, capture, hook_names
+    from probe.capture import architecture, capture
+    from probe.model.hook_names import FINAL, RESID, act_name, hook_names
     from probe.data.prosqa import load_items
     from probe.model.checkpoint import load_checkpoint
     from sizes import random_model
@@ -103,7 +104,7 @@ def main() -> None:
     items = load_items(DATA)[: a.n]
     k = model.config.default_thoughts
     n_layers = architecture(model).n_layers
-    resid = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)] + [FINAL]
+    resid = [act_name(RESID, l) for l in range(n_layers)] + [FINAL]
 
     def ours():  # every layer's residual and the answer, from one batched pass
         capture(model, tok, items, k=k, names=resid, batch_size=a.batch, max_new_tokens=a.max_new_tokens,

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from probe.capture import architecture, capture, node_values, select_hooks
+from probe.capture import architecture, capture, node_values
+from probe.model.hook_names import select_hooks
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_tokens
 from probe.data.prosqa import ProsQAItem
@@ -168,9 +169,9 @@ def analyze(
         raise ValueError("analyze needs at least one item")
     cfg = model.config
     markers = cfg.stage_spec.markers
-    k_max = (cfg.max_latent_stage * cfg.c_thought if not markers else cfg.default_thoughts) if k_max is None else k_max
-    if k_max < 1:
-        raise ValueError(f"k_max must be >= 1, got {k_max}")
+    if k_max is None and not markers:
+        k_max = cfg.max_latent_stage * cfg.c_thought  # a CoT model: as many steps as its longest chain
+    k_max = cfg.thought_count(k_max, 1, "k_max")
     items = list(items)
     graphs = [ProsQAGraph.from_item(it) for it in items]
     steps = list(range(1, k_max + 1))

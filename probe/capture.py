@@ -10,7 +10,6 @@ position (the one holding `<|end-latent|>`, whose logits give the first answer t
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,11 +27,10 @@ from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
 from probe.evaluate import prediction
-from probe.model.architecture import Architecture, find_architecture, layer_index
+from probe.model.architecture import Architecture, find_architecture
+from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_names, layer_of
 from probe.model.coconut import CoconutModel, ThoughtEdit
 
-POINTS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
-FINAL = "ln_final.hook_normalized"
 MANIFEST = "manifest.json"
 TRACE_FORMAT = 1
 
@@ -47,26 +45,6 @@ class CaptureError(ValueError):
 def architecture(model: CoconutModel) -> Architecture:
     """The decoder layers, attention, MLP and final norm of the model's base (GPT-2, Llama, NeoX, ...)."""
     return find_architecture(model.base)
-
-
-def hook_names(n_layers: int) -> list[str]:
-    """Every hook name a ThoughtTrace can hold, in forward order."""
-    return [f"blocks.{l}.{p}" for l in range(n_layers) for p in POINTS] + [FINAL]
-
-
-def select_hooks(n_layers: int, patterns: Sequence[str] | None = None, layers: Sequence[int] | None = None) -> list[str]:
-    """Hook names matching any glob pattern (default: all), restricted to some layers."""
-    names = hook_names(n_layers)
-    if layers is not None:
-        keep = {layer_index(l, n_layers, CaptureError) for l in layers}
-        names = [n for n in names if n == FINAL or int(n.split(".")[1]) in keep]
-    if patterns:
-        picked = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-        if unmatched:
-            raise CaptureError(f"hook pattern(s) {unmatched} match no hook; names look like {names[0]!r} or {FINAL!r}")
-        names = picked
-    return names
 
 
 # ---------------------------------------------------------------------------- the trace
@@ -95,7 +73,12 @@ class ThoughtTrace:
     cache: dict[str, Tensor] = field(default_factory=dict)  # hook name -> [batch, k + 1, ...]
     answer_ids: Tensor | None = None  # [batch, max_new] greedy answer after the prompt, eos excluded, -1 padded
 
-    def __getitem__(self, name: str) -> Tensor:
+    def __getitem__(self, name: str | tuple[str, int]) -> Tensor:
+        """[batch, k + 1, ...] one hook's activations, by name or, as TransformerLens's cache takes it, by
+        (point, layer) with negative layers from the end: trace["hook_resid_post", -1]."""
+        if isinstance(name, tuple):
+            point, layer = name
+            name = act_name(point, layer, self.n_layers)
         try:
             return self.cache[name]
         except KeyError:
@@ -106,11 +89,11 @@ class ThoughtTrace:
 
     @property
     def n_layers(self) -> int:
-        return 1 + max((int(n.split(".")[1]) for n in self.cache if n.startswith("blocks.")), default=-1)
+        return 1 + max((layer_of(n) for n in self.cache if n != FINAL), default=-1)
 
-    def stack(self, point: str = "hook_resid_post") -> Tensor:
+    def stack(self, point: str = RESID) -> Tensor:
         """[batch, k + 1, n_layers, ...]: one hook point across every layer (all must be captured)."""
-        return torch.stack([self[f"blocks.{l}.{point}"] for l in range(self.n_layers)], dim=2)
+        return torch.stack([self[act_name(point, l)] for l in range(self.n_layers)], dim=2)
 
     def answers(self) -> list[list[int]]:
         """Each item's generated answer tokens (capture with max_new_tokens > 0)."""
@@ -177,7 +160,7 @@ class _Recorder:
     def __enter__(self) -> "_Recorder":
         want = set(self.names)
         for l, layer in enumerate(self.arch.layers):
-            pre, post = f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_resid_post"
+            pre, post = act_name("hook_resid_pre", l), act_name(RESID, l)
             if pre in want:
                 self.handles.append(layer.register_forward_pre_hook(
                     lambda m, args, kwargs, n=pre: self._keep(n, args[0] if args else kwargs["hidden_states"]),
@@ -186,7 +169,7 @@ class _Recorder:
                 self.handles.append(layer.register_forward_hook(
                     lambda m, args, out, n=post: self._keep(n, out[0] if isinstance(out, tuple) else out)))
             attn, mlp = getattr(layer, self.arch.attn), getattr(layer, self.arch.mlp)
-            a_out, pat = f"blocks.{l}.hook_attn_out", f"blocks.{l}.attn.hook_pattern"
+            a_out, pat = act_name("hook_attn_out", l), act_name("attn.hook_pattern", l)
             if a_out in want or pat in want:
                 def attn_hook(m, args, out, a_out=a_out, pat=pat):
                     if a_out in want:
@@ -196,7 +179,7 @@ class _Recorder:
                             raise CaptureError("the attention returned no pattern; capture needs eager attention")
                         self._keep(pat, out[1], pattern=True)
                 self.handles.append(attn.register_forward_hook(attn_hook))
-            m_out = f"blocks.{l}.hook_mlp_out"
+            m_out = act_name("hook_mlp_out", l)
             if m_out in want:
                 self.handles.append(mlp.register_forward_hook(lambda m, args, out, n=m_out: self._keep(n, out)))
         if FINAL in want:
@@ -236,13 +219,8 @@ def capture_batch(
         raise CaptureError("capture needs at least one item")
     cfg = model.config
     arch = architecture(model)
-    names = list(hook_names(arch.n_layers) if names is None else names)
-    unknown = sorted(set(names) - set(hook_names(arch.n_layers)))
-    if unknown:
-        raise CaptureError(f"unknown hook name(s) {unknown}")
-    k = cfg.default_thoughts if k is None else k
-    if k < 0:
-        raise CaptureError(f"k must be >= 0, got {k}")
+    names = hook_names(arch.n_layers) if names is None else check_names(names, arch.n_layers)
+    k = cfg.thought_count(k, error=CaptureError)
     tok_items = [tokenize_item(it, tokenizer, cfg.data_format) for it in items]
     q_len = torch.tensor([len(t.question) for t in tok_items])
     markers = cfg.stage_spec.markers
@@ -384,8 +362,8 @@ def capture_to_disk(
     if not items:
         raise CaptureError("capture needs at least one item")
     arch = architecture(model)
-    names = list(hook_names(arch.n_layers) if names is None else names)
-    k = model.config.default_thoughts if k is None else k
+    names = hook_names(arch.n_layers) if names is None else check_names(names, arch.n_layers)
+    k = model.config.thought_count(k, error=CaptureError)
     shards = []
     bar = tqdm(total=len(items), desc="capture", unit="item", disable=not progress)
     try:

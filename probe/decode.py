@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from probe.capture import architecture, capture_batch, select_hooks
+from probe.capture import architecture, capture_batch
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import indistinct_names
 from probe.data.prosqa import ProsQAItem
 from probe.evaluate import evaluate
-from probe.lens import RESID, LensReadout, TunedLens, read_lens
+from probe.lens import LensReadout, TunedLens, read_lens
+from probe.model.hook_names import RESID, select_hooks
 from probe.model.coconut import CoconutModel
 
 

@@ -98,10 +98,9 @@ def thoughts_for(model: CoconutModel, item: ProsQAItem, k: int | str | None, sta
         if not spec.markers:
             raise ValueError(f"a {spec.mode} checkpoint has no latent mode; k='gold' needs thoughts")
         return len(item.steps) * spec.c_thought
-    if not isinstance(k, int):
+    if isinstance(k, str):
         raise ValueError(f"k must be an integer or 'gold', got {k!r}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+    k = model.config.thought_count(k)
     if not spec.markers and k:
         raise ValueError(f"a {spec.mode} checkpoint has no latent mode; k must be 0, got {k}")
     return k

@@ -25,7 +25,7 @@ from probe.data.prosqa import ProsQAItem
 from probe.data.render import tokenize_item
 from probe.evaluate import MAX_NEW_TOKENS, EvalResult, evaluate
 from probe.frontier import frontier_mass
-from probe.model.architecture import layer_index
+from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.coconut import FEEDBACK_MODES, CoconutModel, ThoughtEdit
 from probe.probes import LinearProbe, SavedProbe, name_vocabulary, probe_targets
 
@@ -254,7 +254,7 @@ def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, la
             pause = model.embed(torch.tensor([cfg.latent_id], device=model.device))[0].detach().float().cpu()
             source = pause.expand(len(items), k, -1).clone()
     else:
-        name = f"blocks.{layer % n_layers}.hook_resid_post"
+        name = act_name(RESID, layer, n_layers)
         source = capture(model, tokenizer, items, k=k, names=[name], batch_size=batch_size, progress=False)[name]
         source = source[:, :k].float()
     return Site(layer, source.float(), torch.ones(len(items), k, dtype=torch.bool), None, None)
@@ -561,9 +561,7 @@ def run_interventions(
     if not items:
         raise InterventionError("no items to intervene on")
     cfg = model.config
-    k = cfg.default_thoughts if k is None else k
-    if k < 1:
-        raise InterventionError(f"k must be >= 1 to intervene on thoughts, got {k}")
+    k = cfg.thought_count(k, 1, "k", InterventionError, "to intervene on thoughts")
     from probe.capture import architecture
 
     n_layers = architecture(model).n_layers

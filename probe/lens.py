@@ -28,11 +28,10 @@ from probe.capture import ThoughtTrace, TraceStore, architecture
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_tokens
 from probe.data.prosqa import ProsQAItem
-from probe.model.architecture import layer_index
+from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.coconut import CoconutModel
 from probe.model.identity import readout_hash
 
-RESID = "hook_resid_post"
 
 
 class LensError(ValueError):
@@ -190,7 +189,7 @@ def lens_logits(trace: ThoughtTrace, model: CoconutModel, layers: Sequence[int] 
     out = []
     with torch.no_grad():
         for l in layers:
-            h = trace[f"blocks.{l}.{RESID}"].to(model.device, torch.float32)
+            h = trace[act_name(RESID, l)].to(model.device, torch.float32)
             if lens is not None:
                 h = lens.translate(h, l)
             out.append(model.unembed(norm(h.to(next(norm.parameters()).dtype))).float().cpu())

@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from probe.data.graph import ProsQAGraph
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem
-from probe.model.architecture import layer_index
+from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import weights_hash
 
 TARGETS = ("frontier", "reachable", "value", "depth")
@@ -375,7 +375,7 @@ def resid_hook(model, layer: int) -> str:
     """The residual-stream hook name of a layer (negative layers count from the end)."""
     from probe.capture import architecture
 
-    return f"blocks.{layer_index(layer, architecture(model).n_layers, ProbeError)}.hook_resid_post"
+    return act_name(RESID, layer_index(layer, architecture(model).n_layers, ProbeError))
 
 
 def fit_probes(
@@ -389,9 +389,7 @@ def fit_probes(
         raise ProbeError(f"unknown probe target {target!r}; expected one of {TARGETS}")
     items = list(items)
     hook = resid_hook(model, layer)
-    k_max = model.config.default_thoughts if k_max is None else k_max
-    if k_max < 1:
-        raise ProbeError(f"probes need at least one thought; k_max is {k_max}")
+    k_max = model.config.thought_count(k_max, 1, "k_max", ProbeError, "probes need a thought")
     trace = capture(model, tokenizer, items, k=k_max, names=[hook], batch_size=batch_size, progress=progress)
     names = name_vocabulary(items)
     kind = "classification" if target in CLASSIFICATION else "regression"
@@ -447,9 +445,7 @@ def fit_halting_probe(
     """A probe that reads, after thought k, whether forcing <|end-latent|> now already gives the right answer."""
     items = list(items)
     hook = resid_hook(model, layer)
-    k_max = model.config.default_thoughts if k_max is None else k_max
-    if k_max < 2:
-        raise ProbeError(f"a halting probe needs k_max >= 2 (a choice to stop early), got {k_max}")
+    k_max = model.config.thought_count(k_max, 2, "k_max", ProbeError, "a halting probe needs a choice to stop early")
     feats = _halt_features(model, tokenizer, items, hook, k_max, batch_size, progress)  # [n, K-1, d]
     correct = _correct_by_k(model, tokenizer, items, k_max, batch_size)[:, 1:k_max]  # [n, K-1]
     n, steps, d = feats.shape

@@ -18,6 +18,7 @@ from probe.data.prosqa import ProsQAItem, load_items
 from probe.evaluate import GOLD, evaluate
 from probe.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutModel
+from probe.model.placement import parse_device, parse_dtype
 from probe.train_config import read_options
 
 FIRST_N = 50  # the shipped-model test re-measures the first FIRST_N items
@@ -120,30 +121,27 @@ def evaluate_by_k(
     return Evaluation(data, len(items), default_k, acc, correct, min(first_n, len(items)), first, **gold)
 
 
-STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def release(
     ckpt: str | Path, out: str | Path, data: str | Path, config_paths: Sequence[str | Path],
     name: str | None = None, summary: str = "", progress: bool = True, device: str = "cpu",
-    store_dtype: str = "float32",
+    store_dtype: str | torch.dtype = "float32",
 ) -> Release:
     """Evaluate a training checkpoint (in float32) and write it, without optimizer state, with its model card.
 
     store_dtype: the dtype of the written weights (bfloat16 halves the files; loading casts back to
-    float32). Raises CheckpointError for a checkpoint without a training record, ValueError for an
-    unknown store_dtype.
+    float32). Raises CheckpointError for a checkpoint without a training record, PlacementError for an
+    unknown store_dtype or an absent device.
     """
-    if store_dtype not in STORE_DTYPES:
-        raise ValueError(f"store dtype: expected one of {', '.join(STORE_DTYPES)}, got {store_dtype!r}")
+    stored = parse_dtype(store_dtype, "store dtype")
+    device = parse_device(device)
     ckpt, out = Path(ckpt), Path(out)
     phases = lineage(ckpt, config_paths)
     items = load_items(data)
     model, tok = load_checkpoint(ckpt, device=device)
     evaluation = evaluate_by_k(model, tok, items, data=Path(data).name, progress=progress)
     rel = Release(out, name or out.name, evaluation, phases)
-    meta = {"evaluation": asdict(evaluation), "training": [asdict(p) for p in phases], "weights_dtype": store_dtype}
-    model.to(device="cpu", dtype=STORE_DTYPES[store_dtype])
+    meta = {"evaluation": asdict(evaluation), "training": [asdict(p) for p in phases], "weights_dtype": str(stored).removeprefix("torch.")}
+    model.to(device="cpu", dtype=stored)
     save_checkpoint(model, tok, out, card=model_card(rel, model, summary), metadata=meta)
     return rel
 

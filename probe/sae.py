@@ -306,16 +306,15 @@ class ThoughtRows:
 def thought_rows(model, tokenizer, items, hook: str | None = None, k_max: int | None = None, batch_size: int = 32,
                  progress: bool = True) -> ThoughtRows:
     """Capture every thought (hook None: the thought fed back, ln_final.hook_normalized) of a data set as rows."""
-    from probe.capture import FINAL, capture
+    from probe.capture import capture
+    from probe.model.hook_names import FINAL
     from probe.data.graph import ProsQAGraph
     from probe.frontier import node_groups
     from probe.probes import name_vocabulary, probe_targets
 
     items = list(items)
     hook = hook or FINAL
-    k_max = model.config.default_thoughts if k_max is None else k_max
-    if k_max < 1:
-        raise SAEError(f"an SAE on thoughts needs at least one thought; k_max is {k_max}")
+    k_max = model.config.thought_count(k_max, 1, "k_max", SAEError, "an SAE on thoughts needs a thought")
     trace = capture(model, tokenizer, items, k=k_max, names=[hook], batch_size=batch_size, progress=progress)
     X = trace[hook][:, :k_max].float().reshape(len(items) * k_max, -1).numpy()
     names = name_vocabulary(items)

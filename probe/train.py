@@ -37,6 +37,7 @@ from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_po
 from probe.evaluate import evaluate
 from probe.model.checkpoint import load_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
+from probe.model.placement import parse_device
 from probe.model.tokenizer import add_latent_tokens, build_word_tokenizer, load_tokenizer
 from probe.run_state import Plan, RunState, latest_checkpoint, load_optimizer, prune
 from probe.train_config import ConfigError, TrainConfig
@@ -274,8 +275,10 @@ def train(
 ) -> TrainResult:
     """Run the curriculum; record, evaluate and checkpoint where due; continue from the latest checkpoint if resume.
 
-    Raises ConfigError for a run that cannot start (nothing to resume, a used out_dir, a budget too small).
+    Raises ConfigError for a run that cannot start (nothing to resume, a used out_dir, a budget too small),
+    PlacementError for a device absent here.
     """
+    device = parse_device(device)
     if device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
     run = _setup(cfg, resume, device)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import probe.capture as capture_mod
-from probe.capture import (FINAL, CaptureError, TraceStore, architecture, capture, capture_batch, capture_to_disk, concat_traces,
-                           select_hooks)
+from probe.capture import CaptureError, TraceStore, architecture, capture, capture_batch, capture_to_disk, concat_traces
+from probe.model.hook_names import FINAL, HookNameError, select_hooks
 from probe.data.layout import prompt_layout
 from probe.data.render import render_prompt, tokenize_item
 
@@ -115,9 +115,9 @@ def test_selection_and_errors(tiny_model, word_tokenizer, items):
     assert set(tr.cache) == {"blocks.1.hook_resid_post"} and tr["blocks.1.hook_resid_post"].dtype == torch.float16
     with pytest.raises(KeyError, match="was not captured"):
         tr["blocks.0.hook_resid_post"]
-    with pytest.raises(CaptureError, match=r"layer 2 is out of range for a model with 2 layers \(0..1, or -2..-1 from the end\)"):
+    with pytest.raises(HookNameError, match=r"layer 2 is out of range for a model with 2 layers \(0..1, or -2..-1 from the end\)"):
         select_hooks(2, layers=[2])
-    with pytest.raises(CaptureError, match=r"hook pattern\(s\) \['resid'\] match no hook"):
+    with pytest.raises(HookNameError, match=r"hook pattern\(s\) \['resid'\] match no hook"):
         select_hooks(2, ["resid"])
     with pytest.raises(CaptureError, match="k must be >= 0"):
         capture_batch(tiny_model, word_tokenizer, items[:1], k=-1)

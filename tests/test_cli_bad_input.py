@@ -40,6 +40,8 @@ def bad_cases(tmp_path, official_path):
         ("a directory that is not a checkpoint", {"args": ["--ckpt", str(ours_without_meta)]}, "no coconut.json"),
         ("a checkpoint with a broken coconut.json", {"args": ["--ckpt", str(broken)]}, "broken-ckpt"),
         ("a device that is not there", {"args": ["--device", "cuda:7"]}, "--device cuda:7"),
+        ("text that names no device", {"args": ["--device", "foo"]}, "--device foo: not a device name"),
+        ("a kind of device we do not run on", {"args": ["--device", "mps"]}, "--device mps: expected cpu, cuda or cuda:N"),
         ("an unknown dtype", {"args": ["--dtype", "float8"]}, "--dtype"),
     ]
 
@@ -77,6 +79,16 @@ def test_train_release_and_data_answer_bad_input_in_one_line(tmp_path, official_
           "--config", str(good)], "no trainer_state.json"),
         (["data", "stats", str(tmp_path / "none.json")], "no such ProsQA data file"),
         (["eval", "--data", str(official_path), "--k", "three"], "--k: expected an integer, got 'three'"),
+        (["train", "--config", str(good), "--device", "foo"], "--device foo: not a device name"),
+        (["release", "--ckpt", str(tmp_path / "nockpt"), "--out", str(tmp_path / "rel"), "--data", str(official_path),
+          "--config", str(good), "--store-dtype", "int8"], "--store-dtype: expected one of float32, bfloat16, float16"),
+        (["capture", "--data", str(official_path), "--out", str(tmp_path / "cap"), "--store-dtype", "int8"],
+         "--store-dtype: expected one of float32, bfloat16, float16, got 'int8'"),
+        (["capture", "--data", str(official_path), "--out", str(tmp_path / "cap"), "--layers", "1-2"],
+         "--layers: expected comma-separated integers such as 0,2,-1, got '1-2'"),
+        (["capture", "--data", str(official_path), "--out", str(tmp_path / "cap"), "--hooks", "blocks.9.*"],
+         "hook pattern(s) ['blocks.9.*'] match no hook"),
+        (["decode", "--data", str(official_path), "--index", "-1"], "--index -1 is out of range"),
     ]
     for args, words in cases:
         r = runner.invoke(app, args)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from probe.capture import FINAL, capture
+from probe.capture import capture
+from probe.model.hook_names import FINAL
 from probe.cli import app
 from probe.evaluate import evaluate
 from probe.model.checkpoint import default_checkpoint, load_checkpoint

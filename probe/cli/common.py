@@ -38,23 +38,22 @@ def _fail(message: str) -> None:
 InputError = ValueError
 
 
-def _dtype(name: Optional[str]):
-    import torch
+def _dtype(name: Optional[str], option: str = "--dtype"):
+    from probe.model.placement import parse_dtype
 
-    if name is None:
-        return None
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        _fail(f"--dtype: expected one of {', '.join(table)}, got {name!r}")
-    return table[name]
+    try:
+        return parse_dtype(name, option)
+    except InputError as e:
+        _fail(str(e))
 
 
 def _device(name: str) -> str:
-    import torch
+    from probe.model.placement import parse_device
 
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        _fail(f"--device {name}: no CUDA device is available")
-    return name
+    try:
+        return parse_device(name, "--device")
+    except InputError as e:
+        _fail(str(e))
 
 
 def _default_ckpt(ckpt: Optional[Path]) -> Path:
@@ -90,21 +89,18 @@ def _new_out(out: Path) -> None:
 
 
 def _item(data: Path, index: int):
-    from probe.data.prosqa import load_items
+    from probe.data.prosqa import item_at, load_items
 
-    items = load_items(data)
-    if not 0 <= index < len(items):
-        _fail(f"--index {index} is out of range: {data} has {len(items)} items (0..{len(items) - 1})")
-    return items[index]
+    return item_at(load_items(data), index, str(data), "--index")
 
 
 def _layers(spec: Optional[str]) -> Optional[list[int]]:
-    if spec is None:
-        return None
+    from probe.model.hook_names import parse_layers
+
     try:
-        return [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        _fail(f"--layers: expected comma-separated integers such as 0,2,-1, got {spec!r}")
+        return parse_layers(spec)
+    except InputError as e:
+        _fail(f"--layers: {e}")
 
 
 def _num(v: float | None) -> str:

@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from probe.cli.common import app, BASE_OPTION, CKPT_HELP, data_app, _device, DEVICE_OPTION, DTYPE_OPTION, _fail, InputError, _int_option, _load
+from probe.cli.common import (
+    app, BASE_OPTION, CKPT_HELP, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION, _fail, InputError, _int_option, _load,
+)
 
 
 @data_app.command("generate")
@@ -144,7 +146,8 @@ def release(
     from probe.release import release as run
 
     try:
-        rel = run(ckpt, out, data, config, name=name, summary=summary, device=_device(device), store_dtype=store_dtype)
+        rel = run(ckpt, out, data, config, name=name, summary=summary, device=_device(device),
+                  store_dtype=_dtype(store_dtype, "--store-dtype"))
     except InputError as e:
         _fail(str(e))
     ev = rel.evaluation

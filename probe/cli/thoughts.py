@@ -102,7 +102,8 @@ def capture_cmd(
     Under torchrun (`torchrun --nproc_per_node N -m probe.cli capture ...`) each process captures a block of the
     items (on cuda, the GPU of its local rank) and rank 0 merges them into one store.
     """
-    from probe.capture import architecture, capture_to_disk, select_hooks
+    from probe.capture import architecture, capture_to_disk
+    from probe.model.hook_names import select_hooks
     from probe.data.prosqa import load_items
     from probe.distributed import capture_distributed, world
     from probe.evaluate import is_correct
@@ -114,7 +115,7 @@ def capture_cmd(
         items = load_items(data, limit=limit)
         model, tok = _load(ckpt, base, device, dtype)
         names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
-        kw = dict(k=k, names=names, dtype=_dtype(store_dtype), batch_size=batch_size, shard_size=shard_size,
+        kw = dict(k=k, names=names, dtype=_dtype(store_dtype, "--store-dtype"), batch_size=batch_size, shard_size=shard_size,
                   max_new_tokens=max_new_tokens, source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)})
         store = capture_distributed(model, tok, items, out, **kw) if size > 1 else \
             capture_to_disk(model, tok, items, out, **kw)
@@ -228,13 +229,14 @@ def tuned_lens_cmd(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts."""
-    from probe.capture import architecture, capture, select_hooks
+    from probe.capture import architecture, capture
+    from probe.model.hook_names import RESID, select_hooks
     from probe.lens import TunedLens, mean_kl_to_final
 
     try:
         items = _items(data, n, seed)
         model, tok = _load(ckpt, base, device, dtype)
-        names = select_hooks(architecture(model).n_layers, ["*hook_resid_post"])
+        names = select_hooks(architecture(model).n_layers, [f"*{RESID}"])
         split = max(1, len(items) // 10)
         held = capture(model, tok, items[:split], k=k, names=names)
         train = capture(model, tok, items[split:], k=k, names=names)

@@ -183,6 +183,18 @@ def items_from_json(data: Any, source: str = "<data>") -> list[ProsQAItem]:
     return items
 
 
+def item_at(items: Sequence[ProsQAItem], index: int, source: str = "the data", setting: str = "index") -> ProsQAItem:
+    """The one rule for item-index arguments (every command and the app): items[index], 0 <= index < len(items).
+
+    Negative indices are refused (an index names an item of a file, as `probe data stats` counts them).
+    Raises DataError naming the setting, the value, the source and its range.
+    """
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(items):
+        span = f"0..{len(items) - 1}" if items else "none"
+        raise DataError(f"{setting} {index} is out of range: {source} has {len(items)} items ({span})")
+    return items[index]
+
+
 def load_items(path: str | os.PathLike, limit: int | None = None) -> list[ProsQAItem]:
     """Load and validate a ProsQA file in the official JSON format."""
     path = Path(path)

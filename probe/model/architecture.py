@@ -12,18 +12,6 @@ class ArchitectureError(ValueError):
     """A base model whose decoder layers or final norm cannot be found."""
 
 
-def layer_index(layer: int, n_layers: int, error: type[Exception] = ValueError) -> int:
-    """A layer as a non-negative index: 0..n_layers - 1, or negative from the end (-1 is the last).
-
-    The one rule for layer arguments (every command and the app). Raises `error` (the caller's error
-    class) naming the layer and the model's range.
-    """
-    if not -n_layers <= layer < n_layers:
-        raise error(f"layer {layer} is out of range for a model with {n_layers} layers "
-                    f"(0..{n_layers - 1}, or -{n_layers}..-1 from the end)")
-    return layer % n_layers
-
-
 @dataclass(frozen=True)
 class Architecture:
     """The modules that TransformerLens-style hook names refer to."""

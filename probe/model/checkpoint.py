@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 from probe.atomic import atomic_directory
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.identity import pin
+from probe.model.placement import parse_device, parse_dtype
 from probe.model.tokenizer import TokenizerError, add_latent_tokens, load_tokenizer, special_tokens
 
 FORMAT_VERSION = 1
@@ -99,14 +100,17 @@ def load_checkpoint(
     path: str | os.PathLike,
     base: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     **official: Any,
 ) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
     """Load our directory format, or an official state-dict file given its base directory.
 
     With a dtype other than float32 the model's identity (probe.model.identity) is pinned first, so
-    readouts fit on the stored weights still accept it.
+    readouts fit on the stored weights still accept it. device and dtype are read by probe.model.placement
+    (a dtype may be given by name). Raises CheckpointError for a missing or unreadable checkpoint, PlacementError
+    for a device absent here or an unknown dtype.
     """
+    device, dtype = parse_device(device), parse_dtype(dtype)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
 from probe.data.render import IGNORE_INDEX, MODES, StageSpec
-from probe.model.architecture import find_architecture, layer_index
+from probe.model.architecture import find_architecture
+from probe.model.hook_names import layer_index
 from probe.model.tokenizer import SpecialTokens
 
 FEEDBACK_MODES = ("coconut",)
@@ -69,6 +70,21 @@ class CoconutConfig:
     def default_thoughts(self) -> int:
         """Thoughts at inference when none are asked for: the last stage's count."""
         return self.stage_spec.inference_thoughts(self.max_latent_stage, self.max_latent_stage)
+
+    def thought_count(self, k: int | None, minimum: int = 0, setting: str = "k",
+                      error: type[Exception] = ValueError, why: str = "") -> int:
+        """The one rule for thought-count arguments (k, k_max; every command, the library and the app).
+
+        k: thoughts to run, or None for the checkpoint's own (default_thoughts). Returns it as an int;
+        raises `error` (the caller's ValueError class) naming the setting when it is not an integer or is
+        below `minimum` (why: the reason for that minimum, said in the message). The position limit, which depends on the prompts, is CoconutModel.check_positions.
+        """
+        k = self.default_thoughts if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise error(f"{setting} must be an integer, got {k!r}")
+        if k < minimum:
+            raise error(f"{setting} must be >= {minimum}{f' ({why})' if why else ''}, got {k}")
+        return k
 
 
 @dataclass(frozen=True)
