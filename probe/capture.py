@@ -28,7 +28,7 @@ from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
 from probe.evaluate import prediction
 from probe.model.architecture import Architecture, find_architecture
-from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_names, layer_of
+from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_names, layer_index, layer_of
 from probe.model.coconut import CoconutModel, ThoughtEdit
 
 MANIFEST = "manifest.json"
@@ -440,6 +440,44 @@ class TraceStore:
     def load(self, names: Sequence[str] | None = None) -> ThoughtTrace:
         """Every shard in memory as one trace (for data sets that fit)."""
         return concat_traces([self.shard(i, names) for i in range(self.n_shards)])
+
+
+@torch.no_grad()
+def continuation_residuals(
+    model: CoconutModel, trace: ThoughtTrace, continuations: Sequence[tuple[int, int, Sequence[int]]],
+    layers: Sequence[int], batch_size: int = 32,
+) -> list[Tensor]:
+    """The residual stream where a trace's prompt, cut after one of its steps, goes on with given tokens.
+
+    continuations: (row, step, tokens): trace row `row`'s prompt up to and including the position of step
+    `step` (trace.positions), then `tokens` as ordinary tokens (its latents before the cut are fed back as
+    usual). Returns, per continuation, [len(tokens), len(layers), d_model] float32: `blocks.{l}.hook_resid_post`
+    at each appended token's position, the residual that predicts the token after it. A lens reads a
+    multi-piece name from these (probe.lens.read_lens).
+    """
+    layers = [layer_index(l, architecture(model).n_layers, CaptureError) for l in layers]
+    names = [act_name(RESID, l) for l in layers]
+    prompts = [[t for t in trace.prompt_ids[row].tolist() if t >= 0] for row, _, _ in continuations]
+    seqs = [p[: int(trace.positions[row, step]) + 1] + list(toks)
+            for p, (row, step, toks) in zip(prompts, continuations)]
+    model.check_positions([len(q) for q in seqs], "a name's pieces after a step")
+    out: list[Tensor] = []
+    model.eval()
+    arch = architecture(model)
+    for i in range(0, len(seqs), batch_size):
+        chunk, conts = seqs[i : i + batch_size], continuations[i : i + batch_size]
+        width = max(map(len, chunk))
+        n = max(len(c[2]) for c in conts)
+        ids = torch.tensor([[model.config.pad_id] * (width - len(q)) + q for q in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in chunk], device=model.device)
+        # each row's appended tokens sit at its last len(tokens) columns; shorter rows repeat their first one
+        wanted = torch.tensor([[width - len(c[2]) + min(j, len(c[2]) - 1) for j in range(n)] for c in conts],
+                              device=model.device)
+        with _Recorder(arch, names, wanted, width, torch.float32) as rec:
+            model(ids, mask, logits_at=torch.tensor([width - 1], device=model.device))
+        stacked = torch.stack([rec.out[name] for name in names], dim=2).cpu()  # [chunk, n, layers, d]
+        out += [stacked[r, : len(c[2])] for r, c in enumerate(conts)]
+    return out
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from probe.capture import ThoughtTrace, TraceStore, architecture
 from probe.data.graph import ProsQAGraph
-from probe.data.layout import name_tokens
+from probe.data.layout import name_pieces
 from probe.data.prosqa import ProsQAItem
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.coconut import CoconutModel
@@ -169,40 +169,53 @@ class LensReadout:
     layers: list[int]
     top_ids: Tensor  # [batch, k + 1, layers, top]
     top_probs: Tensor  # [batch, k + 1, layers, top]
-    node_prob: Tensor  # [batch, k + 1, layers, max_nodes] probability of each node's name token (nan past n_nodes)
-    node_rank: Tensor  # [batch, k + 1, layers, max_nodes] its rank, 0 = top (-1 past n_nodes)
+    node_prob: Tensor  # [batch, k + 1, layers, max_nodes] probability of each node's whole name (nan past n_nodes)
+    node_rank: Tensor  # [batch, k + 1, layers, max_nodes] the rank of its first piece, 0 = top (-1 past n_nodes)
     frontier: Tensor  # [batch, k + 1, max_nodes] bool: the node is in the step's frontier
-    frontier_mass: Tensor  # [batch, k + 1, layers] probability on the frontier's name tokens (each token once)
+    frontier_mass: Tensor  # [batch, k + 1, layers] summed probability of the frontier's names (each written name once)
 
     def frontier_depth(self, k: int) -> list[int]:
         """The frontier depth each step is read against."""
         return [s + 1 for s in range(k)] + [k]
 
 
+def _read(h: Tensor, layer: int, model: CoconutModel, lens: TunedLens | None) -> Tensor:
+    """[..., d_model] residual after `layer` -> [..., vocab] float32 logits of the logit (or tuned) lens."""
+    norm, _ = _readout(model)
+    h = h.to(model.device, torch.float32)
+    if lens is not None:
+        h = lens.translate(h, layer)
+    return model.unembed(norm(h.to(next(norm.parameters()).dtype))).float().cpu()
+
+
 def lens_logits(trace: ThoughtTrace, model: CoconutModel, layers: Sequence[int] | None = None,
                 lens: TunedLens | None = None) -> Tensor:
     """[batch, k + 1, len(layers), vocab] logits of the logit (or tuned) lens at each step and layer."""
-    norm, unembed = _readout(model)
     if lens is not None:
         lens._check(model)
     layers = list(range(trace.n_layers)) if layers is None else list(layers)
-    out = []
     with torch.no_grad():
-        for l in layers:
-            h = trace[act_name(RESID, l)].to(model.device, torch.float32)
-            if lens is not None:
-                h = lens.translate(h, l)
-            out.append(model.unembed(norm(h.to(next(norm.parameters()).dtype))).float().cpu())
-    return torch.stack(out, dim=2)
+        return torch.stack([_read(trace[act_name(RESID, l)], l, model, lens) for l in layers], dim=2)
 
 
 def read_lens(
     trace: ThoughtTrace, model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], layers: Sequence[int] | None = None,
     lens: TunedLens | None = None, top: int = 5,
 ) -> LensReadout:
-    """Top tokens, node probabilities and ranks, and frontier mass at every step and layer of a trace."""
+    """Top tokens, node probabilities and ranks, and frontier mass at every step and layer of a trace.
+
+    A node's probability is that of its whole name where a step would write it: the lens's probability of
+    its first piece at the step's position, times, for a name of several pieces (byte-level BPE), the same
+    lens's probability of each later piece at the same layer where the prompt, cut after that step, goes on
+    with the pieces before it (capture.continuation_residuals runs those few positions). This is what
+    node_values computes from the model's output, read at every layer; names written with the same tokens
+    (probe.data.layout.indistinct_names) still get one probability. Raises LensError for items that do not
+    match the trace or a layer out of range.
+    """
+    from probe.capture import continuation_residuals
+
     if len(items) != len(trace):
-        raise ValueError(f"{len(items)} items for a trace of {len(trace)}")
+        raise LensError(f"{len(items)} items for a trace of {len(trace)}")
     layers = list(range(trace.n_layers)) if layers is None else [layer_index(l, trace.n_layers, LensError) for l in layers]
     probs = lens_logits(trace, model, layers, lens).softmax(-1)  # [batch, steps, layers, vocab]
     top_probs, top_ids = probs.topk(min(top, probs.shape[-1]), dim=-1)
@@ -214,17 +227,32 @@ def read_lens(
     mass = torch.zeros(batch, steps, len(layers))
     ranks = probs.argsort(-1, descending=True).argsort(-1)  # rank of every token
     fmt = model.config.data_format
+    pieces = [name_pieces(it, tokenizer, fmt) for it in items]
     for b, it in enumerate(items):
-        ids = torch.tensor(name_tokens(it, tokenizer, fmt))
-        node_prob[b, :, :, : it.n_nodes] = probs[b][..., ids]
-        node_rank[b, :, :, : it.n_nodes] = ranks[b][..., ids]
+        first = torch.tensor([p[0] for p in pieces[b]])
+        node_prob[b, :, :, : it.n_nodes] = probs[b][..., first]
+        node_rank[b, :, :, : it.n_nodes] = ranks[b][..., first]
+    # The later pieces of multi-piece names: one continuation per (item, step, distinct name prefix).
+    conts = sorted({(b, s, tuple(p[:-1])) for b in range(batch) for s in range(steps) for p in pieces[b] if len(p) > 1})
+    if conts:
+        with torch.no_grad():
+            resid = continuation_residuals(model, trace, conts, layers)
+            later = {c: torch.stack([_read(h[:, j], l, model, lens) for j, l in enumerate(layers)], dim=1).log_softmax(-1)
+                     for c, h in zip(conts, resid)}  # (b, s, prefix) -> [pieces - 1, layers, vocab] log-probabilities
+        for b in range(batch):
+            for v, p in enumerate(pieces[b]):
+                for s in range(steps):
+                    if len(p) > 1:
+                        logp = later[(b, s, tuple(p[:-1]))][torch.arange(len(p) - 1), :, torch.tensor(p[1:])]
+                        node_prob[b, s, :, v] *= logp.sum(0).exp()  # [layers]
+    for b, it in enumerate(items):
         g = ProsQAGraph.from_item(it)
         for s, depth in enumerate([s + 1 for s in range(trace.k)] + [trace.k]):
             nodes = sorted(g.frontier(depth))
             frontier[b, s, nodes] = True
-            toks = sorted({int(ids[v]) for v in nodes})
-            if toks:
-                mass[b, s] = probs[b, s][:, toks].sum(-1)
+            distinct = {tuple(pieces[b][v]): v for v in nodes}.values()  # a name written alike counts once
+            if nodes:
+                mass[b, s] = node_prob[b, s][:, list(distinct)].sum(-1)
     return LensReadout("tuned" if lens is not None else "logit", layers, top_ids, top_probs, node_prob, node_rank,
                        frontier, mass)
 

@@ -132,7 +132,9 @@ def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel,
         max_latent_stage=cfg.max_latent_stage, pad_latent_to_max=cfg.pad_latent_to_max, data_format=cfg.data_format,
         supervision=cfg.supervision,
     )
-    return CoconutModel(base, config), tok
+    model = CoconutModel(base, config)
+    model.check_computation()
+    return model, tok
 
 
 # ---------------------------------------------------------------------------- setup

@@ -103,3 +103,49 @@ def test_decode_reads_each_thought_in_every_format(tiny_model, word_tokenizer, o
         assert [t for t, _ in last.top[:3]] == [word_tokenizer.decode([i]) for i in p.topk(3).indices.tolist()]
         mass = sum(float(p[vocab[n]]) for n in {it.name(v) for v in g.frontier(j)})
         assert last.frontier_mass == pytest.approx(mass, abs=1e-5)
+
+
+def test_a_name_of_several_pieces_reads_as_the_product_of_its_pieces(bpe_tokenizer, official_items):
+    """With a byte-level BPE, names split into pieces and several share their first piece. A lens reads each
+    whole name: checked at the last layer against the model's own next-token probabilities on the prompt cut
+    after the step and continued with the name, and at layer 0 against a plain hook on block 0 read through
+    the final norm and unembedding by hand."""
+    from probe.data.layout import indistinct_names, name_pieces
+    from probe.model.tokenizer import add_latent_tokens
+
+    tok = bpe_tokenizer
+    sp = add_latent_tokens(tok)
+    model = CoconutModel(tiny_base("gpt2", len(tok), sp.eos_id, seed=3), CoconutConfig.from_special(sp))
+    items = official_items[:2]
+    tr = capture(model, tok, items, k=2, progress=False)
+    ro = read_lens(tr, model, tok, items)
+    block0, ln_f = model.base.transformer.h[0], model.base.transformer.ln_f
+    shared = 0
+    for b, it in enumerate(items):
+        pieces = name_pieces(it, tok, "sentences")
+        assert any(len(p) > 1 for p in pieces)
+        assert not indistinct_names(it, tok, "sentences")  # shared first pieces no longer merge names
+        prompt = [t for t in tr.prompt_ids[b].tolist() if t >= 0]
+        for s in range(3):
+            pos = int(tr.positions[b, s])
+            for v, p in enumerate(pieces):
+                seq = torch.tensor([prompt[: pos + 1] + p])
+                kept = []
+                handle = block0.register_forward_hook(lambda m, a, out: kept.append(out[0] if isinstance(out, tuple) else out))
+                with torch.no_grad():
+                    logp = model(seq).logits[0].log_softmax(-1)
+                handle.remove()
+                want = sum(float(logp[pos + i, t]) for i, t in enumerate(p))
+                assert ro.node_prob[b, s, -1, v].log().item() == pytest.approx(want, abs=1e-4)
+                with torch.no_grad():  # the forward runs in segments (latents); the last holds the name's pieces
+                    h0 = torch.cat(kept, dim=1)[0]
+                    logp0 = model.base.lm_head(ln_f(h0)).log_softmax(-1)
+                want0 = sum(float(logp0[pos + i, t]) for i, t in enumerate(p))
+                assert ro.node_prob[b, s, 0, v].log().item() == pytest.approx(want0, abs=1e-4)
+            firsts = [p[0] for p in pieces]
+            for v, w in [(v, w) for v in range(len(pieces)) for w in range(v) if firsts[v] == firsts[w]]:
+                shared += 1
+                assert ro.node_prob[b, s, -1, v] != ro.node_prob[b, s, -1, w]
+            nodes = torch.nonzero(ro.frontier[b, s]).flatten()
+            assert ro.frontier_mass[b, s, -1].item() == pytest.approx(float(ro.node_prob[b, s, -1, nodes].sum()), rel=1e-5)
+    assert shared  # the example of the issue: names sharing a first piece, now told apart

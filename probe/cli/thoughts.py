@@ -50,8 +50,8 @@ def decode(
     _print_decoded(res)
     if res.indistinct:
         groups = "; ".join(" = ".join(g) for g in res.indistinct)
-        typer.secho(f"warning: the lens cannot tell these names apart (each group starts with one token, whose "
-                    f"probability every name of the group shows): {groups}", fg=typer.colors.YELLOW, err=True)
+        typer.secho(f"warning: the lens cannot tell these names apart (the tokenizer writes each group with the same "
+                    f"tokens, whose probability every name of the group shows): {groups}", fg=typer.colors.YELLOW, err=True)
     if json_out:
         atomic_write_text(json_out, json.dumps(res.to_json(), indent=1))
 

@@ -118,11 +118,11 @@ def name_tokens(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> l
 
 
 def indistinct_names(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> list[tuple[str, ...]]:
-    """Groups of the item's node names that a reading of one position cannot tell apart: names whose first
-    token where a step writes them is the same (with GPT-2's byte-level BPE `rempus` and `rorpus` both start
-    with `Ġr`; with a word-level tokenizer every unknown name is its unknown token). A lens or value that reads
-    one position gives every name of a group the same probability."""
-    groups: dict[int, list[str]] = {}
-    for name, token in zip(item.idx_to_symbol, name_tokens(item, tokenizer, fmt)):
-        groups.setdefault(token, []).append(name)
+    """Groups of the item's node names written with the same tokens where a step writes them (with a word-level
+    tokenizer, every name outside its vocabulary is its unknown token). Lenses and node values read a whole
+    name, the product of its pieces, so only such names get one probability; names that merely share a first
+    piece (GPT-2's `rempus` and `rorpus` both start with `Ġr`) are told apart."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name, pieces in zip(item.idx_to_symbol, name_pieces(item, tokenizer, fmt)):
+        groups.setdefault(tuple(pieces), []).append(name)
     return [tuple(g) for g in groups.values() if len(g) > 1]

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from probe.atomic import atomic_directory
+from probe.model.architecture import ArchitectureError
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.identity import pin
 from probe.model.placement import parse_device, parse_dtype
@@ -127,6 +128,10 @@ def load_checkpoint(
             )
         model, tok = load_official(path, base, **official)
     model.base.eval()
+    try:
+        model.check_computation()
+    except ArchitectureError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     if dtype is not None and dtype != torch.float32:
         pin(model)  # the lens, probes and SAEs fit on the stored weights serve the cast copy too
     model.to(device=device, dtype=dtype)

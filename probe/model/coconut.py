@@ -22,11 +22,13 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
 from probe.data.render import IGNORE_INDEX, MODES, StageSpec
-from probe.model.architecture import find_architecture
+from probe.model.architecture import ArchitectureError, find_architecture
 from probe.model.hook_names import layer_index
 from probe.model.tokenizer import SpecialTokens
 
 FEEDBACK_MODES = ("coconut",)
+# Config fields of a causal LM head that transformers applies after the output embedding (CoconutModel.unembed).
+READOUT_FIELDS = ("lm_head_multiplier", "logit_scale", "logits_scaling", "final_logit_softcapping")
 
 
 @dataclass(frozen=True)
@@ -190,10 +192,51 @@ class CoconutModel(nn.Module):
         return self.base.get_input_embeddings()(input_ids)
 
     def unembed(self, hidden: Tensor) -> Tensor:
-        """Final-normalised hidden states [..., d_model] -> logits [..., vocab]."""
+        """Final-normalised hidden states [..., d_model] -> logits [..., vocab], as the base model's head computes
+        them: the output embedding, then the config fields transformers applies after it (READOUT_FIELDS:
+        Falcon-H1's lm_head_multiplier, Cohere's logit_scale, Granite's logits_scaling, Gemma's
+        final_logit_softcapping). check_computation refuses a base whose head does anything else."""
         logits = self.base.get_output_embeddings()(hidden)
-        cap = getattr(self.base.config, "final_logit_softcapping", None)
+        cfg = self.base.config
+        if (scale := getattr(cfg, "lm_head_multiplier", None)) is not None:
+            logits = logits * scale
+        if (scale := getattr(cfg, "logit_scale", None)) is not None:
+            logits = logits * scale
+        if (scale := getattr(cfg, "logits_scaling", None)) is not None:
+            logits = logits / scale
+        cap = getattr(cfg, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
+
+    def check_computation(self, tolerance: float = 1e-4) -> None:
+        """Refuse a base model whose own computation the latent loop and the lenses would not reproduce.
+
+        Two things are compared on three tokens, in the base's current dtype, against the model's own forward:
+        the decoder fed `embed(ids)` as inputs_embeds (as the latent loop feeds every position) against the
+        decoder fed the ids (a model that scales embeddings only on the ids path, as Falcon-H1 does, would
+        see its thoughts on another scale); and `unembed` of the final hidden state against its own logits (a
+        head that does more than READOUT_FIELDS). Raises ArchitectureError naming the model type, what
+        differs and by how much (relative to the largest value); `tolerance` is that relative bound.
+        """
+        ids = torch.tensor([[self.config.eos_id, self.config.start_id, self.config.eos_id]], device=self.device)
+        was_training = self.base.training
+        self.base.eval()
+        try:
+            with torch.no_grad():
+                own = self.base(input_ids=ids).logits.float()
+                hidden = self.base.base_model(input_ids=ids).last_hidden_state
+                fed = self.base.base_model(inputs_embeds=self.embed(ids)).last_hidden_state
+                ours = self.unembed(hidden).float()
+        finally:
+            self.base.train(was_training)
+        name = type(self.base).__name__
+        for what, a, b in (("its decoder fed embed(ids) as inputs_embeds differs from it fed the ids "
+                            "(an embedding scale applied only to ids?)", fed.float(), hidden.float()),
+                           ("its logits differ from the output embedding of its final hidden state with "
+                            f"{', '.join(READOUT_FIELDS)} applied (a head this library does not reproduce)", ours, own)):
+            gap = float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+            if not gap <= tolerance:
+                raise ArchitectureError(f"{name}: {what}, by {gap:.2g} of the largest value; the latent loop and "
+                                        "the lenses cannot serve it")
 
     def _run(self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: DynamicCache) -> Tensor:
         """Run one segment over the cache; returns the final-normalised hidden states."""
