@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 from conftest import tiny_base
 from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
 from probe.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from probe.model.coconut import CoconutConfig, CoconutModel
+from probe.model.coconut import CoconutModel
 from probe.model.tokenizer import LATENT_TOKENS, build_word_tokenizer, special_tokens
 
 

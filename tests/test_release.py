@@ -56,7 +56,7 @@ def test_release_evaluates_every_k_and_writes_the_card(two_phases, official_path
     assert [len(p.history) for p in rel.phases] == [2, 2]
     assert [h["stage"] for h in rel.phases[1].history] == [1, 2]
     card = (out / "README.md").read_text()
-    assert card.startswith(f"# shipped\n\nA tiny test model.")
+    assert card.startswith("# shipped\n\nA tiny test model.")
     assert f"| 2 (default) | {ev.accuracy_by_k[2]:.1%} | {ev.correct_by_k[2]}/12 |" in card
     assert f"probe train --config {configs[0]}\nprobe train --config {configs[1]}\n" in card
     for phase, epoch, stage in [(1, 1, 0), (1, 2, 0), (2, 2, 1), (2, 3, 2)]:  # the learning curve's rows
