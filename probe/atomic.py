@@ -13,11 +13,30 @@ from pathlib import Path
 from typing import Iterator
 
 
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError of the writing names the place asked for, not the temporary file beside it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None:
+            raise
+        culprit = Path(e.filename) if e.filename else None
+        why = e.strerror
+        if culprit is not None and culprit in path.parents:
+            why = f"{culprit} is a file, not a directory" if culprit.is_file() else f"{e.strerror} ({culprit})"
+        raise type(e)(e.errno, why, str(path)) from None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to a temporary file beside path, then rename it into place."""
+    """Write text to a temporary file beside path, then rename it into place.
+
+    Raises OSError naming path when the system refuses it (a parent that is a file, no permission, ...).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -31,13 +50,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """A temporary directory beside path, renamed into place when the block ends well and removed when it fails.
 
-    With replace, an existing directory at path is swapped out; without, it is an error.
+    With replace, an existing directory at path is swapped out; without, it is an error. Raises OSError
+    naming path when the system refuses it.
     """
     path = Path(path)
     if path.exists() and not replace:
         raise FileExistsError(f"{path}: already exists; choose a new directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
     tmp.chmod(0o755)
     try:
         yield tmp

@@ -89,6 +89,12 @@ def test_train_release_and_data_answer_bad_input_in_one_line(tmp_path, official_
         (["capture", "--data", str(official_path), "--out", str(tmp_path / "cap"), "--hooks", "blocks.9.*"],
          "hook pattern(s) ['blocks.9.*'] match no hook"),
         (["decode", "--data", str(official_path), "--index", "-1"], "--index -1 is out of range"),
+        (["capture", "--data", str(official_path), "--limit", "1", "--out", str(bad_yaml / "cap")],
+         f"{bad_yaml / 'cap'}: {bad_yaml} is a file, not a directory"),
+        (["decode", "--data", str(official_path), "--index", "0", "--json", str(bad_yaml / "d.json")],
+         f"{bad_yaml / 'd.json'}: {bad_yaml} is a file, not a directory"),
+        (["eval", "--data", str(official_path), "--limit", "1", "--json", str(bad_yaml / "e.json")],
+         f"{bad_yaml / 'e.json'}: {bad_yaml} is a file, not a directory"),
     ]
     for args, words in cases:
         r = runner.invoke(app, args)

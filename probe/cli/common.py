@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Optional
@@ -33,27 +34,37 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-# Every input error of the library (DataError, CheckpointError, TokenizerError, ConfigError)
-# is a ValueError; the CLI reports it as one line instead of a traceback.
+# Every input error of the library (DataError, CheckpointError, TokenizerError, ConfigError, ...) is a ValueError.
 InputError = ValueError
+
+
+def one_line_errors(command):
+    """The CLI's one handler for bad input, on every command: an input error of the library (a ValueError) or a
+    path the system refuses (an OSError: a missing directory, no permission, a file where a directory must be)
+    ends the command with one `error:` line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as e:
+            _fail(str(e))
+        except OSError as e:
+            _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+
+    return run
 
 
 def _dtype(name: Optional[str], option: str = "--dtype"):
     from probe.model.placement import parse_dtype
 
-    try:
-        return parse_dtype(name, option)
-    except InputError as e:
-        _fail(str(e))
+    return parse_dtype(name, option)
 
 
 def _device(name: str) -> str:
     from probe.model.placement import parse_device
 
-    try:
-        return parse_device(name, "--device")
-    except InputError as e:
-        _fail(str(e))
+    return parse_device(name, "--device")
 
 
 def _default_ckpt(ckpt: Optional[Path]) -> Path:
@@ -72,7 +83,9 @@ BASE_OPTION = typer.Option(None, "--base", help="Base model directory, for offic
 DTYPE_OPTION = typer.Option(None, "--dtype", help="Model dtype: float32 (the checkpoint's, default), bfloat16 or "
                                                   "float16 (on the GPU; README, 'Precision', states the tolerance).")
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")
-CKPT_HELP = "Our checkpoint directory, or an official state-dict file (default: the shipped checkpoints/prosqa-coconut)."
+CKPT_OPTION = typer.Option(None, "--ckpt", help="Our checkpoint directory, or an official state-dict file "
+                                                "(default: the shipped checkpoints/prosqa-coconut).")
+DATA_OPTION = typer.Option(..., "--data", help="ProsQA JSON file (official format).")
 
 
 def _items(data: Optional[Path], n: int, seed: int, limit: Optional[int] = None):
@@ -97,10 +110,7 @@ def _item(data: Path, index: int):
 def _layers(spec: Optional[str]) -> Optional[list[int]]:
     from probe.model.hook_names import parse_layers
 
-    try:
-        return parse_layers(spec)
-    except InputError as e:
-        _fail(f"--layers: {e}")
+    return parse_layers(spec, "--layers")
 
 
 def _num(v: float | None) -> str:

@@ -9,11 +9,13 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_HELP, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION, _fail, InputError, _int_option, _load,
+    app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION, _int_option, _load,
+    one_line_errors,
 )
 
 
 @data_app.command("generate")
+@one_line_errors
 def data_generate(
     n: int = typer.Option(..., "--n", min=1, help="Number of items."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
@@ -30,20 +32,19 @@ def data_generate(
 
 
 @data_app.command("stats")
+@one_line_errors
 def data_stats(path: Path = typer.Argument(..., help="A ProsQA JSON file.")) -> None:
     """Validate a ProsQA file and print its statistics."""
     from probe.data.generate import dataset_stats
     from probe.data.prosqa import load_items
 
-    try:
-        items = load_items(path)
-    except InputError as e:
-        _fail(str(e))
+    items = load_items(path)
     s = dataset_stats(items)
     typer.echo(json.dumps({"n": len(items), **{k: v for k, v in vars(s).items()}}, indent=1, default=str))
 
 
 @app.command()
+@one_line_errors
 def train(
     config: Path = typer.Option(..., "--config", help="A training YAML file."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
@@ -59,20 +60,18 @@ def train(
     from probe.train import train as run
     from probe.train_config import TrainConfig, parse_overrides
 
-    try:
-        overrides = parse_overrides(set_)
-        overrides.update({k: v for k, v in {"max_minutes": max_minutes, "out_dir": out_dir}.items() if v is not None})
-        cfg = TrainConfig.from_yaml(config, **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
-        result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)))
-    except InputError as e:
-        _fail(str(e))
+    overrides = parse_overrides(set_)
+    overrides.update({k: v for k, v in {"max_minutes": max_minutes, "out_dir": out_dir}.items() if v is not None})
+    cfg = TrainConfig.from_yaml(config, **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
+    result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)))
     typer.echo(f"last checkpoint: {result.last_checkpoint}")
 
 
 @app.command("eval")
+@one_line_errors
 def eval_cmd(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
-    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    ckpt: Optional[Path] = CKPT_OPTION,
+    data: Path = DATA_OPTION,
     base: Optional[Path] = BASE_OPTION,
     k: Optional[str] = typer.Option(None, "--k", help="Thoughts to force: a number, or 'gold' for each item's number "
                                                       "of steps (default: the checkpoint's)."),
@@ -91,19 +90,16 @@ def eval_cmd(
     from probe.data.prosqa import load_items
     from probe.evaluate import GOLD, evaluate
 
-    try:
-        items = load_items(data, limit=limit)
-        model, tok = _load(ckpt, base, device, dtype)
-        if halt is not None:
-            from probe.model.identity import weights_hash
-            from probe.probes import SavedProbe, halting_eval
+    items = load_items(data, limit=limit)
+    model, tok = _load(ckpt, base, device, dtype)
+    if halt is not None:
+        from probe.model.identity import weights_hash
+        from probe.probes import SavedProbe, halting_eval
 
-            result = halting_eval(model, tok, items, SavedProbe.load(halt, weights_hash(model)),
-                                  threshold=threshold, batch_size=batch_size)
-        else:
-            res = evaluate(model, tok, items, k=k if k in (None, GOLD) else _int_option("--k", k), batch_size=batch_size)
-    except InputError as e:
-        _fail(str(e))
+        result = halting_eval(model, tok, items, SavedProbe.load(halt, weights_hash(model)),
+                              threshold=threshold, batch_size=batch_size)
+    else:
+        res = evaluate(model, tok, items, k=k if k in (None, GOLD) else _int_option("--k", k), batch_size=batch_size)
     if halt is not None:
         if json_out:
             from probe.viz import halting
@@ -130,6 +126,7 @@ def eval_cmd(
 
 
 @app.command()
+@one_line_errors
 def release(
     ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint written by `probe train` (epoch-XXX)."),
     out: Path = typer.Option(..., "--out", help="Directory to write the released checkpoint to."),
@@ -145,11 +142,8 @@ def release(
     with its model card."""
     from probe.release import release as run
 
-    try:
-        rel = run(ckpt, out, data, config, name=name, summary=summary, device=_device(device),
-                  store_dtype=_dtype(store_dtype, "--store-dtype"))
-    except InputError as e:
-        _fail(str(e))
+    rel = run(ckpt, out, data, config, name=name, summary=summary, device=_device(device),
+              store_dtype=_dtype(store_dtype, "--store-dtype"))
     ev = rel.evaluation
     accs = ", ".join(f"k={k}: {a:.3f}" for k, a in ev.accuracy_by_k.items())
     gold = f", gold depth: {ev.gold_accuracy:.3f}" if ev.gold_accuracy is not None else ""

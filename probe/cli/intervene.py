@@ -9,15 +9,16 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail, _float_option, InputError, _int_option,
-    _load, _new_out, _num,
+    app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail, _float_option,
+    _int_option, _load, _new_out, _num, one_line_errors,
 )
 
 
 @app.command("intervene")
+@one_line_errors
 def intervene_cmd(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
-    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    ckpt: Optional[Path] = CKPT_OPTION,
+    data: Path = DATA_OPTION,
     out: Path = typer.Option(..., "--out", help="New directory for report.json and the figures."),
     base: Optional[Path] = BASE_OPTION,
     control: list[Path] = typer.Option([], "--control", help="A control checkpoint (pause, CoT) run the same way; "
@@ -54,21 +55,18 @@ def intervene_cmd(
         _fail(f"--ablations: unknown {bad}; expected some of {', '.join(ABLATIONS)}")
     alpha_list = [_float_option("--alphas", x) for x in alphas.split(",") if x.strip()]
     reports = []
-    try:
-        items = load_items(data, limit=limit)
-        runs = [(_default_ckpt(ckpt), base)] + [(c, None) for c in control]
-        for i, (path, b) in enumerate(runs):
-            model, tok = _load(ckpt if i == 0 else path, b, device, dtype)
-            probe = None
-            if probe_dir is not None and i == 0:
-                probe = SavedProbe.load(probe_dir, weights_hash(model))
-            typer.echo(f"{path}:")
-            rep = run_interventions(model, tok, items, k if i == 0 else reports[0].k, site_list, kind_list,
-                                    steer_step, steer_layer, alpha_list, probe, batch_size, seed,
-                                    checkpoint=str(path), parts=[x.strip() for x in only.split(",") if x.strip()])
-            reports.append(rep)
-    except InputError as e:
-        _fail(str(e))
+    items = load_items(data, limit=limit)
+    runs = [(_default_ckpt(ckpt), base)] + [(c, None) for c in control]
+    for i, (path, b) in enumerate(runs):
+        model, tok = _load(ckpt if i == 0 else path, b, device, dtype)
+        probe = None
+        if probe_dir is not None and i == 0:
+            probe = SavedProbe.load(probe_dir, weights_hash(model))
+        typer.echo(f"{path}:")
+        rep = run_interventions(model, tok, items, k if i == 0 else reports[0].k, site_list, kind_list,
+                                steer_step, steer_layer, alpha_list, probe, batch_size, seed,
+                                checkpoint=str(path), parts=[x.strip() for x in only.split(",") if x.strip()])
+        reports.append(rep)
     from probe.analyze import finite
 
     dicts = [finite(r.as_dict()) for r in reports]

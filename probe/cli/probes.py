@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail, InputError, _items, _load, _new_out, _num,
+    app, BASE_OPTION, CKPT_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _items, _load, _new_out, _num,
+    one_line_errors,
 )
 
 
@@ -20,8 +21,9 @@ app.add_typer(sae_app, name="sae")
 
 
 @probes_app.command("fit")
+@one_line_errors
 def probes_fit(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format); folds are over its items."),
     target: str = typer.Option("frontier", "--target", help="frontier, reachable, value or depth."),
     layer: int = typer.Option(-1, "--layer", help="Residual stream after this layer (negative: from the end)."),
@@ -42,18 +44,15 @@ def probes_fit(
     from probe.viz import probe_scores
 
     _new_out(out)
-    try:
-        items = _items(data, 0, 0, limit)
-        model, tok = _load(ckpt, base, device, dtype)
-        rep = fit_probes(model, tok, items, target, layer=layer, k_max=k_max, folds=folds, seed=seed)
-        report = {"checkpoint": str(_default_ckpt(ckpt)), "data": str(data), "n_items": len(items), **rep.as_dict()}
-        if control is not None:
-            c_model, c_tok = _load(control, control_base, device, dtype)
-            c_rep = fit_probes(c_model, c_tok, items, target, layer=layer, k_max=max(rep.scores), folds=folds,
-                               seed=seed)
-            report["control"] = {"checkpoint": str(control), **c_rep.as_dict()}
-    except InputError as e:
-        _fail(str(e))
+    items = _items(data, 0, 0, limit)
+    model, tok = _load(ckpt, base, device, dtype)
+    rep = fit_probes(model, tok, items, target, layer=layer, k_max=k_max, folds=folds, seed=seed)
+    report = {"checkpoint": str(_default_ckpt(ckpt)), "data": str(data), "n_items": len(items), **rep.as_dict()}
+    if control is not None:
+        c_model, c_tok = _load(control, control_base, device, dtype)
+        c_rep = fit_probes(c_model, c_tok, items, target, layer=layer, k_max=max(rep.scores), folds=folds,
+                           seed=seed)
+        report["control"] = {"checkpoint": str(control), **c_rep.as_dict()}
     from probe.analyze import finite
 
     report = finite(report)
@@ -70,8 +69,9 @@ def probes_fit(
 
 
 @probes_app.command("halt")
+@one_line_errors
 def probes_halt(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    ckpt: Optional[Path] = CKPT_OPTION,
     out: Path = typer.Option(..., "--out", help="New directory for the halting probe and report.json."),
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
     n: int = typer.Option(1000, "--n", min=2, help="Generated items to train on, when no --data."),
@@ -88,12 +88,9 @@ def probes_halt(
     from probe.probes import fit_halting_probe
 
     _new_out(out)
-    try:
-        items = _items(data, n, seed)
-        model, tok = _load(ckpt, base, device, dtype)
-        saved, scores = fit_halting_probe(model, tok, items, layer=layer, k_max=k_max, folds=folds)
-    except InputError as e:
-        _fail(str(e))
+    items = _items(data, n, seed)
+    model, tok = _load(ckpt, base, device, dtype)
+    saved, scores = fit_halting_probe(model, tok, items, layer=layer, k_max=k_max, folds=folds)
     from probe.analyze import finite
 
     with atomic_directory(out) as tmp:
@@ -107,8 +104,9 @@ def probes_halt(
 
 
 @sae_app.command("train")
+@one_line_errors
 def sae_train(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    ckpt: Optional[Path] = CKPT_OPTION,
     out: Path = typer.Option(..., "--out", help="New directory: cfg.json + sae_weights.safetensors (SAELens), report."),
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
     n: int = typer.Option(2000, "--n", min=10, help="Generated items, when no --data."),
@@ -137,17 +135,14 @@ def sae_train(
     from probe.viz import sae_features
 
     _new_out(out)
-    try:
-        items = _items(data, n, seed)
-        model, tok = _load(ckpt, base, device, dtype)
-        hook = resid_hook(model, layer) if layer is not None else None
-        rows = thought_rows(model, tok, items, hook=hook, k_max=k_max)
-        n_items = len(items)
-        held = np.arange(len(rows.X)) >= int(0.9 * n_items) * rows.k_max  # the last 10% of items, held out
-        sae = SparseAutoencoder(d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)
-        sae.fit(rows.X[~held])
-    except InputError as e:
-        _fail(str(e))
+    items = _items(data, n, seed)
+    model, tok = _load(ckpt, base, device, dtype)
+    hook = resid_hook(model, layer) if layer is not None else None
+    rows = thought_rows(model, tok, items, hook=hook, k_max=k_max)
+    n_items = len(items)
+    held = np.arange(len(rows.X)) >= int(0.9 * n_items) * rows.k_max  # the last 10% of items, held out
+    sae = SparseAutoencoder(d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)
+    sae.fit(rows.X[~held])
     train_m, held_m = sae.metrics(rows.X[~held]), sae.metrics(rows.X[held])
     feats = feature_reports(sae.encode(rows.X).numpy(), rows.frontier, rows.present, rows.names, rows.groups, GROUPS)
     ranked = sorted((f for f in feats if f.best_name is not None and np.isfinite(f.best_auroc)),

@@ -9,15 +9,16 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_HELP, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, InputError, _item, _items,
-    _layers, _load, _new_out, _num,
+    app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, _item, _items,
+    _layers, _load, _new_out, _num, one_line_errors,
 )
 
 
 @app.command()
+@one_line_errors
 def decode(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
-    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    ckpt: Optional[Path] = CKPT_OPTION,
+    data: Path = DATA_OPTION,
     index: int = typer.Option(..., "--index", help="Which item of the file."),
     base: Optional[Path] = BASE_OPTION,
     lens: str = typer.Option("logit", "--lens", help="logit or tuned."),
@@ -37,16 +38,13 @@ def decode(
 
     if lens not in ("logit", "tuned"):
         _fail(f"--lens: expected logit or tuned, got {lens!r}")
-    try:
-        item = _item(data, index)
-        model, tok = _load(ckpt, base, device, dtype)
-        tuned = None
-        if lens == "tuned":
-            path = lens_file or _default_ckpt(ckpt) / "tuned_lens.safetensors"
-            tuned = TunedLens.load(path, model)
-        res = decode_item(model, tok, item, index=index, k=k, lens=tuned, layers=_layers(layers), top=top)
-    except InputError as e:
-        _fail(str(e))
+    item = _item(data, index)
+    model, tok = _load(ckpt, base, device, dtype)
+    tuned = None
+    if lens == "tuned":
+        path = lens_file or _default_ckpt(ckpt) / "tuned_lens.safetensors"
+        tuned = TunedLens.load(path, model)
+    res = decode_item(model, tok, item, index=index, k=k, lens=tuned, layers=_layers(layers), top=top)
     _print_decoded(res)
     if res.indistinct:
         groups = "; ".join(" = ".join(g) for g in res.indistinct)
@@ -79,9 +77,10 @@ def _print_decoded(res) -> None:
 
 
 @app.command("capture")
+@one_line_errors
 def capture_cmd(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
-    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    ckpt: Optional[Path] = CKPT_OPTION,
+    data: Path = DATA_OPTION,
     out: Path = typer.Option(..., "--out", help="New directory for the safetensors shards and manifest.json."),
     base: Optional[Path] = BASE_OPTION,
     hooks: Optional[list[str]] = typer.Option(None, "--hooks", help="Hook-name globs, e.g. '*hook_resid_post' (repeatable)."),
@@ -111,16 +110,13 @@ def capture_cmd(
     rank, size, local = world()
     if size > 1 and device == "cuda":
         device = f"cuda:{local}"
-    try:
-        items = load_items(data, limit=limit)
-        model, tok = _load(ckpt, base, device, dtype)
-        names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
-        kw = dict(k=k, names=names, dtype=_dtype(store_dtype, "--store-dtype"), batch_size=batch_size, shard_size=shard_size,
-                  max_new_tokens=max_new_tokens, source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)})
-        store = capture_distributed(model, tok, items, out, **kw) if size > 1 else \
-            capture_to_disk(model, tok, items, out, **kw)
-    except InputError as e:
-        _fail(str(e))
+    items = load_items(data, limit=limit)
+    model, tok = _load(ckpt, base, device, dtype)
+    names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
+    kw = dict(k=k, names=names, dtype=_dtype(store_dtype, "--store-dtype"), batch_size=batch_size, shard_size=shard_size,
+              max_new_tokens=max_new_tokens, source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)})
+    store = capture_distributed(model, tok, items, out, **kw) if size > 1 else \
+        capture_to_disk(model, tok, items, out, **kw)
     if store is None:  # a rank other than 0: rank 0 reports
         return
     size_mb = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file()) / 2**20
@@ -136,9 +132,10 @@ def capture_cmd(
 
 
 @app.command("analyze")
+@one_line_errors
 def analyze_cmd(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
-    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format)."),
+    ckpt: Optional[Path] = CKPT_OPTION,
+    data: Path = DATA_OPTION,
     out: Path = typer.Option(..., "--out", help="New directory for report.json and one HTML figure per measure."),
     base: Optional[Path] = BASE_OPTION,
     control: Optional[Path] = typer.Option(None, "--control",
@@ -159,16 +156,13 @@ def analyze_cmd(
     from probe.viz import FIGURES
 
     _new_out(out)
-    try:
-        items = load_items(data, limit=limit)
-        model, tok = _load(ckpt, base, device, dtype)
-        main = analyze(model, tok, items, k_max=k_max, batch_size=batch_size, checkpoint=str(_default_ckpt(ckpt)))
-        ctrl = None
-        if control is not None:
-            c_model, c_tok = _load(control, control_base, device, dtype)
-            ctrl = analyze(c_model, c_tok, items, k_max=main.k_max, batch_size=batch_size, checkpoint=str(control))
-    except InputError as e:
-        _fail(str(e))
+    items = load_items(data, limit=limit)
+    model, tok = _load(ckpt, base, device, dtype)
+    main = analyze(model, tok, items, k_max=k_max, batch_size=batch_size, checkpoint=str(_default_ckpt(ckpt)))
+    ctrl = None
+    if control is not None:
+        c_model, c_tok = _load(control, control_base, device, dtype)
+        ctrl = analyze(c_model, c_tok, items, k_max=main.k_max, batch_size=batch_size, checkpoint=str(control))
     report = main.report()
     if ctrl is not None:
         report["control"] = ctrl.report()
@@ -216,8 +210,9 @@ def _print_analysis(main, ctrl) -> None:
 
 
 @app.command("tuned-lens")
+@one_line_errors
 def tuned_lens_cmd(
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    ckpt: Optional[Path] = CKPT_OPTION,
     out: Path = typer.Option(..., "--out", help="The lens file to write (.safetensors)."),
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to fit on (default: generated items)."),
     n: int = typer.Option(1000, "--n", min=1, help="Generated items to fit on, when no --data."),
@@ -233,17 +228,14 @@ def tuned_lens_cmd(
     from probe.model.hook_names import RESID, select_hooks
     from probe.lens import TunedLens, mean_kl_to_final
 
-    try:
-        items = _items(data, n, seed)
-        model, tok = _load(ckpt, base, device, dtype)
-        names = select_hooks(architecture(model).n_layers, [f"*{RESID}"])
-        split = max(1, len(items) // 10)
-        held = capture(model, tok, items[:split], k=k, names=names)
-        train = capture(model, tok, items[split:], k=k, names=names)
-        lens = TunedLens.for_model(model).fit(train, model, epochs=epochs)
-        lens.save(out)
-    except InputError as e:
-        _fail(str(e))
+    items = _items(data, n, seed)
+    model, tok = _load(ckpt, base, device, dtype)
+    names = select_hooks(architecture(model).n_layers, [f"*{RESID}"])
+    split = max(1, len(items) // 10)
+    held = capture(model, tok, items[:split], k=k, names=names)
+    train = capture(model, tok, items[split:], k=k, names=names)
+    lens = TunedLens.for_model(model).fit(train, model, epochs=epochs)
+    lens.save(out)
     before, after = mean_kl_to_final(held, model), mean_kl_to_final(held, model, lens)
     for l, (a, b) in enumerate(zip(before.tolist(), after.tolist())):
         typer.echo(f"layer {l}: held-out KL to the final distribution, logit lens {a:.4f}, tuned lens {b:.4f}")

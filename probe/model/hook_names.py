@@ -99,18 +99,18 @@ def select_hooks(n_layers: int, patterns: Sequence[str] | None = None, layers: S
     return names
 
 
-def parse_layers(text: str | None) -> list[int] | None:
+def parse_layers(text: str | None, setting: str = "layers") -> list[int] | None:
     """Layers as typed on a command line, "0,2,-1" -> [0, 2, -1] (None stays None: every layer).
 
-    Only parses; a layer is checked against a model by layer_index. Raises HookNameError on text that is
-    not comma-separated integers.
+    Only parses; a layer is checked against a model by layer_index. Raises HookNameError, its line starting
+    with `setting` (e.g. "--layers"), on text that is not comma-separated integers.
     """
     if text is None:
         return None
     try:
         layers = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise HookNameError(f"expected comma-separated integers such as 0,2,-1, got {text!r}") from None
+        raise HookNameError(f"{setting}: expected comma-separated integers such as 0,2,-1, got {text!r}") from None
     if not layers:
-        raise HookNameError(f"expected at least one layer, got {text!r}")
+        raise HookNameError(f"{setting}: expected at least one layer, got {text!r}")
     return layers
