@@ -82,17 +82,17 @@ def item_readings(ckpt: str, base: str, item_json: str, lens: str) -> dict:
     """Lens readout, node values after every k and the answer, for one item (plain data: cacheable)."""
     import torch
 
-    from probe.capture import node_values
     from probe.decode import decode_item
     from probe.lens import TunedLens
+    from probe.values import values_by_k
 
     model, tok = load_model(ckpt, base)
     item = parse_item(item_json)
     tuned = TunedLens.load(Path(ckpt) / "tuned_lens.safetensors", model) if lens == "tuned" else None
     dec = decode_item(model, tok, item, lens=tuned)
     k = len(dec.thoughts)
-    values = np.stack([node_values(model, tok, [item], j, progress=False)[0, : item.n_nodes].numpy()
-                       for j in range(1, k + 1)]) if model.config.stage_spec.markers and k else None
+    values = values_by_k(model, tok, [item], k, progress=False)[0, :, : item.n_nodes] \
+        if model.config.stage_spec.markers and k else None
     ro = dec.readout
     return {"k": k, "prediction": dec.prediction, "correct": dec.correct, "generated": dec.generated,
             "values": values, "node_prob": ro.node_prob[0, :, -1, : item.n_nodes].numpy(),
@@ -159,11 +159,9 @@ def item_site(ckpt: str, base: str, item_json: str, layer: int | None, k: int):
 @st.cache_data(show_spinner="running the edit", max_entries=128)
 def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, spec: tuple) -> dict:
     """The item answered after k thoughts with one edit, and its node values after each thought."""
-    import torch
-
-    from probe.capture import node_values
     from probe.evaluate import evaluate
     from probe.interventions import ablation_edit, steer_direction, steer_edit
+    from probe.values import values_by_k
 
     model, tok = load_model(ckpt, base)
     item = parse_item(item_json)
@@ -193,9 +191,7 @@ def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, 
     res = evaluate(model, tok, [item], k=k, progress=False, edit=edit, prompts=s.prompts).items[0]
     values = None
     if model.config.stage_spec.markers:
-        with torch.no_grad():
-            values = np.stack([node_values(model, tok, [item], j, progress=False, edit=edit)[0, : item.n_nodes].numpy()
-                                for j in range(1, k + 1)])
+        values = values_by_k(model, tok, [item], k, progress=False, edit=edit)[0, :, : item.n_nodes]
     return {"prediction": res.prediction, "correct": res.correct, "values": values}
 
 

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from probe.capture import architecture, capture, node_values
+from probe.capture import architecture, capture
+from probe.values import values_by_k
 from probe.model.hook_names import select_hooks
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_tokens
@@ -193,10 +194,7 @@ def analyze(
     del trace
 
     # Node values after each forced k, and the measures built on them.
-    max_nodes = max(it.n_nodes for it in items)
-    values = np.full((len(items), k_max, max_nodes), np.nan)
-    for k in tqdm(steps, desc="values", unit="k", disable=not progress):
-        values[:, k - 1] = node_values(model, tokenizer, items, k, batch_size=batch_size, progress=False).numpy()
+    values = values_by_k(model, tokenizer, items, k_max, batch_size=batch_size, progress=progress)
     by_group = group_means(values, graphs, steps)
     par, mass = {}, np.full((len(items), k_max), np.nan)
     heights: dict[str, dict[int, ValueByHeight]] = {"shortest": {}, "longest": {}}

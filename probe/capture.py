@@ -11,7 +11,7 @@ position (the one holding `<|end-latent|>`, whose logits give the first answer t
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,14 +22,15 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probe.data.layout import NONE, name_pieces, prompt_layout
+from probe.data.layout import NONE, prompt_layout
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem
-from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
+from probe.data.render import render_prompt, step_prompt, tokenize_item
 from probe.evaluate import prediction
 from probe.model.architecture import Architecture, find_architecture
-from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_names, layer_index, layer_of
-from probe.model.coconut import CoconutModel, ThoughtEdit
+from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_names, layer_index, layer_of, point_of
+from probe.model.hooks import PositionHook
+from probe.model.coconut import CoconutModel
 
 MANIFEST = "manifest.json"
 TRACE_FORMAT = 1
@@ -131,64 +132,37 @@ _FIELDS = ("indices", "prompt_ids", "prompt_len", "question_len", "positions", "
 
 
 class _Recorder:
-    """Torch hooks that keep, per hook name, the wanted positions of each segment as it passes."""
+    """One PositionHook per hook name, each keeping the wanted columns of its point ([batch, n, ...] in `out`)."""
 
     def __init__(self, arch: Architecture, names: list[str], wanted: Tensor, width: int, dtype: torch.dtype):
-        self.arch, self.names, self.wanted, self.width, self.dtype = arch, names, wanted, width, dtype
-        self.out: dict[str, Tensor] = {}
-        self.offset: dict[str, int] = {}
-        self.handles: list = []
-
-    def _keep(self, name: str, x: Tensor, pattern: bool = False) -> None:
-        # x: [batch, seg, ...], or for a pattern [batch, heads, seg, keys]
-        if pattern:
-            x = x.transpose(1, 2)  # [batch, seg, heads, keys]
-        o = self.offset.get(name, 0)
-        seg = x.shape[1]
-        self.offset[name] = o + seg
-        if name not in self.out:
-            tail = (x.shape[2], self.width) if pattern else x.shape[2:]
-            self.out[name] = x.new_zeros(x.shape[0], self.wanted.shape[1], *tail, dtype=self.dtype)
-        rows, steps = torch.nonzero((self.wanted >= o) & (self.wanted < o + seg), as_tuple=True)
-        if len(rows):
-            got = x[rows, self.wanted[rows, steps] - o].detach().to(self.dtype)
-            if pattern:
-                self.out[name][rows, steps, :, : got.shape[-1]] = got
+        self.hooks: dict[str, PositionHook] = {}
+        for name in names:
+            if name == FINAL:
+                module, kw = arch.final_norm, {}
             else:
-                self.out[name][rows, steps] = got
+                layer = arch.layers[layer_of(name)]
+                attn, mlp = getattr(layer, arch.attn), getattr(layer, arch.mlp)
+                module, kw = {
+                    "hook_resid_pre": (layer, {"inputs": True}),
+                    "hook_resid_post": (layer, {}),
+                    "hook_attn_out": (attn, {}),
+                    "attn.hook_pattern": (attn, {"part": 1, "heads_first": True, "width": width}),
+                    "hook_mlp_out": (mlp, {}),
+                }[point_of(name)]
+            self.hooks[name] = PositionHook(module, wanted, dtype=dtype, **kw)
+        self._stack = ExitStack()
+
+    @property
+    def out(self) -> dict[str, Tensor]:
+        return {name: hook.kept for name, hook in self.hooks.items()}
 
     def __enter__(self) -> "_Recorder":
-        want = set(self.names)
-        for l, layer in enumerate(self.arch.layers):
-            pre, post = act_name("hook_resid_pre", l), act_name(RESID, l)
-            if pre in want:
-                self.handles.append(layer.register_forward_pre_hook(
-                    lambda m, args, kwargs, n=pre: self._keep(n, args[0] if args else kwargs["hidden_states"]),
-                    with_kwargs=True))
-            if post in want:
-                self.handles.append(layer.register_forward_hook(
-                    lambda m, args, out, n=post: self._keep(n, out[0] if isinstance(out, tuple) else out)))
-            attn, mlp = getattr(layer, self.arch.attn), getattr(layer, self.arch.mlp)
-            a_out, pat = act_name("hook_attn_out", l), act_name("attn.hook_pattern", l)
-            if a_out in want or pat in want:
-                def attn_hook(m, args, out, a_out=a_out, pat=pat):
-                    if a_out in want:
-                        self._keep(a_out, out[0])
-                    if pat in want:
-                        if out[1] is None:
-                            raise CaptureError("the attention returned no pattern; capture needs eager attention")
-                        self._keep(pat, out[1], pattern=True)
-                self.handles.append(attn.register_forward_hook(attn_hook))
-            m_out = act_name("hook_mlp_out", l)
-            if m_out in want:
-                self.handles.append(mlp.register_forward_hook(lambda m, args, out, n=m_out: self._keep(n, out)))
-        if FINAL in want:
-            self.handles.append(self.arch.final_norm.register_forward_hook(lambda m, args, out: self._keep(FINAL, out)))
+        for hook in self.hooks.values():
+            self._stack.enter_context(hook)
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
+        self._stack.close()
 
 
 @contextmanager
@@ -478,52 +452,3 @@ def continuation_residuals(
         stacked = torch.stack([rec.out[name] for name in names], dim=2).cpu()  # [chunk, n, layers, d]
         out += [stacked[r, : len(c[2])] for r, c in enumerate(conts)]
     return out
-
-
-@torch.no_grad()
-def node_values(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, batch_size: int = 32, progress: bool = True,
-    edit: ThoughtEdit | None = None,
-) -> Tensor:
-    """[n_items, max_nodes] value of every node after k thoughts (DESIGN.md), nan past each item's nodes.
-
-    The prompt is forced out of latent mode after k thoughts; the language step that follows
-    would name its first concept next ("Every" first in the sentence format). A node's value is
-    the probability of its name there: the product of its sub-token probabilities. A model
-    without latent mode (CoT) is read after k gold language steps instead; an item with fewer
-    steps gets nan. edit (rows indexed like items) intervenes on the thoughts first.
-    """
-    cfg = model.config
-    prefix = step_prefix(cfg.data_format)
-    lead = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
-    out = torch.full((len(items), max(it.n_nodes for it in items)), float("nan"))
-    # Rows of (item, node, sequence, name pieces): the prompt once per item for every name's first
-    # piece, and the prompt plus all but the last piece for each name that has more than one.
-    rows: list[tuple[int, list[int], list[list[int]]]] = []
-    for b, it in enumerate(items):
-        prompt = step_prompt(tokenize_item(it, tokenizer, cfg.data_format), k, cfg.stage_spec, cfg.special)
-        if prompt is None:
-            continue
-        pieces = name_pieces(it, tokenizer, cfg.data_format)
-        out[b, : it.n_nodes] = 0.0  # log-probabilities, summed over pieces below
-        rows.append((b, prompt + lead, pieces))
-    first = {b: torch.tensor([name[0] for name in pieces]) for b, _, pieces in rows}
-    seqs = [(b, -1, p, None) for b, p, _ in rows]  # -1: every node's first piece
-    seqs += [(b, v, p + name[:-1], name) for b, p, pieces in rows for v, name in enumerate(pieces) if len(name) > 1]
-    model.eval()
-    for i in tqdm(range(0, len(seqs), batch_size), desc=f"values k={k}", unit="batch", disable=not progress):
-        chunk = seqs[i : i + batch_size]
-        width = max(len(s[2]) for s in chunk)
-        ids = torch.tensor([[cfg.pad_id] * (width - len(s[2])) + s[2] for s in chunk], device=model.device)
-        mask = torch.tensor([[0] * (width - len(s[2])) + [1] * len(s[2]) for s in chunk], device=model.device)
-        rows_edit = None if edit is None else edit.rows([s[0] for s in chunk])
-        tail = max([1] + [len(s[3]) - 1 for s in chunk if s[3] is not None])  # columns any read needs
-        logp = model(ids, mask, edit=rows_edit, logits_at=torch.arange(width - tail, width)).logits
-        logp = logp.float().log_softmax(-1).cpu()  # [chunk, tail, vocab]: the last `tail` columns
-        for row, (b, v, _, name) in enumerate(chunk):
-            if v < 0:  # the first piece of every name, read at the prompt's last position
-                out[b, : items[b].n_nodes] += logp[row, -1, first[b]]
-            else:  # the later pieces of one name: piece j (j >= 1) is predicted at width - len(name) + j
-                pos = torch.arange(tail - len(name) + 1, tail)
-                out[b, v] += logp[row, pos, torch.tensor(name[1:])].sum()
-    return out.exp()

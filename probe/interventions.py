@@ -26,6 +26,7 @@ from probe.data.render import tokenize_item
 from probe.evaluate import MAX_NEW_TOKENS, EvalResult, evaluate
 from probe.frontier import frontier_mass
 from probe.model.hook_names import RESID, act_name, layer_index
+from probe.model.hooks import PositionHook
 from probe.model.coconut import FEEDBACK_MODES, CoconutModel, ThoughtEdit
 from probe.probes import LinearProbe, SavedProbe, name_vocabulary, probe_targets
 
@@ -159,7 +160,7 @@ def intervene(
 
     baseline and baseline_values (node values after values_at thoughts) skip recomputing the unedited run.
     """
-    from probe.capture import node_values
+    from probe.values import node_values
 
     items = list(items)
     base = baseline or evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=prompts)
@@ -268,17 +269,10 @@ def _residuals_at(model: CoconutModel, prompts: list[list[int]], positions: Tens
     pad = torch.tensor([width - len(p) for p in prompts])
     ids = torch.tensor([[model.config.pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
     mask = (torch.arange(width)[None] >= pad[:, None]).long().to(model.device)
-    got = {}
-    handle = architecture(model).layers[layer].register_forward_hook(
-        lambda m, a, out: got.__setitem__("h", out[0] if isinstance(out, tuple) else out))
-    try:
+    cols = torch.where(positions >= 0, positions + pad[:, None], -1)
+    with PositionHook(architecture(model).layers[layer], cols, dtype=torch.float32) as hook:
         model(ids, mask, logits_at=torch.tensor([width - 1]))  # the logits are not needed
-    finally:
-        handle.remove()
-    h = got["h"].float().cpu()
-    cols = (positions + pad[:, None]).clamp(min=0)
-    out = h[torch.arange(len(prompts))[:, None], cols]
-    return out * (positions >= 0)[..., None]
+    return hook.kept.cpu()
 
 
 # ---------------------------------------------------------------------------- the data-set runs
@@ -341,7 +335,7 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k
                   progress: bool = True) -> list[InterventionResult]:
     """Each ablation of all thoughts, then of each thought alone, beside one shared unedited run; the frontier
     mass after 1 thought (all) or after the ablated thought (one), where the model has latents."""
-    from probe.capture import node_values
+    from probe.values import node_values
 
     items = list(items)
     values = values and model.config.stage_spec.markers
@@ -364,7 +358,7 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
                batch_size: int = 32, progress: bool = True) -> list[PatchResult]:
     """Counterfactual pairs (A, B = A asked about another root): A's thoughts into B, all at once and one
     thought at a time; does B's answer (and frontier) follow A's?"""
-    from probe.capture import node_values
+    from probe.values import node_values
 
     items = list(items)
     index, b_items = counterfactual_pairs(items)
@@ -462,7 +456,7 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
                batch_size: int = 32, seed: int = 0, progress: bool = True) -> list[SteerPoint]:
     """Dose-response: add alpha x (mean norm of the layer's residual at thought `step`) x a unit direction toward
     v (a parent of the wrong option) at thought `step`, for probe, unembedding and random directions."""
-    from probe.capture import node_values
+    from probe.values import node_values
 
     items = list(items)
     s = site(model, tokenizer, items, k, layer, batch_size)

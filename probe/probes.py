@@ -383,7 +383,8 @@ def fit_probes(
     folds: int = 5, seed: int = 0, batch_size: int = 32, progress: bool = True, **probe_kw,
 ) -> ProbeReport:
     """Capture the layer's residual at every thought, then cross-validate and fit one probe per thought k."""
-    from probe.capture import capture, node_values
+    from probe.capture import capture
+    from probe.values import values_by_k
 
     if target not in TARGETS:
         raise ProbeError(f"unknown probe target {target!r}; expected one of {TARGETS}")
@@ -394,9 +395,9 @@ def fit_probes(
     names = name_vocabulary(items)
     kind = "classification" if target in CLASSIFICATION else "regression"
     scores, coefs, biases = {}, [], []
+    values = values_by_k(model, tokenizer, items, k_max, batch_size=batch_size, progress=False) if target == "value" else None
     for k in range(1, k_max + 1):
-        values = node_values(model, tokenizer, items, k, progress=False).numpy() if target == "value" else None
-        Y, present = probe_targets(items, k, target, names, values)
+        Y, present = probe_targets(items, k, target, names, None if values is None else values[:, k - 1])
         X = activations_at(trace, hook, k)
         scores[k] = cross_validate(X, Y, present, kind, k=k, folds=folds, seed=seed, **probe_kw)
         p = LinearProbe(kind, **probe_kw).fit(X, Y, present)

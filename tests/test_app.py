@@ -63,7 +63,7 @@ def test_the_graph_shows_the_frontier_and_each_readout(app, official_items):
     """Outlined red: exactly frontier_k. Colour: the node values after k thoughts, or (either lens) the
     probability of each name's first token where the model emits thought k, computed here by hand: at the last
     layer the tuned lens's translator is the identity, so both lenses read the model's own logits there."""
-    from probe.capture import node_values
+    from probe.values import node_values
     from probe.data.graph import ProsQAGraph
     from probe.data.layout import name_tokens
     from probe.data.render import render_prompt, tokenize_item

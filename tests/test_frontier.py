@@ -97,7 +97,7 @@ def test_node_values_are_next_name_probabilities(tiny_model, word_tokenizer, off
     from dataclasses import replace
 
     from conftest import prompt_by_hand
-    from probe.capture import node_values
+    from probe.values import node_values
 
     tiny_model.config = replace(tiny_model.config, data_format=fmt)
     items = official_items[:3]
@@ -116,7 +116,7 @@ def test_node_values_are_next_name_probabilities(tiny_model, word_tokenizer, off
 
 def test_node_values_multiply_the_pieces_of_a_split_name(official_items, bpe_tokenizer):
     from conftest import tiny_base
-    from probe.capture import node_values
+    from probe.values import node_values
     from probe.data.layout import name_pieces
     from probe.data.render import render_prompt, tokenize_item
     from probe.model.coconut import CoconutConfig, CoconutModel

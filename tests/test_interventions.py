@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from probe.capture import node_values
+from probe.values import node_values
 from probe.data.render import render_prompt, tokenize_item
 from probe.interventions import InterventionError, ablation_edit, intervene, patch_edit, steer_edit
 from probe.model.architecture import find_architecture

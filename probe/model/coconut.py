@@ -24,6 +24,7 @@ from transformers import DynamicCache, PreTrainedModel
 from probe.data.render import IGNORE_INDEX, MODES, StageSpec
 from probe.model.architecture import ArchitectureError, find_architecture
 from probe.model.hook_names import layer_index
+from probe.model.hooks import PositionHook
 from probe.model.tokenizer import SpecialTokens
 
 FEEDBACK_MODES = ("coconut",)
@@ -271,24 +272,8 @@ class CoconutModel(nn.Module):
             rows, cols = torch.nonzero(is_latent, as_tuple=True)
             emit = torch.full((batch, int(is_latent.sum(-1).max()) if batch else 0), -1, device=is_latent.device)
             emit[rows, slot_of[rows, cols]] = cols - 1
-        offset = 0
-
-        def hook(module, args, out):
-            nonlocal offset
-            h = out[0] if isinstance(out, tuple) else out
-            o, offset = offset, offset + h.shape[1]
-            rows, slots = torch.nonzero((emit >= o) & (emit < o + h.shape[1]), as_tuple=True)
-            if not len(rows):
-                return None
-            cols = emit[rows, slots] - o
-            h = h.index_put((rows, cols), edit(rows, slots, h[rows, cols]))
-            return (h, *out[1:]) if isinstance(out, tuple) else h
-
-        handle = layers[edit.layer].register_forward_hook(hook)
-        try:
+        with PositionHook(layers[edit.layer], emit, edit=edit):
             yield
-        finally:
-            handle.remove()
 
     def forward(
         self,
