@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from probe.artifacts import COCONUT_CONFIG, PROBES_DIR, REPORT, SAE_DIR, TUNED_LENS
 from probe.data.prosqa import item_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +89,7 @@ def item_readings(ckpt: str, base: str, item_json: str, lens: str) -> dict:
 
     model, tok = load_model(ckpt, base)
     item = parse_item(item_json)
-    tuned = TunedLens.load(Path(ckpt) / "tuned_lens.safetensors", model) if lens == "tuned" else None
+    tuned = TunedLens.load(Path(ckpt) / TUNED_LENS, model) if lens == "tuned" else None
     dec = decode_item(model, tok, item, lens=tuned)
     k = len(dec.thoughts)
     values = values_by_k(model, tok, [item], k, progress=False)[0, :, : item.n_nodes] \
@@ -131,7 +132,7 @@ def load_sae(path: str, model_hash: str):
     from probe.sae import SparseAutoencoder
 
     sae = SparseAutoencoder.load(path, model_hash=model_hash)
-    report = Path(path) / "report.json"
+    report = Path(path) / REPORT
     labels = {}
     if report.is_file():
         for f in json.loads(report.read_text()).get("features", []):
@@ -181,7 +182,7 @@ def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, 
         _, node, kind, step, alpha = spec
         probe = None
         if kind == "probe":
-            path = shipped(ckpt, "probes/frontier")
+            path = shipped(ckpt, f"{PROBES_DIR}/frontier")
             if path is None:
                 raise ValueError("this checkpoint ships no frontier probe; steer along unembed or random")
             probe = load_probe(str(path), weights_hash(ckpt, base))
@@ -211,7 +212,7 @@ def shipped(ckpt: str, sub: str) -> Path | None:
 
 
 def checkpoint_choices() -> list[str]:
-    ours = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if (p / "coconut.json").is_file())
+    ours = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if (p / COCONUT_CONFIG).is_file())
     default = "prosqa-coconut"
     return ([default] if default in ours else []) + [c for c in ours if c != default]
 
@@ -313,7 +314,7 @@ def probes_panel(ckpt: str, base: str, item_json: str, item, k: int) -> None:
     model_hash = weights_hash(ckpt, base)
     left, right = st.columns(2)
     with left:
-        path = pick_directory("frontier probe", "probe", ckpt, "probes/frontier", "probe probes fit")
+        path = pick_directory("frontier probe", "probe", ckpt, f"{PROBES_DIR}/frontier", "probe probes fit")
         try:
             if path:
                 probe = load_probe(str(path), model_hash)
@@ -329,7 +330,7 @@ def probes_panel(ckpt: str, base: str, item_json: str, item, k: int) -> None:
         except ValueError as e:  # each side shows its own error, the other goes on
             st.error(str(e))
     with right:
-        path = pick_directory("sparse autoencoder", "sae", ckpt, "sae", "probe sae train")
+        path = pick_directory("sparse autoencoder", "sae", ckpt, SAE_DIR, "probe sae train")
         try:
             if path:
                 sae, labels = load_sae(str(path), model_hash)

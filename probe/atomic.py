@@ -47,6 +47,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 @contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file name beside path, for a writer that takes a name (safetensors' save_file): renamed
+    into place when the block ends well, removed when it fails. Raises OSError naming path when the system
+    refuses it."""
+    path = Path(path)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
 def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """A temporary directory beside path, renamed into place when the block ends well and removed when it fails.
 

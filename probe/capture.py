@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probe.artifacts import TRACE_MANIFEST
 from probe.data.layout import NONE, prompt_layout
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem
@@ -32,7 +33,6 @@ from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_nam
 from probe.model.hooks import PositionHook
 from probe.model.coconut import CoconutModel
 
-MANIFEST = "manifest.json"
 TRACE_FORMAT = 1
 
 
@@ -353,7 +353,7 @@ def capture_to_disk(
                 "dtype": str(dtype).removeprefix("torch."), "n_layers": arch.n_layers, "d_model": model.d_model,
                 "mode": model.config.mode, "max_new_tokens": max_new_tokens, "source": source or {}, "shards": shards,
             }
-            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
+            atomic_write_text(tmp / TRACE_MANIFEST, json.dumps(manifest, indent=1))
     finally:
         bar.close()
     return TraceStore(out)
@@ -364,9 +364,9 @@ class TraceStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        mf = self.path / MANIFEST
+        mf = self.path / TRACE_MANIFEST
         if not mf.is_file():
-            raise CaptureError(f"{self.path}: not a trace store (no {MANIFEST})")
+            raise CaptureError(f"{self.path}: not a trace store (no {TRACE_MANIFEST})")
         try:
             self.manifest = json.loads(mf.read_text())
         except json.JSONDecodeError as e:

@@ -10,7 +10,7 @@ from probe.data.graph import ProsQAGraph
 from probe.data.layout import indistinct_names
 from probe.data.prosqa import ProsQAItem
 from probe.evaluate import evaluate
-from probe.lens import LensReadout, TunedLens, read_lens
+from probe.lens import Lens, LensReadout, read_lens
 from probe.model.hook_names import RESID, select_hooks
 from probe.model.coconut import CoconutModel
 
@@ -69,7 +69,7 @@ def _shown(text: str) -> str:
 
 def decode_item(
     model: CoconutModel, tokenizer, item: ProsQAItem, index: int = 0, k: int | None = None,
-    lens: TunedLens | None = None, layers: Sequence[int] | None = None, top: int = 5,
+    lens: Lens | None = None, layers: Sequence[int] | None = None, top: int = 5,
 ) -> Decoded:
     """Read every thought of one item through a lens at each layer, then generate its answer."""
     # Only the residual stream is read: no attention patterns, so no switch to eager attention.

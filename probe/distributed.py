@@ -18,7 +18,8 @@ from typing import Sequence
 
 import torch.distributed as dist
 
-from probe.capture import MANIFEST, CaptureError, TraceStore, capture_to_disk
+from probe.artifacts import TRACE_MANIFEST
+from probe.capture import CaptureError, TraceStore, capture_to_disk
 from probe.atomic import atomic_write_text
 from probe.data.prosqa import ProsQAItem
 
@@ -57,7 +58,7 @@ def merge_stores(parts: Sequence[Path], out: Path) -> TraceStore:
         raise CaptureError("the rank stores must share one parent directory")
     shards = [{**sh, "file": f"{s.path.name}/{sh['file']}"} for s in stores for sh in s.manifest["shards"]]
     manifest = {**first, "n_items": sum(len(s) for s in stores), "shards": shards, "ranks": len(stores)}
-    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
+    atomic_write_text(root / TRACE_MANIFEST, json.dumps(manifest, indent=1))
     root.rename(out)
     return TraceStore(out)
 

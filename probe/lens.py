@@ -1,19 +1,19 @@
-"""Read thoughts out as token distributions: the logit lens and a tuned lens (Belrose et al. 2023).
+"""Read thoughts out as token distributions: a Lens maps a layer's residual to next-token logits.
 
-The logit lens applies the final layer norm and the unembedding to the residual stream
-(`blocks.{l}.hook_resid_post`) at each step position. At the last layer that is the model's
-own logits. A thought vector is already normalised, so it is never normalised again here.
-
-The tuned lens puts one affine translator per layer in front of the same readout, starting
-at the identity, trained to minimise KL(final distribution || lens distribution) on captured
-traces. It is saved with a hash of the model's final norm and unembedding and refuses
-another model.
+Every lens has one interface, tuned-lens's `Lens`: `lens(h, layer)` -> logits. LogitLens (nostalgebraist 2020)
+applies the model's own final norm and readout (CoconutModel.unembed) to the residual stream
+(`blocks.{l}.hook_resid_post`); at the last layer that is the model's own logits. A thought vector is
+already normalised, so it is never normalised again here. TunedLens (Belrose et al. 2023) puts one
+affine translator per layer in front of the same readout, starting at the identity, trained to minimise
+KL(final distribution || lens distribution) on captured traces. It is saved with its TunedLensConfig,
+which holds a hash of the model's final norm and unembedding, and refuses another model.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -24,51 +24,125 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from probe.atomic import atomic_path
 from probe.capture import ThoughtTrace, TraceStore, architecture
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_pieces
 from probe.data.prosqa import ProsQAItem
-from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.coconut import CoconutModel
+from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import readout_hash
 
+FORMAT = "coconut-probe tuned lens"
+FORMAT_VERSION = 2  # 1: the config's fields as separate header strings; 2: one JSON TunedLensConfig
 
 
 class LensError(ValueError):
     """A lens file that is missing, corrupt, or made for another model."""
 
 
-def _readout(model: CoconutModel) -> tuple[nn.Module, nn.Module]:
-    return architecture(model).final_norm, model.base.get_output_embeddings()
+class Lens(nn.Module):
+    """Reads a layer's residual as next-token logits: `lens(h, layer)` (tuned-lens's interface).
+
+    The base class is the logit lens: its translate is the identity. A lens is bound to the model whose
+    readout it applies (`lens.model`, not a submodule: the lens owns none of the model's weights);
+    `check(model)` refuses another model. name: what reports call it ("logit", "tuned").
+    """
+
+    name = "logit"
+
+    def __init__(self, model: CoconutModel):
+        super().__init__()
+        object.__setattr__(self, "model", model)
+
+    def translate(self, resid: Tensor, layer: int) -> Tensor:
+        """[..., d_model] residual after `layer` -> the residual the readout reads (here: itself)."""
+        return resid
+
+    def forward(self, resid: Tensor, layer: int) -> Tensor:
+        """[..., d_model] residual after `layer` -> [..., vocab] float32 logits, on the CPU."""
+        norm = architecture(self.model).final_norm
+        h = self.translate(resid, layer)
+        return self.model.unembed(norm(h.to(next(norm.parameters())))).float().cpu()
+
+    def check(self, model: CoconutModel) -> None:
+        """Raise LensError unless this lens reads `model` (the same final norm and unembedding)."""
+        if model is not self.model and readout_hash(model) != readout_hash(self.model):
+            raise LensError("this lens is bound to another model (its readout differs)")
 
 
-class TunedLens(nn.Module):
+class LogitLens(Lens):
+    """The logit lens: the model's own final norm and readout applied to any layer's residual."""
+
+
+@dataclass(frozen=True)
+class TunedLensConfig:
+    """What a saved tuned lens records: its shape and the readout hash of the model it was fit to."""
+
+    n_layers: int
+    d_model: int
+    model_hash: str
+
+    @classmethod
+    def from_header(cls, meta: dict[str, str], source: str) -> "TunedLensConfig":
+        """The config in a lens file's safetensors header (format 2, or the separate strings of format 1)."""
+        if not meta.get("format", "").startswith(FORMAT):
+            raise LensError(f"{source}: not a coconut-probe tuned lens")
+        try:
+            raw = json.loads(meta["config"]) if "config" in meta else \
+                {k: meta[k] for k in ("n_layers", "d_model")} | {"model_hash": meta.get("model_hash", "")}
+            return cls(int(raw["n_layers"]), int(raw["d_model"]), str(raw["model_hash"]))
+        except (KeyError, ValueError, TypeError) as e:
+            raise LensError(f"{source}: a broken tuned lens header ({type(e).__name__}: {e})") from None
+
+
+class TunedLens(Lens):
     """One affine translator per layer (identity at start) before the final norm and unembedding."""
 
-    def __init__(self, n_layers: int, d_model: int, model_hash: str = ""):
-        super().__init__()
-        self.translators = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(n_layers))
+    name = "tuned"
+
+    def __init__(self, model: CoconutModel, config: TunedLensConfig | None = None):
+        super().__init__(model)
+        self.config = config or TunedLensConfig(architecture(model).n_layers, model.d_model, readout_hash(model))
+        self.translators = nn.ModuleList(nn.Linear(self.config.d_model, self.config.d_model)
+                                         for _ in range(self.config.n_layers))
         for t in self.translators:
             nn.init.eye_(t.weight)
             nn.init.zeros_(t.bias)
-        self.model_hash = model_hash
+        self.check(model)
 
     @classmethod
     def for_model(cls, model: CoconutModel) -> "TunedLens":
-        return cls(architecture(model).n_layers, model.d_model, readout_hash(model))
+        """A new lens (every translator the identity) for the model."""
+        return cls(model)
 
     def translate(self, resid: Tensor, layer: int) -> Tensor:
-        """[..., d_model] residual of a layer -> its translated residual."""
-        return self.translators[layer](resid)
+        """[..., d_model] residual of a layer -> its translated residual (float32, on the translators' device)."""
+        t = self.translators[layer]
+        return t(resid.to(t.weight))
 
-    def fit(self, traces: ThoughtTrace | TraceStore | Iterable[ThoughtTrace], model: CoconutModel,
-            epochs: int = 20, lr: float = 1e-3, batch_size: int = 256, seed: int = 0, progress: bool = True) -> "TunedLens":
-        """Train every translator but the last layer's on the traces' residuals (scikit-learn style: returns self)."""
-        self._check(model)
+    def check(self, model: CoconutModel) -> None:
+        """Raise LensError unless the lens was fit to `model`'s readout (and has its shape)."""
+        if not self.config.model_hash:
+            raise LensError("this tuned lens records no model hash, so nothing ties it to a model; refit it "
+                            "(probe tuned-lens)")
+        if self.config.model_hash != readout_hash(model):
+            raise LensError(f"this tuned lens was trained for another model (readout hash "
+                            f"{self.config.model_hash[:12]} != {readout_hash(model)[:12]})")
+        shape = (architecture(model).n_layers, model.d_model)
+        if (self.config.n_layers, self.config.d_model) != shape:
+            raise LensError(f"this tuned lens has {self.config.n_layers} layers of width {self.config.d_model}; "
+                            f"the model has {shape[0]} of width {shape[1]}")
+
+    def fit(self, traces: ThoughtTrace | TraceStore | Iterable[ThoughtTrace], epochs: int = 20, lr: float = 1e-3,
+            batch_size: int = 256, seed: int = 0, progress: bool = True) -> "TunedLens":
+        """Train every translator but the last layer's on the traces' residuals (scikit-learn style: returns self).
+
+        traces: the bound model's, captured with every `hook_resid_post`.
+        """
         resid, target = _training_rows(traces)  # [n, layers, d], final logits [n, vocab]
         n_layers = resid.shape[1]
-        norm, unembed = _readout(model)
-        ref = next(norm.parameters())
+        norm, unembed = architecture(self.model).final_norm, self.model.base.get_output_embeddings()
         frozen = list(norm.parameters()) + list(unembed.parameters())
         was = [p.requires_grad for p in frozen]
         for p in frozen:
@@ -76,46 +150,33 @@ class TunedLens(nn.Module):
         opt = torch.optim.Adam(self.translators.parameters(), lr=lr)
         g = torch.Generator().manual_seed(seed)
         log_target = F.log_softmax(target.float(), -1)
-        for _ in tqdm(range(epochs), desc="tuned lens", unit="epoch", disable=not progress):
-            order = torch.randperm(len(resid), generator=g)
-            for i in range(0, len(order), batch_size):
-                rows = order[i : i + batch_size]
-                # the translators train in float32; the model's readout runs in its own dtype and device
-                loss = sum(
-                    _kl(log_target[rows], F.log_softmax(unembed(norm(self.translate(resid[rows, l], l).to(ref)))
-                                                        .float().to(log_target.device), -1)).mean()
-                    for l in range(n_layers - 1)
-                )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        for p, w in zip(frozen, was):
-            p.requires_grad_(w)
+        try:
+            for _ in tqdm(range(epochs), desc="tuned lens", unit="epoch", disable=not progress):
+                order = torch.randperm(len(resid), generator=g)
+                for i in range(0, len(order), batch_size):
+                    rows = order[i : i + batch_size]
+                    loss = sum(_kl(log_target[rows], F.log_softmax(self(resid[rows, l], l), -1)).mean()
+                               for l in range(n_layers - 1))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        finally:
+            for p, w in zip(frozen, was):
+                p.requires_grad_(w)
         return self
 
-    def _check(self, model: CoconutModel) -> None:
-        if not self.model_hash:
-            raise LensError("this tuned lens records no model hash, so nothing ties it to a model; refit it "
-                            "(probe tuned-lens)")
-        if self.model_hash != readout_hash(model):
-            raise LensError(
-                f"this tuned lens was trained for another model (readout hash {self.model_hash[:12]} "
-                f"!= {readout_hash(model)[:12]})"
-            )
-
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the translators and the config (safetensors; written beside path, then renamed into place)."""
         path = Path(path)
         tensors = {f"{l}.{k}": v.contiguous() for l, t in enumerate(self.translators) for k, v in t.state_dict().items()}
-        meta = {"format": "coconut-probe tuned lens 1", "model_hash": self.model_hash,
-                "n_layers": str(len(self.translators)), "d_model": str(self.translators[0].weight.shape[0])}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        meta = {"format": f"{FORMAT} {FORMAT_VERSION}", "config": json.dumps(asdict(self.config))}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: CoconutModel) -> "TunedLens":
-        """Read a saved lens; refuse one trained for another model."""
+        """Read a saved lens for `model`; refuse a missing or corrupt file, or one fit to another model."""
         path = Path(path)
         if not path.is_file():
             raise LensError(f"{path}: no such tuned lens file; fit one with "
@@ -126,13 +187,10 @@ class TunedLens(nn.Module):
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # safetensors raises its own error types for a corrupt file
             raise LensError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
-        if not meta.get("format", "").startswith("coconut-probe tuned lens"):
-            raise LensError(f"{path}: not a coconut-probe tuned lens")
-        lens = cls(int(meta["n_layers"]), int(meta["d_model"]), meta.get("model_hash", ""))
         try:
-            lens._check(model)
+            lens = cls(model, TunedLensConfig.from_header(meta, str(path)))
         except LensError as e:
-            raise LensError(f"{path}: {e}") from None
+            raise LensError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
         for l, t in enumerate(lens.translators):
             t.load_state_dict({"weight": tensors[f"{l}.weight"], "bias": tensors[f"{l}.bias"]})
         return lens
@@ -179,28 +237,27 @@ class LensReadout:
         return [s + 1 for s in range(k)] + [k]
 
 
-def _read(h: Tensor, layer: int, model: CoconutModel, lens: TunedLens | None) -> Tensor:
-    """[..., d_model] residual after `layer` -> [..., vocab] float32 logits of the logit (or tuned) lens."""
-    norm, _ = _readout(model)
-    h = h.to(model.device, torch.float32)
-    if lens is not None:
-        h = lens.translate(h, layer)
-    return model.unembed(norm(h.to(next(norm.parameters()).dtype))).float().cpu()
-
-
 def lens_logits(trace: ThoughtTrace, model: CoconutModel, layers: Sequence[int] | None = None,
-                lens: TunedLens | None = None) -> Tensor:
-    """[batch, k + 1, len(layers), vocab] logits of the logit (or tuned) lens at each step and layer."""
-    if lens is not None:
-        lens._check(model)
+                lens: Lens | None = None) -> Tensor:
+    """[batch, k + 1, len(layers), vocab] logits of a lens (default: the logit lens) at each step and layer.
+
+    Raises LensError for a lens bound to another model."""
+    lens = _lens_for(model, lens)
     layers = list(range(trace.n_layers)) if layers is None else list(layers)
     with torch.no_grad():
-        return torch.stack([_read(trace[act_name(RESID, l)], l, model, lens) for l in layers], dim=2)
+        return torch.stack([lens(trace[act_name(RESID, l)], l) for l in layers], dim=2)
+
+
+def _lens_for(model: CoconutModel, lens: Lens | None) -> Lens:
+    if lens is None:
+        return LogitLens(model)
+    lens.check(model)
+    return lens
 
 
 def read_lens(
     trace: ThoughtTrace, model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], layers: Sequence[int] | None = None,
-    lens: TunedLens | None = None, top: int = 5,
+    lens: Lens | None = None, top: int = 5,
 ) -> LensReadout:
     """Top tokens, node probabilities and ranks, and frontier mass at every step and layer of a trace.
 
@@ -214,6 +271,7 @@ def read_lens(
     """
     from probe.capture import continuation_residuals
 
+    lens = _lens_for(model, lens)
     if len(items) != len(trace):
         raise LensError(f"{len(items)} items for a trace of {len(trace)}")
     layers = list(range(trace.n_layers)) if layers is None else [layer_index(l, trace.n_layers, LensError) for l in layers]
@@ -237,7 +295,7 @@ def read_lens(
     if conts:
         with torch.no_grad():
             resid = continuation_residuals(model, trace, conts, layers)
-            later = {c: torch.stack([_read(h[:, j], l, model, lens) for j, l in enumerate(layers)], dim=1).log_softmax(-1)
+            later = {c: torch.stack([lens(h[:, j], l) for j, l in enumerate(layers)], dim=1).log_softmax(-1)
                      for c, h in zip(conts, resid)}  # (b, s, prefix) -> [pieces - 1, layers, vocab] log-probabilities
         for b in range(batch):
             for v, p in enumerate(pieces[b]):
@@ -253,12 +311,48 @@ def read_lens(
             distinct = {tuple(pieces[b][v]): v for v in nodes}.values()  # a name written alike counts once
             if nodes:
                 mass[b, s] = node_prob[b, s][:, list(distinct)].sum(-1)
-    return LensReadout("tuned" if lens is not None else "logit", layers, top_ids, top_probs, node_prob, node_rank,
+    return LensReadout(lens.name, layers, top_ids, top_probs, node_prob, node_rank,
                        frontier, mass)
 
 
-def mean_kl_to_final(trace: ThoughtTrace, model: CoconutModel, lens: TunedLens | None = None) -> Tensor:
+def mean_kl_to_final(trace: ThoughtTrace, model: CoconutModel, lens: Lens | None = None) -> Tensor:
     """[layers] mean KL(final distribution || lens distribution) over a trace's steps."""
     log_q = F.log_softmax(lens_logits(trace, model, lens=lens), -1)  # [batch, steps, layers, vocab]
     log_p = F.log_softmax(trace.logits.float(), -1)[:, :, None]
     return _kl(log_p, log_q).mean(dim=(0, 1))
+
+
+@dataclass
+class TunedLensFit:
+    """A tuned lens fit on some items, and how it reads the held-out ones against the logit lens."""
+
+    lens: TunedLens
+    n_train: int
+    n_held_out: int
+    kl_logit: Tensor  # [layers] mean KL(final || logit lens) on the held-out items' steps (nats)
+    kl_tuned: Tensor  # [layers] the same for the tuned lens
+
+
+def fit_tuned_lens(
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int | None = None, epochs: int = 20,
+    held_out: float = 0.1, lr: float = 1e-3, batch_size: int = 32, seed: int = 0, progress: bool = True,
+) -> TunedLensFit:
+    """Fit a tuned lens (Belrose et al. 2023) to the model's thoughts: capture every `hook_resid_post` at every
+    step of the items with k thoughts, hold out the first `held_out` fraction of the items (at least one),
+    fit on the rest, and measure both lenses' KL to the final distribution on the held-out ones.
+
+    Raises LensError for fewer than two items or a held_out fraction outside (0, 1).
+    """
+    from probe.capture import capture
+    from probe.model.hook_names import select_hooks
+
+    if len(items) < 2:
+        raise LensError(f"a tuned lens needs at least two items (one held out), got {len(items)}")
+    if not 0 < held_out < 1:
+        raise LensError(f"held_out must be in (0, 1), got {held_out}")
+    names = select_hooks(architecture(model).n_layers, [f"*{RESID}"])
+    split = max(1, int(len(items) * held_out))
+    held = capture(model, tokenizer, items[:split], k=k, names=names, batch_size=batch_size, progress=progress)
+    train = capture(model, tokenizer, items[split:], k=k, names=names, batch_size=batch_size, progress=progress)
+    lens = TunedLens.for_model(model).fit(train, epochs=epochs, lr=lr, seed=seed, progress=progress)
+    return TunedLensFit(lens, len(items) - split, split, mean_kl_to_final(held, model), mean_kl_to_final(held, model, lens))

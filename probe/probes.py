@@ -26,6 +26,7 @@ from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 
+from probe.artifacts import PROBE_CONFIG, PROBE_WEIGHTS
 from probe.data.graph import ProsQAGraph
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem
@@ -311,15 +312,15 @@ class SavedProbe:
         """The probe's two files, into an existing directory."""
         save_file({"coef": np.ascontiguousarray(self.coef, dtype=np.float32),
                    "intercept": np.ascontiguousarray(self.intercept, dtype=np.float32)},
-                  str(directory / "probe.safetensors"))
+                  str(directory / PROBE_WEIGHTS))
         meta = {k: v for k, v in asdict(self).items() if k not in ("coef", "intercept")}
-        atomic_write_text(directory / "probe.json", json.dumps({"format": PROBE_FORMAT, **meta}, indent=1))
+        atomic_write_text(directory / PROBE_CONFIG, json.dumps({"format": PROBE_FORMAT, **meta}, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> "SavedProbe":
         """Read a saved probe; with model_hash, refuse one fit on another model."""
         path = Path(path)
-        meta_file, weights = path / "probe.json", path / "probe.safetensors"
+        meta_file, weights = path / PROBE_CONFIG, path / PROBE_WEIGHTS
         if not meta_file.is_file() or not weights.is_file():
             raise ProbeError(f"{path}: not a saved probe (needs probe.json and probe.safetensors)")
         try:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
 from probe.data.prosqa import ProsQAItem, load_items
 from probe.evaluate import GOLD, evaluate
 from probe.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -73,7 +74,7 @@ class Release:
 
 def lineage(ckpt: Path, config_paths: Sequence[str | Path]) -> list[Phase]:
     """The training phases behind a checkpoint, oldest first, matched to their config files."""
-    state_file = ckpt / "trainer_state.json"
+    state_file = ckpt / TRAINER_STATE
     if not state_file.is_file():
         raise CheckpointError(f"{ckpt}: no trainer_state.json; release needs a checkpoint written by `probe train`")
     state = json.loads(state_file.read_text())
@@ -148,7 +149,7 @@ def release(
 
 def read_evaluation(path: str | Path) -> Evaluation:
     """The evaluation a released checkpoint's coconut.json records."""
-    meta = json.loads((Path(path) / "coconut.json").read_text())
+    meta = json.loads((Path(path) / COCONUT_CONFIG).read_text())
     ev = meta.get("metadata", {}).get("evaluation")
     if ev is None:
         raise CheckpointError(f"{path}: coconut.json records no evaluation (not a released checkpoint)")

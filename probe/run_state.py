@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from probe.artifacts import OPTIMIZER_GROUPS, OPTIMIZER_WEIGHTS, TRAINER_STATE
 from probe.atomic import atomic_directory
 from probe.data.stream import batches_per_epoch
 from probe.model.checkpoint import CheckpointError, write_checkpoint
 
-STATE_FILE = "trainer_state.json"
 
 
 @dataclass(frozen=True)
@@ -86,17 +86,17 @@ class RunState:
             write_checkpoint(model, tokenizer, tmp, metadata=metadata)
             sd = optimizer.state_dict()
             tensors = {f"{pid}.{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-            (tmp / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"]}))
-            (tmp / STATE_FILE).write_text(json.dumps({**asdict(self), "plan": asdict(self.plan)}, indent=1))
+            save_file(tensors, str(tmp / OPTIMIZER_WEIGHTS))
+            (tmp / OPTIMIZER_GROUPS).write_text(json.dumps({"param_groups": sd["param_groups"]}))
+            (tmp / TRAINER_STATE).write_text(json.dumps({**asdict(self), "plan": asdict(self.plan)}, indent=1))
         return path
 
     @classmethod
     def load(cls, path: Path) -> "RunState":
         """The state of a run checkpoint; CheckpointError when it has none or it is unreadable."""
-        file = Path(path) / STATE_FILE
+        file = Path(path) / TRAINER_STATE
         if not file.is_file():
-            raise CheckpointError(f"{path}: no {STATE_FILE} (not a checkpoint written by `probe train`)")
+            raise CheckpointError(f"{path}: no {TRAINER_STATE} (not a checkpoint written by `probe train`)")
         try:
             raw = json.loads(file.read_text())
             raw["plan"] = Plan(**raw["plan"])
@@ -107,18 +107,18 @@ class RunState:
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Restore an optimizer's state from a run checkpoint (onto the device of its parameters)."""
-    tensors = load_file(str(path / "optimizer.safetensors"))
+    tensors = load_file(str(path / OPTIMIZER_WEIGHTS))
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = v
-    groups = json.loads((path / "optimizer.json").read_text())["param_groups"]
+    groups = json.loads((path / OPTIMIZER_GROUPS).read_text())["param_groups"]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
     """A run's complete checkpoints, oldest first."""
-    return sorted(p for p in Path(run_dir).glob("epoch-*") if (p / STATE_FILE).is_file())
+    return sorted(p for p in Path(run_dir).glob("epoch-*") if (p / TRAINER_STATE).is_file())
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -25,6 +25,7 @@ from scipy.stats import rankdata
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probe.artifacts import SAE_CFG, SAE_EXTRA, SAE_WEIGHTS
 from probe.atomic import atomic_directory, atomic_write_text
 
 SAE_LENS_VERSION = "6.5.0"  # the SAELens file format these files follow
@@ -179,9 +180,9 @@ class SparseAutoencoder:
             cfg["k"] = self.k
         ours = {"activation": self.activation, "k": self.k, "l1_coeff": self.l1_coeff, "lr": self.lr,
                 "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed, **(extra or {})}
-        save_file({k: v.contiguous() for k, v in p.items()}, str(directory / "sae_weights.safetensors"))
-        atomic_write_text(directory / "cfg.json", json.dumps(cfg, indent=1))
-        atomic_write_text(directory / "coconut_probe.json", json.dumps(ours, indent=1))
+        save_file({k: v.contiguous() for k, v in p.items()}, str(directory / SAE_WEIGHTS))
+        atomic_write_text(directory / SAE_CFG, json.dumps(cfg, indent=1))
+        atomic_write_text(directory / SAE_EXTRA, json.dumps(ours, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> "SparseAutoencoder":
@@ -191,13 +192,13 @@ class SparseAutoencoder:
         on another model or recording no model (an SAE from SAELens itself: load it without model_hash).
         """
         path = Path(path)
-        cfg_file, weights = path / "cfg.json", path / "sae_weights.safetensors"
+        cfg_file, weights = path / SAE_CFG, path / SAE_WEIGHTS
         if not cfg_file.is_file() or not weights.is_file():
             raise SAEError(f"{path}: not an SAE directory (needs cfg.json and sae_weights.safetensors)")
         try:
             cfg = json.loads(cfg_file.read_text())
             tensors = load_file(str(weights))
-            ours = json.loads((path / "coconut_probe.json").read_text()) if (path / "coconut_probe.json").is_file() else {}
+            ours = json.loads((path / SAE_EXTRA).read_text()) if (path / SAE_EXTRA).is_file() else {}
         except Exception as e:  # json or safetensors errors
             raise SAEError(f"{path}: cannot read the SAE ({type(e).__name__}: {e})") from None
         arch = cfg.get("architecture")

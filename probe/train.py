@@ -30,6 +30,7 @@ import yaml
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
 from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
 from probe.atomic import atomic_write_text
 from probe.data.prosqa import ProsQAItem, load_items
@@ -417,11 +418,11 @@ def _hardware(device: str) -> str:
 def _run_record(ckpt: Path) -> dict[str, Any]:
     """What a checkpoint says of how it was trained, for a run that starts from it: its trainer state,
     or for a released checkpoint the phases in its coconut.json, rebuilt as the same chain of inits."""
-    state = ckpt / "trainer_state.json"
+    state = ckpt / TRAINER_STATE
     if state.is_file():
         rec = json.loads(state.read_text())
         return {"history": rec.get("history", []), "init": rec.get("init")}
-    meta = ckpt / "coconut.json"
+    meta = ckpt / COCONUT_CONFIG
     if not meta.is_file():
         return {}
     rec: dict[str, Any] = {}

@@ -63,7 +63,7 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_items(word_tokenizer, tmp_p
     items = generate_items(96, seed=5)
     train, held = capture(model, word_tokenizer, items[:64], k=3, progress=False), \
         capture(model, word_tokenizer, items[64:], k=3, progress=False)
-    lens = TunedLens.for_model(model).fit(train, model, epochs=30, lr=3e-3, progress=False)
+    lens = TunedLens.for_model(model).fit(train, epochs=30, lr=3e-3, progress=False)
     kl_logit, kl_tuned = mean_kl_to_final(held, model), mean_kl_to_final(held, model, lens)
     assert kl_tuned[0] < 0.5 * kl_logit[0], (kl_tuned, kl_logit)
     torch.testing.assert_close(kl_tuned[-1], kl_logit[-1])  # the last layer is the model either way
@@ -149,3 +149,47 @@ def test_a_name_of_several_pieces_reads_as_the_product_of_its_pieces(bpe_tokeniz
             nodes = torch.nonzero(ro.frontier[b, s]).flatten()
             assert ro.frontier_mass[b, s, -1].item() == pytest.approx(float(ro.node_prob[b, s, -1, nodes].sum()), rel=1e-5)
     assert shared  # the example of the issue: names sharing a first piece, now told apart
+
+
+def test_every_lens_has_one_interface_and_a_saved_config(word_tokenizer, tmp_path):
+    """lens(h, layer) -> logits for both lenses; the tuned lens saves a TunedLensConfig and refuses a header
+    without a model hash, a broken one, and another model, in the current format and the first."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from probe.lens import LogitLens, TunedLensConfig, fit_tuned_lens
+    from probe.model.identity import readout_hash
+
+    model = _model(word_tokenizer, seed=0)
+    items = generate_items(12, seed=2)
+    tr = capture(model, word_tokenizer, items[:3], k=2, progress=False)
+    h = tr["hook_resid_post", -1]
+    torch.testing.assert_close(LogitLens(model)(h, 1), tr.logits.float(), atol=1e-4, rtol=0)
+    fit = fit_tuned_lens(model, word_tokenizer, items, k=2, epochs=2, progress=False)
+    assert (fit.n_train, fit.n_held_out) == (11, 1) and fit.kl_tuned.shape == (2,)
+    torch.testing.assert_close(fit.lens(h, 1), tr.logits.float(), atol=1e-4, rtol=0)  # the last layer is untouched
+    assert not torch.allclose(fit.lens(h, 0), LogitLens(model)(h, 0))
+    path = fit.lens.save(tmp_path / "lens.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "coconut-probe tuned lens 2"
+    assert TunedLensConfig(**json.loads(meta["config"])) == TunedLensConfig(2, 32, readout_hash(model))
+    tensors = load_file(str(path))
+    for name, header, words in [
+        ("unhashed", {**meta, "config": json.dumps({"n_layers": 2, "d_model": 32, "model_hash": ""})}, "records no model hash"),
+        ("broken", {**meta, "config": "{not json"}, "a broken tuned lens header"),
+        ("v1", {"format": "coconut-probe tuned lens 1", "n_layers": "2", "d_model": "32", "model_hash": "ab"},
+         "trained for another model"),
+        ("foreign", {"format": "something else"}, "not a coconut-probe tuned lens"),
+    ]:
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata=header)
+        with pytest.raises(LensError, match=words):
+            TunedLens.load(tmp_path / f"{name}.safetensors", model)
+    v1 = {"format": "coconut-probe tuned lens 1", "n_layers": "2", "d_model": "32", "model_hash": readout_hash(model)}
+    save_file(tensors, str(tmp_path / "v1ok.safetensors"), metadata=v1)
+    torch.testing.assert_close(TunedLens.load(tmp_path / "v1ok.safetensors", model)(h, 0), fit.lens(h, 0))
+    other = _model(word_tokenizer, seed=1)
+    with pytest.raises(LensError, match="bound to another model"):
+        read_lens(tr, other, word_tokenizer, items[:3], lens=LogitLens(model))

@@ -41,6 +41,7 @@ def intervene_cmd(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Causal tests of the thoughts: fewer thoughts, ablation, counterfactual patching, steering; beside controls."""
+    from probe.artifacts import REPORT
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.data.prosqa import load_items
     from probe.interventions import ABLATIONS, run_interventions
@@ -71,7 +72,7 @@ def intervene_cmd(
 
     dicts = [finite(r.as_dict()) for r in reports]
     with atomic_directory(out) as tmp:
-        atomic_write_text(tmp / "report.json", json.dumps({"data": str(data), "reports": dicts}, indent=1))
+        atomic_write_text(tmp / REPORT, json.dumps({"data": str(data), "reports": dicts}, indent=1))
         for name, figure in INTERVENTION_FIGURES.items():
             figure(dicts).write_html(tmp / f"{name}.html", include_plotlyjs=True)
     _print_interventions(dicts)

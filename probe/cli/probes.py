@@ -39,6 +39,7 @@ def probes_fit(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Cross-validated linear probes (and their control task) for every thought k at one layer."""
+    from probe.artifacts import REPORT
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.probes import fit_probes
     from probe.viz import probe_scores
@@ -58,7 +59,7 @@ def probes_fit(
     report = finite(report)
     with atomic_directory(out) as tmp:
         rep.probe.write_into(tmp)
-        atomic_write_text(tmp / "report.json", json.dumps(report, indent=1))
+        atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
         probe_scores(report, report.get("control")).write_html(tmp / "scores.html", include_plotlyjs=True)
     key = "auroc" if rep.probe.kind == "classification" else "r2"
     for k, sc in report["steps"].items():
@@ -84,6 +85,7 @@ def probes_halt(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
+    from probe.artifacts import REPORT
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.probes import fit_halting_probe
 
@@ -95,7 +97,7 @@ def probes_halt(
 
     with atomic_directory(out) as tmp:
         saved.write_into(tmp)
-        atomic_write_text(tmp / "report.json", json.dumps(finite({
+        atomic_write_text(tmp / REPORT, json.dumps(finite({
             "checkpoint": str(_default_ckpt(ckpt)), "data": str(data) if data else f"generated n={n} seed={seed}",
             "hook": saved.hook, **saved.metrics}), indent=1))
     cv = scores.as_dict()
@@ -127,6 +129,7 @@ def sae_train(
     import numpy as np
 
     from probe.analyze import finite
+    from probe.artifacts import REPORT
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.frontier import GROUPS
     from probe.model.identity import weights_hash
@@ -153,7 +156,7 @@ def sae_train(
     with atomic_directory(out) as tmp:
         sae.write_into(tmp, rows.hook, model_name=_default_ckpt(ckpt).name,
                        extra={"model_hash": weights_hash(model), "k_max": rows.k_max, "n_items": n_items})
-        atomic_write_text(tmp / "report.json", json.dumps(report, indent=1))
+        atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
         sae_features(feats).write_html(tmp / "features.html", include_plotlyjs=True)
     typer.echo(f"SAE on {rows.hook} ({len(rows.X)} thoughts of {n_items} items): fvu {train_m.fvu:.3f} "
                f"(held out {held_m.fvu:.3f}), L0 {train_m.l0:.1f}, dead {train_m.dead_fraction:.1%}")

@@ -33,18 +33,16 @@ def decode(
 ) -> None:
     """What every thought holds at every layer (logit or tuned lens), with frontier nodes marked."""
     from probe.atomic import atomic_write_text
+    from probe.artifacts import TUNED_LENS
     from probe.decode import decode_item
-    from probe.lens import TunedLens
+    from probe.lens import LogitLens, TunedLens
 
     if lens not in ("logit", "tuned"):
         _fail(f"--lens: expected logit or tuned, got {lens!r}")
     item = _item(data, index)
     model, tok = _load(ckpt, base, device, dtype)
-    tuned = None
-    if lens == "tuned":
-        path = lens_file or _default_ckpt(ckpt) / "tuned_lens.safetensors"
-        tuned = TunedLens.load(path, model)
-    res = decode_item(model, tok, item, index=index, k=k, lens=tuned, layers=_layers(layers), top=top)
+    reader = LogitLens(model) if lens == "logit" else TunedLens.load(lens_file or _default_ckpt(ckpt) / TUNED_LENS, model)
+    res = decode_item(model, tok, item, index=index, k=k, lens=reader, layers=_layers(layers), top=top)
     _print_decoded(res)
     if res.indistinct:
         groups = "; ".join(" = ".join(g) for g in res.indistinct)
@@ -151,6 +149,7 @@ def analyze_cmd(
 ) -> None:
     """The latent-search measures (values, height, parallelism, categories, superposition, attention) with plots."""
     from probe.analyze import analyze, markdown_summary, replace_card_section
+    from probe.artifacts import REPORT, SUMMARY
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.data.prosqa import load_items
     from probe.viz import FIGURES
@@ -168,8 +167,8 @@ def analyze_cmd(
         report["control"] = ctrl.report()
     summary = markdown_summary(report, data=data.name)
     with atomic_directory(out) as tmp:
-        atomic_write_text(tmp / "report.json", json.dumps(report, indent=1))
-        atomic_write_text(tmp / "summary.md", summary)
+        atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
+        atomic_write_text(tmp / SUMMARY, summary)
         for name, figure in FIGURES.items():
             figure(main, ctrl).write_html(tmp / f"{name}.html", include_plotlyjs=True)
     _print_analysis(main, ctrl)
@@ -223,20 +222,13 @@ def tuned_lens_cmd(
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
-    """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts."""
-    from probe.capture import architecture, capture
-    from probe.model.hook_names import RESID, select_hooks
-    from probe.lens import TunedLens, mean_kl_to_final
+    """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts; 10% of the items are held out."""
+    from probe.lens import fit_tuned_lens
 
     items = _items(data, n, seed)
     model, tok = _load(ckpt, base, device, dtype)
-    names = select_hooks(architecture(model).n_layers, [f"*{RESID}"])
-    split = max(1, len(items) // 10)
-    held = capture(model, tok, items[:split], k=k, names=names)
-    train = capture(model, tok, items[split:], k=k, names=names)
-    lens = TunedLens.for_model(model).fit(train, model, epochs=epochs)
-    lens.save(out)
-    before, after = mean_kl_to_final(held, model), mean_kl_to_final(held, model, lens)
-    for l, (a, b) in enumerate(zip(before.tolist(), after.tolist())):
+    fit = fit_tuned_lens(model, tok, items, k=k, epochs=epochs)
+    fit.lens.save(out)
+    for l, (a, b) in enumerate(zip(fit.kl_logit.tolist(), fit.kl_tuned.tolist())):
         typer.echo(f"layer {l}: held-out KL to the final distribution, logit lens {a:.4f}, tuned lens {b:.4f}")
     typer.echo(f"wrote {out}")

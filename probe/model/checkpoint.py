@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from probe.artifacts import COCONUT_CONFIG, HF_CONFIG, HF_WEIGHTS
 from probe.atomic import atomic_directory
 from probe.model.architecture import ArchitectureError
 from probe.model.coconut import CoconutConfig, CoconutModel
@@ -43,7 +44,7 @@ class CheckpointError(ValueError):
 
 def default_checkpoint() -> Path:
     """The shipped default model (checkpoints/prosqa-coconut of the repository)."""
-    if not (DEFAULT_CHECKPOINT / "coconut.json").is_file():
+    if not (DEFAULT_CHECKPOINT / COCONUT_CONFIG).is_file():
         raise CheckpointError(
             f"{DEFAULT_CHECKPOINT}: the default checkpoint is not there (it ships with the repository's "
             "checkpoints/ directory; install from a clone with `pip install -e .`, or pass --ckpt)"
@@ -79,7 +80,7 @@ def write_checkpoint(
     model.base.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     meta = {"format_version": FORMAT_VERSION, **model.config.__dict__, "metadata": metadata or {}}
-    (directory / "coconut.json").write_text(json.dumps(meta, indent=2))
+    (directory / COCONUT_CONFIG).write_text(json.dumps(meta, indent=2))
     (directory / "README.md").write_text(card or default_card(model, metadata or {}))
 
 
@@ -139,7 +140,7 @@ def load_checkpoint(
 
 
 def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
-    meta_file = path / "coconut.json"
+    meta_file = path / COCONUT_CONFIG
     if not meta_file.is_file():
         raise CheckpointError(f"{path}: not a coconut-probe checkpoint (no coconut.json)")
     try:
@@ -152,7 +153,7 @@ def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
         config = CoconutConfig.from_dict(meta)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_file}: {e}") from None
-    for name in ("config.json", "model.safetensors"):
+    for name in (HF_CONFIG, HF_WEIGHTS):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: missing {name}")
     try:
@@ -205,7 +206,7 @@ def load_official(
 ) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
     """Load a state dict saved by the official implementation, with strict key checking."""
     path, base = Path(path), Path(base)
-    if not base.is_dir() or not (base / "config.json").is_file():
+    if not base.is_dir() or not (base / HF_CONFIG).is_file():
         raise CheckpointError(f"{base}: the base directory must hold the base model's config.json and tokenizer")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
