@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -330,3 +330,60 @@ def thought_rows(model, tokenizer, items, hook: str | None = None, k_max: int | 
             groups[b, k - 1, [col[n] for n in it.idx_to_symbol]] = g
     flat = lambda a: a.reshape(len(items) * k_max, len(names))  # noqa: E731
     return ThoughtRows(X, flat(frontier), flat(present), flat(groups), names, hook, k_max)
+
+
+def rank_features(features: Sequence[FeatureReport]) -> list[FeatureReport]:
+    """The features that track some name's frontier membership (a finite best AUROC), best first."""
+    return sorted((f for f in features if f.best_name is not None and np.isfinite(f.best_auroc)),
+                  key=lambda f: -f.best_auroc)
+
+
+@dataclass
+class SAETraining:
+    """An SAE trained on a data set's thoughts, with its fit on the training and held-out rows and its features."""
+
+    sae: SparseAutoencoder
+    rows: ThoughtRows
+    n_items: int
+    held_out: np.ndarray  # [rows] bool: the row belongs to a held-out item
+    train_metrics: SAEMetrics
+    held_out_metrics: SAEMetrics
+    features: list[FeatureReport]  # every feature, in feature order
+
+    @property
+    def ranked(self) -> list[FeatureReport]:
+        """rank_features(features): the features tracking a name's frontier membership, best first."""
+        return rank_features(self.features)
+
+    def report(self, top: int = 50) -> dict[str, Any]:
+        """Plain data for report.json: the fit, and the `top` best-ranked features."""
+        return {"hook": self.rows.hook, "n_items": self.n_items, "rows": len(self.rows.X),
+                **self.train_metrics.as_dict(), "held_out": self.held_out_metrics.as_dict(),
+                "features": [vars(f) for f in self.ranked[:top]]}
+
+
+def train_sae(
+    model, tokenizer, items: Sequence, *, hook: str | None = None, k_max: int | None = None, held_out: float = 0.1,
+    d_sae: int = 512, k: int = 8, activation: str = "topk", l1_coeff: float = 0.0, epochs: int = 50,
+    device: str = "cpu", seed: int = 0, batch_size: int = 32, progress: bool = True,
+) -> SAETraining:
+    """Train a sparse autoencoder on every thought of the items (thought_rows) and read what its features fire for.
+
+    The last `held_out` fraction of the items (every thought of each) is held out of training and measured
+    apart; features are described on all rows (feature_reports, groups of probe.frontier). Raises SAEError
+    for settings the SAE refuses, a held_out fraction outside (0, 1), or too few items to train and hold out.
+    """
+    from probe.frontier import GROUPS
+
+    if not 0 < held_out < 1:
+        raise SAEError(f"held_out must be in (0, 1), got {held_out}")
+    items = list(items)
+    rows = thought_rows(model, tokenizer, items, hook=hook, k_max=k_max, batch_size=batch_size, progress=progress)
+    held = np.arange(len(rows.X)) >= int((1 - held_out) * len(items)) * rows.k_max
+    if held.all() or not held.any():
+        raise SAEError(f"{len(items)} items cannot be split into training and {held_out:.0%} held out")
+    sae = SparseAutoencoder(d_sae=d_sae, k=k, activation=activation, l1_coeff=l1_coeff, epochs=epochs, seed=seed,
+                            device=device, progress=progress)
+    sae.fit(rows.X[~held])
+    feats = feature_reports(sae.encode(rows.X).numpy(), rows.frontier, rows.present, rows.names, rows.groups, GROUPS)
+    return SAETraining(sae, rows, len(items), held, sae.metrics(rows.X[~held]), sae.metrics(rows.X[held]), feats)

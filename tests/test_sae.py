@@ -151,3 +151,14 @@ def test_saelens_fields_that_change_the_computation_are_applied_or_refused(tmp_p
         (tmp_path / "cfg.json").write_text(json.dumps({**cfg, field: value}))
         with pytest.raises(SAEError, match=rf"cfg.json: {field}=.* changes the computation"):
             SparseAutoencoder.load(tmp_path)
+
+
+def test_features_rank_by_auroc_and_the_split_is_checked():
+    from probe.sae import FeatureReport, rank_features, train_sae
+
+    reps = [FeatureReport(0, 0.1, "a", 0.6, [], {}), FeatureReport(1, 0.0, None, float("nan"), [], {}),
+            FeatureReport(2, 0.2, "b", 0.9, [], {}), FeatureReport(3, 0.3, "c", float("nan"), [], {})]
+    assert [f.feature for f in rank_features(reps)] == [2, 0]
+    for bad in (0.0, 1.0):
+        with pytest.raises(SAEError, match=f"held_out must be in \\(0, 1\\), got {bad}"):
+            train_sae(None, None, [], held_out=bad)

@@ -125,41 +125,30 @@ def sae_train(
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
-    """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires."""
-    import numpy as np
-
+    """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires.
+    The last 10% of the items are held out."""
     from probe.analyze import finite
     from probe.artifacts import REPORT
     from probe.atomic import atomic_directory, atomic_write_text
-    from probe.frontier import GROUPS
     from probe.model.identity import weights_hash
     from probe.probes import resid_hook
-    from probe.sae import SparseAutoencoder, feature_reports, thought_rows
+    from probe.sae import train_sae
     from probe.viz import sae_features
 
     _new_out(out)
     items = _items(data, n, seed)
     model, tok = _load(ckpt, base, device, dtype)
-    hook = resid_hook(model, layer) if layer is not None else None
-    rows = thought_rows(model, tok, items, hook=hook, k_max=k_max)
-    n_items = len(items)
-    held = np.arange(len(rows.X)) >= int(0.9 * n_items) * rows.k_max  # the last 10% of items, held out
-    sae = SparseAutoencoder(d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)
-    sae.fit(rows.X[~held])
-    train_m, held_m = sae.metrics(rows.X[~held]), sae.metrics(rows.X[held])
-    feats = feature_reports(sae.encode(rows.X).numpy(), rows.frontier, rows.present, rows.names, rows.groups, GROUPS)
-    ranked = sorted((f for f in feats if f.best_name is not None and np.isfinite(f.best_auroc)),
-                    key=lambda f: -f.best_auroc)
-    report = finite({"checkpoint": str(_default_ckpt(ckpt)), "hook": rows.hook, "n_items": n_items,
-                     "rows": len(rows.X), **train_m.as_dict(), "held_out": held_m.as_dict(),
-                     "features": [vars(f) for f in ranked[:50]]})
+    run = train_sae(model, tok, items, hook=resid_hook(model, layer) if layer is not None else None, k_max=k_max,
+                    d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)
+    report = finite({"checkpoint": str(_default_ckpt(ckpt)), **run.report()})
     with atomic_directory(out) as tmp:
-        sae.write_into(tmp, rows.hook, model_name=_default_ckpt(ckpt).name,
-                       extra={"model_hash": weights_hash(model), "k_max": rows.k_max, "n_items": n_items})
+        run.sae.write_into(tmp, run.rows.hook, model_name=_default_ckpt(ckpt).name,
+                           extra={"model_hash": weights_hash(model), "k_max": run.rows.k_max, "n_items": run.n_items})
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
-        sae_features(feats).write_html(tmp / "features.html", include_plotlyjs=True)
-    typer.echo(f"SAE on {rows.hook} ({len(rows.X)} thoughts of {n_items} items): fvu {train_m.fvu:.3f} "
-               f"(held out {held_m.fvu:.3f}), L0 {train_m.l0:.1f}, dead {train_m.dead_fraction:.1%}")
-    for f in ranked[:5]:
+        sae_features(run.features).write_html(tmp / "features.html", include_plotlyjs=True)
+    m, held = run.train_metrics, run.held_out_metrics
+    typer.echo(f"SAE on {run.rows.hook} ({len(run.rows.X)} thoughts of {run.n_items} items): fvu {m.fvu:.3f} "
+               f"(held out {held.fvu:.3f}), L0 {m.l0:.1f}, dead {m.dead_fraction:.1%}")
+    for f in run.ranked[:5]:
         typer.echo(f"  feature {f.feature}: frontier AUROC {f.best_auroc:.3f} for {f.best_name}, fires {f.frequency:.1%}")
     typer.echo(f"wrote {out}")
