@@ -146,7 +146,7 @@ def reference_site(ckpt: str, base: str, layer: int | None, k: int):
     from probe.interventions import site
 
     model, tok = load_model(ckpt, base)
-    return site(model, tok, load_split(str(VALID))[:N_REFERENCE], k, layer)
+    return site(model, tok, load_split(str(VALID))[:N_REFERENCE], k=k, layer=layer)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -154,7 +154,7 @@ def item_site(ckpt: str, base: str, item_json: str, layer: int | None, k: int):
     from probe.interventions import site
 
     model, tok = load_model(ckpt, base)
-    return site(model, tok, [parse_item(item_json)], k, layer)
+    return site(model, tok, [parse_item(item_json)], k=k, layer=layer)
 
 
 @st.cache_data(show_spinner="running the edit", max_entries=128)
@@ -186,9 +186,9 @@ def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, 
             if path is None:
                 raise ValueError("this checkpoint ships no frontier probe; steer along unembed or random")
             probe = load_probe(str(path), weights_hash(ckpt, base))
-        direction = steer_direction(model, tok, item, node, kind, step, probe)
+        direction = steer_direction(model, tok, item, node, kind=kind, step=step, probe=probe)
         scale = float(reference_site(ckpt, base, layer, k).norm[step - 1])
-        edit = steer_edit(direction, alpha * scale, step, 1, k, layer, s.positions)
+        edit = steer_edit(direction, alpha * scale, step, n=1, k=k, layer=layer, positions=s.positions)
     res = evaluate(model, tok, [item], k=k, progress=False, edit=edit, prompts=s.prompts).items[0]
     values = None
     if model.config.stage_spec.markers:
@@ -292,8 +292,8 @@ def superposition_panel(ckpt: str, base: str, item_json: str, item) -> None:
     if view == "inner products":
         st.plotly_chart(inner_products(a), key="sp_inner")
     elif view == "node values":
-        st.plotly_chart(node_heatmap(item, a.values[0, :, : item.n_nodes], "Value of each node after k thoughts",
-                                     "value"), key="sp_values")
+        st.plotly_chart(node_heatmap(item, a.values[0, :, : item.n_nodes], title="Value of each node after k thoughts",
+                                     colorbar="value"), key="sp_values")
     elif view == "attention":
         st.plotly_chart(attention(a), key="sp_attention")
     else:
@@ -322,7 +322,8 @@ def probes_panel(ckpt: str, base: str, item_json: str, item, k: int) -> None:
                 z = np.full((k, item.n_nodes), np.nan)
                 for j in (j for j in probe.steps if j <= k):
                     z[j - 1] = probe.read(X[j - 1 : j], j, item.idx_to_symbol)[0]
-                st.plotly_chart(node_heatmap(item, z, f"{probe.target} probe on {probe.hook}", "probe p"),
+                st.plotly_chart(node_heatmap(item, z, title=f"{probe.target} probe on {probe.hook}",
+                                             colorbar="probe p"),
                                 key="probe_readout")
                 cv = {s: v["auroc"] for s, v in probe.metrics.items() if isinstance(v, dict) and "auroc" in v}
                 if cv:
@@ -407,8 +408,9 @@ def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, mod
     st.markdown(f"unedited: **{before}** → edited: **{out['prediction']}** ({verdict})")
     if out["values"] is not None and r["values"] is not None:
         st.plotly_chart(intervention_effect(item, r["values"], out["values"], node), key="iv_effect")
-        st.plotly_chart(node_heatmap(item, out["values"] - r["values"], "Change in each node's value after k thoughts",
-                                     "edited - unedited", zmax=None), key="iv_delta")
+        st.plotly_chart(node_heatmap(item, out["values"] - r["values"],
+                                     title="Change in each node's value after k thoughts",
+                                     colorbar="edited - unedited", zmax=None), key="iv_delta")
 
 
 def dataset_panel(ckpt: str, base: str) -> None:

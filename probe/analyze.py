@@ -162,7 +162,7 @@ def _verbalise(item: ProsQAItem, g: ProsQAGraph, k: int, text: str, correct: boo
 
 
 def analyze(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k_max: int | None = None,
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k_max: int | None = None,
     batch_size: int = 32, checkpoint: str = "", progress: bool = True,
 ) -> Analysis:
     """Run every frontier measure of DESIGN.md on a checkpoint, for thoughts k = 1..k_max (default: its own)."""

@@ -180,7 +180,7 @@ def _eager_attention(model: CoconutModel, needed: bool):
 
 @torch.no_grad()
 def capture_batch(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int | None = None,
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int | None = None,
     names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, indices: Sequence[int] | None = None,
     max_new_tokens: int = 0,
 ) -> ThoughtTrace:
@@ -304,7 +304,7 @@ def _capture_window(
 
 
 def capture(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int | None = None,
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int | None = None,
     names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, batch_size: int = 32,
     progress: bool = True, max_new_tokens: int = 0,
 ) -> ThoughtTrace:
@@ -317,7 +317,7 @@ def capture(
 
 
 def capture_to_disk(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], out: str | Path, k: int | None = None,
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], out: str | Path, *, k: int | None = None,
     names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, batch_size: int = 32,
     shard_size: int = 256, source: dict | None = None, progress: bool = True, first_index: int = 0,
     max_new_tokens: int = 0,
@@ -419,7 +419,7 @@ class TraceStore:
 @torch.no_grad()
 def continuation_residuals(
     model: CoconutModel, trace: ThoughtTrace, continuations: Sequence[tuple[int, int, Sequence[int]]],
-    layers: Sequence[int], batch_size: int = 32,
+    layers: Sequence[int], *, batch_size: int = 32,
 ) -> list[Tensor]:
     """The residual stream where a trace's prompt, cut after one of its steps, goes on with given tokens.
 

@@ -68,7 +68,7 @@ def _shown(text: str) -> str:
 
 
 def decode_item(
-    model: CoconutModel, tokenizer, item: ProsQAItem, index: int = 0, k: int | None = None,
+    model: CoconutModel, tokenizer, item: ProsQAItem, *, index: int = 0, k: int | None = None,
     lens: Lens | None = None, layers: Sequence[int] | None = None, top: int = 5,
 ) -> Decoded:
     """Read every thought of one item through a lens at each layer, then generate its answer."""

@@ -63,7 +63,7 @@ def merge_stores(parts: Sequence[Path], out: Path) -> TraceStore:
     return TraceStore(out)
 
 
-def capture_distributed(model, tokenizer, items: Sequence[ProsQAItem], out: str | Path, timeout_s: int = 3600,
+def capture_distributed(model, tokenizer, items: Sequence[ProsQAItem], out: str | Path, *, timeout_s: int = 3600,
                         **capture_kw) -> TraceStore | None:
     """This rank's block of items captured, then (rank 0) every rank's merged into out; None on other ranks."""
     rank, size, _ = world()

@@ -110,7 +110,7 @@ def evaluate(
     model: CoconutModel,
     tokenizer,
     items: Sequence[ProsQAItem],
-    k: int | str | None = None,
+    *, k: int | str | None = None,
     stage: int | None = None,
     batch_size: int = 32,
     max_new_tokens: int = MAX_NEW_TOKENS,

@@ -49,7 +49,7 @@ def _steps_mask(n: int, k: int, steps: Sequence[int] | None) -> Tensor:
     return mask
 
 
-def ablation_edit(thoughts: Tensor, kind: str, steps: Sequence[int] | None = None, seed: int = 0,
+def ablation_edit(thoughts: Tensor, kind: str, steps: Sequence[int] | None = None, *, seed: int = 0,
                   layer: int | None = None, valid: Tensor | None = None, positions: Tensor | None = None,
                   reference: Tensor | None = None, reference_valid: Tensor | None = None) -> ThoughtEdit:
     """Replace thoughts [n, k, d] at the given steps (default all) by zero, the data-set mean of that step,
@@ -93,7 +93,7 @@ def ablation_edit(thoughts: Tensor, kind: str, steps: Sequence[int] | None = Non
     return ThoughtEdit(mask, replace, layer=layer, positions=positions)
 
 
-def patch_edit(source: Tensor, steps: Sequence[int] | None = None, layer: int | None = None,
+def patch_edit(source: Tensor, steps: Sequence[int] | None = None, *, layer: int | None = None,
                valid: Tensor | None = None, positions: Tensor | None = None) -> ThoughtEdit:
     """Put the source items' thoughts [n, k, d] into the targets (row b gets source row b) at the given steps."""
     n, k, _ = source.shape
@@ -101,7 +101,7 @@ def patch_edit(source: Tensor, steps: Sequence[int] | None = None, layer: int | 
     return ThoughtEdit(mask if valid is None else mask & valid.bool(), source, layer=layer, positions=positions)
 
 
-def steer_edit(direction: Tensor, alpha: float, step: int, n: int, k: int, layer: int | None = None,
+def steer_edit(direction: Tensor, alpha: float, step: int, *, n: int, k: int, layer: int | None = None,
                positions: Tensor | None = None) -> ThoughtEdit:
     """Add alpha times a direction [d] (or per item [n, d]) to thought `step` of every item."""
     direction = direction.float()
@@ -151,7 +151,7 @@ def answer_concept(prediction: str) -> str:
 
 
 def intervene(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], edit: ThoughtEdit | None, k: int, name: str = "",
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], edit: ThoughtEdit | None, *, k: int, name: str = "",
     values_at: int | None = None, batch_size: int = 32, prompts: Sequence[Sequence[int]] | None = None,
     baseline: EvalResult | None = None, baseline_values: np.ndarray | None = None,
 ) -> InterventionResult:
@@ -206,7 +206,7 @@ class Site:
         return n.sum(0) / self.valid.sum(0).clamp(min=1)
 
 
-def own_chains(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, batch_size: int = 32,
+def own_chains(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int, batch_size: int = 32,
                ) -> tuple[list[list[int]], Tensor, Tensor]:
     """A model without latent mode (CoT): each item's question plus the chain it writes itself, up to '###';
     with [n, k] the prompt positions ending its first k steps (the newline after each) and their validity."""
@@ -228,7 +228,7 @@ def own_chains(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
     return prompts, pos, pos >= 0
 
 
-def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, layer: int | None = None,
+def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int, layer: int | None = None,
          batch_size: int = 32) -> Site:
     """Capture what an edit at this site (the thoughts, or one layer's residual) would replace."""
     from probe.capture import architecture, capture
@@ -241,7 +241,7 @@ def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, la
     if not cfg.stage_spec.markers:
         if layer is None:
             raise InterventionError(f"a {cfg.mode} model feeds no thought back; edit one layer's residual instead")
-        prompts, positions, valid = own_chains(model, tokenizer, items, k, batch_size)
+        prompts, positions, valid = own_chains(model, tokenizer, items, k=k, batch_size=batch_size)
         source = torch.zeros(len(items), k, model.d_model)
         with torch.no_grad():
             for i in range(0, len(items), batch_size):
@@ -330,7 +330,7 @@ def steer_target(item: ProsQAItem) -> int:
     return parents[0]
 
 
-def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, s: Site,
+def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int, s: Site,
                   kinds: Sequence[str] = ABLATIONS, values: bool = True, batch_size: int = 32, seed: int = 0,
                   progress: bool = True) -> list[InterventionResult]:
     """Each ablation of all thoughts, then of each thought alone, beside one shared unedited run; the frontier
@@ -347,14 +347,14 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k
         at = (1 if steps is None else steps[0]) if values else None
         if at is not None and at not in base_values:
             base_values[at] = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False).numpy()
-        edit = ablation_edit(s.source, kind, steps, seed, s.layer, s.valid, s.positions)
+        edit = ablation_edit(s.source, kind, steps, seed=seed, layer=s.layer, valid=s.valid, positions=s.positions)
         name = f"{kind} {'all' if steps is None else steps[0]}"
-        out.append(intervene(model, tokenizer, items, edit, k, name, at, batch_size, s.prompts, base,
-                             base_values.get(at)))
+        out.append(intervene(model, tokenizer, items, edit, k=k, name=name, values_at=at, batch_size=batch_size,
+                             prompts=s.prompts, baseline=base, baseline_values=base_values.get(at)))
     return out
 
 
-def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, layer: int | None = None,
+def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int, layer: int | None = None,
                batch_size: int = 32, progress: bool = True) -> list[PatchResult]:
     """Counterfactual pairs (A, B = A asked about another root): A's thoughts into B, all at once and one
     thought at a time; does B's answer (and frontier) follow A's?"""
@@ -365,7 +365,8 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
     if not index:
         raise InterventionError("no item has a counterfactual (another person who reaches the other option)")
     a_items = [items[i] for i in index]
-    sa, sb = site(model, tokenizer, a_items, k, layer, batch_size), site(model, tokenizer, b_items, k, layer, batch_size)
+    sa = site(model, tokenizer, a_items, k=k, layer=layer, batch_size=batch_size)
+    sb = site(model, tokenizer, b_items, k=k, layer=layer, batch_size=batch_size)
     a_answers = [answer_concept(r.prediction) for r in
                  evaluate(model, tokenizer, a_items, k=k, batch_size=batch_size, progress=False, prompts=sa.prompts).items]
     base = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, prompts=sb.prompts)
@@ -377,7 +378,7 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
     out = []
     for steps in tqdm([None] + [[j] for j in range(1, k + 1)], desc=f"patch ({sa.label})", unit="run",
                       disable=not progress):
-        edit = patch_edit(sa.source, steps, layer, sa.valid & sb.valid, sb.positions)
+        edit = patch_edit(sa.source, steps, layer=layer, valid=sa.valid & sb.valid, positions=sb.positions)
         res = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, edit=edit,
                        prompts=sb.prompts)
         at = (k if steps is None else steps[0]) if markers else None
@@ -398,7 +399,7 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
 STEER_KINDS = ("probe", "unembed", "random")
 
 
-def steer_direction(model: CoconutModel, tokenizer, item: ProsQAItem, node: int, kind: str, step: int = 1,
+def steer_direction(model: CoconutModel, tokenizer, item: ProsQAItem, node: int, *, kind: str, step: int = 1,
                     probe: SavedProbe | None = None, seed: int = 0) -> Tensor:
     """Unit direction [d] toward one node of one item: a saved frontier probe's for its name at thought `step`,
     the unembedding row of its first name piece, or random."""
@@ -421,7 +422,7 @@ def steer_direction(model: CoconutModel, tokenizer, item: ProsQAItem, node: int,
     return v / v.norm().clamp(min=1e-12)
 
 
-def steering_directions(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], s: Site, step: int,
+def steering_directions(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, s: Site, step: int,
                         probe: SavedProbe | None = None, seed: int = 0) -> tuple[dict[str, Tensor], Tensor]:
     """Unit directions [n, d] toward each item's steer_target, by kind, and [n] bool: the items every kind has.
 
@@ -434,7 +435,7 @@ def steering_directions(model: CoconutModel, tokenizer, items: Sequence[ProsQAIt
     names = [it.name(v) for it, v in zip(items, targets)]
     if probe is None:
         vocab = name_vocabulary(items)
-        Y, present = probe_targets(items, step, "frontier", vocab)
+        Y, present = probe_targets(items, step, "frontier", names=vocab)
         X = s.source[:, step - 1].numpy()
         keep = s.valid[:, step - 1].numpy()
         fitted = LinearProbe("classification").fit(X[keep], Y[keep], present[keep])
@@ -445,13 +446,13 @@ def steering_directions(model: CoconutModel, tokenizer, items: Sequence[ProsQAIt
     has = torch.tensor([n in dirs for n in names])
     probe_dirs = torch.stack([torch.as_tensor(dirs[n], dtype=torch.float) if n in dirs else torch.zeros(d)
                               for n in names])
-    unembed = torch.stack([steer_direction(model, tokenizer, it, v, "unembed") for it, v in zip(items, targets)])
+    unembed = torch.stack([steer_direction(model, tokenizer, it, v, kind="unembed") for it, v in zip(items, targets)])
     rnd = torch.randn(len(items), d, generator=torch.Generator().manual_seed(seed))
     unit = lambda t: t / t.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # noqa: E731
     return {"probe": unit(probe_dirs), "unembed": unembed, "random": unit(rnd)}, has
 
 
-def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, step: int = 1, layer: int = -1,
+def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int, step: int = 1, layer: int = -1,
                alphas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), probe: SavedProbe | None = None,
                batch_size: int = 32, seed: int = 0, progress: bool = True) -> list[SteerPoint]:
     """Dose-response: add alpha x (mean norm of the layer's residual at thought `step`) x a unit direction toward
@@ -459,10 +460,10 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
     from probe.values import node_values
 
     items = list(items)
-    s = site(model, tokenizer, items, k, layer, batch_size)
+    s = site(model, tokenizer, items, k=k, layer=layer, batch_size=batch_size)
     if not 1 <= step <= k:
         raise InterventionError(f"thought {step} out of range: there are {k} thoughts (1..{k})")
-    dirs, has = steering_directions(model, tokenizer, items, s, step, probe, seed)
+    dirs, has = steering_directions(model, tokenizer, items, s=s, step=step, probe=probe, seed=seed)
     keep = torch.nonzero(has & s.valid[:, step - 1]).flatten().tolist()
     if not keep:
         raise InterventionError("the probe has a direction for no item's steering target")
@@ -481,7 +482,7 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
     out = []
     plan = [(kind, a) for kind in dirs for a in alphas]
     for kind, alpha in tqdm(plan, desc=f"steer (layer {layer}, thought {step})", unit="run", disable=not progress):
-        edit = steer_edit(dirs[kind][keep], alpha * scale, step, len(items), k, layer, positions)
+        edit = steer_edit(dirs[kind][keep], alpha * scale, step, n=len(items), k=k, layer=layer, positions=positions)
         res = base if alpha == 0 else evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False,
                                                edit=edit, prompts=prompts)
         value = base_value
@@ -496,7 +497,7 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: i
     return out
 
 
-def accuracy_without_thoughts(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int,
+def accuracy_without_thoughts(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int,
                               batch_size: int = 32) -> dict[int, float]:
     """Accuracy after each forced number of thoughts 0..k; a CoT model: answering at once (0) and after its
     own chain (k)."""
@@ -542,7 +543,7 @@ class InterventionReport:
 
 
 def run_interventions(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int | None = None,
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int | None = None,
     sites: Sequence[int | None] = (None,), kinds: Sequence[str] = ABLATIONS, steer_step: int = 1,
     steer_layer: int = -1, alphas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     probe: SavedProbe | None = None, batch_size: int = 32, seed: int = 0, progress: bool = True,
@@ -570,16 +571,17 @@ def run_interventions(
         if layer is None and not cfg.stage_spec.markers:
             skipped.append(f"thought site: a {cfg.mode} model feeds no thought back")
             continue
-        s = site(model, tokenizer, items, k, layer, batch_size)
+        s = site(model, tokenizer, items, k=k, layer=layer, batch_size=batch_size)
         if "ablate" in parts:
-            ablations[s.label] = ablation_runs(model, tokenizer, items, k, s, kinds, batch_size=batch_size,
+            ablations[s.label] = ablation_runs(model, tokenizer, items, k=k, s=s, kinds=kinds, batch_size=batch_size,
                                                seed=seed, progress=progress)
         if "patch" in parts:
-            patching[s.label] = patch_runs(model, tokenizer, items, k, layer, batch_size, progress)
+            patching[s.label] = patch_runs(model, tokenizer, items, k=k, layer=layer, batch_size=batch_size,
+                                           progress=progress)
     steering = []
     if "steer" in parts:
-        steering = steer_runs(model, tokenizer, items, k, steer_step, steer_layer, alphas, probe, batch_size, seed,
-                              progress)
-    by_k = accuracy_without_thoughts(model, tokenizer, items, k, batch_size) if "k" in parts else {}
+        steering = steer_runs(model, tokenizer, items, k=k, step=steer_step, layer=steer_layer, alphas=alphas,
+                              probe=probe, batch_size=batch_size, seed=seed, progress=progress)
+    by_k = accuracy_without_thoughts(model, tokenizer, items, k=k, batch_size=batch_size) if "k" in parts else {}
     return InterventionReport(checkpoint, cfg.mode, k, len(items), by_k, ablations, patching, steering, steer_step,
                               steer_layer, skipped)

@@ -256,7 +256,8 @@ def _lens_for(model: CoconutModel, lens: Lens | None) -> Lens:
 
 
 def read_lens(
-    trace: ThoughtTrace, model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], layers: Sequence[int] | None = None,
+    trace: ThoughtTrace, model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *,
+    layers: Sequence[int] | None = None,
     lens: Lens | None = None, top: int = 5,
 ) -> LensReadout:
     """Top tokens, node probabilities and ranks, and frontier mass at every step and layer of a trace.

@@ -52,7 +52,7 @@ def name_vocabulary(items: Sequence[ProsQAItem]) -> list[str]:
 
 
 def probe_targets(
-    items: Sequence[ProsQAItem], k: int, target: str, names: Sequence[str], values: np.ndarray | None = None,
+    items: Sequence[ProsQAItem], k: int, target: str, *, names: Sequence[str], values: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(Y, present), each [n_items, n_names], for one thought k.
 
@@ -242,7 +242,7 @@ class ProbeScores:
 
 
 def cross_validate(
-    X: np.ndarray, Y: np.ndarray, present: np.ndarray, kind: str, k: int = 0, folds: int = 5, seed: int = 0,
+    X: np.ndarray, Y: np.ndarray, present: np.ndarray, kind: str, *, k: int = 0, folds: int = 5, seed: int = 0,
     **probe_kw,
 ) -> ProbeScores:
     """Fit and score a probe with folds over items, on the task and on its control task."""
@@ -380,7 +380,7 @@ def resid_hook(model, layer: int) -> str:
 
 
 def fit_probes(
-    model, tokenizer, items: Sequence[ProsQAItem], target: str, layer: int = -1, k_max: int | None = None,
+    model, tokenizer, items: Sequence[ProsQAItem], target: str, *, layer: int = -1, k_max: int | None = None,
     folds: int = 5, seed: int = 0, batch_size: int = 32, progress: bool = True, **probe_kw,
 ) -> ProbeReport:
     """Capture the layer's residual at every thought, then cross-validate and fit one probe per thought k."""
@@ -398,7 +398,7 @@ def fit_probes(
     scores, coefs, biases = {}, [], []
     values = values_by_k(model, tokenizer, items, k_max, batch_size=batch_size, progress=False) if target == "value" else None
     for k in range(1, k_max + 1):
-        Y, present = probe_targets(items, k, target, names, None if values is None else values[:, k - 1])
+        Y, present = probe_targets(items, k, target, names=names, values=None if values is None else values[:, k - 1])
         X = activations_at(trace, hook, k)
         scores[k] = cross_validate(X, Y, present, kind, k=k, folds=folds, seed=seed, **probe_kw)
         p = LinearProbe(kind, **probe_kw).fit(X, Y, present)
@@ -441,7 +441,7 @@ def _halt_features(model, tokenizer, items, hook: str, k_max: int, batch_size: i
 
 
 def fit_halting_probe(
-    model, tokenizer, items: Sequence[ProsQAItem], layer: int = -1, k_max: int | None = None, folds: int = 5,
+    model, tokenizer, items: Sequence[ProsQAItem], *, layer: int = -1, k_max: int | None = None, folds: int = 5,
     seed: int = 0, batch_size: int = 32, progress: bool = True,
 ) -> tuple[SavedProbe, ProbeScores]:
     """A probe that reads, after thought k, whether forcing <|end-latent|> now already gives the right answer."""
@@ -471,7 +471,7 @@ def fit_halting_probe(
 
 
 def halting_eval(
-    model, tokenizer, items: Sequence[ProsQAItem], saved: SavedProbe, threshold: float = 0.5, batch_size: int = 32,
+    model, tokenizer, items: Sequence[ProsQAItem], saved: SavedProbe, *, threshold: float = 0.5, batch_size: int = 32,
     progress: bool = True,
 ) -> HaltResult:
     """Stop each item's thoughts when the halting probe fires (at most its trained maximum) and score the answers."""

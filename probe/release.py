@@ -101,7 +101,7 @@ def lineage(ckpt: Path, config_paths: Sequence[str | Path]) -> list[Phase]:
 
 
 def evaluate_by_k(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], data: str, first_n: int = FIRST_N,
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, data: str, first_n: int = FIRST_N,
     batch_size: int = 64, progress: bool = True,
 ) -> Evaluation:
     """Accuracy with k = 0..max_latent_stage forced thoughts (k = 0 only for modes without thoughts), and
@@ -124,7 +124,7 @@ def evaluate_by_k(
 
 def release(
     ckpt: str | Path, out: str | Path, data: str | Path, config_paths: Sequence[str | Path],
-    name: str | None = None, summary: str = "", progress: bool = True, device: str = "cpu",
+    *, name: str | None = None, summary: str = "", progress: bool = True, device: str = "cpu",
     store_dtype: str | torch.dtype = "float32",
 ) -> Release:
     """Evaluate a training checkpoint (in float32) and write it, without optimizer state, with its model card.

@@ -304,7 +304,7 @@ class ThoughtRows:
     k_max: int
 
 
-def thought_rows(model, tokenizer, items, hook: str | None = None, k_max: int | None = None, batch_size: int = 32,
+def thought_rows(model, tokenizer, items, *, hook: str | None = None, k_max: int | None = None, batch_size: int = 32,
                  progress: bool = True) -> ThoughtRows:
     """Capture every thought (hook None: the thought fed back, ln_final.hook_normalized) of a data set as rows."""
     from probe.capture import capture
@@ -324,7 +324,7 @@ def thought_rows(model, tokenizer, items, hook: str | None = None, k_max: int | 
     present = np.zeros((len(items), k_max, len(names)), dtype=bool)
     groups = np.full((len(items), k_max, len(names)), -1)
     for k in range(1, k_max + 1):
-        frontier[:, k - 1], present[:, k - 1] = probe_targets(items, k, "frontier", names)
+        frontier[:, k - 1], present[:, k - 1] = probe_targets(items, k, "frontier", names=names)
         for b, it in enumerate(items):
             g = node_groups(ProsQAGraph.from_item(it), k)
             groups[b, k - 1, [col[n] for n in it.idx_to_symbol]] = g

@@ -273,7 +273,7 @@ def fit_plan(run: _Run) -> tuple[Plan, dict[str, float]]:
 
 
 def train(
-    cfg: TrainConfig, resume: bool = False, device: str = "cpu", progress: bool = True,
+    cfg: TrainConfig, *, resume: bool = False, device: str = "cpu", progress: bool = True,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Run the curriculum; record, evaluate and checkpoint where due; continue from the latest checkpoint if resume.

@@ -22,7 +22,7 @@ from probe.model.coconut import CoconutModel, ThoughtEdit
 
 @torch.no_grad()
 def node_values(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, batch_size: int = 32, progress: bool = True,
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, *, batch_size: int = 32, progress: bool = True,
     edit: ThoughtEdit | None = None,
 ) -> Tensor:
     """[n_items, max_nodes] value of every node after k thoughts (DESIGN.md), nan past each item's nodes.
@@ -70,7 +70,7 @@ def node_values(
 
 
 def values_by_k(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k_max: int, batch_size: int = 32,
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k_max: int, *, batch_size: int = 32,
     progress: bool = True, edit: ThoughtEdit | None = None,
 ) -> np.ndarray:
     """[n_items, k_max, max_nodes] node_values after each k = 1..k_max thoughts (nan past each item's nodes,

@@ -326,7 +326,7 @@ def graph_positions(graph: ProsQAGraph) -> np.ndarray:
     return pos
 
 
-def graph_figure(item, k: int, values: np.ndarray | None = None, lens: np.ndarray | None = None,
+def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.ndarray | None = None,
                  title: str = "") -> go.Figure:
     """The item's DAG, root to leaves: frontier_k outlined, the optimal path drawn thick, node colour the value
     after k thoughts (or the lens probability), hover with name, depth, value and lens probability."""
@@ -398,7 +398,7 @@ def node_order(graph: ProsQAGraph) -> list[int]:
     return sorted(range(graph.n_nodes), key=lambda v: (not np.isfinite(graph.depth[v]), int(graph.layer[v]), v))
 
 
-def node_heatmap(item, z: np.ndarray, title: str, colorbar: str, zmax: float | None = 1.0) -> go.Figure:
+def node_heatmap(item, z: np.ndarray, *, title: str, colorbar: str, zmax: float | None = 1.0) -> go.Figure:
     """Nodes x thoughts heatmap of z [k, n_nodes] for one item; cells of frontier_k marked, nodes root to leaves."""
     graph = ProsQAGraph.from_item(item)
     order = node_order(graph)

@@ -41,7 +41,7 @@ def test_the_graph_figure_colours_outlines_and_draws_the_path(official_items):
 def test_node_heatmap_marks_each_thoughts_frontier_and_orders_nodes_root_first(official_items):
     it = official_items[0]
     z = np.arange(3 * it.n_nodes, dtype=float).reshape(3, it.n_nodes) / (3 * it.n_nodes)
-    fig = node_heatmap(it, z, "t", "p")
+    fig = node_heatmap(it, z, title="t", colorbar="p")
     heat, marks = fig.data
     g = ProsQAGraph.from_item(it)
     order = node_order(g)

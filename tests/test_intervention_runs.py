@@ -43,8 +43,8 @@ def test_steer_target_is_the_first_parent_of_the_wrong_option(official_items):
 def test_ablating_identical_items_with_their_mean_or_each_others_thoughts_is_the_identity(tiny_model, word_tokenizer,
                                                                                           official_items):
     items = [official_items[3]] * 4
-    s = site(tiny_model, word_tokenizer, items, 3)
-    runs = ablation_runs(tiny_model, word_tokenizer, items, 3, s, ("mean", "other", "zero"), progress=False)
+    s = site(tiny_model, word_tokenizer, items, k=3)
+    runs = ablation_runs(tiny_model, word_tokenizer, items, k=3, s=s, kinds=("mean", "other", "zero"), progress=False)
     assert [r.name for r in runs] == ["mean all", "other all", "zero all"] + [
         f"{kind} {j}" for j in (1, 2, 3) for kind in ("mean", "other", "zero")]
     for r in runs:
@@ -60,22 +60,22 @@ def test_the_thought_site_holds_the_fed_back_thoughts_and_a_layer_site_the_resid
                                                                                    official_items):
     items = official_items[:3]
     tr = capture_batch(tiny_model, word_tokenizer, items, k=2, names=["blocks.1.hook_resid_post"])
-    torch.testing.assert_close(site(tiny_model, word_tokenizer, items, 2).source, tr.thoughts)
-    torch.testing.assert_close(site(tiny_model, word_tokenizer, items, 2, layer=-1).source,
+    torch.testing.assert_close(site(tiny_model, word_tokenizer, items, k=2).source, tr.thoughts)
+    torch.testing.assert_close(site(tiny_model, word_tokenizer, items, k=2, layer=-1).source,
                                tr["blocks.1.hook_resid_post"][:, :2])
     with pytest.raises(InterventionError, match="layer 5 is out of range for a model with 2 layers"):
-        site(tiny_model, word_tokenizer, items, 2, layer=5)
+        site(tiny_model, word_tokenizer, items, k=2, layer=5)
 
 
 def test_a_pause_models_thought_site_is_its_pause_input_so_mean_and_other_change_nothing(shipped, official_items):
     model, tok = shipped["prosqa-pause"]
     items = official_items[:12]
-    s = site(model, tok, items, 3)
+    s = site(model, tok, items, k=3)
     pause = model.embed(torch.tensor([model.config.latent_id]))[0].detach()
     assert torch.equal(s.source, pause.expand(12, 3, -1))
-    runs = {r.name: r for r in ablation_runs(model, tok, items, 3, s, ("mean", "other"), progress=False)}
+    runs = {r.name: r for r in ablation_runs(model, tok, items, k=3, s=s, kinds=("mean", "other"), progress=False)}
     assert len(runs) == 8 and all(r.changed == 0.0 for r in runs.values())
-    patched = patch_runs(model, tok, items, 3, progress=False)
+    patched = patch_runs(model, tok, items, k=3, progress=False)
     assert all(p.changed == 0.0 for p in patched)  # every item's pause input is the same vector
 
 
@@ -90,7 +90,7 @@ def test_patching_measures_what_a_patch_by_hand_gives(shipped, official_items):
 
     model, tok = shipped["prosqa-coconut"]
     items = official_items[:24]
-    runs = {r.steps: r for r in patch_runs(model, tok, items, 6, progress=False)}
+    runs = {r.steps: r for r in patch_runs(model, tok, items, k=6, progress=False)}
     index, b_items = counterfactual_pairs(items)
     a_items = [items[i] for i in index]
     thoughts = capture(model, tok, a_items, k=6, names=[], progress=False).thoughts[:, :6]
@@ -114,7 +114,7 @@ def test_patching_measures_what_a_patch_by_hand_gives(shipped, official_items):
 def test_own_chains_reproduce_the_cot_models_answers_and_end_steps_at_newlines(shipped, official_items):
     model, tok = shipped["prosqa-cot"]
     items = official_items[:16]
-    prompts, pos, valid = own_chains(model, tok, items, 6)
+    prompts, pos, valid = own_chains(model, tok, items, k=6)
     newline = tok.encode("\n", add_special_tokens=False)[0]
     for p, row, ok in zip(prompts, pos, valid):
         assert ok.any() and all(p[int(c)] == newline for c in row[ok])
@@ -122,8 +122,8 @@ def test_own_chains_reproduce_the_cot_models_answers_and_end_steps_at_newlines(s
     forced = evaluate(model, tok, items, prompts=prompts, progress=False)
     assert [r.prediction for r in forced.items] == [r.prediction for r in free.items]
     with pytest.raises(InterventionError, match="a cot model feeds no thought back"):
-        site(model, tok, items, 6)
-    acc = accuracy_without_thoughts(model, tok, items, 6)
+        site(model, tok, items, k=6)
+    acc = accuracy_without_thoughts(model, tok, items, k=6)
     assert 0 < free.accuracy < 1  # the CoT control answers some of these items right: the comparison can fail
     assert set(acc) == {0, 6} and acc[6] == free.accuracy
 
@@ -144,28 +144,28 @@ def test_a_layer_edit_at_given_positions_moves_logits_from_that_position_on(word
 def test_steering_directions_and_the_dose_response(shipped, official_items):
     model, tok = shipped["prosqa-coconut"]
     items = official_items[:20]
-    s = site(model, tok, items, 6, layer=-1)
-    dirs, has = steering_directions(model, tok, items, s, 1)
+    s = site(model, tok, items, k=6, layer=-1)
+    dirs, has = steering_directions(model, tok, items, s=s, step=1)
     assert set(dirs) == {"probe", "unembed", "random"} and has.any()
     for d in dirs.values():
         torch.testing.assert_close(d[has].norm(dim=-1), torch.ones(int(has.sum())))
     v = steer_target(items[0])
     row = model.base.get_output_embeddings().weight[name_pieces(items[0], tok, "edges")[v][0]].detach()
     torch.testing.assert_close(dirs["unembed"][0], row / row.norm())
-    one = steer_direction(model, tok, items[0], v, "unembed")  # one item's direction (the explorer's)
+    one = steer_direction(model, tok, items[0], v, kind="unembed")  # one item's direction (the explorer's)
     torch.testing.assert_close(one, dirs["unembed"][0])
-    assert abs(float(steer_direction(model, tok, items[0], v, "random", seed=4).norm()) - 1) < 1e-6
+    assert abs(float(steer_direction(model, tok, items[0], v, kind="random", seed=4).norm()) - 1) < 1e-6
     with pytest.raises(InterventionError, match="a probe direction needs a saved frontier probe"):
-        steer_direction(model, tok, items[0], v, "probe")
+        steer_direction(model, tok, items[0], v, kind="probe")
     with pytest.raises(InterventionError, match="node 99 is out of range: the item has 18 nodes"):
-        steer_direction(model, tok, items[0], 99, "unembed")
-    points = steer_runs(model, tok, items, 6, step=1, alphas=(0.0, 8.0), progress=False)
+        steer_direction(model, tok, items[0], 99, kind="unembed")
+    points = steer_runs(model, tok, items, k=6, step=1, alphas=(0.0, 8.0), progress=False)
     assert [(p.direction, p.alpha) for p in points] == [(d, a) for d in ("probe", "unembed", "random") for a in (0, 8)]
     zero = [p for p in points if p.alpha == 0]
     assert all(p.changed == 0.0 and p.value == zero[0].value for p in zero)
     assert max(p.changed for p in points if p.alpha == 8) > 0.1
     with pytest.raises(InterventionError, match="thought 7 out of range"):
-        steer_runs(model, tok, items, 6, step=7, alphas=(0.0,), progress=False)
+        steer_runs(model, tok, items, k=6, step=7, alphas=(0.0,), progress=False)
 
 
 def test_probe_intervene_end_to_end_and_its_errors(tmp_path, official_path):

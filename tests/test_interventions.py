@@ -80,7 +80,7 @@ def test_an_edit_moves_values_exactly_as_a_manual_run_with_that_thought(setup):
 
 def test_steering_with_alpha_zero_is_the_baseline_and_ablation_reports(setup):
     model, tok, items, thoughts = setup
-    res = intervene(model, tok, items, steer_edit(torch.randn(model.d_model), 0.0, 1, len(items), 3), k=3)
+    res = intervene(model, tok, items, steer_edit(torch.randn(model.d_model), 0.0, 1, n=len(items), k=3), k=3)
     assert res.predictions == res.baseline_predictions and res.accuracy == res.baseline_accuracy
     big = intervene(model, tok, items, ablation_edit(thoughts, "zero"), k=3, name="zero all", values_at=1)
     d = big.as_dict()

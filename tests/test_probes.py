@@ -23,21 +23,21 @@ NAMES = ["Tom", "extra", "lempus", "rompus", "wumpus", "yumpus", "zumpus"]
 
 def test_targets_by_hand():
     col = {n: j for j, n in enumerate(NAMES)}
-    Y, present = probe_targets([ITEM], 1, "frontier", NAMES)
+    Y, present = probe_targets([ITEM], 1, "frontier", names=NAMES)
     assert present[0].tolist() == [n != "extra" for n in NAMES]
     assert {n for n in NAMES if Y[0, col[n]]} == {"wumpus", "zumpus"}
-    Y, _ = probe_targets([ITEM], 1, "reachable", NAMES)
+    Y, _ = probe_targets([ITEM], 1, "reachable", names=NAMES)
     assert {n for n in NAMES if Y[0, col[n]]} == {"Tom", "wumpus", "zumpus"}
-    Y, _ = probe_targets([ITEM], 1, "depth", NAMES)
+    Y, _ = probe_targets([ITEM], 1, "depth", names=NAMES)
     # depths 0, 1, 1, 2, 2; lempus is never reached: capped at the deepest depth + 1 = 3.
     assert [Y[0, col[n]] for n in ("Tom", "wumpus", "zumpus", "yumpus", "rompus", "lempus")] == [0, 1, 1, 2, 2, 3]
     values = np.array([[0.0, 0.5, 0.25, 0.0, 0.0, 0.1]])
-    Y, _ = probe_targets([ITEM], 1, "value", NAMES, values)
+    Y, _ = probe_targets([ITEM], 1, "value", names=NAMES, values=values)
     assert Y[0, col["wumpus"]] == 0.5 and Y[0, col["lempus"]] == 0.1
     with pytest.raises(ProbeError, match="unknown probe target 'height'"):
-        probe_targets([ITEM], 1, "height", NAMES)
+        probe_targets([ITEM], 1, "height", names=NAMES)
     with pytest.raises(ProbeError, match="does not know"):
-        probe_targets([ITEM], 1, "frontier", ["Tom"])
+        probe_targets([ITEM], 1, "frontier", names=["Tom"])
 
 
 def test_control_task_reassigns_each_names_labels_among_its_items():

@@ -89,7 +89,7 @@ def test_sequences_of_each_stage(hand):
     r = render_optimal(t, 2, spec, sp)
     assert list(r.input_ids) == q + [sp.start_id] + [sp.latent_id] * 2
     assert r.targets == tuple((Q + j, t.targets[j]) for j in range(3))
-    assert render_optimal(t, 2, spec, sp, "newest").targets == ((Q + 2, t.targets[2]),)
+    assert render_optimal(t, 2, spec, sp, thought_loss="newest").targets == ((Q + 2, t.targets[2]),)
     # the answer stage (stage >= 3 steps): thoughts, <|end-latent|>, the official answer line
     for stage, k in ((3, 3), (5, 5), (7, 6)):
         r = render_optimal(t, stage, spec, sp)
@@ -97,7 +97,7 @@ def test_sequences_of_each_stage(hand):
         assert list(r.input_ids) == prefix + answer and r.n_thoughts == k
         assert list(r.labels) == [IGNORE_INDEX] * len(prefix) + answer
         assert r.targets == tuple((Q + j, t.targets[j]) for j in range(3))
-        assert render_optimal(t, stage, spec, sp, "newest").targets == ()
+        assert render_optimal(t, stage, spec, sp, thought_loss="newest").targets == ()
     # pause: the same layout; no thoughts: the answer right after the question, at any stage
     assert render_optimal(t, 2, StageSpec(mode="pause_as_thought"), sp) == render_optimal(t, 2, spec, sp)
     r = render_optimal(t, 4, StageSpec(mode="no_thoughts", c_thought=0), sp)
@@ -106,7 +106,7 @@ def test_sequences_of_each_stage(hand):
         render_optimal(t, 1, StageSpec(mode="cot"), sp)
     with pytest.raises(ValueError, match="c_thought must be 1, got 2"):
         render_optimal(t, 1, StageSpec(c_thought=2), sp)
-    assert render_training(t, 1, spec, sp, "language").targets == ()  # Coconut's language stage
+    assert render_training(t, 1, spec, sp, supervision="language").targets == ()  # Coconut's language stage
     # a unit is read at its own position; a label at the position before it
     units = render_optimal(t, 3, spec, sp).units()
     assert units[:3] == [(Q + j, t.targets[j]) for j in range(3)]
@@ -130,9 +130,9 @@ def test_one_pass_carries_the_stage_losses_exactly(tiny_model, word_tokenizer, o
     items = [it for it in official_items if len(it.steps) in (3, 4)][:2]
     train_items = [TrainingItem(tokenize_item(it, word_tokenizer, "graph"),
                                 optimal_targets(it, name_tokens(it, word_tokenizer, "graph"))) for it in items]
-    one_pass = [render_optimal(t, stage, spec, sp, "all") for t in train_items]
+    one_pass = [render_optimal(t, stage, spec, sp, thought_loss="all") for t in train_items]
     # each earlier stage's sequence (its newest thought), then this stage's (its newest thought, or the answer)
-    separate = [render_optimal(t, s, spec, sp, "newest") for t in train_items
+    separate = [render_optimal(t, s, spec, sp, thought_loss="newest") for t in train_items
                 for s in [*range(min(stage, t.n_steps)), stage]]
     assert sum(len(r.units()) for r in one_pass) == sum(len(r.units()) for r in separate)
     loss_a, grad_a = _grads(tiny_model, collate(one_pass, sp.pad_id, sp.latent_id))
@@ -142,6 +142,6 @@ def test_one_pass_carries_the_stage_losses_exactly(tiny_model, word_tokenizer, o
     for name in grad_a:
         torch.testing.assert_close(grad_a[name], grad_b[name], atol=1e-6, rtol=1e-4, msg=name)
     # and the loss is not flat: a different stage gives another loss
-    other = [render_optimal(t, 0, spec, sp, "all") for t in train_items]
+    other = [render_optimal(t, 0, spec, sp, thought_loss="all") for t in train_items]
     with torch.no_grad():
         assert abs(float(sequence_loss(tiny_model, collate(other, sp.pad_id, sp.latent_id))) - float(loss_a)) > 1e-4

@@ -64,8 +64,9 @@ def intervene_cmd(
         if probe_dir is not None and i == 0:
             probe = SavedProbe.load(probe_dir, weights_hash(model))
         typer.echo(f"{path}:")
-        rep = run_interventions(model, tok, items, k if i == 0 else reports[0].k, site_list, kind_list,
-                                steer_step, steer_layer, alpha_list, probe, batch_size, seed,
+        rep = run_interventions(model, tok, items, k=k if i == 0 else reports[0].k, sites=site_list, kinds=kind_list,
+                                steer_step=steer_step, steer_layer=steer_layer, alphas=alpha_list, probe=probe,
+                                batch_size=batch_size, seed=seed,
                                 checkpoint=str(path), parts=[x.strip() for x in only.split(",") if x.strip()])
         reports.append(rep)
     from probe.analyze import finite

@@ -207,7 +207,8 @@ class BatchStream(IterableDataset):
             item = TrainingItem(replace(tok, question=question), targets)
             n_steps = item.n_steps if s.supervision == "optimal" else len(tok.steps)
             stage = s.draw_stage(s.stages[epoch], n_steps, rng)
-            seqs.append(render_training(item, stage, s.stage_spec, s.special, s.supervision, s.thought_loss))
+            seqs.append(render_training(item, stage, s.stage_spec, s.special, supervision=s.supervision,
+                                        thought_loss=s.thought_loss))
         out: dict[str, Any] = collate(seqs, s.special.pad_id, s.special.latent_id)
         out.update(epoch=epoch, batch=b, stage=s.stages[epoch], n_tokens=int(out["attention_mask"].sum()))
         return out

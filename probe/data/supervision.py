@@ -75,7 +75,7 @@ class TrainingItem:
         return len(self.targets)
 
 
-def render_optimal(item: TrainingItem, stage: int, spec: StageSpec, special, thought_loss: ThoughtLoss = "all",
+def render_optimal(item: TrainingItem, stage: int, spec: StageSpec, special, *, thought_loss: ThoughtLoss = "all",
                    ) -> Rendered:
     """The training sequence of an item at a curriculum stage under `supervision: optimal` (module docstring).
 
@@ -105,11 +105,11 @@ def render_optimal(item: TrainingItem, stage: int, spec: StageSpec, special, tho
     return Rendered(tuple(prefix + answer), tuple([IGNORE_INDEX] * len(prefix) + answer), n_latent, units)
 
 
-def render_training(item: TrainingItem, stage: int, spec: StageSpec, special, supervision: Supervision = "language",
+def render_training(item: TrainingItem, stage: int, spec: StageSpec, special, *, supervision: Supervision = "language",
                     thought_loss: ThoughtLoss = "all") -> Rendered:
     """The training sequence of an item at a stage, under either supervision."""
     if supervision == "language":
         return render_stage(item.tokens, stage, spec, special)
     if supervision == "optimal":
-        return render_optimal(item, stage, spec, special, thought_loss)
+        return render_optimal(item, stage, spec, special, thought_loss=thought_loss)
     raise ValueError(f"unknown supervision {supervision!r}; expected one of {SUPERVISIONS}")

@@ -56,13 +56,13 @@ def save_checkpoint(
     model: CoconutModel,
     tokenizer: PreTrainedTokenizerBase,
     path: str | os.PathLike,
-    card: str | None = None,
+    *, card: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write our directory format atomically (a temporary directory renamed into place)."""
     path = Path(path)
     with atomic_directory(path, replace=True) as tmp:
-        write_checkpoint(model, tokenizer, tmp, card, metadata)
+        write_checkpoint(model, tokenizer, tmp, card=card, metadata=metadata)
     return path
 
 
@@ -70,7 +70,7 @@ def write_checkpoint(
     model: CoconutModel,
     tokenizer: PreTrainedTokenizerBase,
     directory: Path,
-    card: str | None = None,
+    *, card: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> None:
     """Write our format's files into an existing directory (the caller makes the whole write atomic).
