@@ -170,7 +170,8 @@ def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, 
     if spec[0] == "ablate":
         _, kind, steps, other = spec
         if kind == "other":  # that validation item's thoughts at the same site
-            o = item_site(ckpt, base, json.dumps(item_at(load_split(str(VALID)), other, VALID.name).to_json()), layer, k)
+            donor = item_at(load_split(str(VALID)), other, VALID.name)
+            o = item_site(ckpt, base, json.dumps(donor.to_json()), layer, k)
             ref, ref_valid = o.source, o.valid
         else:  # the reference items' mean, the edited item left out
             r = reference_site(ckpt, base, layer, k)
@@ -274,8 +275,8 @@ def lens_panel(r: dict, tok) -> None:
     st.caption("Each layer's residual at the position that emits each thought (and the answer), read by the lens: "
                "the colour is the probability on the frontier's names, the hover lists the top tokens.")
     ro = r["readout"]
-    readout = LensReadout(ro["lens"], ro["layers"], ro["top_ids"], ro["top_probs"], None, None, None,
-                          ro["frontier_mass"])
+    readout = LensReadout(lens=ro["lens"], layers=ro["layers"], top_ids=ro["top_ids"], top_probs=ro["top_probs"],
+                          node_prob=None, node_rank=None, frontier=None, frontier_mass=ro["frontier_mass"])
     st.plotly_chart(lens_heatmap(readout, tok, r["k"]), key="lens_heatmap")
 
 

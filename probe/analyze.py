@@ -29,7 +29,7 @@ from probe.frontier import (CATEGORIES, GROUPS, AttentionByGroup, GroupMeans, Pa
 from probe.model.coconut import CoconutModel
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class Verbalised:
     """What the model writes when forced out of latent mode after k thoughts, checked against the graph."""
 
@@ -158,7 +158,8 @@ def _verbalise(item: ProsQAItem, g: ProsQAGraph, k: int, text: str, correct: boo
         group = GROUPS[int(node_groups(g, k)[item.index(first)])]
     else:
         group = "unknown"
-    return Verbalised(k, text, steps, path_category(item, steps, correct), first, group, correct)
+    return Verbalised(k=k, text=text, steps=steps, category=path_category(item, steps, correct), first_node=first,
+                      first_group=group, correct=correct)
 
 
 def analyze(

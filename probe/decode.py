@@ -38,7 +38,7 @@ class StepReading:
                            for r in self.layers]}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Decoded:
     """Everything `probe decode` shows for one item."""
 
@@ -91,6 +91,7 @@ def decode_item(
             ))
         steps.append(reading)
     res = evaluate(model, tokenizer, [item], k=trace.k, batch_size=1, progress=False).items[0]
-    return Decoded(index, item.question, item.answer, res.prediction, res.correct, res.text, ro.lens,
-                   steps[: trace.k], steps[trace.k], ro,
-                   indistinct_names(item, tokenizer, model.config.data_format))
+    return Decoded(index=index, question=item.question, answer=item.answer, prediction=res.prediction,
+                   correct=res.correct, generated=res.text, lens=ro.lens, thoughts=steps[: trace.k],
+                   answer_step=steps[trace.k], readout=ro,
+                   indistinct=indistinct_names(item, tokenizer, model.config.data_format))

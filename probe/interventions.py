@@ -116,7 +116,7 @@ def steer_edit(direction: Tensor, alpha: float, step: int, *, n: int, k: int, la
     return ThoughtEdit(add=add, layer=layer, positions=positions)
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class InterventionResult:
     """One intervention beside the unedited run, on the same items and thoughts."""
 
@@ -173,8 +173,10 @@ def intervene(
             v0 = node_values(model, tokenizer, items, values_at, batch_size=batch_size, progress=False).numpy()
         v1 = node_values(model, tokenizer, items, values_at, batch_size=batch_size, progress=False, edit=edit).numpy()
         base_mass, mass = frontier_mass(v0, graphs, values_at), frontier_mass(v1, graphs, values_at)
-    return InterventionResult(name, k, res.accuracy, base.accuracy, [r.prediction for r in res.items],
-                              [r.prediction for r in base.items], mass, base_mass, values_at)
+    return InterventionResult(name=name, k=k, accuracy=res.accuracy, baseline_accuracy=base.accuracy,
+                              predictions=[r.prediction for r in res.items],
+                              baseline_predictions=[r.prediction for r in base.items], frontier_mass=mass,
+                              baseline_frontier_mass=base_mass, values_at=values_at)
 
 
 # ---------------------------------------------------------------------------- sites
@@ -278,7 +280,7 @@ def _residuals_at(model: CoconutModel, prompts: list[list[int]], positions: Tens
 # ---------------------------------------------------------------------------- the data-set runs
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class PatchResult:
     """Counterfactual patching: item A's thoughts put into B, the same graph asked about another root.
 
@@ -305,7 +307,7 @@ class PatchResult:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class SteerPoint:
     """Steering at one dose: alpha (in mean norms of the site at that thought) times a unit direction per
     item toward node v, a parent of the wrong option; value(v) after the steered thought and the answers."""
@@ -368,7 +370,8 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     sa = site(model, tokenizer, a_items, k=k, layer=layer, batch_size=batch_size)
     sb = site(model, tokenizer, b_items, k=k, layer=layer, batch_size=batch_size)
     a_answers = [answer_concept(r.prediction) for r in
-                 evaluate(model, tokenizer, a_items, k=k, batch_size=batch_size, progress=False, prompts=sa.prompts).items]
+                 evaluate(model, tokenizer, a_items, k=k, batch_size=batch_size, progress=False,
+                          prompts=sa.prompts).items]
     base = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, prompts=sb.prompts)
     markers = model.config.stage_spec.markers
     graphs_a = [ProsQAGraph.from_item(it) for it in a_items]
@@ -390,9 +393,12 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
             mass = float(np.nanmean(frontier_mass(v1, graphs_a, at)))
         preds, base_preds = [r.prediction for r in res.items], [r.prediction for r in base.items]
         out.append(PatchResult(
-            sa.label, "all" if steps is None else str(steps[0]), len(b_items), follows(preds), follows(base_preds),
-            rooted(preds), rooted(base_preds), res.accuracy, base.accuracy, float(np.mean([p != q for p, q in zip(preds, base_preds)])), at, mass,
-            base_mass))
+            site=sa.label, steps="all" if steps is None else str(steps[0]), n=len(b_items),
+            follows_a=follows(preds), baseline_follows_a=follows(base_preds),
+            names_a_root=rooted(preds), baseline_names_a_root=rooted(base_preds),
+            accuracy=res.accuracy, baseline_accuracy=base.accuracy,
+            changed=float(np.mean([p != q for p, q in zip(preds, base_preds)])),
+            values_at=at, a_frontier_mass=mass, baseline_a_frontier_mass=base_mass))
     return out
 
 
@@ -491,9 +497,9 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
             value = float(np.mean([v[b, t] for b, t in enumerate(targets)]))
         preds = [r.prediction for r in res.items]
         out.append(SteerPoint(
-            kind, float(alpha), len(items), value,
-            float(np.mean([answer_concept(p) == o for p, o in zip(preds, option)])), res.accuracy,
-            float(np.mean([p != r.prediction for p, r in zip(preds, base.items)]))))
+            direction=kind, alpha=float(alpha), n=len(items), value=value,
+            to_option=float(np.mean([answer_concept(p) == o for p, o in zip(preds, option)])), accuracy=res.accuracy,
+            changed=float(np.mean([p != r.prediction for p, r in zip(preds, base.items)]))))
     return out
 
 
@@ -514,7 +520,7 @@ def accuracy_without_thoughts(model: CoconutModel, tokenizer, items: Sequence[Pr
 # ---------------------------------------------------------------------------- one checkpoint, every test
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class InterventionReport:
     """Every causal test of one checkpoint on one data set: thoughts removed, ablated, patched and steered."""
 
@@ -583,5 +589,6 @@ def run_interventions(
         steering = steer_runs(model, tokenizer, items, k=k, step=steer_step, layer=steer_layer, alphas=alphas,
                               probe=probe, batch_size=batch_size, seed=seed, progress=progress)
     by_k = accuracy_without_thoughts(model, tokenizer, items, k=k, batch_size=batch_size) if "k" in parts else {}
-    return InterventionReport(checkpoint, cfg.mode, k, len(items), by_k, ablations, patching, steering, steer_step,
-                              steer_layer, skipped)
+    return InterventionReport(checkpoint=checkpoint, mode=cfg.mode, k=k, n=len(items), accuracy_by_k=by_k,
+                              ablations=ablations, patching=patching, steering=steering, steer_step=steer_step,
+                              steer_layer=steer_layer, skipped=skipped)

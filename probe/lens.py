@@ -215,7 +215,7 @@ def _training_rows(traces) -> tuple[Tensor, Tensor]:
 # ---------------------------------------------------------------------------- reading a trace
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LensReadout:
     """What a lens reads at every layer of every step of a trace.
 
@@ -312,8 +312,8 @@ def read_lens(
             distinct = {tuple(pieces[b][v]): v for v in nodes}.values()  # a name written alike counts once
             if nodes:
                 mass[b, s] = node_prob[b, s][:, list(distinct)].sum(-1)
-    return LensReadout(lens.name, layers, top_ids, top_probs, node_prob, node_rank,
-                       frontier, mass)
+    return LensReadout(lens=lens.name, layers=layers, top_ids=top_ids, top_probs=top_probs, node_prob=node_prob,
+                       node_rank=node_rank, frontier=frontier, frontier_mass=mass)
 
 
 def mean_kl_to_final(trace: ThoughtTrace, model: CoconutModel, lens: Lens | None = None) -> Tensor:
@@ -356,4 +356,5 @@ def fit_tuned_lens(
     held = capture(model, tokenizer, items[:split], k=k, names=names, batch_size=batch_size, progress=progress)
     train = capture(model, tokenizer, items[split:], k=k, names=names, batch_size=batch_size, progress=progress)
     lens = TunedLens.for_model(model).fit(train, epochs=epochs, lr=lr, seed=seed, progress=progress)
-    return TunedLensFit(lens, len(items) - split, split, mean_kl_to_final(held, model), mean_kl_to_final(held, model, lens))
+    return TunedLensFit(lens, len(items) - split, split, mean_kl_to_final(held, model),
+                        mean_kl_to_final(held, model, lens))

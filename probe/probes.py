@@ -215,7 +215,7 @@ def _nanstd(xs: Sequence[float]) -> float:
     return float(x.std()) if len(x) else float("nan")
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class ProbeScores:
     """Cross-validated scores of one probe on one step, beside its control task."""
 
@@ -258,13 +258,14 @@ def cross_validate(
             out.append(pooled_score(kind, y[test], s, present[test]))
             if y is Y and kind == "regression":
                 spear.append(mean_spearman(y[test], s, present[test]))
-    return ProbeScores(k, kind, _nanmean(scores), _nanstd(scores), _nanmean(controls), _nanmean(spear), len(X))
+    return ProbeScores(k=k, kind=kind, score=_nanmean(scores), score_std=_nanstd(scores), control=_nanmean(controls),
+                       spearman=_nanmean(spear), n_items=len(X))
 
 
 # ---------------------------------------------------------------------------- saved probes
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SavedProbe:
     """Probes of one target at one layer, one per thought k, with what they were fit on."""
 
@@ -396,7 +397,9 @@ def fit_probes(
     names = name_vocabulary(items)
     kind = "classification" if target in CLASSIFICATION else "regression"
     scores, coefs, biases = {}, [], []
-    values = values_by_k(model, tokenizer, items, k_max, batch_size=batch_size, progress=False) if target == "value" else None
+    values = None
+    if target == "value":
+        values = values_by_k(model, tokenizer, items, k_max, batch_size=batch_size, progress=False)
     for k in range(1, k_max + 1):
         Y, present = probe_targets(items, k, target, names=names, values=None if values is None else values[:, k - 1])
         X = activations_at(trace, hook, k)
@@ -404,8 +407,9 @@ def fit_probes(
         p = LinearProbe(kind, **probe_kw).fit(X, Y, present)
         coefs.append(p.coef_)
         biases.append(p.intercept_)
-    saved = SavedProbe(target, kind, hook, list(scores), names, np.stack(coefs), np.stack(biases),
-                       weights_hash(model), {str(k): s.as_dict() for k, s in scores.items()})
+    saved = SavedProbe(target=target, kind=kind, hook=hook, steps=list(scores), names=names, coef=np.stack(coefs),
+                       intercept=np.stack(biases), model_hash=weights_hash(model),
+                       metrics={str(k): s.as_dict() for k, s in scores.items()})
     return ProbeReport(target, hook, scores, saved)
 
 
@@ -462,10 +466,12 @@ def fit_halting_probe(
             p = LinearProbe("classification").fit(X[tr], labels[tr])
             out.append(pooled_score("classification", labels[te], p.decision_function(X[te]),
                                     np.ones_like(labels[te], bool)))
-    scores = ProbeScores(0, "classification", _nanmean(aucs), _nanstd(aucs), _nanmean(ctrl), float("nan"), n)
+    scores = ProbeScores(k=0, kind="classification", score=_nanmean(aucs), score_std=_nanstd(aucs),
+                         control=_nanmean(ctrl), spearman=float("nan"), n_items=n)
     p = LinearProbe("classification").fit(X, y)
-    saved = SavedProbe("halt", "classification", hook, [k_max], ["correct"], p.coef_[None], p.intercept_[None],
-                       weights_hash(model), {"cv": scores.as_dict(), "k_max": k_max,
+    saved = SavedProbe(target="halt", kind="classification", hook=hook, steps=[k_max], names=["correct"],
+                       coef=p.coef_[None], intercept=p.intercept_[None], model_hash=weights_hash(model),
+                       metrics={"cv": scores.as_dict(), "k_max": k_max,
                                                    "positive_rate": float(y.mean())})
     return saved, scores
 

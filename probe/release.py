@@ -43,7 +43,7 @@ class Phase:
         return sum("seconds" not in h for h in self.history)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Evaluation:
     """Accuracy on one data file at each forced number of thoughts."""
 
@@ -119,7 +119,8 @@ def evaluate_by_k(
     if spec.markers:
         res = evaluate(model, tokenizer, items, k=GOLD, batch_size=batch_size, progress=progress)
         gold = {"gold_accuracy": res.accuracy, "gold_correct": sum(r.correct for r in res.items)}
-    return Evaluation(data, len(items), default_k, acc, correct, min(first_n, len(items)), first, **gold)
+    return Evaluation(data=data, n=len(items), default_k=default_k, accuracy_by_k=acc, correct_by_k=correct,
+                      first_n=min(first_n, len(items)), first_n_correct=first, **gold)
 
 
 def release(

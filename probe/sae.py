@@ -291,7 +291,7 @@ def feature_reports(
 # ---------------------------------------------------------------------------- on a model
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class ThoughtRows:
     """Activations at the thought positions of a data set, one row per (item, thought k), with node labels."""
 
@@ -329,7 +329,8 @@ def thought_rows(model, tokenizer, items, *, hook: str | None = None, k_max: int
             g = node_groups(ProsQAGraph.from_item(it), k)
             groups[b, k - 1, [col[n] for n in it.idx_to_symbol]] = g
     flat = lambda a: a.reshape(len(items) * k_max, len(names))  # noqa: E731
-    return ThoughtRows(X, flat(frontier), flat(present), flat(groups), names, hook, k_max)
+    return ThoughtRows(X=X, frontier=flat(frontier), present=flat(present), groups=flat(groups), names=names, hook=hook,
+                       k_max=k_max)
 
 
 def rank_features(features: Sequence[FeatureReport]) -> list[FeatureReport]:
@@ -338,7 +339,7 @@ def rank_features(features: Sequence[FeatureReport]) -> list[FeatureReport]:
                   key=lambda f: -f.best_auroc)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SAETraining:
     """An SAE trained on a data set's thoughts, with its fit on the training and held-out rows and its features."""
 
@@ -386,4 +387,5 @@ def train_sae(
                             device=device, progress=progress)
     sae.fit(rows.X[~held])
     feats = feature_reports(sae.encode(rows.X).numpy(), rows.frontier, rows.present, rows.names, rows.groups, GROUPS)
-    return SAETraining(sae, rows, len(items), held, sae.metrics(rows.X[~held]), sae.metrics(rows.X[held]), feats)
+    return SAETraining(sae=sae, rows=rows, n_items=len(items), held_out=held, train_metrics=sae.metrics(rows.X[~held]),
+                       held_out_metrics=sae.metrics(rows.X[held]), features=feats)

@@ -87,8 +87,9 @@ def test_halt_points_by_hand():
 def test_saved_probe_round_trip_and_errors(tmp_path):
     X, logits, _ = planted(n=100, d=8, n_out=3)
     p = LinearProbe("classification").fit(X, (logits > 0).astype(float))
-    saved = SavedProbe("frontier", "classification", "blocks.1.hook_resid_post", [1], ["a", "b", "c"],
-                       p.coef_[None], p.intercept_[None], "h" * 64, {"1": {"auroc": 1.0}})
+    saved = SavedProbe(target="frontier", kind="classification", hook="blocks.1.hook_resid_post", steps=[1],
+                       names=["a", "b", "c"], coef=p.coef_[None], intercept=p.intercept_[None], model_hash="h" * 64,
+                       metrics={"1": {"auroc": 1.0}})
     saved.save(tmp_path / "pr")
     back = SavedProbe.load(tmp_path / "pr", model_hash="h" * 64)
     np.testing.assert_allclose(back.probe(1).decision_function(X), p.decision_function(X), rtol=1e-4, atol=1e-4)
