@@ -97,7 +97,7 @@ def test_node_values_are_next_name_probabilities(tiny_model, word_tokenizer, off
     from dataclasses import replace
 
     from conftest import prompt_by_hand
-    from probe.values import node_values
+    from probe.values import node_values, values_by_k
 
     tiny_model.config = replace(tiny_model.config, data_format=fmt)
     items = official_items[:3]
@@ -112,6 +112,12 @@ def test_node_values_are_next_name_probabilities(tiny_model, word_tokenizer, off
         want = [float(probs[word_tokenizer.convert_tokens_to_ids(n)]) for n in it.idx_to_symbol]
         np.testing.assert_allclose(vals[b, : it.n_nodes].numpy(), want, rtol=1e-4, atol=1e-7)
         assert torch.isnan(vals[b, it.n_nodes :]).all()
+    # values_by_k: the values after each k = 1..K, the k-th slice the values after k thoughts
+    by_k = values_by_k(tiny_model, word_tokenizer, items, 2, progress=False)
+    assert by_k.shape == (3, 2, vals.shape[1])
+    np.testing.assert_allclose(by_k[:, 1], vals.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(by_k[:, 0], node_values(tiny_model, word_tokenizer, items, 1, progress=False).numpy(),
+                               rtol=1e-6)
 
 
 def test_node_values_multiply_the_pieces_of_a_split_name(official_items, bpe_tokenizer):
