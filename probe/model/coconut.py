@@ -223,9 +223,10 @@ class CoconutModel(nn.Module):
         self.base.eval()
         try:
             with torch.no_grad():
-                own = self.base(input_ids=ids).logits.float()
-                hidden = self.base.base_model(input_ids=ids).last_hidden_state
-                fed = self.base.base_model(inputs_embeds=self.embed(ids)).last_hidden_state
+                mask = torch.ones_like(ids)
+                own = self.base(input_ids=ids, attention_mask=mask).logits.float()
+                hidden = self.base.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                fed = self.base.base_model(inputs_embeds=self.embed(ids), attention_mask=mask).last_hidden_state
                 ours = self.unembed(hidden).float()
         finally:
             self.base.train(was_training)
