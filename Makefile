@@ -11,7 +11,7 @@ $(BIN)/probe: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# the CPU wheel first, so that nothing pulls a multi-gigabyte CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,tl]'
 	touch $@
 
 setup: $(BIN)/probe

@@ -1,0 +1,71 @@
+"""TransformerLens on thoughts: a ThoughtTrace as an ActivationCache, whose TL methods give what ours give.
+
+Needs the `tl` extra (installed by `make test`); in CI a skip here is a failure.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformer_lens")
+
+from probe.capture import capture  # noqa: E402
+from probe.lens import lens_logits  # noqa: E402
+from probe.tl import TLError, bridge_for, from_activation_cache, to_activation_cache  # noqa: E402
+
+
+@pytest.fixture
+def traced(tiny_model, word_tokenizer, official_items):
+    items = official_items[:3]
+    return capture(tiny_model, word_tokenizer, items, k=3, progress=False), bridge_for(tiny_model, word_tokenizer)
+
+
+def test_tl_cache_methods_equal_ours(tiny_model, traced):
+    """On tiny GPT-2 and Llama: accumulated_resid, decompose_resid and the logit lens in TL idiom equal our
+    trace and our logit lens; the bridge leaves our model as it was."""
+    tr, bridge = traced
+    cache = to_activation_cache(tr, bridge)
+    L = tr.n_layers
+    acc = cache.accumulated_resid()  # [L + 1, batch, k + 1, d]: resid_pre of each layer, then the final resid
+    ours = torch.cat([tr.stack("hook_resid_pre"), tr["hook_resid_post", -1][:, :, None]], dim=2).permute(2, 0, 1, 3)
+    torch.testing.assert_close(acc, ours.float(), atol=1e-5, rtol=0)
+    parts = cache.decompose_resid(incl_embeds=False)  # [2L, batch, k + 1, d]: attn_out, mlp_out per layer
+    want = torch.stack([tr[f"blocks.{l}.{p}"] for l in range(L) for p in ("hook_attn_out", "hook_mlp_out")])
+    torch.testing.assert_close(parts, want.float(), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        tl_lens = bridge.unembed(bridge.ln_final(acc[1:]))  # the logit lens, TL idiom: [L, batch, k + 1, vocab]
+    torch.testing.assert_close(tl_lens.permute(1, 2, 0, 3), lens_logits(tr, tiny_model), atol=1e-5, rtol=0)
+    assert type(tiny_model.base).__module__.startswith("transformers.")  # the bridge booted over a copy
+    assert not any("bridge" in type(m).__module__ for m in tiny_model.base.modules())
+
+
+def test_a_cache_converts_back(traced, word_tokenizer):
+    tr, bridge = traced
+    cache = to_activation_cache(tr, bridge)
+    assert cache["blocks.0.attn.hook_pattern"].shape[1:3] == (tr["blocks.0.attn.hook_pattern"].shape[2], tr.k + 1)
+    back = from_activation_cache(cache, tr)
+    assert sorted(back.cache) == sorted(tr.cache)
+    for name in tr.cache:
+        assert torch.equal(back[name], tr[name]), name
+    assert torch.equal(back.positions, tr.positions) and torch.equal(back.thoughts, tr.thoughts)
+    with pytest.raises(TLError, match="'blocks.0.hook_embed' is not one of the hook points a ThoughtTrace holds"):
+        from_activation_cache({"blocks.0.hook_embed": tr["blocks.0.hook_resid_pre"]}, tr)
+    with pytest.raises(TLError, match=r"blocks.0.hook_resid_pre: shape \[2, 4, 32\] does not hold the trace's 3 items"):
+        from_activation_cache({"blocks.0.hook_resid_pre": tr["blocks.0.hook_resid_pre"][:2]}, tr)
+
+
+def test_a_model_tl_cannot_bridge_is_one_line(word_tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from probe.model.coconut import CoconutConfig, CoconutModel
+    from probe.model.tokenizer import special_tokens
+
+    sp = special_tokens(word_tokenizer)
+    cfg = AutoConfig.for_model("cohere", vocab_size=len(word_tokenizer), hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               bos_token_id=sp.eos_id, eos_token_id=sp.eos_id, pad_token_id=sp.eos_id)
+    model = CoconutModel(AutoModelForCausalLM.from_config(cfg), CoconutConfig.from_special(sp))
+    with pytest.raises(TLError, match=r"^CohereForCausalLM: TransformerLens cannot bridge this model \(Could not "
+                                      r"determine supported architecture from config\)$"):
+        bridge_for(model, word_tokenizer)
