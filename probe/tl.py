@@ -17,9 +17,12 @@ import torch
 
 from probe.capture import ThoughtTrace
 from probe.model.coconut import CoconutModel
-from probe.model.hook_names import HookNameError, layer_of, point_of
+from probe.model.hook_names import FINAL, HookNameError, layer_of, point_of
 
 PATTERN = "attn.hook_pattern"
+# Our final-norm point is the norm's output (what a thought is); TransformerLens 4 calls that ln_final.hook_out,
+# and its own ln_final.hook_normalized is the value before the norm's weight and bias.
+TL_FINAL = "ln_final.hook_out"
 
 
 class TLError(ValueError):
@@ -59,16 +62,17 @@ def bridge_for(model: CoconutModel, tokenizer) -> Any:
 
 
 def to_activation_cache(trace: ThoughtTrace, bridge: Any) -> Any:
-    """The trace as a TransformerLens ActivationCache, every captured hook under its (TL) name.
+    """The trace as a TransformerLens ActivationCache, every captured hook under its TransformerLens 4 name.
 
     Tensors keep the batch axis and have the trace's steps as positions: [batch, k + 1, ...]; attention
-    patterns become TL's [batch, heads, k + 1, keys] (keys: prompt positions). bridge: what the cache's
-    methods read the model from (`bridge_for`). Raises TLError when TransformerLens is not installed.
+    patterns become TL's [batch, heads, k + 1, keys] (keys: prompt positions); our ln_final.hook_normalized
+    (the final norm's output) becomes TL 4's ln_final.hook_out. bridge: what the cache's methods read the
+    model from (`bridge_for`). Raises TLError when TransformerLens is not installed.
     """
     transformer_lens, _ = _transformer_lens()
     cache = {}
     for name, t in trace.cache.items():
-        cache[name] = t.transpose(1, 2) if point_of(name) == PATTERN else t
+        cache[TL_FINAL if name == FINAL else name] = t.transpose(1, 2) if point_of(name) == PATTERN else t
     return transformer_lens.ActivationCache(cache, bridge, has_batch_dim=True)
 
 
@@ -82,12 +86,16 @@ def from_activation_cache(cache: Any, trace: ThoughtTrace) -> ThoughtTrace:
     if getattr(cache, "has_batch_dim", True) is False:
         raise TLError("the cache has no batch axis; build it with has_batch_dim=True")
     out = {}
-    for name in cache.keys():
+    for tl_name in cache.keys():
+        if tl_name == FINAL:
+            raise TLError(f"{FINAL} in TransformerLens 4 is the value before the final norm's weight and bias; a "
+                          f"trace holds the norm's output, TransformerLens's {TL_FINAL}")
+        name = FINAL if tl_name == TL_FINAL else tl_name
         try:
             layer_of(name)  # parses the name; a hook point a trace cannot hold is refused
         except HookNameError:
             raise TLError(f"{name!r} is not one of the hook points a ThoughtTrace holds") from None
-        t = cache[name]
+        t = cache[tl_name]
         t = t.transpose(1, 2) if point_of(name) == PATTERN else t
         if tuple(t.shape[:2]) != (len(trace), trace.k + 1):
             raise TLError(f"{name}: shape {list(t.shape)} does not hold the trace's {len(trace)} items and "
@@ -96,3 +104,95 @@ def from_activation_cache(cache: Any, trace: ThoughtTrace) -> ThoughtTrace:
     back = trace.select(torch.arange(len(trace)))
     back.cache = out
     return back
+
+
+def _cache_as_past_key_values(module, args, kwargs):
+    # transformers >= 5.24 hands a layer's attention the KV cache as `cache`; TransformerLens 4.3's attention
+    # bridges read only `past_key_values` (or `layer_past`) and would run each latent segment without it.
+    if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+        kwargs["past_key_values"] = kwargs["cache"]
+    return args, kwargs
+
+
+class CoconutBridge:
+    """A Coconut model whose latent loop runs through a TransformerLens TransformerBridge.
+
+    The bridge is booted over a copy of the model's base (bridge_for), and `model` is a CoconutModel over the
+    bridged modules with the same config: its KV-cached latent loop fires TransformerLens's hooks in every
+    segment. `bridge` is the TransformerBridge itself (hook points, `hooks()`, `cfg`, `W_U`, ...).
+    Raises TLError as bridge_for does.
+    """
+
+    def __init__(self, model: CoconutModel, tokenizer):
+        self.bridge = bridge_for(model, tokenizer)
+        for block in self.bridge.blocks:
+            block.attn.register_forward_pre_hook(_cache_as_past_key_values, with_kwargs=True)
+        self.model = CoconutModel(self.bridge.original_model, model.config)
+        self.model.eval()
+
+    @torch.no_grad()
+    def run_with_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       names_filter=None) -> tuple[Any, Any]:
+        """Run Coconut prompts (thoughts fed back at their `<|latent|>` positions) and cache every hook.
+
+        input_ids, attention_mask: [batch, seq] (left padding, as CoconutModel takes them). names_filter: a
+        hook name, a list of names, or a predicate on names (default: every hook point the bridge has on;
+        TransformerLens keeps some off until asked, e.g. hook_mlp_in: a filter naming one of those is refused).
+        Returns (CoconutOutput, ActivationCache): the cache holds each hook over the whole sequence,
+        [batch, seq, ...], the latent loop's segments joined (attention patterns and scores
+        [batch, heads, seq, seq], each segment's keys zero-padded to the sequence). The token embedding
+        (`hook_embed`) runs once over the prompt as written, before its `<|latent|>` positions are replaced by
+        thoughts: what the blocks see is `blocks.0.hook_resid_pre`. A hook that does not see the sequence
+        once is left out of the default. Raises TLError when a hook named in names_filter is off (TL keeps
+        some off until asked) or is such a hook.
+        """
+        transformer_lens, _ = _transformer_lens()
+        if names_filter is None:
+            keep = lambda name: True  # noqa: E731
+        elif isinstance(names_filter, str):
+            keep = lambda name: name == names_filter  # noqa: E731
+        elif callable(names_filter):
+            keep = names_filter
+        else:
+            wanted = set(names_filter)
+            keep = lambda name: name in wanted  # noqa: E731
+        parts: dict[str, list[torch.Tensor]] = {}
+
+        def saver(name):  # keyed by the name asked for: TL's aliases (hook_resid_post, ...) share a hook point
+            return lambda tensor, hook: parts.setdefault(name, []).append(tensor.detach())
+
+        hooks = []
+        for name, point in self.bridge.hook_dict.items():
+            if not keep(name):
+                continue
+            save = saver(name)
+            try:
+                self.bridge.check_hooks_to_add(point, name, save)
+            except ValueError as e:  # a hook TransformerLens keeps off by default (hook_mlp_in, hook_result, ...)
+                if names_filter is not None:
+                    raise TLError(f"{name}: {e}") from None
+                continue
+            hooks.append((name, save))
+        seq = input_ids.shape[1]
+        with self.bridge.hooks(fwd_hooks=hooks):
+            out = self.model(input_ids, attention_mask)
+        cache = {}
+        for name, chunks in parts.items():
+            if name.endswith(("hook_pattern", "hook_attn_scores")):  # [batch, heads, q, keys]
+                joined = torch.cat([_pad_keys(c, seq) for c in chunks], dim=2)
+                pos = joined.shape[2]
+            else:
+                joined = torch.cat(chunks, dim=1)
+                pos = joined.shape[1]
+            if pos != seq:
+                if names_filter is not None:
+                    raise TLError(f"{name}: its calls hold {pos} positions, not the sequence's {seq} once "
+                                  "(the latent loop does not run it segment by segment)")
+                continue
+            cache[name] = joined
+        return out, transformer_lens.ActivationCache(cache, self.bridge, has_batch_dim=True)
+
+
+def _pad_keys(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad the last (keys) axis of a segment's attention to the whole sequence."""
+    return torch.nn.functional.pad(t, (0, width - t.shape[-1]))

@@ -51,6 +51,8 @@ def test_a_cache_converts_back(traced, word_tokenizer):
     assert torch.equal(back.positions, tr.positions) and torch.equal(back.thoughts, tr.thoughts)
     with pytest.raises(TLError, match="'blocks.0.hook_embed' is not one of the hook points a ThoughtTrace holds"):
         from_activation_cache({"blocks.0.hook_embed": tr["blocks.0.hook_resid_pre"]}, tr)
+    with pytest.raises(TLError, match="ln_final.hook_normalized in TransformerLens 4 is the value before"):
+        from_activation_cache({"ln_final.hook_normalized": tr["ln_final.hook_normalized"]}, tr)
     with pytest.raises(TLError, match=r"blocks.0.hook_resid_pre: shape \[2, 4, 32\] does not hold the trace's 3 items"):
         from_activation_cache({"blocks.0.hook_resid_pre": tr["blocks.0.hook_resid_pre"][:2]}, tr)
 
@@ -69,3 +71,41 @@ def test_a_model_tl_cannot_bridge_is_one_line(word_tokenizer):
     with pytest.raises(TLError, match=r"^CohereForCausalLM: TransformerLens cannot bridge this model \(Could not "
                                       r"determine supported architecture from config\)$"):
         bridge_for(model, word_tokenizer)
+
+
+def test_the_latent_loop_runs_through_a_bridge(tiny_model, word_tokenizer, official_items):
+    """On tiny GPT-2 and Llama: a CoconutModel over the bridged modules feeds back the same thoughts and gives the
+    same logits (to 1e-5), and run_with_cache on Coconut prompts holds, at the thought-emitting positions,
+    what our capture holds there."""
+    from probe.tl import CoconutBridge
+
+    items = official_items[:3]
+    tr = capture(tiny_model, word_tokenizer, items, k=3, progress=False)
+    width = tr.prompt_ids.shape[1]
+    pad = width - tr.prompt_len
+    ids = torch.full((3, width), tiny_model.config.pad_id)
+    mask = torch.zeros_like(ids)
+    for b in range(3):
+        n = int(tr.prompt_len[b])
+        ids[b, width - n :], mask[b, width - n :] = tr.prompt_ids[b, :n], 1
+    cb = CoconutBridge(tiny_model, word_tokenizer)
+    out, cache = cb.run_with_cache(ids, mask)
+    with torch.no_grad():
+        own = tiny_model(ids, mask)
+    torch.testing.assert_close(out.thoughts, own.thoughts, atol=1e-5, rtol=0)
+    real = mask.bool()
+    torch.testing.assert_close(out.logits[real], own.logits[real], atol=1e-5, rtol=0)
+    cols, rows = tr.positions + pad[:, None], torch.arange(3)[:, None]
+    for name in ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.1.hook_attn_out",
+                 "blocks.0.hook_mlp_out"):
+        torch.testing.assert_close(cache[name][rows, cols], tr[name], atol=1e-5, rtol=0)
+    final = cache["ln_final.hook_out"][rows, cols]  # TL 4's name for the final norm's output
+    torch.testing.assert_close(final, tr["ln_final.hook_normalized"], atol=1e-5, rtol=0)
+    pattern = cache["blocks.1.attn.hook_pattern"]  # [batch, heads, seq, seq]
+    for b in range(3):
+        got = pattern[b][:, cols[b]][..., int(pad[b]) :].transpose(0, 1)  # [k + 1, heads, prompt keys]
+        want = tr["blocks.1.attn.hook_pattern"][b][..., : int(tr.prompt_len[b])]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert not any("bridge" in type(m).__module__ for m in tiny_model.base.modules())  # ours is untouched
+    with pytest.raises(TLError, match="blocks.0.hook_mlp_in: Cannot add hook"):
+        cb.run_with_cache(ids, mask, names_filter=["blocks.0.hook_mlp_in"])
