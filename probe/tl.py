@@ -39,14 +39,17 @@ def _transformer_lens():
 
 
 def bridge_for(model: CoconutModel, tokenizer) -> Any:
-    """A TransformerLens TransformerBridge over a copy of the model's base (same weights, same dtype and device).
+    """A TransformerLens TransformerBridge over the model's weights (its dtype and device).
 
     Booting a bridge replaces the Hugging Face modules it wraps by bridge components, so it boots over a copy
-    and `model` stays as it is. The bridge is in TransformerLens's raw mode (no weight folding): its outputs
-    are the model's. Raises TLError when TransformerLens is not installed or cannot bridge the architecture.
+    of the module tree that shares the model's parameter and buffer tensors: `model` stays as it is and no
+    weight is duplicated (but TransformerLens's own split of a fused QKV, as GPT-2's, is a copy made at boot).
+    The bridge is in TransformerLens's raw mode (no weight folding): its outputs are the model's. Raises
+    TLError when TransformerLens is not installed or cannot bridge the architecture.
     """
     _, TransformerBridge = _transformer_lens()
-    base = copy.deepcopy(model.base)
+    shared = {id(t): t for t in [*model.base.parameters(), *model.base.buffers()]}
+    base = copy.deepcopy(model.base, shared)
     name = getattr(base.config, "_name_or_path", "") or type(base).__name__
     tok = copy.deepcopy(tokenizer)  # TL sets its padding side and pad token
     if "name_or_path" not in tok.init_kwargs:  # built in memory: TL could not reload it from a directory
@@ -117,7 +120,7 @@ def _cache_as_past_key_values(module, args, kwargs):
 class CoconutBridge:
     """A Coconut model whose latent loop runs through a TransformerLens TransformerBridge.
 
-    The bridge is booted over a copy of the model's base (bridge_for), and `model` is a CoconutModel over the
+    The bridge is booted over the model's weights (bridge_for), and `model` is a CoconutModel over the
     bridged modules with the same config: its KV-cached latent loop fires TransformerLens's hooks in every
     segment. `bridge` is the TransformerBridge itself (hook points, `hooks()`, `cfg`, `W_U`, ...).
     Raises TLError as bridge_for does.
