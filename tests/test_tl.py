@@ -110,3 +110,26 @@ def test_the_latent_loop_runs_through_a_bridge(tiny_model, word_tokenizer, offic
     assert not any("bridge" in type(m).__module__ for m in tiny_model.base.modules())  # ours is untouched
     with pytest.raises(TLError, match="blocks.0.hook_mlp_in: Cannot add hook"):
         cb.run_with_cache(ids, mask, names_filter=["blocks.0.hook_mlp_in"])
+
+
+def test_head_results_of_the_thoughts(tiny_model, word_tokenizer, official_items):
+    """TL's per-head results on the bridged loop (set_use_attn_result, as in TransformerLens): for every layer
+    the heads' results and the output bias sum to the attention output, and stack_head_results stacks them."""
+    from probe.data.render import render_prompt, tokenize_item
+    from probe.tl import CoconutBridge
+
+    cfg = tiny_model.config
+    ids = torch.tensor([render_prompt(tokenize_item(official_items[0], word_tokenizer, cfg.data_format), 3,
+                                      cfg.stage_spec, cfg.special)])
+    cb = CoconutBridge(tiny_model, word_tokenizer)
+    cb.bridge.set_use_attn_result(True)
+    out, cache = cb.run_with_cache(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(out.thoughts, tiny_model(ids).thoughts, atol=1e-5, rtol=0)
+    L, heads = cb.bridge.cfg.n_layers, cb.bridge.cfg.n_heads
+    for l in range(L):
+        result = cache[f"blocks.{l}.attn.hook_result"]  # [batch, seq, heads, d_model]
+        b_O = getattr(cb.bridge.blocks[l].attn, "b_O", None)
+        total = result.sum(-2) + (b_O if b_O is not None else 0)
+        torch.testing.assert_close(total, cache[f"blocks.{l}.hook_attn_out"], atol=1e-5, rtol=0)
+    assert cache.stack_head_results(layer=-1).shape == (L * heads, 1, ids.shape[1], tiny_model.d_model)
