@@ -122,7 +122,8 @@ class CoconutBridge:
 
     The bridge is booted over the model's weights (bridge_for), and `model` is a CoconutModel over the
     bridged modules with the same config: its KV-cached latent loop fires TransformerLens's hooks in every
-    segment. `bridge` is the TransformerBridge itself (hook points, `hooks()`, `cfg`, `W_U`, ...).
+    segment. `bridge` is the TransformerBridge itself (hook points, `hooks()`, `cfg`, `W_U`, ...); `tokenizer`
+    the model's.
     Raises TLError as bridge_for does.
     """
 
@@ -132,6 +133,18 @@ class CoconutBridge:
             block.attn.register_forward_pre_hook(_cache_as_past_key_values, with_kwargs=True)
         self.model = CoconutModel(self.bridge.original_model, model.config)
         self.model.eval()
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_checkpoint(cls, path, base=None, device: str = "cpu") -> "CoconutBridge":
+        """A checkpoint (ours, or an official state dict with its base directory) opened through a bridge.
+
+        Loads it as load_checkpoint does (its errors included), then bridges it; `tokenizer` holds its tokenizer.
+        """
+        from probe.model.checkpoint import load_checkpoint
+
+        model, tokenizer = load_checkpoint(path, base=base, device=device)
+        return cls(model, tokenizer)
 
     @torch.no_grad()
     def run_with_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -133,3 +133,21 @@ def test_head_results_of_the_thoughts(tiny_model, word_tokenizer, official_items
         total = result.sum(-2) + (b_O if b_O is not None else 0)
         torch.testing.assert_close(total, cache[f"blocks.{l}.hook_attn_out"], atol=1e-5, rtol=0)
     assert cache.stack_head_results(layer=-1).shape == (L * heads, 1, ids.shape[1], tiny_model.d_model)
+
+
+def test_a_checkpoint_opens_through_a_bridge(tmp_path, tiny_model, word_tokenizer, official_items):
+    from probe.data.render import render_prompt, tokenize_item
+    from probe.model.checkpoint import CheckpointError, save_checkpoint
+    from probe.tl import CoconutBridge
+
+    save_checkpoint(tiny_model, word_tokenizer, tmp_path / "ckpt")
+    cb = CoconutBridge.from_checkpoint(tmp_path / "ckpt")
+    cfg = tiny_model.config
+    ids = torch.tensor([render_prompt(tokenize_item(official_items[1], cb.tokenizer, cfg.data_format), 2,
+                                      cfg.stage_spec, cfg.special)])
+    out, cache = cb.run_with_cache(ids, names_filter=lambda name: name.endswith("hook_resid_post"))
+    with torch.no_grad():
+        torch.testing.assert_close(out.thoughts, tiny_model(ids).thoughts, atol=1e-5, rtol=0)
+    assert sorted(cache.keys()) == [f"blocks.{l}.hook_resid_post" for l in range(2)]
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        CoconutBridge.from_checkpoint(tmp_path / "none")
