@@ -55,8 +55,9 @@ class Plan:
 class RunState:
     """Where a run stands: the next micro-batch (epoch, batch), the optimizer steps done, the record so far.
 
-    pending holds the running sums of the record in progress (loss as a float64 sum, batches,
-    sequences, tokens, seconds), so that a resumed run writes the same records as an uninterrupted one.
+    pending holds the running sums of the record in progress (loss and gradient norm as float64 sums,
+    steps, batches, sequences, tokens, seconds), so that a resumed run writes the same records as an
+    uninterrupted one.
     """
 
     config: dict[str, Any]
@@ -71,7 +72,7 @@ class RunState:
 
     @staticmethod
     def empty_pending() -> dict[str, float]:
-        return {"loss": 0.0, "batches": 0, "sequences": 0, "tokens": 0, "seconds": 0.0}
+        return {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "batches": 0, "sequences": 0, "tokens": 0, "seconds": 0.0}
 
     @property
     def name(self) -> str:
@@ -100,6 +101,7 @@ class RunState:
         try:
             raw = json.loads(file.read_text())
             raw["plan"] = Plan(**raw["plan"])
+            raw["pending"] = {**cls.empty_pending(), **raw.get("pending", {})}  # a state written before a sum existed
             return cls(**raw)
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{file}: not a readable run state ({type(e).__name__}: {e})") from None

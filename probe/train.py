@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.distributed as dist
 import yaml
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -35,6 +36,7 @@ from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
 from probe.atomic import atomic_write_text
 from probe.data.prosqa import ProsQAItem, load_items
 from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_pool
+from probe.distributed import rank_slice, world
 from probe.evaluate import evaluate
 from probe.model.checkpoint import load_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
@@ -65,13 +67,19 @@ def sequence_loss(model: CoconutModel, batch: dict[str, torch.Tensor]) -> torch.
 
     For language labels (sets of one) this is the usual next-token cross-entropy over labelled tokens.
     """
+    return unit_loss_sum(model, batch) / (batch["target_pos"] >= 0).sum()
+
+
+def unit_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sum, over a batch's supervised units, of each unit's mean negative log-probability (a scalar):
+    sequence_loss times the number of units. Under data parallelism each rank sums its rows and divides by
+    the global batch's units, so that averaging the ranks' gradients gives the single-process gradient."""
     pos, ids = batch["target_pos"], batch["target_ids"]
     out = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], logits_at=pos.clamp(min=0))
     logp = out.logits.float().log_softmax(-1)  # [batch, n, vocab]
     have = ids >= 0
     nll = -(logp.gather(-1, ids.clamp(min=0)) * have).sum(-1) / have.sum(-1).clamp(min=1)  # [batch, n]
-    valid = pos >= 0
-    return (nll * valid).sum() / valid.sum()
+    return (nll * (pos >= 0)).sum()
 
 
 def flops_per_token(model: CoconutModel, context: float) -> float:
@@ -164,6 +172,9 @@ class _Run:
     device: str
     hardware: str = ""
     started: float = field(default_factory=time.perf_counter)
+    rank: int = 0  # under torchrun: this process's rank, of world_size
+    world_size: int = 1
+    ddp: Any = None  # the DistributedDataParallel wrapper of model, with world_size > 1
 
 
 def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
@@ -192,9 +203,17 @@ def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
         plan = Plan(cfg.epoch_items or cfg.train_size, cfg.batch_size, cfg.gradient_accumulation_steps,
                     cfg.num_epochs, cfg.start_epoch)
         state = RunState(asdict(cfg), plan, epoch=cfg.start_epoch, init=init)
+    rank, size, _ = world()
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-    return _Run(cfg, model, tok, state, last, val_items, pool, device, _hardware(device))
+    if rank == 0:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    run = _Run(cfg, model, tok, state, last, val_items, pool, device, _hardware(device), rank=rank, world_size=size)
+    if size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        run.ddp = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda")
+                                          else None)
+    return run
 
 
 def _stream(run: _Run, plan: Plan) -> BatchStream:
@@ -278,17 +297,46 @@ def train(
 ) -> TrainResult:
     """Run the curriculum; record, evaluate and checkpoint where due; continue from the latest checkpoint if resume.
 
-    Raises ConfigError for a run that cannot start (nothing to resume, a used out_dir, a budget too small),
-    PlacementError for a device absent here.
+    Under torchrun (`torchrun --nproc_per_node N -m probe.cli train ...`) every rank runs this with
+    DistributedDataParallel: each takes its block of the rows of every batch, gradients are averaged so that
+    a step equals the single-process step on the same batch, the evaluation is split over the ranks and
+    summed, and rank 0 alone writes checkpoints and calls on_record (on cuda, each rank uses the GPU of its
+    local rank; gloo on the CPU, nccl on GPUs).
+
+    Raises ConfigError for a run that cannot start (nothing to resume, a used out_dir, a budget too small,
+    a batch smaller than the number of ranks), PlacementError for a device absent here.
     """
+    rank, size, local = world()
+    if size > 1 and device == "cuda":
+        device = f"cuda:{local}"
     device = parse_device(device)
+    if size > 1 and cfg.batch_size < size:
+        raise ConfigError(f"batch_size={cfg.batch_size} gives some of the {size} ranks no rows")
     if device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
+    owned = size > 1 and not dist.is_initialized()
+    if owned:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        return _train(cfg, resume, device, progress, on_record)
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: bool, device: str, progress: bool,
+           on_record: Callable[[dict[str, Any]], None] | None) -> TrainResult:
     run = _setup(cfg, resume, device)
     state, model = run.state, run.model
     calibration: dict[str, Any] = {}
     if cfg.max_minutes and run.resumed_from is None:
         state.plan, calibration = fit_plan(run)
+        if run.world_size > 1:  # every rank follows rank 0's timing
+            shared = [state.plan, calibration]
+            dist.broadcast_object_list(shared, src=0)
+            state.plan, calibration = shared
     plan = state.plan
     if state.epoch >= cfg.num_epochs:
         raise ConfigError(f"{cfg.run_dir}: num_epochs={cfg.num_epochs} leaves nothing to train")
@@ -300,41 +348,51 @@ def train(
         opt = _optimizer(model, cfg)
         load_optimizer(opt, run.resumed_from)
     loader = batch_loader(_stream(run, plan), cfg.num_workers, pin_memory=device.startswith("cuda"))
-    loss_sum = torch.tensor(state.pending["loss"], dtype=torch.float64, device=device)
-    bar = tqdm(total=plan.total_steps, initial=state.step, desc=cfg.name, unit="step", disable=not progress)
+    # running sums on the device (read once per record, not per step): loss, and the gradient norm before clipping
+    sums = torch.tensor([state.pending["loss"], state.pending["grad_norm"]], dtype=torch.float64, device=device)
+    bar = tqdm(total=plan.total_steps, initial=state.step, desc=cfg.name, unit="step",
+               disable=not progress or run.rank != 0)
     last, t0 = run.resumed_from, time.perf_counter()
     model.train()
     for micro in _steps(loader, plan, cfg.gradient_accumulation_steps):
         epoch = micro[0]["epoch"]
         if micro[0]["batch"] == 0 and (opt is None or cfg.resets_optimizer(epoch)):
             opt = _optimizer(model, cfg)
-        loss_sum += _optimizer_step(run, opt, micro)
+        sums += _optimizer_step(run, opt, micro)
         state.epoch, state.batch = (epoch + 1, 0) if micro[-1]["batch"] + 1 == plan.batches_per_epoch \
             else (epoch, micro[-1]["batch"] + 1)
         bar.update(1)
         end_of_epoch, finished = state.batch == 0, state.epoch == cfg.num_epochs and state.batch == 0
         out_of_time = deadline is not None and time.perf_counter() > deadline and not finished
+        if deadline is not None and run.world_size > 1:  # the ranks stop together
+            flag = torch.tensor(int(out_of_time), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag)
         evals = bool(cfg.eval_every_steps) and state.step % cfg.eval_every_steps == 0
         if end_of_epoch or evals or out_of_time:  # close the record, evaluating where due
-            state.pending["loss"] = float(loss_sum)
+            state.pending["loss"], state.pending["grad_norm"] = sums.tolist()
             state.pending["seconds"] += time.perf_counter() - t0
             due = evals or finished or out_of_time or (
                 not cfg.eval_every_steps and end_of_epoch and (epoch + 1) % cfg.eval_every_epochs == 0)
             record = _record(run, epoch, evaluate_now=due, calibration=calibration)
             if out_of_time:
                 record["cut_by_budget"] = f"stopped at step {state.step} of {plan.total_steps}"
-            loss_sum.zero_()
+            sums.zero_()
             calibration = {}
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
                             **({"val": f"{record['val_accuracy']:.3f}"} if "val_accuracy" in record else {}))
-            if on_record:
+            if on_record and run.rank == 0:
                 on_record(record)
             t0 = time.perf_counter()
         if end_of_epoch or out_of_time or (cfg.save_every_steps and state.step % cfg.save_every_steps == 0):
-            state.pending["loss"] = float(loss_sum)
+            state.pending["loss"], state.pending["grad_norm"] = sums.tolist()
             state.pending["seconds"] += time.perf_counter() - t0
-            last = state.save(cfg.run_dir, model, run.tok, opt, metadata={"run": cfg.name, **(state.history or [{}])[-1]})
-            prune(cfg.run_dir, cfg.keep_checkpoints)
+            if run.rank == 0:
+                state.save(cfg.run_dir, model, run.tok, opt, metadata={"run": cfg.name, **(state.history or [{}])[-1]})
+                prune(cfg.run_dir, cfg.keep_checkpoints)
+            if run.world_size > 1:
+                dist.barrier()  # no rank goes on (or ends) before the checkpoint is in place
+            last = cfg.run_dir / state.name
             t0 = time.perf_counter()
         if out_of_time:
             break
@@ -356,27 +414,41 @@ def _steps(loader, plan: Plan, accumulation: int) -> Iterator[list[dict[str, Any
 
 def _optimizer_step(run: _Run, opt: torch.optim.Optimizer, micro: list[dict[str, Any]]) -> torch.Tensor:
     """Forward and backward over one step's micro-batches (each with its own seeded dropout), then clip,
-    set the learning rate and step. Returns the summed micro-batch losses (float64, on the device, no sync)."""
+    set the learning rate and step. Returns [summed micro-batch losses, gradient norm before clipping]
+    (float64, on the device, no sync)."""
     cfg, state, model = run.cfg, run.state, run.model
     total = torch.zeros((), dtype=torch.float64, device=run.device)
-    for batch in micro:
+    for i, batch in enumerate(micro):
         torch.manual_seed(hash((cfg.seed, batch["epoch"], batch["batch"])) % 2**62)
-        tensors = _to(batch, run.device)
-        with _autocast(cfg, run.device):
-            loss = sequence_loss(model, tensors)
-        (loss / cfg.gradient_accumulation_steps).backward()
+        units = int((batch["target_pos"] >= 0).sum())  # of the whole batch, on every rank
+        rows, weight = _rows(len(batch["input_ids"]), run)
+        tensors = _to({k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, run.device)
+        sync = run.ddp is None or i == len(micro) - 1  # under DDP, average the gradients once per step
+        with nullcontext() if sync else run.ddp.no_sync():
+            with _autocast(cfg, run.device):
+                loss = weight * unit_loss_sum(run.ddp or model, tensors) / units
+            (loss * run.world_size / cfg.gradient_accumulation_steps).backward()
         total += loss.detach().double()
         state.pending["batches"] += 1
         state.pending["tokens"] += batch["n_tokens"]
-        state.pending["sequences"] += len(tensors["input_ids"])
-    if cfg.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        state.pending["sequences"] += len(batch["input_ids"])
+    if run.world_size > 1:
+        dist.all_reduce(total)  # the ranks' shares of each batch's loss
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+    state.pending["steps"] += 1
     for g in opt.param_groups:
         g["lr"] = lr_at(state.step, state.plan.total_steps, cfg)
     opt.step()
     opt.zero_grad(set_to_none=True)
     state.step += 1
-    return total
+    return torch.stack([total, norm.detach().double()])
+
+
+def _rows(n: int, run: _Run) -> tuple[slice, float]:
+    """This rank's rows of a batch of n, and the weight of its loss: its contiguous block, or where a short
+    last batch leaves it none, the first row at weight 0 (so that every rank runs the same graph)."""
+    block = rank_slice(n, run.rank, run.world_size)
+    return (slice(block.start, block.stop), 1.0) if len(block) else (slice(0, 1), 0.0)
 
 
 def _optimizer(model: CoconutModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -390,6 +462,7 @@ def _record(run: _Run, epoch: int, evaluate_now: bool, calibration: dict[str, An
     tokens_per_s = p["tokens"] / seconds
     record: dict[str, Any] = {
         "epoch": epoch + 1, "step": state.step, "stage": cfg.stage(epoch), "train_loss": p["loss"] / max(1, p["batches"]),
+        "grad_norm": p["grad_norm"] / max(1, p["steps"]),  # mean over the record's steps, before clipping
         "tokens_per_s": tokens_per_s,
         "tflops": flops_per_token(run.model, p["tokens"] / max(1, p["sequences"])) * tokens_per_s / 1e12,
         "seconds": seconds, "global_step": state.step, "lr": lr_at(max(0, state.step - 1), state.plan.total_steps, cfg),
@@ -399,9 +472,15 @@ def _record(run: _Run, epoch: int, evaluate_now: bool, calibration: dict[str, An
         record["calibration"] = calibration
         record["epoch_items"] = state.plan.epoch_items
     if evaluate_now and run.val_items:
-        res = evaluate(run.model, run.tok, run.val_items, stage=cfg.stage(epoch), batch_size=cfg.eval_batch_size,
-                       progress=False)
-        record.update(val_accuracy=res.accuracy, val_mean_thoughts=sum(r.n_thoughts for r in res.items) / res.n)
+        block = rank_slice(len(run.val_items), run.rank, run.world_size)
+        mine = run.val_items[block.start : block.stop]
+        res = evaluate(run.model, run.tok, mine, stage=cfg.stage(epoch), batch_size=cfg.eval_batch_size,
+                       progress=False).items if mine else []
+        counts = torch.tensor([sum(r.correct for r in res), sum(r.n_thoughts for r in res), len(res)],
+                              dtype=torch.float64, device=run.device)
+        if run.world_size > 1:
+            dist.all_reduce(counts)
+        record.update(val_accuracy=float(counts[0] / counts[2]), val_mean_thoughts=float(counts[1] / counts[2]))
         run.model.train()
     state.history.append(record)
     state.seconds += seconds

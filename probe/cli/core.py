@@ -56,7 +56,12 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override one config option, as OPTION=VALUE with a YAML value "
                                    "(repeatable): --set lr=3e-4 --set model.n_layer=1."),
 ) -> None:
-    """Train a Coconut model (or a baseline) with the multi-stage curriculum."""
+    """Train a Coconut model (or a baseline) with the multi-stage curriculum.
+
+    Under torchrun (`torchrun --nproc_per_node N -m probe.cli train --config FILE`) the ranks train one model
+    with DistributedDataParallel (each takes its rows of every batch; rank 0 writes and reports).
+    """
+    from probe.distributed import world
     from probe.train import train as run
     from probe.train_config import TrainConfig, parse_overrides
 
@@ -64,7 +69,8 @@ def train(
     overrides.update({k: v for k, v in {"max_minutes": max_minutes, "out_dir": out_dir}.items() if v is not None})
     cfg = TrainConfig.from_yaml(config, **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
     result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)))
-    typer.echo(f"last checkpoint: {result.last_checkpoint}")
+    if world()[0] == 0:  # under torchrun, rank 0 speaks for the run
+        typer.echo(f"last checkpoint: {result.last_checkpoint}")
 
 
 @app.command("eval")
