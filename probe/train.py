@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -319,11 +320,20 @@ def train(
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    # torchrun stops the other ranks of a failed run with SIGTERM: as an exception, so that a checkpoint being
+    # written is removed (atomic_directory), not left half-written.
+    previous = signal.signal(signal.SIGTERM, _stop) if size > 1 else None
     try:
         return _train(cfg, resume, device, progress, on_record)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if owned:
             dist.destroy_process_group()
+
+
+def _stop(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _train(cfg: TrainConfig, resume: bool, device: str, progress: bool,

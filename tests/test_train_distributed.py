@@ -34,13 +34,14 @@ def config(tmp_path: Path, official_path: Path, **kw) -> Path:
     return path
 
 
-def torchrun(args: list[str], n: int = 2, module: str = "probe.cli", timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], n: int = 2, module: str = "probe.cli", timeout: int = 300,
+             **env: str) -> subprocess.CompletedProcess:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--master_port={port}",
            "-m", module, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}", **env}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE.parent)
 
 
@@ -84,3 +85,25 @@ def test_a_resumed_ddp_run_continues_exactly(tmp_path, official_path):
     hist = lambda run: [h["train_loss"] for h in json.loads(  # noqa: E731
         (tmp_path / run / "epoch-002" / "trainer_state.json").read_text())["history"]]
     assert hist("straight") == hist("cut")
+
+
+def test_a_failing_rank_stops_the_run_with_one_error(tmp_path, official_path):
+    """Rank 1 raises in its second step: the run stops (torchrun stops rank 0, which was waiting for it), one
+    error line names the rank and the error, the traceback is kept in the run directory, and rank 0's broken
+    collective adds no second error. Then rank 0 is stopped by SIGTERM while it writes a checkpoint (as torchrun
+    stops the ranks of a failed run): nothing half-written is left."""
+    cfg = config(tmp_path, official_path, train_size=32)
+    out = tmp_path / "fail"
+    r = torchrun(["train", "--config", str(cfg), "--out-dir", str(out)], module="torchrun_faults", FAULT="step")
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if "error: rank" in line]
+    assert len(errors) == 1 and errors[0].split("error: ", 1)[1].startswith(
+        "rank 1 of 2: RuntimeError: injected failure on rank 1; the run stops"), r.stderr[-3000:]
+    assert "last complete checkpoint: none" in errors[0]
+    assert r.stderr.count("injected failure on rank 1") == 1  # no rank printed its traceback
+    assert "injected failure on rank 1" in (out / "error-rank1.txt").read_text()
+    assert not list(out.glob("epoch-*"))
+    stopped = tmp_path / "stopped"
+    r = torchrun(["train", "--config", str(cfg), "--out-dir", str(stopped)], module="torchrun_faults", FAULT="save")
+    assert r.returncode != 0
+    assert sorted(p.name for p in stopped.iterdir() if "epoch" in p.name) == [], sorted(stopped.iterdir())

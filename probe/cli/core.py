@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION, _int_option, _load,
-    one_line_errors,
+    app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION, InputError,
+    _int_option, _load, one_line_errors,
 )
 
 
@@ -68,9 +68,40 @@ def train(
     overrides = parse_overrides(set_)
     overrides.update({k: v for k, v in {"max_minutes": max_minutes, "out_dir": out_dir}.items() if v is not None})
     cfg = TrainConfig.from_yaml(config, **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
-    result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)))
-    if world()[0] == 0:  # under torchrun, rank 0 speaks for the run
+    rank, size, _ = world()
+    try:
+        result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)))
+    except Exception as e:
+        if size == 1 or isinstance(e, (InputError, OSError)):
+            raise
+        _rank_failed(cfg, rank, size, e)
+    if rank == 0:  # under torchrun, rank 0 speaks for the run
         typer.echo(f"last checkpoint: {result.last_checkpoint}")
+
+
+def _rank_failed(cfg, rank: int, size: int, error: Exception) -> None:
+    """One line for a rank that fails under torchrun (torchrun then stops the others), its traceback in a file of
+    the run directory. A rank that fails only because a peer went away (its collective broke) stays silent, so
+    that the run shows one error: the failing rank's."""
+    import traceback
+
+    import torch.distributed as dist
+
+    from probe.atomic import atomic_write_text
+    from probe.run_state import latest_checkpoint
+
+    log = cfg.run_dir / f"error-rank{rank}.txt"
+    atomic_write_text(log, "".join(traceback.format_exception(error)))
+    peer = isinstance(error, dist.DistError) or any(s in str(error) for s in PEER_GONE)
+    if not peer:
+        last = latest_checkpoint(cfg.run_dir)
+        typer.secho(f"error: rank {rank} of {size}: {type(error).__name__}: {error}; the run stops (traceback: {log}; "
+                    f"last complete checkpoint: {last or 'none'})", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+# what gloo and NCCL say when a collective breaks because another rank is gone
+PEER_GONE = ("closed by peer", "remote worker", "Connection reset by peer", "communicator was aborted")
 
 
 @app.command("eval")
