@@ -28,6 +28,13 @@ def _naming(path: Path) -> Iterator[None]:
         raise type(e)(e.errno, why, str(path)) from None
 
 
+def _mode(full: int) -> int:
+    """full (0o666 for a file, 0o777 for a directory) less the process's umask, as open() and mkdir() give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return full & ~mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to a temporary file beside path, then rename it into place.
 
@@ -40,7 +47,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
+        os.chmod(tmp, _mode(0o666))  # mkstemp makes it private; the file gets what open() would give it
+        with _naming(path):
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -58,7 +67,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        os.chmod(tmp, _mode(0o666))
+        with _naming(path):
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -77,7 +88,7 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
     with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-    tmp.chmod(0o755)
+    tmp.chmod(_mode(0o777))
     try:
         yield tmp
         if path.exists():

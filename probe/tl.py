@@ -16,13 +16,15 @@ from typing import Any
 import torch
 
 from probe.capture import ThoughtTrace
-from probe.model.coconut import CoconutModel
+from probe.model.coconut import FEEDBACK_MODES, CoconutModel
 from probe.model.hook_names import FINAL, HookNameError, layer_of, point_of
 
 PATTERN = "attn.hook_pattern"
 # Our final-norm point is the norm's output (what a thought is); TransformerLens 4 calls that ln_final.hook_out,
 # and its own ln_final.hook_normalized is the value before the norm's weight and bias.
 TL_FINAL = "ln_final.hook_out"
+DERIVED = ("hook_scale", "hook_resid_mid")
+EMBED = {"hook_embed", "embed.hook_out"}  # TL 4's names for the token embedding
 
 
 class TLError(ValueError):
@@ -76,7 +78,37 @@ def to_activation_cache(trace: ThoughtTrace, bridge: Any) -> Any:
     cache = {}
     for name, t in trace.cache.items():
         cache[TL_FINAL if name == FINAL else name] = t.transpose(1, 2) if point_of(name) == PATTERN else t
+    cache.update(_derived(cache, bridge.cfg))
     return transformer_lens.ActivationCache(cache, bridge, has_batch_dim=True)
+
+
+def _norm_scale(x: torch.Tensor, cfg: Any) -> torch.Tensor:
+    """[..., d] -> [..., 1]: what a norm divides by (TransformerLens's hook_scale): LayerNorm's standard deviation
+    or RMSNorm's root mean square, with the model's eps."""
+    x = x.float()
+    if str(cfg.normalization_type).startswith("LN"):
+        x = x - x.mean(-1, keepdim=True)
+    return (x.pow(2).mean(-1, keepdim=True) + cfg.eps).sqrt()
+
+
+def _derived(cache: dict[str, torch.Tensor], cfg: Any) -> dict[str, torch.Tensor]:
+    """What TransformerLens's cache methods read that a trace does not capture but determines: the residual
+    between attention and MLP (a sequential block: resid_pre + attn_out) and the norms' scales (ln1 from
+    resid_pre, ln2 from resid_mid, ln_final from the last resid_post), so that apply_ln_to_stack, logit_attrs
+    and accumulated_resid(incl_mid=True) run on thoughts."""
+    out = {}
+    n = cfg.n_layers
+    for l in range(n):
+        pre, attn = cache.get(f"blocks.{l}.hook_resid_pre"), cache.get(f"blocks.{l}.hook_attn_out")
+        if pre is not None:
+            out[f"blocks.{l}.ln1.hook_scale"] = _norm_scale(pre, cfg)
+            if attn is not None and not getattr(cfg, "parallel_attn_mlp", False):
+                out[f"blocks.{l}.hook_resid_mid"] = pre + attn
+                out[f"blocks.{l}.ln2.hook_scale"] = _norm_scale(pre + attn, cfg)
+    final = cache.get(f"blocks.{n - 1}.hook_resid_post")
+    if final is not None:
+        out["ln_final.hook_scale"] = _norm_scale(final, cfg)
+    return out
 
 
 def from_activation_cache(cache: Any, trace: ThoughtTrace) -> ThoughtTrace:
@@ -90,6 +122,8 @@ def from_activation_cache(cache: Any, trace: ThoughtTrace) -> ThoughtTrace:
         raise TLError("the cache has no batch axis; build it with has_batch_dim=True")
     out = {}
     for tl_name in cache.keys():
+        if tl_name.endswith(DERIVED):  # what to_activation_cache computed from the trace itself
+            continue
         if tl_name == FINAL:
             raise TLError(f"{FINAL} in TransformerLens 4 is the value before the final norm's weight and bias; a "
                           f"trace holds the norm's output, TransformerLens's {TL_FINAL}")
@@ -156,21 +190,27 @@ class CoconutBridge:
         TransformerLens keeps some off until asked, e.g. hook_mlp_in: a filter naming one of those is refused).
         Returns (CoconutOutput, ActivationCache): the cache holds each hook over the whole sequence,
         [batch, seq, ...], the latent loop's segments joined (attention patterns and scores
-        [batch, heads, seq, seq], each segment's keys zero-padded to the sequence). The token embedding
-        (`hook_embed`) runs once over the prompt as written, before its `<|latent|>` positions are replaced by
-        thoughts: what the blocks see is `blocks.0.hook_resid_pre`. A hook that does not see the sequence
-        once is left out of the default. Raises TLError when a hook named in names_filter is off (TL keeps
-        some off until asked) or is such a hook.
+        [batch, heads, seq, seq], each segment's keys zero-padded to the sequence). At a `<|latent|>` position
+        the token embedding (`hook_embed`) holds the thought fed back there, what the blocks received, so that
+        decompose_resid adds up. A hook that does not see the sequence once is left out of the default.
+        Raises TLError for input_ids that are not a tensor of ids, or a hook named in names_filter that this
+        bridge lacks, keeps off (TL keeps some off until asked) or does not run once per position.
         """
         transformer_lens, _ = _transformer_lens()
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() not in (1, 2):
+            raise TLError("input_ids must be a [batch, seq] (or [seq]) tensor of token ids; CoconutBridge.prompts "
+                          "renders items")
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+            attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
         if names_filter is None:
             keep = lambda name: True  # noqa: E731
-        elif isinstance(names_filter, str):
-            keep = lambda name: name == names_filter  # noqa: E731
         elif callable(names_filter):
             keep = names_filter
         else:
-            wanted = set(names_filter)
+            wanted = {names_filter} if isinstance(names_filter, str) else set(names_filter)
+            if unknown := sorted(wanted - set(self.bridge.hook_dict)):
+                raise TLError(f"unknown hook name(s) {unknown} for this bridge ({self.bridge.cfg.n_layers} layers)")
             keep = lambda name: name in wanted  # noqa: E731
         parts: dict[str, list[torch.Tensor]] = {}
 
@@ -206,7 +246,26 @@ class CoconutBridge:
                                   "(the latent loop does not run it segment by segment)")
                 continue
             cache[name] = joined
+        if self.model.config.mode in FEEDBACK_MODES:  # the embedding the blocks saw at a latent is the thought
+            rows, cols = torch.nonzero(input_ids == self.model.config.latent_id, as_tuple=True)
+            slots = (input_ids == self.model.config.latent_id).long().cumsum(-1)[rows, cols] - 1
+            for name in EMBED & set(cache):
+                cache[name] = cache[name].index_put((rows, cols), out.thoughts[rows, slots].to(cache[name]))
         return out, transformer_lens.ActivationCache(cache, self.bridge, has_batch_dim=True)
+
+    def prompts(self, items, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items rendered as the model's prompts with k thoughts (default: its own), left-padded:
+        (input_ids, attention_mask), each [batch, seq], ready for run_with_cache. Raises ValueError for a bad k."""
+        from probe.data.render import render_prompt, tokenize_item
+
+        cfg = self.model.config
+        k = cfg.thought_count(k)
+        seqs = [render_prompt(tokenize_item(it, self.tokenizer, cfg.data_format), k, cfg.stage_spec, cfg.special)
+                for it in items]
+        width = max(map(len, seqs))
+        ids = torch.tensor([[cfg.pad_id] * (width - len(q)) + q for q in seqs], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs], device=self.model.device)
+        return ids, mask
 
 
 def _pad_keys(t: torch.Tensor, width: int) -> torch.Tensor:

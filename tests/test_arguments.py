@@ -47,9 +47,11 @@ def test_layer_rule():
     with pytest.raises(DataError, match="layer 9"):  # the caller's error class
         layer_index(9, 2, DataError)
     assert parse_layers("0, 2,-1") == [0, 2, -1] and parse_layers(None) is None
-    for bad in ("1-2", "a", ","):
-        with pytest.raises(HookNameError):
+    for bad in ("1-2", "a", ",", "0,,1", "1,"):
+        with pytest.raises(HookNameError, match="expected comma-separated integers"):
             parse_layers(bad)
+    with pytest.raises(HookNameError, match="--layers: a layer is named twice in '0,1,0'"):
+        parse_layers("0,1,0", "--layers")
     assert select_hooks(3, ["*hook_resid_post"], [-1, 0]) == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 
 
@@ -114,3 +116,31 @@ def test_the_library_entry_points_use_the_same_rules(tmp_path, tiny_model, word_
         load_checkpoint(tmp_path / "ckpt", dtype="int8")
     model, _ = load_checkpoint(tmp_path / "ckpt", dtype="bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_atomic_writes_name_the_place_and_honour_the_umask(tmp_path):
+    """What the atomic writers leave has the modes open() and mkdir() would give (mkstemp's are private), and
+    a refused place is named as asked for, not by its temporary file."""
+    import os
+
+    from probe.atomic import atomic_directory, atomic_path, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert [oct((tmp_path / n).stat().st_mode & 0o777) for n in ("a.json", "b.bin", "d")] == ["0o644", "0o644", "0o755"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError) as e:
+        atomic_write_text(tmp_path / "file" / "x.json", "{}")
+    assert e.value.filename == str(tmp_path / "file" / "x.json") and e.value.strerror.endswith("is a file, not a directory")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(OSError) as e:
+        atomic_write_text(tmp_path / "adir", "{}")
+    assert e.value.filename == str(tmp_path / "adir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "adir", "b.bin", "d", "file"]  # no temporary left

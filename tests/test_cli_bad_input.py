@@ -90,11 +90,15 @@ def test_train_release_and_data_answer_bad_input_in_one_line(tmp_path, official_
          "hook pattern(s) ['blocks.9.*'] match no hook"),
         (["decode", "--data", str(official_path), "--index", "-1"], "--index -1 is out of range"),
         (["capture", "--data", str(official_path), "--limit", "1", "--out", str(bad_yaml / "cap")],
-         f"{bad_yaml / 'cap'}: {bad_yaml} is a file, not a directory"),
+         f"--out {bad_yaml / 'cap'}: {bad_yaml} is a file, not a directory"),
         (["decode", "--data", str(official_path), "--index", "0", "--json", str(bad_yaml / "d.json")],
-         f"{bad_yaml / 'd.json'}: {bad_yaml} is a file, not a directory"),
+         f"--json {bad_yaml / 'd.json'}: {bad_yaml} is a file, not a directory"),
         (["eval", "--data", str(official_path), "--limit", "1", "--json", str(bad_yaml / "e.json")],
-         f"{bad_yaml / 'e.json'}: {bad_yaml} is a file, not a directory"),
+         f"--json {bad_yaml / 'e.json'}: {bad_yaml} is a file, not a directory"),
+        (["eval", "--data", str(official_path), "--limit", "1", "--json", str(tmp_path)],
+         f"--json {tmp_path}: is a directory; give a file name"),
+        (["decode", "--data", str(official_path), "--index", "0", "--json", str(tmp_path)],
+         f"--json {tmp_path}: is a directory; give a file name"),
     ]
     for args, words in cases:
         r = runner.invoke(app, args)

@@ -90,6 +90,8 @@ def test_the_latent_loop_runs_through_a_bridge(tiny_model, word_tokenizer, offic
         n = int(tr.prompt_len[b])
         ids[b, width - n :], mask[b, width - n :] = tr.prompt_ids[b, :n], 1
     cb = CoconutBridge(tiny_model, word_tokenizer)
+    rendered = cb.prompts(items, k=3)
+    assert torch.equal(rendered[0], ids) and torch.equal(rendered[1], mask)
     out, cache = cb.run_with_cache(ids, mask)
     with torch.no_grad():
         own = tiny_model(ids, mask)
@@ -108,8 +110,26 @@ def test_the_latent_loop_runs_through_a_bridge(tiny_model, word_tokenizer, offic
         want = tr["blocks.1.attn.hook_pattern"][b][..., : int(tr.prompt_len[b])]
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert not any("bridge" in type(m).__module__ for m in tiny_model.base.modules())  # ours is untouched
+    # at a latent position the token embedding is the thought fed back: the decomposition adds up everywhere
+    real = mask.bool()
+    torch.testing.assert_close(cache.decompose_resid().sum(0)[real], cache["blocks.1.hook_resid_post"][real],
+                               atol=1e-5, rtol=0)
+    # what a converted trace derives (norm scales, resid_mid) is what the bridge records at the thoughts
+    converted = to_activation_cache(tr, cb.bridge)
+    for name in ("ln_final.hook_scale", "blocks.1.ln1.hook_scale", "blocks.1.ln2.hook_scale",
+                 "blocks.0.hook_resid_mid"):
+        torch.testing.assert_close(converted[name], cache[name][rows, cols], atol=1e-5, rtol=0)
+    attrs = converted.logit_attrs(converted.accumulated_resid(pos_slice=-1), tokens=torch.tensor([5, 6, 7]),
+                                  pos_slice=-1)
+    assert attrs.shape == (3, 3)
     with pytest.raises(TLError, match="blocks.0.hook_mlp_in: Cannot add hook"):
         cb.run_with_cache(ids, mask, names_filter=["blocks.0.hook_mlp_in"])
+    with pytest.raises(TLError, match=r"unknown hook name\(s\) \['blocks.9.hook_resid_post'\] for this bridge"):
+        cb.run_with_cache(ids, mask, names_filter="blocks.9.hook_resid_post")
+    with pytest.raises(TLError, match="input_ids must be a"):
+        cb.run_with_cache("Every tom is a wumpus")
+    one, _ = cb.run_with_cache(ids[0, pad[0] :], names_filter=[])  # one prompt, unbatched
+    torch.testing.assert_close(one.thoughts[0], own.thoughts[0], atol=1e-5, rtol=0)
 
 
 def test_head_results_of_the_thoughts(tiny_model, word_tokenizer, official_items):

@@ -99,6 +99,21 @@ def _items(data: Optional[Path], n: int, seed: int, limit: Optional[int] = None)
 def _new_out(out: Path) -> None:
     if out.exists():
         _fail(f"--out {out}: already exists; choose a new directory")
+    _writable_place("--out", out)
+
+
+def _writable_place(option: str, path: Optional[Path]) -> None:
+    """Refuse, before any work, an output path that cannot be written: a directory given for a file, or a
+    parent that is a file."""
+    if path is None:
+        return
+    if option != "--out" and path.is_dir():
+        _fail(f"{option} {path}: is a directory; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                _fail(f"{option} {path}: {parent} is a file, not a directory")
+            break
 
 
 def _item(data: Path, index: int):

@@ -10,7 +10,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION, InputError,
-    _int_option, _load, one_line_errors,
+    _int_option, _load, one_line_errors, _writable_place,
 )
 
 
@@ -127,6 +127,7 @@ def eval_cmd(
     from probe.data.prosqa import load_items
     from probe.evaluate import GOLD, evaluate
 
+    _writable_place("--json", json_out)
     items = load_items(data, limit=limit)
     model, tok = _load(ckpt, base, device, dtype)
     if halt is not None:

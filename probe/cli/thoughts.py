@@ -10,7 +10,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, _item, _items,
-    _layers, _load, _new_out, _num, one_line_errors,
+    _layers, _load, _new_out, _num, one_line_errors, _writable_place,
 )
 
 
@@ -39,6 +39,7 @@ def decode(
 
     if lens not in ("logit", "tuned"):
         _fail(f"--lens: expected logit or tuned, got {lens!r}")
+    _writable_place("--json", json_out)
     item = _item(data, index)
     model, tok = _load(ckpt, base, device, dtype)
     reader = LogitLens(model) if lens == "logit" else TunedLens.load(lens_file or _default_ckpt(ckpt) / TUNED_LENS, model)
@@ -105,6 +106,7 @@ def capture_cmd(
     from probe.distributed import capture_distributed, world
     from probe.evaluate import is_correct
 
+    _new_out(out)
     rank, size, local = world()
     if size > 1 and device == "cuda":
         device = f"cuda:{local}"

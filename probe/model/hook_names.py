@@ -102,15 +102,16 @@ def select_hooks(n_layers: int, patterns: Sequence[str] | None = None, layers: S
 def parse_layers(text: str | None, setting: str = "layers") -> list[int] | None:
     """Layers as typed on a command line, "0,2,-1" -> [0, 2, -1] (None stays None: every layer).
 
-    Only parses; a layer is checked against a model by layer_index. Raises HookNameError, its line starting
-    with `setting` (e.g. "--layers"), on text that is not comma-separated integers.
+    Only parses; a layer is checked against a model by layer_index (so 3 and -1 may still name one layer of a
+    4-layer model). Raises HookNameError, its line starting with `setting` (e.g. "--layers"), on text that is
+    not comma-separated integers (an empty item included) or that names a layer twice.
     """
     if text is None:
         return None
     try:
-        layers = [int(x) for x in text.split(",") if x.strip()]
+        layers = [int(x) for x in text.split(",")]
     except ValueError:
         raise HookNameError(f"{setting}: expected comma-separated integers such as 0,2,-1, got {text!r}") from None
-    if not layers:
-        raise HookNameError(f"{setting}: expected at least one layer, got {text!r}")
+    if len(set(layers)) < len(layers):
+        raise HookNameError(f"{setting}: a layer is named twice in {text!r}")
     return layers
