@@ -40,19 +40,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
     Raises OSError naming path when the system refuses it (a parent that is a file, no permission, ...).
     """
-    path = Path(path)
-    with _naming(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, _mode(0o666))  # mkstemp makes it private; the file gets what open() would give it
-        with _naming(path):
-            os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 @contextmanager
@@ -67,7 +56,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, _mode(0o666))
+        os.chmod(tmp, _mode(0o666))  # mkstemp makes it private; the file gets what open() would give it
         with _naming(path):
             os.replace(tmp, path)
     except BaseException:
