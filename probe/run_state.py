@@ -80,12 +80,16 @@ class RunState:
         return f"epoch-{self.epoch:03d}" if self.batch == 0 else f"epoch-{self.epoch:03d}-step-{self.step:07d}"
 
     def save(self, run_dir: Path, model, tokenizer, optimizer: torch.optim.Optimizer, metadata: dict[str, Any],
-             ) -> Path:
-        """Write model, tokenizer, optimizer and this state as one directory under run_dir, atomically."""
+             weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
+        """Write model, tokenizer, optimizer and this state as one directory under run_dir, atomically.
+
+        weights (the base's, by name) and optimizer_state (a state_dict by parameter index) replace what the
+        model and optimizer hold: a sharded (FSDP) run passes the whole states gathered on rank 0.
+        """
         path = run_dir / self.name
         with atomic_directory(path, replace=True) as tmp:
-            write_checkpoint(model, tokenizer, tmp, metadata=metadata)
-            sd = optimizer.state_dict()
+            write_checkpoint(model, tokenizer, tmp, metadata=metadata, state_dict=weights)
+            sd = optimizer_state or optimizer.state_dict()
             tensors = {f"{pid}.{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
             save_file(tensors, str(tmp / OPTIMIZER_WEIGHTS))
             (tmp / OPTIMIZER_GROUPS).write_text(json.dumps({"param_groups": sd["param_groups"]}))
@@ -107,15 +111,19 @@ class RunState:
             raise CheckpointError(f"{file}: not a readable run state ({type(e).__name__}: {e})") from None
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Restore an optimizer's state from a run checkpoint (onto the device of its parameters)."""
+def read_optimizer(path: Path) -> dict[str, Any]:
+    """A run checkpoint's optimizer state_dict (state by parameter index, and param_groups)."""
     tensors = load_file(str(path / OPTIMIZER_WEIGHTS))
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = v
-    groups = json.loads((path / OPTIMIZER_GROUPS).read_text())["param_groups"]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": json.loads((path / OPTIMIZER_GROUPS).read_text())["param_groups"]}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Restore an optimizer's state from a run checkpoint (onto the device of its parameters)."""
+    optimizer.load_state_dict(read_optimizer(path))
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:

@@ -21,7 +21,7 @@ import math
 import platform
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,11 +39,12 @@ from probe.data.prosqa import ProsQAItem, load_items
 from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_pool
 from probe.distributed import rank_slice, world
 from probe.evaluate import evaluate
+from probe.model.architecture import find_architecture
 from probe.model.checkpoint import load_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.placement import parse_device
 from probe.model.tokenizer import add_latent_tokens, build_word_tokenizer, load_tokenizer
-from probe.run_state import Plan, RunState, latest_checkpoint, load_optimizer, prune
+from probe.run_state import Plan, RunState, latest_checkpoint, load_optimizer, prune, read_optimizer
 from probe.train_config import ConfigError, TrainConfig
 
 BUDGET_MARGIN = 0.08  # of max_minutes, left unplanned for what calibration cannot see
@@ -175,7 +176,8 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     rank: int = 0  # under torchrun: this process's rank, of world_size
     world_size: int = 1
-    ddp: Any = None  # the DistributedDataParallel wrapper of model, with world_size > 1
+    ddp: Any = None  # what runs the forward with world_size > 1: the DDP wrapper of model, or model itself (FSDP)
+    sharded: bool = False  # FSDP: model's parameters are sharded over the ranks
 
 
 def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
@@ -209,12 +211,41 @@ def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
     if rank == 0:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     run = _Run(cfg, model, tok, state, last, val_items, pool, device, _hardware(device), rank=rank, world_size=size)
-    if size > 1:
+    if size > 1 and cfg.distributed == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        # Each decoder layer is its own unit (gathered for its call in every segment of the latent loop), and
+        # the root holds the rest for the whole forward, the thought loop inside it.
+        for layer in find_architecture(model.base).layers:
+            fully_shard(layer)
+        fully_shard(model)
+        run.ddp, run.sharded = model, True
+    elif size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         run.ddp = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda")
                                           else None)
     return run
+
+
+@contextmanager
+def _whole(run: _Run) -> Iterator[None]:
+    """The model's parameters gathered on every rank (FSDP) for what runs outside its forward: evaluation."""
+    if not run.sharded:
+        yield
+        return
+    run.model.unshard()
+    try:
+        yield
+    finally:
+        run.model.reshard()
+
+
+def _grad_sync(run: _Run, sync: bool):
+    """Whether this backward averages the gradients over the ranks (once per optimizer step)."""
+    if run.sharded:
+        run.model.set_requires_gradient_sync(sync)
+    return run.ddp.no_sync() if run.ddp is not None and not run.sharded and not sync else nullcontext()
 
 
 def _stream(run: _Run, plan: Plan) -> BatchStream:
@@ -271,8 +302,9 @@ def fit_plan(run: _Run) -> tuple[Plan, dict[str, float]]:
     t_eval = 0.0
     if run.val_items:
         t0 = time.perf_counter()
-        evaluate(model, run.tok, run.val_items, stage=cfg.stage(cfg.num_epochs - 1), batch_size=cfg.eval_batch_size,
-                 progress=False)
+        with _whole(run):
+            evaluate(model, run.tok, run.val_items, stage=cfg.stage(cfg.num_epochs - 1),
+                     batch_size=cfg.eval_batch_size, progress=False)
         t_eval = time.perf_counter() - t0
         model.train()
     left = cfg.max_minutes * 60 * (1 - BUDGET_MARGIN) - (time.perf_counter() - run.started)
@@ -356,7 +388,10 @@ def _train(cfg: TrainConfig, resume: bool, device: str, progress: bool,
     opt = None
     if run.resumed_from is not None and not (state.batch == 0 and cfg.resets_optimizer(state.epoch)):
         opt = _optimizer(model, cfg)
-        load_optimizer(opt, run.resumed_from)
+        if run.sharded:
+            _load_sharded_optimizer(run, opt)
+        else:
+            load_optimizer(opt, run.resumed_from)
     loader = batch_loader(_stream(run, plan), cfg.num_workers, pin_memory=device.startswith("cuda"))
     # running sums on the device (read once per record, not per step): loss, and the gradient norm before clipping
     sums = torch.tensor([state.pending["loss"], state.pending["grad_norm"]], dtype=torch.float64, device=device)
@@ -397,8 +432,10 @@ def _train(cfg: TrainConfig, resume: bool, device: str, progress: bool,
         if end_of_epoch or out_of_time or (cfg.save_every_steps and state.step % cfg.save_every_steps == 0):
             state.pending["loss"], state.pending["grad_norm"] = sums.tolist()
             state.pending["seconds"] += time.perf_counter() - t0
+            full = _full_states(run, opt) if run.sharded else {}  # a collective: every rank takes part
             if run.rank == 0:
-                state.save(cfg.run_dir, model, run.tok, opt, metadata={"run": cfg.name, **(state.history or [{}])[-1]})
+                state.save(cfg.run_dir, model, run.tok, opt, metadata={"run": cfg.name, **(state.history or [{}])[-1]},
+                           **full)
                 prune(cfg.run_dir, cfg.keep_checkpoints)
             if run.world_size > 1:
                 dist.barrier()  # no rank goes on (or ends) before the checkpoint is in place
@@ -433,8 +470,7 @@ def _optimizer_step(run: _Run, opt: torch.optim.Optimizer, micro: list[dict[str,
         units = int((batch["target_pos"] >= 0).sum())  # of the whole batch, on every rank
         rows, weight = _rows(len(batch["input_ids"]), run)
         tensors = _to({k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, run.device)
-        sync = run.ddp is None or i == len(micro) - 1  # under DDP, average the gradients once per step
-        with nullcontext() if sync else run.ddp.no_sync():
+        with _grad_sync(run, i == len(micro) - 1):
             with _autocast(cfg, run.device):
                 loss = weight * unit_loss_sum(run.ddp or model, tensors) / units
             (loss * run.world_size / cfg.gradient_accumulation_steps).backward()
@@ -445,6 +481,7 @@ def _optimizer_step(run: _Run, opt: torch.optim.Optimizer, micro: list[dict[str,
     if run.world_size > 1:
         dist.all_reduce(total)  # the ranks' shares of each batch's loss
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
     state.pending["steps"] += 1
     for g in opt.param_groups:
         g["lr"] = lr_at(state.step, state.plan.total_steps, cfg)
@@ -452,6 +489,36 @@ def _optimizer_step(run: _Run, opt: torch.optim.Optimizer, micro: list[dict[str,
     opt.zero_grad(set_to_none=True)
     state.step += 1
     return torch.stack([total, norm.detach().double()])
+
+
+def _full_states(run: _Run, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """FSDP: the whole model and optimizer state gathered on rank 0's CPU, in our checkpoint's layout (the base's
+    weights by name; the optimizer's state by parameter index, as a single process numbers them)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(run.model, options=opts)
+    optim = get_optimizer_state_dict(run.model, opt, options=opts)
+    if run.rank != 0:  # the gathered states land on rank 0 only
+        return {}
+    index = {name: i for i, (name, _) in enumerate(run.model.named_parameters())}
+    # one name per tensor, as a single process saves a tied unembedding (named_parameters drops the twin)
+    own = {n for n, _ in run.model.base.named_parameters()} | {n for n, _ in run.model.base.named_buffers()}
+    return {"weights": {k.removeprefix("base."): v for k, v in weights.items() if k.removeprefix("base.") in own},
+            "optimizer_state": {"state": {index[n]: st for n, st in optim["state"].items()},
+                                "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                                                 for g in optim["param_groups"]]}}
+
+
+def _load_sharded_optimizer(run: _Run, opt: torch.optim.Optimizer) -> None:
+    """FSDP: a checkpoint's optimizer state (by parameter index) loaded into the sharded optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    sd = read_optimizer(run.resumed_from)
+    names = [name for name, _ in run.model.named_parameters()]
+    full = {"state": {names[i]: st for i, st in sd["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
+    set_optimizer_state_dict(run.model, opt, full, options=StateDictOptions(full_state_dict=True))
 
 
 def _rows(n: int, run: _Run) -> tuple[slice, float]:
@@ -484,8 +551,9 @@ def _record(run: _Run, epoch: int, evaluate_now: bool, calibration: dict[str, An
     if evaluate_now and run.val_items:
         block = rank_slice(len(run.val_items), run.rank, run.world_size)
         mine = run.val_items[block.start : block.stop]
-        res = evaluate(run.model, run.tok, mine, stage=cfg.stage(epoch), batch_size=cfg.eval_batch_size,
-                       progress=False).items if mine else []
+        with _whole(run):
+            res = evaluate(run.model, run.tok, mine, stage=cfg.stage(epoch), batch_size=cfg.eval_batch_size,
+                           progress=False).items if mine else []
         counts = torch.tensor([sum(r.correct for r in res), sum(r.n_thoughts for r in res), len(res)],
                               dtype=torch.float64, device=run.device)
         if run.world_size > 1:

@@ -15,6 +15,7 @@ from probe.data.render import DATA_FORMATS, MODES, StageSpec
 from probe.data.supervision import SUPERVISIONS, THOUGHT_LOSSES
 
 PRECISIONS = ("float32", "bfloat16")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,9 @@ class TrainConfig:
     precision: str = "float32"  # float32 | bfloat16
     num_workers: int = 0
     max_minutes: float | None = None
+    # Under torchrun: DistributedDataParallel (a replica per rank), or FSDP (fully_shard: each decoder layer
+    # and the rest sharded over the ranks, for a base that does not fit one device).
+    distributed: str = "ddp"  # ddp | fsdp
 
     def __post_init__(self) -> None:
         # YAML reads '1e-4' as a string; accept it as the official configs write it.
@@ -102,7 +106,8 @@ class TrainConfig:
             raise ConfigError("load_model_path and base both name a starting model; keep one")
         if not 0 <= self.uniform_prob <= 1:
             raise ConfigError(f"uniform_prob must be in [0, 1], got {self.uniform_prob}")
-        choices = {"supervision": SUPERVISIONS, "thought_loss": THOUGHT_LOSSES, "precision": PRECISIONS}
+        choices = {"supervision": SUPERVISIONS, "thought_loss": THOUGHT_LOSSES, "precision": PRECISIONS,
+                   "distributed": DISTRIBUTED}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}: unknown {getattr(self, name)!r}; expected one of {allowed}")

@@ -49,13 +49,17 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(str(ckpt / "model.safetensors"))
 
 
-def test_one_ddp_step_is_the_single_process_step(tmp_path, official_path):
+@pytest.mark.parametrize("mode,accumulation", [("ddp", 1), ("fsdp", 1), ("ddp", 2), ("fsdp", 2)])
+def test_one_ddp_step_is_the_single_process_step(tmp_path, official_path, mode, accumulation):
     """One optimizer step on one global batch of 8 rows: 2 ranks of 4 rows each, gradients averaged, give the
     gradient norm and the weights of one process on all 8 rows (AdamW's first step is sign-like, so the weight
     gap scales with lr: at the default 1e-4 it is about 2e-7, and the norm pins the gradient's scale, which
-    AdamW would not show), the same loss, and the same validation accuracy from a split evaluation."""
-    cfg = config(tmp_path, official_path)
-    single = train(TrainConfig.from_yaml(cfg, out_dir=str(tmp_path / "one")), progress=False)
+    AdamW would not show), the same loss, and the same validation accuracy from a split evaluation. With FSDP
+    (parameters sharded over the ranks) the checkpoint, gathered on rank 0, holds the same weights and optimizer
+    state as the single process's. With two micro-batches per step the ranks average their gradients once."""
+    cfg = config(tmp_path, official_path, distributed=mode, gradient_accumulation_steps=accumulation,
+                 train_size=8 * accumulation)
+    single = train(TrainConfig.from_yaml(cfg, out_dir=str(tmp_path / "one"), distributed="ddp"), progress=False)
     r = torchrun(["train", "--config", str(cfg), "--out-dir", str(tmp_path / "two")])
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("last checkpoint:") == 1  # rank 0 reports
@@ -69,10 +73,18 @@ def test_one_ddp_step_is_the_single_process_step(tmp_path, official_path):
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-6)  # the averaged gradient is the same
     assert two["val_accuracy"] == one["val_accuracy"] and two["val_mean_thoughts"] == one["val_mean_thoughts"]
     assert two["step"] == one["step"] == 1
+    from probe.run_state import read_optimizer
+
+    oa, ob = read_optimizer(single.last_checkpoint), read_optimizer(tmp_path / "two" / "epoch-001")
+    assert sorted(oa["state"]) == sorted(ob["state"]) and oa["param_groups"] == ob["param_groups"]
+    for i, st in oa["state"].items():
+        for k, v in st.items():
+            torch.testing.assert_close(ob["state"][i][k], v, atol=1e-6, rtol=0)
 
 
-def test_a_resumed_ddp_run_continues_exactly(tmp_path, official_path):
-    cfg = config(tmp_path, official_path, train_size=16, num_epochs=2, lr=3e-3)
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_resumed_ddp_run_continues_exactly(tmp_path, official_path, mode):
+    cfg = config(tmp_path, official_path, train_size=16, num_epochs=2, lr=3e-3, distributed=mode)
     r = torchrun(["train", "--config", str(cfg), "--out-dir", str(tmp_path / "straight")])
     assert r.returncode == 0, r.stderr[-3000:]
     r = torchrun(["train", "--config", str(cfg), "--out-dir", str(tmp_path / "cut"), "--set", "num_epochs=1"])

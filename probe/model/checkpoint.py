@@ -72,12 +72,14 @@ def write_checkpoint(
     directory: Path,
     *, card: str | None = None,
     metadata: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write our format's files into an existing directory (the caller makes the whole write atomic).
 
-    The weights are stored in the model's dtype (a bfloat16 model writes bfloat16).
+    The weights are stored in the model's dtype (a bfloat16 model writes bfloat16); state_dict (the base's
+    weights by name) replaces the model's own, as a sharded run's gathered weights.
     """
-    model.base.save_pretrained(directory, safe_serialization=True)
+    model.base.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
     meta = {"format_version": FORMAT_VERSION, **model.config.__dict__, "metadata": metadata or {}}
     (directory / COCONUT_CONFIG).write_text(json.dumps(meta, indent=2))
