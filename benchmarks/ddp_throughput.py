@@ -1,11 +1,11 @@
 """Training throughput in 1 process and under torchrun with N, measured side by side in one run.
 
-    python benchmarks/ddp_throughput.py [--procs 2] [--device cpu|cuda] [--threads 1] [--items 512]
-                                        [--batch 32] [--layers 2] [--width 128]
+    python benchmarks/ddp_throughput.py [--procs 2] [--distributed ddp|fsdp] [--device cpu|cuda] [--threads 1]
+                                        [--items 512] [--batch 32] [--layers 2] [--width 128]
 
 The same run (a random GPT-2 of the given shape, the Coconut curriculum's first stage on generated items,
 no evaluation) is trained once by one process and once by `torchrun --nproc_per_node N -m probe.cli train`
-(DistributedDataParallel: each rank takes its block of every batch). On the CPU every process gets --threads
+(DistributedDataParallel, or FSDP with --distributed fsdp: each rank takes its block of every batch). On the CPU every process gets --threads
 threads, so N processes use N times the cores: the ratio shows how far data parallelism scales on this
 machine, not a gain at fixed cores. With --device cuda each rank uses its own GPU (N GPUs needed). Prints the
 training tokens/s of each (from the runs' own records, setup and evaluation excluded) and the ratio.
@@ -43,6 +43,7 @@ def tokens_per_s(run_dir: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--distributed", default="ddp", choices=["ddp", "fsdp"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="threads per process (CPU)")
     ap.add_argument("--items", type=int, default=512)
@@ -61,10 +62,10 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={a.procs}", f"--master_port={port}",
-             *train, "--out-dir", f"{tmp}/many"], a.threads)
+             *train, "--out-dir", f"{tmp}/many", "--set", f"distributed={a.distributed}"], a.threads)
         one, many = tokens_per_s(Path(tmp) / "one"), tokens_per_s(Path(tmp) / "many")
     print(f"training tokens/s on {a.device} ({a.items} items, batch {a.batch}, {a.layers} x {a.width} GPT-2, "
-          f"{a.threads} thread(s) per process): 1 process {one:9.0f} | {a.procs} processes {many:9.0f} | "
+          f"{a.threads} thread(s) per process): 1 process {one:9.0f} | {a.procs} processes ({a.distributed}) {many:9.0f} | "
           f"ratio {many / one:.2f}x")
 
 
