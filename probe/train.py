@@ -356,7 +356,10 @@ def train(
     # written is removed (atomic_directory), not left half-written.
     previous = signal.signal(signal.SIGTERM, _stop) if size > 1 else None
     try:
-        return _train(cfg, resume, device, progress, on_record)
+        result = _train(cfg, resume, device, progress, on_record)
+        if owned:  # no rank tears the group down while another still has collectives in flight
+            dist.barrier()
+        return result
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
