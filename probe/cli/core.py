@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -77,6 +79,12 @@ def train(
         _rank_failed(cfg, rank, size, e)
     if rank == 0:  # under torchrun, rank 0 speaks for the run
         typer.echo(f"last checkpoint: {result.last_checkpoint}")
+    if size > 1:
+        # Everything is written and the process group is gone; leave without the interpreter's teardown, in
+        # which gloo's C++ threads have aborted a finished rank ("terminate called without an active exception").
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _rank_failed(cfg, rank: int, size: int, error: Exception) -> None:
