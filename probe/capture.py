@@ -215,10 +215,8 @@ def capture_batch(
     width = int(p_len.max())
     positions = torch.cat([steps, (p_len - 1)[:, None]], dim=1)  # [batch, k + 1]
     pad = width - p_len
-    device = model.device
-    ids = torch.tensor([[cfg.pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    mask = (torch.arange(width)[None] >= pad[:, None]).long().to(device)
-    wanted = (positions + pad[:, None]).to(device)
+    ids, mask = model.left_padded(prompts)
+    wanted = (positions + pad[:, None]).to(model.device)
     model.eval()
     recorded = names if markers or FINAL in names else [*names, FINAL]  # a CoT "thought" is read from FINAL
     with _eager_attention(model, any(n.endswith("hook_pattern") for n in names)):
@@ -440,10 +438,8 @@ def continuation_residuals(
     arch = architecture(model)
     for i in range(0, len(seqs), batch_size):
         chunk, conts = seqs[i : i + batch_size], continuations[i : i + batch_size]
-        width = max(map(len, chunk))
-        n = max(len(c[2]) for c in conts)
-        ids = torch.tensor([[model.config.pad_id] * (width - len(q)) + q for q in chunk], device=model.device)
-        mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in chunk], device=model.device)
+        ids, mask = model.left_padded(chunk)
+        width, n = ids.shape[1], max(len(c[2]) for c in conts)
         # each row's appended tokens sit at its last len(tokens) columns; shorter rows repeat their first one
         wanted = torch.tensor([[width - len(c[2]) + min(j, len(c[2]) - 1) for j in range(n)] for c in conts],
                               device=model.device)

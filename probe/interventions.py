@@ -267,10 +267,9 @@ def _residuals_at(model: CoconutModel, prompts: list[list[int]], positions: Tens
     """[n, k, d] a layer's residual output at prompt positions (-1: zeros) of left-padded prompts."""
     from probe.capture import architecture
 
-    width = max(map(len, prompts))
+    ids, mask = model.left_padded(prompts)
+    width = ids.shape[1]
     pad = torch.tensor([width - len(p) for p in prompts])
-    ids = torch.tensor([[model.config.pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
-    mask = (torch.arange(width)[None] >= pad[:, None]).long().to(model.device)
     cols = torch.where(positions >= 0, positions + pad[:, None], -1)
     with PositionHook(architecture(model).layers[layer], cols, dtype=torch.float32) as hook:
         model(ids, mask, logits_at=torch.tensor([width - 1]))  # the logits are not needed

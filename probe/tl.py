@@ -260,12 +260,8 @@ class CoconutBridge:
 
         cfg = self.model.config
         k = cfg.thought_count(k)
-        seqs = [render_prompt(tokenize_item(it, self.tokenizer, cfg.data_format), k, cfg.stage_spec, cfg.special)
-                for it in items]
-        width = max(map(len, seqs))
-        ids = torch.tensor([[cfg.pad_id] * (width - len(q)) + q for q in seqs], device=self.model.device)
-        mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs], device=self.model.device)
-        return ids, mask
+        return self.model.left_padded([render_prompt(tokenize_item(it, self.tokenizer, cfg.data_format), k,
+                                                     cfg.stage_spec, cfg.special) for it in items])
 
 
 def _pad_keys(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -53,9 +53,8 @@ def node_values(
     model.eval()
     for i in tqdm(range(0, len(seqs), batch_size), desc=f"values k={k}", unit="batch", disable=not progress):
         chunk = seqs[i : i + batch_size]
-        width = max(len(s[2]) for s in chunk)
-        ids = torch.tensor([[cfg.pad_id] * (width - len(s[2])) + s[2] for s in chunk], device=model.device)
-        mask = torch.tensor([[0] * (width - len(s[2])) + [1] * len(s[2]) for s in chunk], device=model.device)
+        ids, mask = model.left_padded([s[2] for s in chunk])
+        width = ids.shape[1]
         rows_edit = None if edit is None else edit.rows([s[0] for s in chunk])
         tail = max([1] + [len(s[3]) - 1 for s in chunk if s[3] is not None])  # columns any read needs
         logp = model(ids, mask, edit=rows_edit, logits_at=torch.arange(width - tail, width)).logits

@@ -355,6 +355,14 @@ class CoconutModel(nn.Module):
             )
         return CoconutOutput(logits, thoughts, n_thoughts, loss, cache)
 
+    def left_padded(self, prompts: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        """Prompts of token ids as one batch, left-padded with the pad id as forward and generate take them:
+        (input_ids, attention_mask), each [batch, max length], on the model's device."""
+        width = max(map(len, prompts))
+        ids = torch.tensor([[self.config.pad_id] * (width - len(p)) + list(p) for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        return ids, mask
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int = 128, edit: ThoughtEdit | None = None,
                  ) -> Generation:
@@ -365,11 +373,8 @@ class CoconutModel(nn.Module):
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("generate needs a non-empty list of non-empty prompts")
-        device, pad = self.device, self.config.pad_id
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        out = self.forward(ids, mask, edit=edit, logits_at=torch.tensor([width - 1], device=device))
+        ids, mask = self.left_padded(prompts)
+        out = self.forward(ids, mask, edit=edit, logits_at=torch.tensor([ids.shape[1] - 1], device=self.device))
         tokens = self.continue_greedy(out, mask, max_new_tokens)
         return Generation(tokens, out.thoughts, out.n_thoughts, out.logits[:, -1])
 
