@@ -14,8 +14,10 @@ import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
+import torch
 import torch.distributed as dist
 
 from probe.artifacts import TRACE_MANIFEST
@@ -27,6 +29,36 @@ from probe.data.prosqa import ProsQAItem
 def world() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside it."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def rank_device(device: str) -> str:
+    """Under torchrun, plain "cuda" is the GPU of this process's local rank ("cuda:LOCAL_RANK"); any other name
+    stays as it is."""
+    rank, size, local = world()
+    return f"cuda:{local}" if size > 1 and device == "cuda" else device
+
+
+@contextmanager
+def process_group(device: str, timeout_s: int | None = None) -> Iterator[bool]:
+    """The torchrun job's default process group for the block: opened (nccl for a GPU device, gloo for the CPU)
+    and torn down at its end, unless one is open already (then it is left as it is). Yields whether it opened
+    it. After a block that ends well every rank waits at a barrier first, so that none tears the group down
+    while another still has collectives in flight; a group left open at exit has aborted a rank (gloo's C++
+    threads: "terminate called without an active exception")."""
+    opened = not dist.is_initialized()
+    if opened:
+        cuda = str(device).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(torch.device(device))
+        dist.init_process_group("nccl" if cuda else "gloo",
+                                **({"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}))
+    try:
+        yield opened
+        if opened:
+            dist.barrier()
+    finally:
+        if opened:
+            dist.destroy_process_group()
 
 
 def rank_slice(n: int, rank: int, size: int) -> range:
@@ -70,11 +102,7 @@ def capture_distributed(model, tokenizer, items: Sequence[ProsQAItem], out: str 
     out = Path(out)
     if out.exists():
         raise CaptureError(f"{out}: already exists; choose a new directory")
-    created = not dist.is_initialized()  # a group this call opens, it also closes (gloo threads at exit abort)
-    if created:
-        backend = "nccl" if str(model.device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    try:
+    with process_group(str(model.device), timeout_s):
         parts = parts_dir(out)
         if rank == 0:
             shutil.rmtree(parts, ignore_errors=True)  # a failed earlier run's leftovers
@@ -107,7 +135,4 @@ def capture_distributed(model, tokenizer, items: Sequence[ProsQAItem], out: str 
                 raise
         dist.barrier()
         return store
-    finally:
-        if created:
-            dist.destroy_process_group()
 

@@ -37,7 +37,7 @@ from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
 from probe.atomic import atomic_write_text
 from probe.data.prosqa import ProsQAItem, load_items
 from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_pool
-from probe.distributed import rank_slice, world
+from probe.distributed import process_group, rank_device, rank_slice, world
 from probe.evaluate import evaluate
 from probe.model.architecture import find_architecture
 from probe.model.checkpoint import load_checkpoint
@@ -339,32 +339,22 @@ def train(
     Raises ConfigError for a run that cannot start (nothing to resume, a used out_dir, a budget too small,
     a batch smaller than the number of ranks), PlacementError for a device absent here.
     """
-    rank, size, local = world()
-    if size > 1 and device == "cuda":
-        device = f"cuda:{local}"
-    device = parse_device(device)
+    _, size, _ = world()
+    device = parse_device(rank_device(device))
     if size > 1 and cfg.batch_size < size:
         raise ConfigError(f"batch_size={cfg.batch_size} gives some of the {size} ranks no rows")
     if device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
-    owned = size > 1 and not dist.is_initialized()
-    if owned:
-        if device.startswith("cuda"):
-            torch.cuda.set_device(torch.device(device))
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if size == 1:
+        return _train(cfg, resume, device, progress, on_record)
     # torchrun stops the other ranks of a failed run with SIGTERM: as an exception, so that a checkpoint being
     # written is removed (atomic_directory), not left half-written.
-    previous = signal.signal(signal.SIGTERM, _stop) if size > 1 else None
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        result = _train(cfg, resume, device, progress, on_record)
-        if owned:  # no rank tears the group down while another still has collectives in flight
-            dist.barrier()
-        return result
+        with process_group(device):
+            return _train(cfg, resume, device, progress, on_record)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if owned:
-            dist.destroy_process_group()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop(signum, frame) -> None:

@@ -103,13 +103,12 @@ def capture_cmd(
     from probe.capture import architecture, capture_to_disk
     from probe.model.hook_names import select_hooks
     from probe.data.prosqa import load_items
-    from probe.distributed import capture_distributed, world
+    from probe.distributed import capture_distributed, rank_device, world
     from probe.evaluate import is_correct
 
     _new_out(out)
-    rank, size, local = world()
-    if size > 1 and device == "cuda":
-        device = f"cuda:{local}"
+    rank, size, _ = world()
+    device = rank_device(device)
     items = load_items(data, limit=limit)
     model, tok = _load(ckpt, base, device, dtype)
     names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
