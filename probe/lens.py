@@ -103,13 +103,14 @@ class TunedLens(Lens):
 
     def __init__(self, model: CoconutModel, config: TunedLensConfig | None = None):
         super().__init__(model)
+        if config is not None:  # read from a file: it must be this model's
+            TunedLens._check_config(config, model)
         self.config = config or TunedLensConfig(architecture(model).n_layers, model.d_model, readout_hash(model))
         self.translators = nn.ModuleList(nn.Linear(self.config.d_model, self.config.d_model)
                                          for _ in range(self.config.n_layers))
         for t in self.translators:
             nn.init.eye_(t.weight)
             nn.init.zeros_(t.bias)
-        self.check(model)
 
     @classmethod
     def for_model(cls, model: CoconutModel) -> "TunedLens":
@@ -123,15 +124,20 @@ class TunedLens(Lens):
 
     def check(self, model: CoconutModel) -> None:
         """Raise LensError unless the lens was fit to `model`'s readout (and has its shape)."""
-        if not self.config.model_hash:
+        TunedLens._check_config(self.config, model)
+
+    @staticmethod
+    def _check_config(config: TunedLensConfig, model: CoconutModel) -> None:
+        if not config.model_hash:
             raise LensError("this tuned lens records no model hash, so nothing ties it to a model; refit it "
                             "(probe tuned-lens)")
-        if self.config.model_hash != readout_hash(model):
+        theirs = readout_hash(model)
+        if config.model_hash != theirs:
             raise LensError(f"this tuned lens was trained for another model (readout hash "
-                            f"{self.config.model_hash[:12]} != {readout_hash(model)[:12]})")
+                            f"{config.model_hash[:12]} != {theirs[:12]})")
         shape = (architecture(model).n_layers, model.d_model)
-        if (self.config.n_layers, self.config.d_model) != shape:
-            raise LensError(f"this tuned lens has {self.config.n_layers} layers of width {self.config.d_model}; "
+        if (config.n_layers, config.d_model) != shape:
+            raise LensError(f"this tuned lens has {config.n_layers} layers of width {config.d_model}; "
                             f"the model has {shape[0]} of width {shape[1]}")
 
     def fit(self, traces: ThoughtTrace | TraceStore | Iterable[ThoughtTrace], epochs: int = 20, lr: float = 1e-3,

@@ -498,20 +498,22 @@ def _full_states(run: _Run, opt: torch.optim.Optimizer) -> dict[str, Any]:
     # one name per tensor, as a single process saves a tied unembedding (named_parameters drops the twin)
     own = {n for n, _ in run.model.base.named_parameters()} | {n for n, _ in run.model.base.named_buffers()}
     return {"weights": {k.removeprefix("base."): v for k, v in weights.items() if k.removeprefix("base.") in own},
-            "optimizer_state": {"state": {index[n]: st for n, st in optim["state"].items()},
-                                "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
-                                                 for g in optim["param_groups"]]}}
+            "optimizer_state": _rekeyed(optim, index)}
 
 
 def _load_sharded_optimizer(run: _Run, opt: torch.optim.Optimizer) -> None:
     """FSDP: a checkpoint's optimizer state (by parameter index) loaded into the sharded optimizer."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    sd = read_optimizer(run.resumed_from)
-    names = [name for name, _ in run.model.named_parameters()]
-    full = {"state": {names[i]: st for i, st in sd["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
+    names = dict(enumerate(name for name, _ in run.model.named_parameters()))
+    full = _rekeyed(read_optimizer(run.resumed_from), names)
     set_optimizer_state_dict(run.model, opt, full, options=StateDictOptions(full_state_dict=True))
+
+
+def _rekeyed(sd: dict[str, Any], key: dict) -> dict[str, Any]:
+    """An optimizer state_dict with its parameters renamed by `key` (index -> name, or name -> index)."""
+    return {"state": {key[p]: st for p, st in sd["state"].items()},
+            "param_groups": [{**g, "params": [key[p] for p in g["params"]]} for g in sd["param_groups"]]}
 
 
 def _rows(n: int, run: _Run) -> tuple[slice, float]:
