@@ -5,6 +5,7 @@ Every layer writes with these (data files, checkpoints, run states, traces, prob
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -24,8 +25,25 @@ def _naming(path: Path) -> Iterator[None]:
         culprit = Path(e.filename) if e.filename else None
         why = e.strerror
         if culprit is not None and culprit in path.parents:
-            why = f"{culprit} is a file, not a directory" if culprit.is_file() else f"{e.strerror} ({culprit})"
+            why = _not_a_directory(culprit) if culprit.is_file() else f"{e.strerror} ({culprit})"
         raise type(e)(e.errno, why, str(path)) from None
+
+
+def check_place(path: str | os.PathLike, *, directory: bool = False) -> None:
+    """Refuse, before any work, a place that cannot be written: a directory given for a file, or a parent that
+    is a file. Raises OSError naming path (the check the writers' own errors would otherwise make at the end)."""
+    path = Path(path)
+    if not directory and path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", str(path))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, _not_a_directory(parent), str(path))
+            return
+
+
+def _not_a_directory(parent: Path) -> str:
+    return f"{parent} is a file, not a directory"
 
 
 def _mode(full: int) -> int:

@@ -105,15 +105,13 @@ def _new_out(out: Path) -> None:
 def _writable_place(option: str, path: Optional[Path]) -> None:
     """Refuse, before any work, an output path that cannot be written: a directory given for a file, or a
     parent that is a file."""
-    if path is None:
-        return
-    if option != "--out" and path.is_dir():
-        _fail(f"{option} {path}: is a directory; give a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                _fail(f"{option} {path}: {parent} is a file, not a directory")
-            break
+    from probe.atomic import check_place
+
+    if path is not None:
+        try:
+            check_place(path, directory=option == "--out")
+        except OSError as e:
+            _fail(f"{option} {e.filename}: {e.strerror}")
 
 
 def _item(data: Path, index: int):
