@@ -155,7 +155,8 @@ def evaluate(
             results[i] = ItemResult(
                 index=i, prediction=pred, correct=is_correct(pred, items[i]),
                 n_thoughts=ks[i], n_generated=len(new), text=tokenizer.decode(new, skip_special_tokens=True),
-                thoughts=gen.thoughts[row, : ks[i]].float().cpu(), unknown_names=tuple(n for n in items[i].idx_to_symbol if n in unwritable),
+                thoughts=gen.thoughts[row, : ks[i]].float().cpu(),
+                unknown_names=tuple(n for n in items[i].idx_to_symbol if n in unwritable),
             )
     ordered = [results[i] for i in range(len(items))]
     return EvalResult(

@@ -142,7 +142,8 @@ def release(
     model, tok = load_checkpoint(ckpt, device=device)
     evaluation = evaluate_by_k(model, tok, items, data=Path(data).name, progress=progress)
     rel = Release(out, name or out.name, evaluation, phases)
-    meta = {"evaluation": asdict(evaluation), "training": [asdict(p) for p in phases], "weights_dtype": str(stored).removeprefix("torch.")}
+    meta = {"evaluation": asdict(evaluation), "training": [asdict(p) for p in phases],
+            "weights_dtype": str(stored).removeprefix("torch.")}
     model.to(device="cpu", dtype=stored)
     save_checkpoint(model, tok, out, card=model_card(rel, model, summary), metadata=meta)
     return rel

@@ -4,8 +4,8 @@ Optional (`pip install -e '.[tl]'`, transformer-lens 4.3); nothing else in the p
 Our hook names are TransformerLens's, so a trace converts key for key; the cache's position axis holds the
 trace's steps (the positions that emit thoughts 1..k, then the first answer position), so TL's cache methods
 (`accumulated_resid`, `decompose_resid`, `apply_ln_to_stack`, `logit_attrs`, ...) run on thoughts. The
-methods that need a model (its config, final norm, unembedding) get a TransformerBridge over a copy of the
-model's base (`bridge_for`).
+methods that need a model (its config, final norm, unembedding) get a TransformerBridge over the model's own
+weights (`bridge_for`), and CoconutBridge runs the latent loop itself through one.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ class CoconutConfig:
 
         k: thoughts to run, or None for the checkpoint's own (default_thoughts). Returns it as an int;
         raises `error` (the caller's ValueError class) naming the setting when it is not an integer or is
-        below `minimum` (why: the reason for that minimum, said in the message). The position limit, which depends on the prompts, is CoconutModel.check_positions.
+        below `minimum` (why: the reason for that minimum, said in the message). The position limit, which
+        depends on the prompts, is CoconutModel.check_positions.
         """
         k = self.default_thoughts if k is None else k
         if isinstance(k, bool) or not isinstance(k, int):
