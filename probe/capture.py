@@ -150,11 +150,8 @@ class _Recorder:
                     "hook_mlp_out": (mlp, {}),
                 }[point_of(name)]
             self.hooks[name] = PositionHook(module, wanted, dtype=dtype, **kw)
+        self.out: dict[str, Tensor] = {}  # filled when the block ends
         self._stack = ExitStack()
-
-    @property
-    def out(self) -> dict[str, Tensor]:
-        return {name: hook.kept for name, hook in self.hooks.items()}
 
     def __enter__(self) -> "_Recorder":
         for hook in self.hooks.values():
@@ -163,6 +160,7 @@ class _Recorder:
 
     def __exit__(self, *exc) -> None:
         self._stack.close()
+        self.out = {name: hook.kept for name, hook in self.hooks.items()}
 
 
 @contextmanager
