@@ -84,13 +84,13 @@ def item_readings(ckpt: str, base: str, item_json: str, lens: str) -> dict:
     import torch
 
     from probe.decode import decode_item
-    from probe.lens import TunedLens
+    from probe.lens import open_lens
     from probe.values import values_by_k
 
     model, tok = load_model(ckpt, base)
     item = parse_item(item_json)
-    tuned = TunedLens.load(Path(ckpt) / TUNED_LENS, model) if lens == "tuned" else None
-    dec = decode_item(model, tok, item, lens=tuned)
+    reader = open_lens(lens, model, Path(ckpt) / TUNED_LENS)
+    dec = decode_item(model, tok, item, lens=reader)
     k = len(dec.thoughts)
     values = values_by_k(model, tok, [item], k, progress=False)[0, :, : item.n_nodes] \
         if model.config.stage_spec.markers and k else None
@@ -243,7 +243,9 @@ def sidebar() -> tuple[str, str, str, str]:
         item_json = json.dumps(generate_items(1, seed=int(seed))[0].to_json())
     else:
         item_json = sb.text_area("one item in the official JSON format", key="json", height=200)
-    lens = sb.radio("lens", ["logit", "tuned"], key="lens", horizontal=True)
+    from probe.lens import LENSES
+
+    lens = sb.radio("lens", list(LENSES), key="lens", horizontal=True)
     return ckpt, base, item_json, lens
 
 

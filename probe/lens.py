@@ -243,6 +243,23 @@ class LensReadout:
         return [s + 1 for s in range(k)] + [k]
 
 
+LENSES = ("logit", "tuned")  # the kinds open_lens names
+
+
+def open_lens(kind: str, model: CoconutModel, tuned_path: str | os.PathLike | None = None) -> Lens:
+    """The lens a kind names, for `model`: "logit" (LogitLens) or "tuned" (TunedLens.load(tuned_path)).
+
+    Raises LensError for another kind, a tuned lens without a path, or as TunedLens.load does.
+    """
+    if kind == "logit":
+        return LogitLens(model)
+    if kind == "tuned":
+        if tuned_path is None:
+            raise LensError("a tuned lens needs the path of its file")
+        return TunedLens.load(tuned_path, model)
+    raise LensError(f"lens: expected one of {', '.join(LENSES)}, got {kind!r}")
+
+
 def lens_logits(trace: ThoughtTrace, model: CoconutModel, layers: Sequence[int] | None = None,
                 lens: Lens | None = None) -> Tensor:
     """[batch, k + 1, len(layers), vocab] logits of a lens (default: the logit lens) at each step and layer.

@@ -193,3 +193,16 @@ def test_every_lens_has_one_interface_and_a_saved_config(word_tokenizer, tmp_pat
     other = _model(word_tokenizer, seed=1)
     with pytest.raises(LensError, match="bound to another model"):
         read_lens(tr, other, word_tokenizer, items[:3], lens=LogitLens(model))
+
+
+def test_a_lens_by_its_kind(word_tokenizer, tmp_path):
+    from probe.lens import LENSES, LogitLens, open_lens
+
+    model = _model(word_tokenizer, seed=0)
+    assert LENSES == ("logit", "tuned") and type(open_lens("logit", model)) is LogitLens
+    TunedLens.for_model(model).save(tmp_path / "t.safetensors")
+    assert open_lens("tuned", model, tmp_path / "t.safetensors").name == "tuned"
+    with pytest.raises(LensError, match="a tuned lens needs the path of its file"):
+        open_lens("tuned", model)
+    with pytest.raises(LensError, match="lens: expected one of logit, tuned, got 'tuned2'"):
+        open_lens("tuned2", model)

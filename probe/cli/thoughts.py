@@ -35,14 +35,14 @@ def decode(
     from probe.atomic import atomic_write_text
     from probe.artifacts import TUNED_LENS
     from probe.decode import decode_item
-    from probe.lens import LogitLens, TunedLens
+    from probe.lens import LENSES, open_lens
 
-    if lens not in ("logit", "tuned"):
-        _fail(f"--lens: expected logit or tuned, got {lens!r}")
+    if lens not in LENSES:
+        _fail(f"--lens: expected {' or '.join(LENSES)}, got {lens!r}")
     _writable_place("--json", json_out)
     item = _item(data, index)
     model, tok = _load(ckpt, base, device, dtype)
-    reader = LogitLens(model) if lens == "logit" else TunedLens.load(lens_file or _default_ckpt(ckpt) / TUNED_LENS, model)
+    reader = open_lens(lens, model, lens_file or _default_ckpt(ckpt) / TUNED_LENS)
     res = decode_item(model, tok, item, index=index, k=k, lens=reader, layers=_layers(layers), top=top)
     _print_decoded(res)
     if res.indistinct:
