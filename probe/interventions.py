@@ -314,7 +314,7 @@ class SteerPoint:
     direction: str
     alpha: float
     n: int
-    value: float  # mean value(v) after `step` thoughts
+    value: float  # mean value(v) where the steered thought is first read (values.read_after), nan where none
     to_option: float  # answers naming the option v leads to (the wrong one)
     accuracy: float
     changed: float
@@ -335,8 +335,10 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
                   kinds: Sequence[str] = ABLATIONS, values: bool = True, batch_size: int = 32, seed: int = 0,
                   progress: bool = True) -> list[InterventionResult]:
     """Each ablation of all thoughts, then of each thought alone, beside one shared unedited run; the frontier
-    mass after 1 thought (all) or after the ablated thought (one), where the model has latents."""
-    from probe.values import node_values
+    mass at the first read of what the ablated thought became (`values.read_after`; with all thoughts ablated,
+    after thought 1 for the language readout, none for the emitted one, whose every thought is a replacement),
+    where the model has latents."""
+    from probe.values import node_values, read_after, readout_of
 
     items = list(items)
     values = values and model.config.stage_spec.markers
@@ -345,7 +347,8 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
     plan = [(kind, None) for kind in kinds] + [(kind, [j]) for j in range(1, k + 1) for kind in kinds]
     out = []
     for kind, steps in tqdm(plan, desc=f"ablate ({s.label})", unit="run", disable=not progress):
-        at = (1 if steps is None else steps[0]) if values else None
+        at = (read_after(model.config, steps[0], k) if steps else
+              1 if readout_of(model.config) == "language" else None) if values else None
         if at is not None and at not in base_values:
             base_values[at] = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False).numpy()
         edit = ablation_edit(s.source, kind, steps, seed=seed, layer=s.layer, valid=s.valid, positions=s.positions)
@@ -358,8 +361,9 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
 def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int, layer: int | None = None,
                batch_size: int = 32, progress: bool = True) -> list[PatchResult]:
     """Counterfactual pairs (A, B = A asked about another root): A's thoughts into B, all at once and one
-    thought at a time; does B's answer (and frontier) follow A's?"""
-    from probe.values import node_values
+    thought at a time; does B's answer (and frontier) follow A's? The frontier is read where the patched
+    thoughts are first consumed (`values.read_after`; all thoughts: after k for the language readout)."""
+    from probe.values import node_values, read_after, readout_of
 
     items = list(items)
     index, b_items = counterfactual_pairs(items)
@@ -383,7 +387,12 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
         edit = patch_edit(sa.source, steps, layer=layer, valid=sa.valid & sb.valid, positions=sb.positions)
         res = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, edit=edit,
                        prompts=sb.prompts)
-        at = (k if steps is None else steps[0]) if markers else None
+        if not markers:
+            at = None
+        elif steps is None:
+            at = k if readout_of(model.config) == "language" else None
+        else:
+            at = read_after(model.config, steps[0], k)
         mass = base_mass = None
         if at is not None:
             v0 = node_values(model, tokenizer, b_items, at, batch_size=batch_size, progress=False).numpy()
@@ -461,8 +470,9 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
                alphas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), probe: SavedProbe | None = None,
                batch_size: int = 32, seed: int = 0, progress: bool = True) -> list[SteerPoint]:
     """Dose-response: add alpha x (mean norm of the layer's residual at thought `step`) x a unit direction toward
-    v (a parent of the wrong option) at thought `step`, for probe, unembedding and random directions."""
-    from probe.values import node_values
+    v (a parent of the wrong option) at thought `step`, for probe, unembedding and random directions. v's value is
+    read where the steered thought is first consumed (`values.read_after`)."""
+    from probe.values import node_values, read_after
 
     items = list(items)
     s = site(model, tokenizer, items, k=k, layer=layer, batch_size=batch_size)
@@ -478,11 +488,11 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     targets = [steer_target(it) for it in items]
     option = [it.name(it.neg_target) for it in items]
     scale = float(s.norm[step - 1])
-    markers = model.config.stage_spec.markers
+    at = read_after(model.config, step, k) if model.config.stage_spec.markers else None
     base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=prompts)
     base_value = float("nan")
-    if markers:
-        v = node_values(model, tokenizer, items, step, batch_size=batch_size, progress=False).numpy()
+    if at is not None:
+        v = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False).numpy()
         base_value = float(np.mean([v[b, t] for b, t in enumerate(targets)]))
     out = []
     plan = [(kind, a) for kind in dirs for a in alphas]
@@ -491,8 +501,8 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
         res = base if alpha == 0 else evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False,
                                                edit=edit, prompts=prompts)
         value = base_value
-        if markers and alpha != 0:
-            v = node_values(model, tokenizer, items, step, batch_size=batch_size, progress=False, edit=edit).numpy()
+        if at is not None and alpha != 0:
+            v = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False, edit=edit).numpy()
             value = float(np.mean([v[b, t] for b, t in enumerate(targets)]))
         preds = [r.prediction for r in res.items]
         out.append(SteerPoint(

@@ -1,23 +1,98 @@
-"""Node values: the probability of each node's whole name where the next reasoning step would write it.
+"""Node values: the probability that the model names each node as the next node after k thoughts.
 
-After k thoughts the prompt is forced out of latent mode; the step that follows would name its first
-concept next. A node's value there is the product of its name pieces' probabilities (DESIGN.md, "Values").
+Two readouts (DESIGN.md, "Values"), chosen by what the checkpoint was trained to do (`readout_of`):
+
+- "language", for a model trained with language steps (Coconut's curriculum, the official GPT-2
+  checkpoints): after k thoughts the prompt is forced out of latent mode; the step that follows would
+  name its first concept next. A node's value there is the product of its name pieces' probabilities.
+- "emitted", for a model whose thought j was trained to emit the next node (`supervision: optimal`, the
+  "Reasoning by Superposition" recipe): thought k itself, read through the model's unembedding, is the
+  value after k thoughts. Nothing is forced; a node's value is the probability of its name's token
+  (`layout.name_tokens`, the token the thought was trained toward).
+
 Hooks play no part: the values are read from the model's output, with an optional edit of the thoughts.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probe.data.layout import name_pieces
+from probe.data.layout import name_pieces, name_tokens
 from probe.data.prosqa import ProsQAItem
-from probe.data.render import step_prefix, step_prompt, tokenize_item
-from probe.model.coconut import CoconutModel, ThoughtEdit
+from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
+from probe.model.coconut import CoconutConfig, CoconutModel, ThoughtEdit
+
+Readout = Literal["language", "emitted"]
+READOUTS: tuple[str, ...] = ("language", "emitted")
+
+
+def readout_of(config: CoconutConfig) -> Readout:
+    """How a checkpoint's node values are read: "emitted" for a model with thoughts trained to emit the next node
+    (supervision optimal), "language" for every other (the next language step after forcing the end)."""
+    return "emitted" if config.supervision == "optimal" and config.stage_spec.markers else "language"
+
+
+@torch.no_grad()
+def emitted_values(
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], k: int, *, batch_size: int = 32,
+    progress: bool = True, edit: ThoughtEdit | None = None,
+) -> Tensor:
+    """[n_items, k, max_nodes] the "emitted" readout after each of thoughts 1..k, nan past each item's nodes.
+
+    Entry [b, j - 1, v] is softmax(unembed(thought j))[token of v's name]: the probability that thought j,
+    read through the model's own unembedding, names v (for a pause model, the state before pause j). With
+    an edit, thought j is the edited thought as it is fed back, and later thoughts follow from it.
+    Raises ValueError for k < 1 (there is no thought to read) or a model without latent mode.
+    """
+    cfg = model.config
+    if not cfg.stage_spec.markers:
+        raise ValueError(f"a {cfg.mode} model has no thoughts to read; use the language readout")
+    if k < 1:
+        raise ValueError(f"the emitted readout reads thought k; k must be >= 1, got {k}")
+    out = torch.full((len(items), k, max(it.n_nodes for it in items)), float("nan"))
+    model.eval()
+    for i in tqdm(range(0, len(items), batch_size), desc=f"values k={k}", unit="batch", disable=not progress):
+        chunk = items[i : i + batch_size]
+        prompts = [render_prompt(tokenize_item(it, tokenizer, cfg.data_format), k, cfg.stage_spec, cfg.special)
+                   for it in chunk]
+        ids, mask = model.left_padded(prompts)
+        rows_edit = None if edit is None else edit.rows(list(range(i, i + len(chunk))))
+        res = model(ids, mask, edit=rows_edit, logits_at=torch.tensor([ids.shape[1] - 1]))
+        names = [name_tokens(it, tokenizer, cfg.data_format) for it in chunk]
+        vals = values_from_logits(model.unembed(res.thoughts[:, :k]), names)
+        out[i : i + len(chunk), :, : vals.shape[-1]] = vals
+    return out
+
+
+def values_from_logits(logits: Tensor, name_ids: Sequence[Sequence[int]]) -> Tensor:
+    """[n_items, k, max_nodes] softmax(logits) at each item's node-name tokens, nan past each item's nodes.
+
+    logits: [n_items, k, vocab], e.g. a ThoughtTrace's logits at the positions emitting thoughts 1..k
+    (`trace.logits[:, :k]`); name_ids: per item, the token of each node's name (`layout.name_tokens`).
+    This is the "emitted" readout of thoughts that were captured, with no further pass.
+    """
+    probs = logits.float().softmax(-1).cpu()
+    out = torch.full((*probs.shape[:2], max(map(len, name_ids))), float("nan"))
+    for b, ids in enumerate(name_ids):
+        out[b, :, : len(ids)] = probs[b][:, list(ids)]
+    return out
+
+
+def read_after(config: CoconutConfig, j: int, k: int) -> int | None:
+    """The number of thoughts after which node values first read what thought j became, under an edit of it.
+
+    The language readout forces the end after j thoughts: that step reads thought j as fed back, so j. The
+    emitted readout would read an edited thought j itself (a replacement reads as itself), so the first read
+    that the model computes from it is thought j + 1; None when j + 1 is past the k thoughts a run has.
+    """
+    if readout_of(config) == "language":
+        return j
+    return j + 1 if j + 1 <= k else None
 
 
 @torch.no_grad()
@@ -27,13 +102,16 @@ def node_values(
 ) -> Tensor:
     """[n_items, max_nodes] value of every node after k thoughts (DESIGN.md), nan past each item's nodes.
 
-    The prompt is forced out of latent mode after k thoughts; the language step that follows
+    A model trained to emit a node with each thought is read by `emitted_values` (thought k itself). For
+    every other, the prompt is forced out of latent mode after k thoughts; the language step that follows
     would name its first concept next ("Every" first in the sentence format). A node's value is
     the probability of its name there: the product of its sub-token probabilities. A model
     without latent mode (CoT) is read after k gold language steps instead; an item with fewer
     steps gets nan. edit (rows indexed like items) intervenes on the thoughts first.
     """
     cfg = model.config
+    if readout_of(cfg) == "emitted":
+        return emitted_values(model, tokenizer, items, k, batch_size=batch_size, progress=progress, edit=edit)[:, -1]
     prefix = step_prefix(cfg.data_format)
     lead = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
     out = torch.full((len(items), max(it.n_nodes for it in items)), float("nan"))
@@ -73,7 +151,11 @@ def values_by_k(
     progress: bool = True, edit: ThoughtEdit | None = None,
 ) -> np.ndarray:
     """[n_items, k_max, max_nodes] node_values after each k = 1..k_max thoughts (nan past each item's nodes,
-    and for a CoT model past an item's gold steps). edit, if given, intervenes on the thoughts of every run."""
+    and for a CoT model past an item's gold steps). edit, if given, intervenes on the thoughts of every run.
+    The emitted readout reads all k_max thoughts from one pass."""
+    if readout_of(model.config) == "emitted":
+        return emitted_values(model, tokenizer, items, k_max, batch_size=batch_size, progress=progress,
+                              edit=edit).numpy()
     out = np.full((len(items), k_max, max(it.n_nodes for it in items)), np.nan)
     for k in tqdm(range(1, k_max + 1), desc="values", unit="k", disable=not progress):
         out[:, k - 1] = node_values(model, tokenizer, items, k, batch_size=batch_size, progress=False, edit=edit).numpy()

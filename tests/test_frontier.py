@@ -120,6 +120,50 @@ def test_node_values_are_next_name_probabilities(tiny_model, word_tokenizer, off
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["coconut", "pause_as_thought"])
+def test_emitted_values_read_each_thought_through_the_unembedding(tiny_model, word_tokenizer, official_items, mode):
+    """A model trained to emit a node with each thought (supervision optimal) is read at the thought itself: the
+    value after j thoughts is the softmax, at the position emitting thought j (question_len + j - 1 of a prompt
+    written by hand), at each name's token; nothing is forced. An edit of thought 2 is what thought 2 reads."""
+    from dataclasses import replace
+
+    from conftest import prompt_by_hand
+    from probe.model.coconut import ThoughtEdit
+    from probe.values import node_values, readout_of, values_by_k
+
+    assert readout_of(tiny_model.config) == "language"
+    tiny_model.config = replace(tiny_model.config, data_format="graph", supervision="optimal", mode=mode)
+    assert readout_of(tiny_model.config) == "emitted"
+    items, k = official_items[:3], 3
+    by_k = values_by_k(tiny_model, word_tokenizer, items, k, progress=False)
+    assert by_k.shape == (3, k, max(it.n_nodes for it in items))
+    for b, it in enumerate(items):
+        prompt = prompt_by_hand(it, word_tokenizer, "graph", k, tiny_model.config.special)
+        q = prompt.index(tiny_model.config.start_id)
+        with torch.no_grad():
+            logits = tiny_model(torch.tensor([prompt])).logits[0]
+        ids = [word_tokenizer.convert_tokens_to_ids(n) for n in it.idx_to_symbol]
+        for j in range(1, k + 1):
+            want = logits[q + j - 1].softmax(-1)[ids].numpy()
+            np.testing.assert_allclose(by_k[b, j - 1, : it.n_nodes], want, rtol=1e-4, atol=1e-7)
+        assert np.isnan(by_k[b, :, it.n_nodes :]).all()
+    np.testing.assert_allclose(node_values(tiny_model, word_tokenizer, items, 2, progress=False).numpy(), by_k[:, 1],
+                               rtol=1e-5, atol=1e-8)
+    if mode == "coconut":  # an edited thought is what it reads; the thought after it follows from it
+        d = tiny_model.base.config.hidden_size
+        planted = torch.randn(3, 3, d)
+        edit = ThoughtEdit(mask=torch.tensor([[False, True, False]] * 3), replace=planted)
+        got = values_by_k(tiny_model, word_tokenizer, items, k, progress=False, edit=edit)
+        for b, it in enumerate(items):
+            ids = [word_tokenizer.convert_tokens_to_ids(n) for n in it.idx_to_symbol]
+            want = tiny_model.unembed(planted[b, 1]).softmax(-1)[ids].detach().numpy()
+            np.testing.assert_allclose(got[b, 1, : it.n_nodes], want, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(got[:, 0], by_k[:, 0], rtol=1e-5)
+        assert np.nanmax(np.abs(got[:, 2] - by_k[:, 2])) > 1e-4
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        node_values(tiny_model, word_tokenizer, items, 0, progress=False)
+
+
 def test_node_values_multiply_the_pieces_of_a_split_name(official_items, bpe_tokenizer):
     from conftest import tiny_base
     from probe.values import node_values

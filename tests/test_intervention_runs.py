@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from probe.capture import capture_batch
 from probe.cli import app
+from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_pieces
 from probe.evaluate import evaluate
-from probe.interventions import (InterventionError, ablation_runs, accuracy_without_thoughts, own_chains, patch_runs,
-                                 site, steer_direction, steer_runs, steer_target, steering_directions)
+from probe.interventions import (InterventionError, ablation_edit, ablation_runs, accuracy_without_thoughts, own_chains,
+                                 patch_runs, site, steer_direction, steer_runs, steer_target, steering_directions)
 from probe.model.checkpoint import load_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel, ThoughtEdit
 from probe.model.tokenizer import special_tokens
@@ -54,6 +55,31 @@ def test_ablating_identical_items_with_their_mean_or_each_others_thoughts_is_the
     zero = next(r for r in runs if r.name == "zero all")
     assert np.abs(zero.frontier_mass - zero.baseline_frontier_mass).max() > 1e-7
     assert zero.values_at == 1 and next(r for r in runs if r.name == "zero 2").values_at == 2
+
+
+def test_an_emitted_readout_reads_an_ablated_thought_where_the_next_thought_consumes_it(tiny_model, word_tokenizer,
+                                                                                        official_items):
+    """A model whose thoughts emit nodes (supervision optimal) would read a replaced thought as the replacement
+    itself; the ablation of thought j is read at thought j + 1, the mass there equals a run by hand, and no
+    read is made where none consumes the edit (thought k, or all thoughts replaced)."""
+    from dataclasses import replace
+
+    from probe.frontier import frontier_mass
+    from probe.values import node_values, read_after
+
+    tiny_model.config = replace(tiny_model.config, data_format="graph", supervision="optimal")
+    assert [read_after(tiny_model.config, j, 3) for j in (1, 2, 3)] == [2, 3, None]
+    items = official_items[:4]
+    s = site(tiny_model, word_tokenizer, items, k=3)
+    runs = {r.name: r for r in ablation_runs(tiny_model, word_tokenizer, items, k=3, s=s, kinds=("zero",),
+                                               progress=False)}
+    assert runs["zero all"].values_at is None and runs["zero 3"].values_at is None
+    assert runs["zero 1"].values_at == 2 and runs["zero 2"].values_at == 3
+    edit = ablation_edit(s.source, "zero", [1])
+    by_hand = node_values(tiny_model, word_tokenizer, items, 2, progress=False, edit=edit).numpy()
+    graphs = [ProsQAGraph.from_item(it) for it in items]
+    np.testing.assert_allclose(runs["zero 1"].frontier_mass, frontier_mass(by_hand, graphs, 2), rtol=1e-5)
+    assert np.abs(runs["zero 1"].frontier_mass - runs["zero 1"].baseline_frontier_mass).max() > 1e-7
 
 
 def test_the_thought_site_holds_the_fed_back_thoughts_and_a_layer_site_the_residual(tiny_model, word_tokenizer,
