@@ -16,7 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from probe.capture import architecture, capture
-from probe.values import values_by_k
+from probe.superposition import Decomposition, superposition
+from probe.values import emitted_nodes, readout_of, values_by_k, values_from_logits
 from probe.model.hook_names import select_hooks
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_tokens
@@ -48,6 +49,7 @@ class Analysis:
 
     checkpoint: str
     mode: str
+    readout: str  # how values are read: "language" (forced step) or "emitted" (thought k itself); values.readout_of
     k_max: int
     items: list[ProsQAItem] = field(repr=False)
     accuracy: float  # at the checkpoint's own number of thoughts
@@ -61,6 +63,11 @@ class Analysis:
     frontier_mass: np.ndarray = field(repr=False)  # [n_items, k_max], nan where the step is not valid
     value_by_height: dict[str, dict[int, ValueByHeight]] = field(repr=False)  # "shortest"|"longest" -> k -> ...
     verbalised: list[list[Verbalised | None]] = field(repr=False)  # [n_items][k = 0..k_max], None: no such step
+    decomposition: Decomposition = field(repr=False)  # each thought (CoT: each step's end state) over the item's names
+    # The emitted readout: per item and thought, the node its top token names (index, -1 for a token that names
+    # no node of the item) and that token; None for the language readout.
+    emitted_node: np.ndarray | None = field(repr=False, default=None)  # [n_items, k_max]
+    emitted_token: np.ndarray | None = field(repr=False, default=None)  # [n_items, k_max]
 
     @property
     def n(self) -> int:
@@ -87,15 +94,35 @@ class Analysis:
             out[k]["none"] = sum(v.first_group is None for v in vs)
         return out
 
+    def emitted_groups(self) -> dict[int, dict[str, int]]:
+        """{k: {group: count}} of the node each thought's top token names (emitted readout; "unknown": a token that
+        names no node of the item); empty for the language readout."""
+        if self.emitted_node is None:
+            return {}
+        out = {}
+        for k in self.steps:
+            counts = dict.fromkeys((*GROUPS, "unknown"), 0)
+            for b, g in enumerate(self.items):
+                if not self.step_valid[b, k - 1]:
+                    continue
+                v = int(self.emitted_node[b, k - 1])
+                counts["unknown" if v < 0 else GROUPS[int(node_groups(ProsQAGraph.from_item(g), k)[v])]] += 1
+            out[k] = counts
+        return out
+
     def report(self, per_item: bool = True) -> dict[str, Any]:
         """The `probe analyze` report.json (without the control), nan and inf as None (strict JSON)."""
         mass = self.frontier_mass
         out: dict[str, Any] = {
-            "checkpoint": self.checkpoint, "mode": self.mode, "n": self.n, "k_max": self.k_max,
-            "accuracy": self.accuracy,
+            "checkpoint": self.checkpoint, "mode": self.mode, "readout": self.readout, "n": self.n,
+            "k_max": self.k_max, "accuracy": self.accuracy,
             "accuracy_by_k": {str(k): a for k, a in self.accuracy_by_k.items()},
             "inner_product": self.inner_product.as_dict(),
             "attention": self.attention.as_dict(),
+            "attention_by_head": self.attention.heads_dict(),
+            "attention_frontier_gap": self.attention.gap_dict(),
+            "superposition": self.decomposition.as_dict(),
+            "emitted_node": {str(k): c for k, c in self.emitted_groups().items()},
             "parallelism": {str(k): p.mean for k, p in self.parallelism.items()},
             "parallelism_percentiles": {str(k): {f"top{j + 1}": p.percentiles()[:, j].tolist() for j in range(3)}
                                         for k, p in self.parallelism.items()},
@@ -122,12 +149,18 @@ class Analysis:
                 "reaches_target": bool(np.isfinite(g.distance_to_target[v])),
                 "value": {str(k): float(self.values[b, k - 1, v]) for k in self.steps},
                 "group": {str(k): GROUPS[int(node_groups(g, k)[v])] for k in self.steps},
+                "coefficient": {str(k): float(self.decomposition.coef[b, k - 1, v]) for k in self.steps},
             }
         verb = {str(v.k): {"text": v.text, "category": v.category, "first_node": v.first_node,
                            "first_group": v.first_group, "correct": v.correct}
                 for v in self.verbalised[b] if v is not None}
-        return finite({"question": it.question, "answer": it.answer, "nodes": nodes, "verbalised": verb,
-                       "frontier": {str(k): [it.name(v) for v in g.frontier(k)] for k in self.steps}})
+        out = {"question": it.question, "answer": it.answer, "nodes": nodes, "verbalised": verb,
+               "frontier": {str(k): [it.name(v) for v in g.frontier(k)] for k in self.steps},
+               "superposition_r2": {str(k): float(self.decomposition.r2[b, k - 1]) for k in self.steps}}
+        if self.emitted_node is not None:
+            out["emitted"] = {str(k): it.name(int(v)) if v >= 0 else None
+                              for k, v in zip(self.steps, self.emitted_node[b])}
+        return finite(out)
 
     def _verbalised_at(self, k: int) -> list[Verbalised]:
         return [row[k] for row in self.verbalised if row[k] is not None]
@@ -162,24 +195,40 @@ def _verbalise(item: ProsQAItem, g: ProsQAGraph, k: int, text: str, correct: boo
                       first_group=group, correct=correct)
 
 
-def analyze(
-    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k_max: int | None = None,
-    batch_size: int = 32, checkpoint: str = "", progress: bool = True,
-) -> Analysis:
-    """Run every frontier measure of DESIGN.md on a checkpoint, for thoughts k = 1..k_max (default: its own)."""
-    if not items:
-        raise ValueError("analyze needs at least one item")
+@dataclass(frozen=True)
+class _ThoughtMeasures:
+    """What one capture at k_max (plus, for the language readout, the forced steps) gives: every measure of the
+    thoughts themselves, before any continuation is generated."""
+
+    k_max: int
+    valid: np.ndarray  # [n, k_max]
+    readout: str
+    values: np.ndarray  # [n, k_max, max_nodes]
+    inner_product: GroupMeans
+    attention: AttentionByGroup
+    decomposition: Decomposition
+    value_by_group: GroupMeans
+    parallelism: dict[int, Parallelism]
+    frontier_mass: np.ndarray  # [n, k_max]
+    value_by_height: dict[str, dict[int, ValueByHeight]]
+    emitted_node: np.ndarray | None
+    emitted_token: np.ndarray | None
+
+
+def _k_max(model: CoconutModel, k_max: int | None) -> int:
     cfg = model.config
-    markers = cfg.stage_spec.markers
-    if k_max is None and not markers:
+    if k_max is None and not cfg.stage_spec.markers:
         k_max = cfg.max_latent_stage * cfg.c_thought  # a CoT model: as many steps as its longest chain
-    k_max = cfg.thought_count(k_max, 1, "k_max")
-    items = list(items)
-    graphs = [ProsQAGraph.from_item(it) for it in items]
+    return cfg.thought_count(k_max, 1, "k_max")
+
+
+def _thought_measures(model: CoconutModel, tokenizer, items: list[ProsQAItem], graphs: list[ProsQAGraph], k_max: int,
+                      *, batch_size: int, progress: bool, heights: bool = True) -> _ThoughtMeasures:
+    cfg = model.config
     steps = list(range(1, k_max + 1))
     n_steps = np.array([len(it.steps) for it in items])
     # [n, k_max] steps an item reaches: all with latent mode; for CoT, as many as its gold steps.
-    valid = np.array(steps)[None, :] <= (np.full(len(items), k_max) if markers else n_steps)[:, None]
+    valid = np.array(steps)[None, :] <= (np.full(len(items), k_max) if cfg.stage_spec.markers else n_steps)[:, None]
 
     # Thoughts and attention at every layer, in one capture at k_max.
     arch = architecture(model)
@@ -191,21 +240,53 @@ def analyze(
     ip = inner_products(thoughts, embeddings, name_ids, graphs)
     ip.per_item[~valid] = np.nan
     att = attention_by_group(trace.stack("attn.hook_pattern")[:, :k_max], trace.fact, graphs)
-    att.per_item[~valid] = np.nan
-    del trace
+    att.invalidate(~valid)
+    readout_rows = model.base.get_output_embeddings().weight.detach().float().cpu()  # [vocab, d]
+    decomposition = superposition(thoughts, readout_rows, name_ids, graphs)
+    for a in (decomposition.coef, decomposition.r2, decomposition.share):
+        a[~valid] = np.nan
 
-    # Node values after each forced k, and the measures built on them.
-    values = values_by_k(model, tokenizer, items, k_max, batch_size=batch_size, progress=progress)
+    # Node values after each k, and the measures built on them. The emitted readout is the captured logits at
+    # the positions emitting thoughts 1..k_max; the language readout forces a step after each k.
+    readout = readout_of(cfg)
+    emitted_node = emitted_token = None
+    if readout == "emitted":
+        logits = trace.logits[:, :k_max]
+        values = values_from_logits(logits, name_ids).numpy()
+        emitted_node, emitted_token = emitted_nodes(logits, name_ids)
+    else:
+        values = values_by_k(model, tokenizer, items, k_max, batch_size=batch_size, progress=progress)
+    del trace
     by_group = group_means(values, graphs, steps)
     par, mass = {}, np.full((len(items), k_max), np.nan)
-    heights: dict[str, dict[int, ValueByHeight]] = {"shortest": {}, "longest": {}}
+    by_height: dict[str, dict[int, ValueByHeight]] = {"shortest": {}, "longest": {}} if heights else {}
     for k in steps:
         keep = np.flatnonzero(valid[:, k - 1])
         sub = [graphs[i] for i in keep]
         par[k] = parallelism(values[keep, k - 1], sub, k)
         mass[keep, k - 1] = frontier_mass(values[keep, k - 1], sub, k)
-        for h in heights:
-            heights[h][k] = value_by_height(values[keep, k - 1], sub, k, height=h)
+        for h in by_height:
+            by_height[h][k] = value_by_height(values[keep, k - 1], sub, k, height=h)
+    return _ThoughtMeasures(k_max=k_max, valid=valid, readout=readout, values=values, inner_product=ip, attention=att,
+                            decomposition=decomposition, value_by_group=by_group, parallelism=par, frontier_mass=mass,
+                            value_by_height=by_height, emitted_node=emitted_node, emitted_token=emitted_token)
+
+
+def analyze(
+    model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k_max: int | None = None,
+    batch_size: int = 32, checkpoint: str = "", progress: bool = True,
+) -> Analysis:
+    """Run every frontier measure of DESIGN.md on a checkpoint, for thoughts k = 1..k_max (default: its own).
+
+    Raises ValueError for no items, CaptureError (a ValueError) for a k_max past the model's limits.
+    """
+    if not items:
+        raise ValueError("analyze needs at least one item")
+    cfg = model.config
+    k_max = _k_max(model, k_max)
+    items = list(items)
+    graphs = [ProsQAGraph.from_item(it) for it in items]
+    m = _thought_measures(model, tokenizer, items, graphs, k_max, batch_size=batch_size, progress=progress)
 
     # What it says when forced out after k thoughts (k = 0..k_max), and accuracy.
     verbalised: list[list[Verbalised | None]] = [[None] * (k_max + 1) for _ in items]
@@ -229,9 +310,70 @@ def analyze(
     else:
         accuracy = evaluate(model, tokenizer, items, batch_size=batch_size, progress=False).accuracy
     return Analysis(
-        checkpoint=checkpoint, mode=cfg.mode, k_max=k_max, items=items, accuracy=accuracy, accuracy_by_k=acc_by_k,
-        values=values, step_valid=valid, value_by_group=by_group, inner_product=ip, attention=att, parallelism=par,
-        frontier_mass=mass, value_by_height=heights, verbalised=verbalised,
+        checkpoint=checkpoint, mode=cfg.mode, readout=m.readout, k_max=k_max, items=items, accuracy=accuracy,
+        accuracy_by_k=acc_by_k, values=m.values, step_valid=m.valid, value_by_group=m.value_by_group,
+        inner_product=m.inner_product, attention=m.attention, parallelism=m.parallelism, frontier_mass=m.frontier_mass,
+        value_by_height=m.value_by_height, verbalised=verbalised, decomposition=m.decomposition,
+        emitted_node=m.emitted_node, emitted_token=m.emitted_token,
+    )
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    """The latent-search summary of a model at one point, small enough to log at every evaluation of a run.
+
+    The measures "Emergence of Superposition" (Zhu et al. 2025) follow over training, each a mean over items by
+    thought k: frontier value mass and optimal value mass, the cumulative top-1/2/3 frontier values, the inner
+    products <thought k, name embedding> by node group, the share of the superposition decomposition on frontier_k,
+    and per layer the attention gap between the edges leaving frontier_{k-1} and the others.
+    """
+
+    n: int
+    readout: str
+    frontier_mass: dict[int, float]
+    optimal_mass: dict[int, float]
+    parallelism: dict[int, dict[str, float]]  # k -> {"top1", "top2", "top3"}
+    inner_product: dict[int, dict[str, float]]  # k -> group -> mean
+    frontier_share: dict[int, float]
+    attention_gap: dict[int, dict[int, float]]  # k -> layer -> gap
+
+    def as_dict(self) -> dict[str, Any]:
+        """Strict JSON (string keys, nan as None), as a training record stores it."""
+        keyed = lambda d: {str(k): ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v)  # noqa: E731
+                                    for k, v in d.items()}
+        return finite({"n": self.n, "readout": self.readout, "frontier_mass": keyed(self.frontier_mass),
+                       "optimal_mass": keyed(self.optimal_mass), "parallelism": keyed(self.parallelism),
+                       "inner_product": keyed(self.inner_product), "frontier_share": keyed(self.frontier_share),
+                       "attention_gap": keyed(self.attention_gap)})
+
+
+def search_summary(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k_max: int | None = None,
+                   batch_size: int = 64) -> SearchSummary:
+    """The SearchSummary of a model on some items, thoughts k = 1..k_max (default: its own): one capture (and for the
+    language readout, one forced step per k), no generation. Raises ValueError for no items or a model without
+    thoughts (nothing to summarise)."""
+    if not items:
+        raise ValueError("search_summary needs at least one item")
+    if not model.config.stage_spec.markers:
+        raise ValueError(f"a {model.config.mode} model has no thoughts to summarise")
+    items = list(items)
+    graphs = [ProsQAGraph.from_item(it) for it in items]
+    was_training = model.training
+    m = _thought_measures(model, tokenizer, items, graphs, _k_max(model, k_max), batch_size=batch_size,
+                          progress=False, heights=False)
+    model.train(was_training)
+    steps = range(1, m.k_max + 1)
+    optimal = np.array([[np.nansum(m.values[b, k - 1, g.optimal(k)]) for k in steps] for b, g in enumerate(graphs)])
+    ip, gap = m.inner_product.mean, m.attention.gap_mean
+    share = m.decomposition.frontier_share
+    return SearchSummary(
+        n=len(items), readout=m.readout,
+        frontier_mass={k: _nanmean(m.frontier_mass[:, k - 1]) for k in steps},
+        optimal_mass={k: _nanmean(optimal[:, k - 1]) for k in steps},
+        parallelism={k: m.parallelism[k].mean for k in steps},
+        inner_product={k: {g: float(ip[k - 1, j]) for j, g in enumerate(GROUPS)} for k in steps},
+        frontier_share={k: _nanmean(share[:, k - 1]) for k in steps},
+        attention_gap={k: {layer: float(gap[k - 1, layer]) for layer in range(gap.shape[1])} for k in steps},
     )
 
 
@@ -257,14 +399,17 @@ def markdown_summary(report: dict[str, Any], data: str = "") -> str:
     who = f"`{report['checkpoint'].rstrip('/').split('/')[-1]}`"
     if ctrl:
         who += f" / control `{ctrl['checkpoint'].rstrip('/').split('/')[-1]}` ({ctrl['mode']})"
+    read = ("thought k itself read through the unembedding (the node it emits)" if report.get("readout") == "emitted"
+            else "the next step's first concept after k forced thoughts")
     lines = [
         CARD_HEADING, "",
         f"`probe analyze` on {report['n']} items{f' of {data}' if data else ''}: {who}. Values are the probability of "
-        "each node's name as the next step's first concept after k forced thoughts; inner products are "
-        "<thought k, input embedding of the name>; see DESIGN.md for every definition.", "",
+        f"each node's name as {read}; inner products are <thought k, input embedding of the name>; the "
+        "superposition columns fit thought k as a non-negative combination of the item's name rows (share of "
+        "the weight on frontier_k, and R^2); see DESIGN.md for every definition.", "",
         "| k | frontier value mass | top-1 | top-3 | <t, optimal> | <t, frontier> | <t, reachable> | <t, unreachable> "
-        "| accuracy at forced k |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| NNLS frontier share | NNLS R^2 | accuracy at forced k |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ks = sorted(int(k) for k in report["accuracy_by_k"])
     for k in ks:
@@ -273,6 +418,7 @@ def markdown_summary(report: dict[str, Any], data: str = "") -> str:
             s, cell(lambda r: r["frontier_value_mass"][s]), cell(lambda r: r["parallelism"][s]["top1"]),
             cell(lambda r: r["parallelism"][s]["top3"]),
             *[cell(lambda r, g=g: r["inner_product"][s][g]) for g in GROUPS],
+            cell(lambda r: r["superposition"][s]["frontier_share"]), cell(lambda r: r["superposition"][s]["r2"]),
             cell(lambda r: r["accuracy_by_k"][s]),
         ]) + " |")
     lines += ["", "Reasoning-path categories of the continuation after forced k thoughts (counts; model / control):", "",

@@ -41,9 +41,7 @@ class GroupMeans:
     @property
     def mean(self) -> np.ndarray:
         """[n_steps, 4] mean over the items that have the group."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a group empty in every item: nan
-            return np.nanmean(self.per_item, axis=0)
+        return _nanmean0(self.per_item)
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         """{"k": {group: mean}}, the report's form."""
@@ -96,15 +94,34 @@ def edge_groups(g: ProsQAGraph, k: int) -> np.ndarray:
 class AttentionByGroup:
     """Attention mass from the position emitting thought k to each edge fact, averaged within edge groups."""
 
-    per_item: np.ndarray  # [n_items, n_steps, n_layers, 4] mean over the group's edges, nan where it has none
+    per_head: np.ndarray  # [n_items, n_steps, n_layers, n_heads, 4] mean over the group's edges, nan where it has none
+    frontier_gap: np.ndarray  # [n_items, n_steps, n_layers] head-averaged: frontier edges minus the other edges
     steps: list[int]
+
+    @property
+    def per_item(self) -> np.ndarray:
+        """[n_items, n_steps, n_layers, 4] averaged over heads (a group mean is linear in the attention)."""
+        return self.per_head.mean(axis=3)
 
     @property
     def mean(self) -> np.ndarray:
         """[n_steps, n_layers, 4] mean over the items that have the group."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(self.per_item, axis=0)
+        return _nanmean0(self.per_item)
+
+    @property
+    def head_mean(self) -> np.ndarray:
+        """[n_steps, n_layers, n_heads, 4] mean over the items that have the group."""
+        return _nanmean0(self.per_head)
+
+    @property
+    def gap_mean(self) -> np.ndarray:
+        """[n_steps, n_layers] the frontier gap, mean over the items that have both kinds of edge."""
+        return _nanmean0(self.frontier_gap)
+
+    def invalidate(self, invalid: np.ndarray) -> None:
+        """Set [n_items, n_steps] entries (steps an item does not reach) to nan in place."""
+        self.per_head[invalid] = np.nan
+        self.frontier_gap[invalid] = np.nan
 
     def as_dict(self) -> dict[str, dict[str, dict[str, float]]]:
         """{"k": {"layer": {group: mean}}}, the report's form."""
@@ -112,30 +129,56 @@ class AttentionByGroup:
         return {str(k): {str(l): {name: float(m[i, l, j]) for j, name in enumerate(GROUPS)}
                          for l in range(m.shape[1])} for i, k in enumerate(self.steps)}
 
+    def heads_dict(self) -> dict[str, dict[str, dict[str, list[float]]]]:
+        """{"k": {"layer": {group: [mean per head]}}}."""
+        m = self.head_mean
+        return {str(k): {str(l): {name: m[i, l, :, j].tolist() for j, name in enumerate(GROUPS)}
+                         for l in range(m.shape[1])} for i, k in enumerate(self.steps)}
+
+    def gap_dict(self) -> dict[str, dict[str, float]]:
+        """{"k": {"layer": frontier gap}}."""
+        m = self.gap_mean
+        return {str(k): {str(l): float(m[i, l]) for l in range(m.shape[1])} for i, k in enumerate(self.steps)}
+
+
+def _nanmean0(x: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a group empty in every item: nan
+        return np.nanmean(x, axis=0)
+
 
 def attention_by_group(patterns: Tensor, fact: Tensor, graphs: Sequence[ProsQAGraph]) -> AttentionByGroup:
-    """Attention from each thought's position to the facts, summed over a fact's tokens, by edge group.
+    """Attention from each thought's position to the facts, summed over a fact's tokens, by edge group and head.
 
     patterns: [n_items, n_steps, n_layers, n_heads, n_keys] (ThoughtTrace.stack("attn.hook_pattern"));
     step s (0-based) is the position emitting thought s + 1, so only the first n_steps - 1 steps of a
     trace with an answer position are thoughts; fact: [n_items, n_keys] edge index of the fact at
-    each key position (-1 elsewhere). Heads are averaged.
+    each key position (-1 elsewhere). Each group's figure is the mean over its edges of the attention an
+    edge gets (a per-edge figure, so group sizes do not weigh in). The frontier gap ("Emergence of
+    Superposition", Zhu et al. 2025, track this attention during training) is, with heads averaged, the
+    mean attention on the edges that leave frontier_{k-1} (optimal and frontier edges) minus the mean on
+    every other edge; nan where either set is empty.
     """
-    n, n_steps, n_layers = patterns.shape[:3]
-    out = np.full((n, n_steps, n_layers, len(GROUPS)), np.nan)
+    n, n_steps, n_layers, n_heads = patterns.shape[:4]
+    out = np.full((n, n_steps, n_layers, n_heads, len(GROUPS)), np.nan)
+    gap = np.full((n, n_steps, n_layers), np.nan)
     for b, g in enumerate(graphs):
         n_keys = min(patterns.shape[-1], fact.shape[1])
         f = fact[b, :n_keys].long()
         onehot = torch.zeros(n_keys, len(g.edges))
         pos = torch.nonzero(f >= 0).flatten()
         onehot[pos, f[pos]] = 1.0
-        per_edge = patterns[b, ..., :n_keys].float().mean(-2) @ onehot  # [n_steps, n_layers, n_edges]
+        per_edge = (patterns[b, ..., :n_keys].float() @ onehot).numpy()  # [n_steps, n_layers, n_heads, n_edges]
         for s in range(n_steps):
             groups = edge_groups(g, s + 1)
             for j in range(len(GROUPS)):
                 if (groups == j).any():
-                    out[b, s, :, j] = per_edge[s, :, torch.as_tensor(groups == j)].mean(-1).numpy()
-    return AttentionByGroup(out, list(range(1, n_steps + 1)))
+                    out[b, s, :, :, j] = per_edge[s][..., groups == j].mean(-1)
+            front = groups <= FRONTIER
+            if front.any() and (~front).any():
+                heads = per_edge[s].mean(1)  # [n_layers, n_edges]
+                gap[b, s] = heads[:, front].mean(-1) - heads[:, ~front].mean(-1)
+    return AttentionByGroup(out, gap, list(range(1, n_steps + 1)))
 
 
 @dataclass

@@ -173,6 +173,51 @@ def _exact_epochs(phase: Phase) -> str:
     return f" --set epoch_items={items} --set max_minutes=null" if items and phase.config.get("max_minutes") else ""
 
 
+SEARCH_KS = (1, 2, 3)
+
+
+def search_table(phases: Sequence[Phase]) -> list[str]:
+    """The card's "Emergence of the search" section: the search summary each evaluation logged (train_config's
+    search_items; analyze.SearchSummary), one row per record, thoughts 1..3 in each cell; empty when none."""
+    rows = [(i, h) for i, p in enumerate(phases, 1) for h in p.history if "search" in h]
+    if not rows:
+        return []
+
+    def cells(get) -> str:
+        out = []
+        for k in SEARCH_KS:
+            try:
+                v = get(str(k))
+            except (KeyError, TypeError):
+                v = None
+            out.append("-" if v is None else f"{v:.2f}")
+        return " / ".join(out)
+
+    last_layer = lambda gap: gap[str(max(map(int, gap)))]  # noqa: E731
+    lines = [
+        "", "## Emergence of the search", "",
+        f"At each evaluation, on the first {rows[0][1]['search']['n']} validation items, thoughts k = "
+        f"{' / '.join(map(str, SEARCH_KS))} in each cell (`analyze.search_summary`; DESIGN.md defines each): the "
+        "value mass on frontier_k and on optimal_k, the largest frontier value (top-1), the inner-product gap "
+        "<t, frontier> - <t, unreachable>, the share of the thought's non-negative decomposition on frontier_k, and "
+        "the last layer's attention gap between the edges leaving frontier_{k-1} and the others.", "",
+        "| phase | step | stage | val accuracy | frontier mass | optimal mass | top-1 | IP gap | NNLS frontier share "
+        "| attention gap |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, h in rows:
+        s = h["search"]
+        va = f"{h['val_accuracy']:.0%}" if "val_accuracy" in h else "-"
+        lines.append("| " + " | ".join([
+            str(i), str(h.get("step", "-")), str(h["stage"]), va,
+            cells(lambda k: s["frontier_mass"][k]), cells(lambda k: s["optimal_mass"][k]),
+            cells(lambda k: s["parallelism"][k]["top1"]),
+            cells(lambda k: s["inner_product"][k]["frontier"] - s["inner_product"][k]["unreachable"]),
+            cells(lambda k: s["frontier_share"][k]), cells(lambda k: last_layer(s["attention_gap"][k])),
+        ]) + " |")
+    return lines
+
+
 def model_card(rel: Release, model: CoconutModel, summary: str = "") -> str:
     """The README.md of a released checkpoint: accuracy, recipe, hardware, learning curve, reproduction."""
     ev, cfg = rel.evaluation, model.config
@@ -252,6 +297,7 @@ def model_card(rel: Release, model: CoconutModel, summary: str = "") -> str:
             tflops = f"{h['tflops']:.2f}" if "tflops" in h else "-"
             lines.append(f"| {i} | {h['epoch']} | {h.get('step', h.get('global_step', '-'))} | {h['stage']} | "
                          f"{h['train_loss']:.4f} | {va} | {rate} | {tflops} | {sec} |")
+    lines += search_table(rel.phases)
     last = rel.phases[-1].history[-1]["epoch"] if rel.phases and rel.phases[-1].history else "N"
     run_dir = rel.phases[-1].config.get("out_dir") if rel.phases else "RUN"
     lines += [

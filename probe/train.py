@@ -38,6 +38,7 @@ from probe.atomic import atomic_write_text
 from probe.data.prosqa import ProsQAItem, load_items
 from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_pool
 from probe.distributed import process_group, rank_device, rank_slice, world
+from probe.analyze import search_summary
 from probe.evaluate import evaluate
 from probe.model.architecture import find_architecture
 from probe.model.checkpoint import load_checkpoint
@@ -305,6 +306,7 @@ def fit_plan(run: _Run) -> tuple[Plan, dict[str, float]]:
         with _whole(run):
             evaluate(model, run.tok, run.val_items, stage=cfg.stage(cfg.num_epochs - 1),
                      batch_size=cfg.eval_batch_size, progress=False)
+            _search(run)
         t_eval = time.perf_counter() - t0
         model.train()
     left = cfg.max_minutes * 60 * (1 - BUDGET_MARGIN) - (time.perf_counter() - run.started)
@@ -549,16 +551,27 @@ def _record(run: _Run, epoch: int, evaluate_now: bool, calibration: dict[str, An
         with _whole(run):
             res = evaluate(run.model, run.tok, mine, stage=cfg.stage(epoch), batch_size=cfg.eval_batch_size,
                            progress=False).items if mine else []
+            search = _search(run) if run.rank == 0 else None
         counts = torch.tensor([sum(r.correct for r in res), sum(r.n_thoughts for r in res), len(res)],
                               dtype=torch.float64, device=run.device)
         if run.world_size > 1:
             dist.all_reduce(counts)
         record.update(val_accuracy=float(counts[0] / counts[2]), val_mean_thoughts=float(counts[1] / counts[2]))
+        if search is not None:
+            record["search"] = search
         run.model.train()
     state.history.append(record)
     state.seconds += seconds
     state.pending = RunState.empty_pending()
     return record
+
+
+def _search(run: _Run) -> dict[str, Any] | None:
+    """The latent-search summary on the first search_items validation items (None where the run logs none)."""
+    n = run.cfg.search_items
+    if not n or not run.val_items or not run.model.config.stage_spec.markers:
+        return None
+    return search_summary(run.model, run.tok, run.val_items[:n], batch_size=run.cfg.eval_batch_size).as_dict()
 
 
 def _hardware(device: str) -> str:

@@ -71,6 +71,11 @@ class TrainConfig:
     eval_every_steps: int | None = None  # also evaluate (and record) every N optimizer steps
     save_every_steps: int | None = None  # also checkpoint every N optimizer steps (epoch ends always save)
     eval_batch_size: int = 64
+    # At every evaluation, also log the latent-search summary (analyze.SearchSummary: frontier and optimal value
+    # mass, parallelism, inner products by group, the decomposition's frontier share, the attention gap) on the
+    # first search_items validation items, so that a card shows when the search appears. 0: none; a mode
+    # without thoughts logs none.
+    search_items: int = 0
     keep_checkpoints: int = 2
     # Speed: bfloat16 autocast on CUDA (weights and optimizer stay float32), data prepared by
     # num_workers processes ahead of the model, and a wall-clock budget in minutes that fits
@@ -118,6 +123,8 @@ class TrainConfig:
         for name in ("train_size", "epoch_items", "eval_every_steps", "save_every_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.search_items < 0:
+            raise ConfigError(f"search_items must be >= 0, got {self.search_items}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.max_minutes is not None and self.max_minutes <= 0:

@@ -83,6 +83,19 @@ def values_from_logits(logits: Tensor, name_ids: Sequence[Sequence[int]]) -> Ten
     return out
 
 
+def emitted_nodes(logits: Tensor, name_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """What each thought emits: (node [n_items, k], token [n_items, k]).
+
+    logits: [n_items, k, vocab] at the positions emitting thoughts 1..k; token is each argmax over the whole
+    vocabulary, node the index of the item's node whose name token (name_ids) it is, -1 for a token that
+    names no node of the item.
+    """
+    token = logits.argmax(-1).cpu().numpy()
+    node = np.array([[list(ids).index(t) if t in ids else -1 for t in row] for ids, row in zip(name_ids, token.tolist())],
+                    dtype=np.int64).reshape(token.shape)
+    return node, token
+
+
 def read_after(config: CoconutConfig, j: int, k: int) -> int | None:
     """The number of thoughts after which node values first read what thought j became, under an edit of it.
 

@@ -224,3 +224,96 @@ def test_the_card_section_is_replaced_not_repeated():
     middle = "# m\n\n## Latent search\n\nold\n\n## Training\n\nt\n"
     assert replace_card_section(middle, "## Latent search\n\nnew\n") == \
         "# m\n\n## Latent search\n\nnew\n\n## Training\n\nt\n"
+
+
+def test_emitted_nodes_name_the_items_node_or_none():
+    from probe.values import emitted_nodes
+
+    logits = torch.zeros(2, 2, 10)
+    logits[0, 0, 4] = logits[0, 1, 9] = logits[1, 0, 2] = logits[1, 1, 5] = 1.0
+    node, token = emitted_nodes(logits, [[7, 4, 2], [2, 5]])
+    assert token.tolist() == [[4, 9], [2, 5]]
+    assert node.tolist() == [[1, -1], [0, 1]]  # token 9 names no node of item 0
+
+
+def test_a_model_trained_to_emit_nodes_is_read_at_its_thoughts(tiny, official_items):
+    """supervision optimal: values, emitted nodes and the superposition decomposition read thought k itself, each
+    checked against a plain forward of a prompt written by hand and scipy's nnls on the model's own thoughts."""
+    from dataclasses import replace
+
+    from scipy.optimize import nnls
+
+    from conftest import prompt_by_hand
+    from probe.values import emitted_nodes
+
+    model, tok = tiny
+    model = CoconutModel(model.base, replace(model.config, data_format="graph", supervision="optimal"))
+    items = official_items[:4]
+    a = analyze(model, tok, items, k_max=2, batch_size=3, progress=False)
+    assert a.readout == "emitted"
+    readout = model.base.get_output_embeddings().weight.detach()
+    for b in (0, 3):
+        it = items[b]
+        prompt = prompt_by_hand(it, tok, "graph", 2, model.config.special)
+        q = prompt.index(model.config.special.start_id)
+        ids = name_tokens(it, tok, "graph")
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt])).logits[0, q : q + 2]  # the positions emitting thoughts 1, 2
+            thoughts = model.generate([prompt]).thoughts[0, :2]
+        np.testing.assert_allclose(a.values[b, :, : it.n_nodes], logits.softmax(-1)[:, ids].numpy(), rtol=1e-4,
+                                   atol=1e-8)
+        node, token = emitted_nodes(logits[None], [ids])
+        assert a.emitted_node[b].tolist() == node[0].tolist() and a.emitted_token[b].tolist() == token[0].tolist()
+        for j in range(2):
+            coef, res = nnls(readout[ids].double().numpy().T, thoughts[j].double().numpy())
+            np.testing.assert_allclose(a.decomposition.coef[b, j, : it.n_nodes], coef, rtol=1e-3, atol=1e-5)
+            t2 = float(thoughts[j].double() @ thoughts[j].double())
+            assert a.decomposition.r2[b, j] == pytest.approx(1 - res ** 2 / t2, abs=1e-4)
+    rep = a.report()
+    assert rep["readout"] == "emitted" and set(rep["superposition"]["1"]["share"]) == set(GROUPS)
+    assert sum(rep["emitted_node"]["2"].values()) == 4
+    assert set(rep["attention_frontier_gap"]["1"]) == {"0", "1"}
+    assert rep["items"][0]["emitted"].keys() == {"1", "2"}
+
+
+def test_the_search_summary_is_the_mean_of_each_measure_by_thought(tiny, official_items):
+    """Each figure of search_summary from an independent path: node values from values_by_k (a forward of its own),
+    the decomposition from superposition on generate's thoughts, inner products by hand."""
+    from dataclasses import replace
+
+    from conftest import prompt_by_hand
+    from probe.analyze import search_summary
+    from probe.superposition import superposition
+    from probe.values import values_by_k
+
+    model, tok = tiny
+    model = CoconutModel(model.base, replace(model.config, data_format="graph", supervision="optimal"))
+    items = official_items[:4]
+    graphs = [ProsQAGraph.from_item(it) for it in items]
+    summary = search_summary(model, tok, items, k_max=2, batch_size=3)
+    values = values_by_k(model, tok, items, 2, progress=False)
+    prompts = [prompt_by_hand(it, tok, "graph", 2, model.config.special) for it in items]
+    thoughts = torch.cat([model.generate([p]).thoughts[:, :2] for p in prompts])
+    names = [name_tokens(it, tok, "graph") for it in items]
+    share = superposition(thoughts, model.base.get_output_embeddings().weight, names, graphs).frontier_share
+    emb = model.base.get_input_embeddings().weight.detach()
+    for k in (1, 2):
+        mass = [values[b, k - 1, g.frontier(k)].sum() for b, g in enumerate(graphs)]
+        best = [values[b, k - 1, g.frontier(k)].max() for b, g in enumerate(graphs)]
+        optimal = [values[b, k - 1, g.optimal(k)].sum() for b, g in enumerate(graphs)]
+        assert summary.frontier_mass[k] == pytest.approx(np.mean(mass), rel=1e-4)
+        assert summary.parallelism[k]["top1"] == pytest.approx(np.mean(best), rel=1e-4)
+        assert summary.optimal_mass[k] == pytest.approx(np.mean(optimal), rel=1e-4)
+        assert summary.frontier_share[k] == pytest.approx(np.mean(share[:, k - 1]), rel=1e-3)
+        per_item = []
+        for b, g in enumerate(graphs):
+            ips = (thoughts[b, k - 1] @ emb[names[b]].T).detach().numpy()
+            groups = node_groups(g, k)
+            if (groups == 0).any():
+                per_item.append(ips[groups == 0].mean())
+        assert summary.inner_product[k]["optimal"] == pytest.approx(np.mean(per_item), rel=1e-3)
+    assert set(summary.attention_gap[2]) == {0, 1} and np.isfinite(summary.attention_gap[2][0])
+    assert summary.as_dict()["parallelism"]["1"]["top1"] == pytest.approx(summary.parallelism[1]["top1"])
+    cot = CoconutModel(model.base, replace(model.config, mode="no_thoughts"))
+    with pytest.raises(ValueError, match="a no_thoughts model has no thoughts to summarise"):
+        search_summary(cot, tok, items)

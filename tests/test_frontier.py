@@ -70,6 +70,15 @@ def test_attention_mass_by_edge_group_by_hand():
     np.testing.assert_allclose(att.per_item[0, 1, 0], [0.25, 0.125, 0.0, 0.5])
     assert att.as_dict()["2"]["0"] == pytest.approx({"optimal": 0.25, "frontier": 0.125, "reachable": 0.0,
                                                      "unreachable": 0.5})
+    # Per head: step 1 head 0 puts 0.5 on each optimal edge, head 1 nothing on any edge; step 2 head 1 puts its
+    # whole mass on edge 5, the one unreachable edge.
+    np.testing.assert_allclose(att.per_head[0, 0, 0, :, OPTIMAL], [0.5, 0.0])
+    np.testing.assert_allclose(att.per_head[0, 1, 0, :, UNREACHABLE], [0.0, 1.0])
+    assert att.heads_dict()["2"]["0"]["unreachable"] == [0.0, 1.0]
+    # The frontier gap (heads averaged): step 1, edges 0 and 1 (leaving the root) at 0.25 against 0 elsewhere;
+    # step 2, edges 2, 3, 4 (leaving frontier_1) at (0.25 + 0.25 + 0) / 3 against edges 0, 1, 5 at (0 + 0 + 0.5) / 3.
+    np.testing.assert_allclose(att.frontier_gap[0, :, 0], [0.25, 0.0], atol=1e-7)
+    assert att.gap_dict()["1"]["0"] == pytest.approx(0.25)
 
 
 def test_parallelism_mass_and_height():

@@ -124,3 +124,28 @@ def test_release_counts_what_evaluate_counts_on_a_model_that_answers(answering_c
         assert 0 < ev.correct_by_k[k] < 12 and ev.correct_by_k[k] == sum(r.correct for r in res.items), k
     gold = evaluate(model, tok, items, k="gold", progress=False)
     assert ev.gold_correct == sum(r.correct for r in gold.items)
+
+
+def test_the_card_tabulates_the_search_summary_each_evaluation_logged():
+    from probe.release import Phase, search_table
+
+    def search(scale: float) -> dict:
+        by_k = lambda f: {str(k): f(k) for k in (1, 2, 3, 4)}  # noqa: E731
+        return {"n": 5, "readout": "emitted", "frontier_mass": by_k(lambda k: scale * k / 10),
+                "optimal_mass": by_k(lambda k: scale / 10), "parallelism": by_k(lambda k: {"top1": scale / 5}),
+                "inner_product": by_k(lambda k: {"optimal": 1.0, "frontier": 0.5 * k, "reachable": 0.0,
+                                                 "unreachable": None if k == 3 else 0.25}),
+                "frontier_share": by_k(lambda k: 0.3), "attention_gap": by_k(lambda k: {"0": -1.0, "1": 0.01 * k})}
+
+    hist = [{"epoch": 1, "step": 10, "stage": 0, "train_loss": 1.0},
+            {"epoch": 2, "step": 20, "stage": 1, "train_loss": 0.5, "val_accuracy": 0.5, "search": search(1.0)},
+            {"epoch": 3, "step": 30, "stage": 2, "train_loss": 0.4, "val_accuracy": 0.75, "search": search(2.0)}]
+    lines = search_table([Phase("c.yaml", {}, hist)])
+    assert lines[1] == "## Emergence of the search" and "first 5 validation items" in lines[3]
+    rows = [line for line in lines if line.startswith("| 1 |")]
+    assert rows == [
+        "| 1 | 20 | 1 | 50% | 0.10 / 0.20 / 0.30 | 0.10 / 0.10 / 0.10 | 0.20 / 0.20 / 0.20 | 0.25 / 0.75 / - "
+        "| 0.30 / 0.30 / 0.30 | 0.01 / 0.02 / 0.03 |",
+        "| 1 | 30 | 2 | 75% | 0.20 / 0.40 / 0.60 | 0.20 / 0.20 / 0.20 | 0.40 / 0.40 / 0.40 | 0.25 / 0.75 / - "
+        "| 0.30 / 0.30 / 0.30 | 0.01 / 0.02 / 0.03 |"]
+    assert search_table([Phase("c.yaml", {}, hist[:1])]) == []

@@ -266,3 +266,26 @@ def test_the_recipe_learns_its_training_items(tmp_path, official_path):
     res = evaluate(model, tok, load_items(data), progress=False)
     assert [r.n_thoughts for r in res.items] == [6] * 8
     assert res.accuracy == 1.0, [r.text for r in res.items]
+
+
+def test_every_evaluation_logs_the_search_summary_of_the_model_it_evaluated(tmp_path, official_path):
+    """search_items: each record that evaluates carries analyze.search_summary of the model at that point (the
+    last one equals a summary recomputed on the saved checkpoint); a mode without thoughts logs none."""
+    from probe.analyze import search_summary
+
+    cfg = graph_config(tmp_path, val_data=str(official_path), val_size=6, search_items=3, num_epochs=2)
+    result = train(cfg, progress=False)
+    assert all("search" in h for h in result.history)
+    last = result.history[-1]["search"]
+    assert last["n"] == 3 and last["readout"] == "emitted" and set(last["frontier_mass"]) == {"1", "2"}
+    model, tok = load_checkpoint(result.last_checkpoint)
+    again = search_summary(model, tok, load_items(official_path)[:3]).as_dict()
+    assert again.keys() == last.keys()
+    for key in ("frontier_mass", "optimal_mass", "frontier_share"):
+        assert again[key] == pytest.approx(last[key], rel=1e-4, abs=1e-6), key
+    assert again["attention_gap"]["2"]["0"] == pytest.approx(last["attention_gap"]["2"]["0"], rel=1e-4, abs=1e-7)
+    none = train(graph_config(tmp_path, out_dir=str(tmp_path / "nt"), mode="no_thoughts", val_data=str(official_path),
+                              val_size=2, search_items=3, num_epochs=1), progress=False)
+    assert "val_accuracy" in none.history[-1] and "search" not in none.history[-1]
+    with pytest.raises(ConfigError, match="search_items must be >= 0"):
+        graph_config(tmp_path, search_items=-1)
