@@ -9,7 +9,7 @@ from probe.capture import architecture, capture_batch
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import indistinct_names
 from probe.data.prosqa import ProsQAItem
-from probe.evaluate import evaluate
+from probe.evaluate import MAX_NEW_TOKENS, is_correct
 from probe.lens import Lens, LensReadout, read_lens
 from probe.model.hook_names import RESID, select_hooks
 from probe.model.coconut import CoconutModel
@@ -71,10 +71,11 @@ def decode_item(
     model: CoconutModel, tokenizer, item: ProsQAItem, *, index: int = 0, k: int | None = None,
     lens: Lens | None = None, layers: Sequence[int] | None = None, top: int = 5,
 ) -> Decoded:
-    """Read every thought of one item through a lens at each layer, then generate its answer."""
+    """Read every thought of one item through a lens at each layer, and its greedy answer, in one pass."""
     # Only the residual stream is read: no attention patterns, so no switch to eager attention.
     names = select_hooks(architecture(model).n_layers, [f"*{RESID}"])
-    trace = capture_batch(model, tokenizer, [item], k=k, names=names, indices=[index])
+    # One pass: the capture goes on from its KV cache to the greedy answer that evaluate would generate.
+    trace = capture_batch(model, tokenizer, [item], k=k, names=names, indices=[index], max_new_tokens=MAX_NEW_TOKENS)
     ro = read_lens(trace, model, tokenizer, [item], layers=layers, lens=lens, top=top)
     g = ProsQAGraph.from_item(item)
     steps = []
@@ -90,8 +91,9 @@ def decode_item(
                 float(ro.frontier_mass[0, s, j]),
             ))
         steps.append(reading)
-    res = evaluate(model, tokenizer, [item], k=trace.k, batch_size=1, progress=False).items[0]
-    return Decoded(index=index, question=item.question, answer=item.answer, prediction=res.prediction,
-                   correct=res.correct, generated=res.text, lens=ro.lens, thoughts=steps[: trace.k],
+    pred = trace.predictions(tokenizer)[0]
+    return Decoded(index=index, question=item.question, answer=item.answer, prediction=pred,
+                   correct=is_correct(pred, item), generated=tokenizer.decode(trace.answers()[0], skip_special_tokens=True),
+                   lens=ro.lens, thoughts=steps[: trace.k],
                    answer_step=steps[trace.k], readout=ro,
                    indistinct=indistinct_names(item, tokenizer, model.config.data_format))

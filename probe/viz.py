@@ -125,11 +125,21 @@ def categories(a: Analysis, control: Analysis | None = None) -> go.Figure:
                               "Reasoning-path categories after forced k thoughts")
 
 
+def named_nodes(an: Analysis) -> dict[int, dict[str, int]]:
+    """{k: {group: count}} of the node the model names after k thoughts, by its readout: the node thought k emits
+    (its top token) for the emitted readout, the first node of the step forced after k thoughts for the language
+    one ("none": it answered at once)."""
+    if an.readout == "emitted":
+        return {k: {**c, "none": 0} for k, c in an.emitted_groups().items()}
+    return an.first_groups()
+
+
 def verbalised(a: Analysis, control: Analysis | None = None) -> go.Figure:
-    """Group of the first node the model names when forced out of latent mode after k thoughts."""
+    """Group of the node the model names after k thoughts: the node thought k emits (emitted readout) or the first
+    node named when forced out of latent mode (language readout); `named_nodes`."""
     colors = {**GROUP_COLORS, "unknown": "#9467bd", "none": "#c7c7c7"}
-    return _stacked_fractions(a, control, Analysis.first_groups, colors,
-                              "Verbalised thoughts: the first node named after k thoughts")
+    return _stacked_fractions(a, control, named_nodes, colors,
+                              "The node named after k thoughts (emitted by thought k, or the forced step's first)")
 
 
 def inner_products(a: Analysis, control: Analysis | None = None) -> go.Figure:
@@ -157,6 +167,63 @@ def attention(a: Analysis, control: Analysis | None = None) -> go.Figure:
     return fig
 
 
+def superposition(a: Analysis, control: Analysis | None = None) -> go.Figure:
+    """Each thought as a non-negative combination of its item's name rows: the mean share of the weight on each node
+    group at step k (stacked), and the fit's mean R^2 (probe.superposition)."""
+    def draw(fig, an, col, first):
+        d = an.decomposition
+        with np.errstate(all="ignore"):
+            share = np.array([[np.nanmean(d.share[:, i, j]) if np.isfinite(d.share[:, i, j]).any() else np.nan
+                               for j in range(len(GROUPS))] for i in range(an.k_max)])
+            r2 = [np.nanmean(d.r2[:, i]) if np.isfinite(d.r2[:, i]).any() else None for i in range(an.k_max)]
+        for j, g in enumerate(GROUPS):
+            fig.add_bar(x=an.steps, y=share[:, j], name=f"share on {g}", marker_color=GROUP_COLORS[g], legendgroup=g,
+                        showlegend=first, row=1, col=col)
+        fig.add_scatter(x=an.steps, y=r2, mode="lines+markers", name="R² of the fit", legendgroup="r2",
+                        line=dict(color="black", dash="dot"), showlegend=first, row=1, col=col)
+    return _side_by_side(_models(a, control), "Superposition decomposition: thought k over its item's node names",
+                         draw, "thoughts k", "share of the weight / R²", barmode="stack")
+
+
+def attention_gap(a: Analysis, control: Analysis | None = None) -> go.Figure:
+    """Per layer, attention on the edges leaving frontier_{k-1} minus the attention on the other edges (per edge,
+    heads averaged), by thought."""
+    def draw(fig, an, col, first):
+        gap = an.attention.gap_mean
+        for l in range(gap.shape[1]):
+            fig.add_scatter(x=an.attention.steps, y=gap[:, l], mode="lines+markers", name=f"layer {l}",
+                            legendgroup=str(l), line_color=K_COLORS[l % len(K_COLORS)], showlegend=first, row=1, col=col)
+    return _side_by_side(_models(a, control), "Attention gap: frontier edges minus the others", draw, "thoughts k",
+                         "attention per edge (difference)")
+
+
+def emergence(histories: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 2, 3)) -> go.Figure:
+    """The search summary logged at each evaluation of training runs (records with "search"), against the step:
+    frontier value mass, optimal value mass, the decomposition's frontier share and the last layer's attention gap,
+    one panel each, a line per run and thought k. histories: {label: training records}."""
+    panels = (("frontier_mass", "frontier value mass"), ("optimal_mass", "optimal value mass"),
+              ("frontier_share", "NNLS frontier share"), ("attention_gap", "attention gap (last layer)"))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels], horizontal_spacing=0.06)
+    dashes = ("solid", "dash", "dot", "dashdot")
+    for r, (label, records) in enumerate(histories.items()):
+        rec = [h for h in records if "search" in h]
+        steps = [h.get("step", i) for i, h in enumerate(rec)]
+        for i, k in enumerate(ks):
+            for c, (key, _) in enumerate(panels, start=1):
+                ys = []
+                for h in rec:
+                    v = h["search"][key].get(str(k))
+                    if isinstance(v, dict):  # per layer: the last
+                        v = v[str(max(map(int, v)))]
+                    ys.append(v)
+                fig.add_scatter(x=steps, y=ys, mode="lines+markers", name=f"{label} k={k}", legendgroup=f"{label}{k}",
+                                showlegend=c == 1, line=dict(color=K_COLORS[i % len(K_COLORS)], dash=dashes[r % 4]),
+                                row=1, col=c)
+    fig.update_xaxes(title_text="optimizer step")
+    fig.update_layout(title="Emergence of the search during training", template="plotly_white")
+    return fig
+
+
 FIGURES: dict[str, Callable[..., go.Figure]] = {
     "values_by_group": values_by_group,
     "frontier_mass": frontier_mass,
@@ -166,6 +233,8 @@ FIGURES: dict[str, Callable[..., go.Figure]] = {
     "verbalised": verbalised,
     "inner_product": inner_products,
     "attention": attention,
+    "attention_gap": attention_gap,
+    "superposition": superposition,
 }
 
 

@@ -194,10 +194,14 @@ def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, off
         assert set(rpt["categories"]) == {"0", "1", "2"} and sum(rpt["categories"]["2"].values()) == 6
         assert len(rpt["items"]) == 6 and set(rpt["items"][0]["verbalised"]) == {"0", "1", "2"}
     assert rep["mode"] == "coconut" and rep["control"]["mode"] == "pause_as_thought"
+    figures = ("values_by_group", "frontier_mass", "value_by_height", "parallelism", "categories", "verbalised",
+               "inner_product", "attention", "attention_gap", "superposition")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["report.json", "summary.md"] + [f"{n}.html" for n in ("values_by_group", "frontier_mass", "value_by_height", "parallelism",
-                                                 "categories", "verbalised", "inner_product", "attention")])
-    assert "plotly" in (out / "inner_product.html").read_text()[:20000].lower()
+        ["report.json", "summary.md", "plotly.min.js"] + [f"{n}.html" for n in figures])
+    # one plotly.js for the folder, which every page loads
+    page = (out / "inner_product.html").read_text()
+    assert '<script charset="utf-8" src="plotly.min.js"></script>' in page and len(page) < 500_000
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000
     r1 = f"| 1 | {rep['frontier_value_mass']['1']:.3f} / {rep['control']['frontier_value_mass']['1']:.3f} |"
     assert r1 in (out / "summary.md").read_text()
     # The same directory again is refused; a broken data file is named; nothing half-written is left.
@@ -274,6 +278,19 @@ def test_a_model_trained_to_emit_nodes_is_read_at_its_thoughts(tiny, official_it
     assert sum(rep["emitted_node"]["2"].values()) == 4
     assert set(rep["attention_frontier_gap"]["1"]) == {"0", "1"}
     assert rep["items"][0]["emitted"].keys() == {"1", "2"}
+    # The figures put each number where it belongs: the decomposition's shares and R^2, the gap per layer, and the
+    # node each thought emits.
+    from probe.viz import attention_gap, named_nodes
+    from probe.viz import superposition as superposition_figure
+
+    fig = superposition_figure(a)
+    bars = {t.name: t.y for t in fig.data if t.type == "bar"}
+    np.testing.assert_allclose(bars["share on optimal"], np.nanmean(a.decomposition.share[:, :, 0], axis=0))
+    r2 = next(t for t in fig.data if t.name == "R² of the fit")
+    np.testing.assert_allclose(np.array(r2.y, dtype=float), np.nanmean(a.decomposition.r2, axis=0))
+    gap = attention_gap(a)
+    np.testing.assert_allclose(gap.data[1].y, a.attention.gap_mean[:, 1])
+    assert named_nodes(a) == {k: {**c, "none": 0} for k, c in a.emitted_groups().items()}
 
 
 def test_the_search_summary_is_the_mean_of_each_measure_by_thought(tiny, official_items):
@@ -317,3 +334,21 @@ def test_the_search_summary_is_the_mean_of_each_measure_by_thought(tiny, officia
     cot = CoconutModel(model.base, replace(model.config, mode="no_thoughts"))
     with pytest.raises(ValueError, match="a no_thoughts model has no thoughts to summarise"):
         search_summary(cot, tok, items)
+
+
+def test_the_emergence_figure_draws_each_logged_summary_against_its_step():
+    from probe.viz import emergence
+
+    def rec(step: int, mass: float) -> dict:
+        return {"step": step, "search": {"frontier_mass": {"1": mass, "2": mass / 2}, "optimal_mass": {"1": 0.1},
+                                         "frontier_share": {"1": 0.5}, "attention_gap": {"1": {"0": 0.3, "1": 0.7}}}}
+
+    fig = emergence({"run": [rec(10, 0.2), {"step": 15}, rec(20, 0.6)]}, ks=(1, 2))
+    line = next(t for t in fig.data if t.name == "run k=1" and t.xaxis == "x")
+    assert list(line.x) == [10, 20] and list(line.y) == [0.2, 0.6]
+    k2 = next(t for t in fig.data if t.name == "run k=2" and t.xaxis == "x")
+    assert list(k2.y) == [0.1, 0.3]
+    gap = next(t for t in fig.data if t.name == "run k=1" and t.xaxis == "x4")
+    assert list(gap.y) == [0.7, 0.7]  # the last layer
+    shares = next(t for t in fig.data if t.name == "run k=2" and t.xaxis == "x3")
+    assert list(shares.y) == [None, None]  # not logged for k = 2

@@ -210,7 +210,7 @@ def test_probe_intervene_end_to_end_and_its_errors(tmp_path, official_path):
     assert [r["name"] for r in main["ablations"]["thought"]] == ["zero all", "zero 1", "zero 2"]
     assert main["accuracy_by_k"]["2"] == main["ablations"]["thought"][0]["baseline_accuracy"]
     assert set(cot["accuracy_by_k"]) == {"0", "2"} and cot["k"] == pause["k"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["ablations.html", "accuracy_by_k.html", "patching.html",
+    assert sorted(p.name for p in out.iterdir()) == ["ablations.html", "accuracy_by_k.html", "patching.html", "plotly.min.js",
                                                      "report.json", "steering.html"]
     for bad, message in ((["--ablations", "noise"], "--ablations: unknown ['noise']"),
                          (["--sites", "first"], "--sites: expected an integer, got 'first'"),

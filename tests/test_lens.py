@@ -103,6 +103,11 @@ def test_decode_reads_each_thought_in_every_format(tiny_model, word_tokenizer, o
         assert [t for t, _ in last.top[:3]] == [word_tokenizer.decode([i]) for i in p.topk(3).indices.tolist()]
         mass = sum(float(p[vocab[n]]) for n in {it.name(v) for v in g.frontier(j)})
         assert last.frontier_mass == pytest.approx(mass, abs=1e-5)
+    # the answer, decoded from the capture pass, is the one evaluate generates
+    from probe.evaluate import evaluate
+
+    res = evaluate(tiny_model, word_tokenizer, [it], k=3, progress=False).items[0]
+    assert (dec.prediction, dec.correct, dec.generated) == (res.prediction, res.correct, res.text)
 
 
 def test_a_name_of_several_pieces_reads_as_the_product_of_its_pieces(bpe_tokenizer, official_items):

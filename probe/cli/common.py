@@ -143,3 +143,12 @@ def _float_option(option: str, text: str) -> float:
         return float(text)
     except ValueError:
         _fail(f"{option}: expected a number, got {text.strip()!r}")
+
+
+def write_html(fig, path: Path) -> None:
+    """Write a plotly figure as an HTML page that loads plotly.js from plotly.min.js in its folder, which plotly
+    copies there once (4.8 MB) instead of embedding it in every page; the page itself is renamed into place."""
+    from probe.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.write_html(str(tmp), include_plotlyjs="directory")

@@ -12,7 +12,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION, InputError,
-    _int_option, _load, one_line_errors, _writable_place,
+    _int_option, _load, one_line_errors, write_html, _writable_place,
 )
 
 
@@ -151,7 +151,7 @@ def eval_cmd(
             from probe.viz import halting
 
             atomic_write_text(json_out, json.dumps(result.as_dict(), indent=1))
-            halting(result.as_dict()).write_html(json_out.with_suffix(".html"), include_plotlyjs=True)
+            write_html(halting(result.as_dict()), json_out.with_suffix(".html"))
         fixed = ", ".join(f"k={k}: {a:.3f}" for k, a in result.fixed.items())
         typer.echo(f"halting probe: accuracy {result.accuracy:.4f} with {result.mean_thoughts:.2f} thoughts on average "
                    f"(fixed {fixed})")

@@ -10,7 +10,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail, _float_option,
-    _int_option, _load, _new_out, _num, one_line_errors,
+    _int_option, _load, _new_out, _num, one_line_errors, write_html,
 )
 
 
@@ -75,7 +75,7 @@ def intervene_cmd(
     with atomic_directory(out) as tmp:
         atomic_write_text(tmp / REPORT, json.dumps({"data": str(data), "reports": dicts}, indent=1))
         for name, figure in INTERVENTION_FIGURES.items():
-            figure(dicts).write_html(tmp / f"{name}.html", include_plotlyjs=True)
+            write_html(figure(dicts), tmp / f"{name}.html")
     _print_interventions(dicts)
     typer.echo(f"wrote {out}/report.json and {len(INTERVENTION_FIGURES)} figures")
 

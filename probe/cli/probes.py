@@ -10,7 +10,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _items, _load, _new_out, _num,
-    one_line_errors,
+    one_line_errors, write_html,
 )
 
 
@@ -60,7 +60,7 @@ def probes_fit(
     with atomic_directory(out) as tmp:
         rep.probe.write_into(tmp)
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
-        probe_scores(report, report.get("control")).write_html(tmp / "scores.html", include_plotlyjs=True)
+        write_html(probe_scores(report, report.get("control")), tmp / "scores.html")
     key = "auroc" if rep.probe.kind == "classification" else "r2"
     for k, sc in report["steps"].items():
         extra = f" | control checkpoint {_num(report['control']['steps'][k][key])}" if control is not None else ""
@@ -145,7 +145,7 @@ def sae_train(
         run.sae.write_into(tmp, run.rows.hook, model_name=_default_ckpt(ckpt).name,
                            extra={"model_hash": weights_hash(model), "k_max": run.rows.k_max, "n_items": run.n_items})
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
-        sae_features(run.features).write_html(tmp / "features.html", include_plotlyjs=True)
+        write_html(sae_features(run.features), tmp / "features.html")
     m, held = run.train_metrics, run.held_out_metrics
     typer.echo(f"SAE on {run.rows.hook} ({len(run.rows.X)} thoughts of {run.n_items} items): fvu {m.fvu:.3f} "
                f"(held out {held.fvu:.3f}), L0 {m.l0:.1f}, dead {m.dead_fraction:.1%}")

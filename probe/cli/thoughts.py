@@ -10,7 +10,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, _item, _items,
-    _layers, _load, _new_out, _num, one_line_errors, _writable_place,
+    _layers, _load, _new_out, _num, one_line_errors, write_html, _writable_place,
 )
 
 
@@ -171,7 +171,7 @@ def analyze_cmd(
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
         atomic_write_text(tmp / SUMMARY, summary)
         for name, figure in FIGURES.items():
-            figure(main, ctrl).write_html(tmp / f"{name}.html", include_plotlyjs=True)
+            write_html(figure(main, ctrl), tmp / f"{name}.html")
     _print_analysis(main, ctrl)
     typer.echo(f"wrote {out}/report.json, summary.md and {len(FIGURES)} figures")
     if update_card:
