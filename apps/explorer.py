@@ -83,9 +83,12 @@ def item_readings(ckpt: str, base: str, item_json: str, lens: str) -> dict:
     """Lens readout, node values after every k and the answer, for one item (plain data: cacheable)."""
     import torch
 
+    from probe.data.graph import ProsQAGraph
+    from probe.data.layout import name_tokens
     from probe.decode import decode_item
     from probe.lens import open_lens
-    from probe.values import values_by_k
+    from probe.superposition import superposition
+    from probe.values import readout_of, values_by_k
 
     model, tok = load_model(ckpt, base)
     item = parse_item(item_json)
@@ -95,8 +98,13 @@ def item_readings(ckpt: str, base: str, item_json: str, lens: str) -> dict:
     values = values_by_k(model, tok, [item], k, progress=False)[0, :, : item.n_nodes] \
         if model.config.stage_spec.markers and k else None
     ro = dec.readout
+    sup = superposition(dec.thought_vectors[None], model.base.get_output_embeddings().weight,
+                        [name_tokens(item, tok, model.config.data_format)], [ProsQAGraph.from_item(item)]) if k else None
     return {"k": k, "prediction": dec.prediction, "correct": dec.correct, "generated": dec.generated,
-            "values": values, "node_prob": ro.node_prob[0, :, -1, : item.n_nodes].numpy(),
+            "values": values, "readout_kind": readout_of(model.config),
+            "coefficients": None if sup is None else sup.coef[0, :, : item.n_nodes],
+            "r2": None if sup is None else sup.r2[0], "share": None if sup is None else sup.share[0],
+            "node_prob": ro.node_prob[0, :, -1, : item.n_nodes].numpy(),
             "readout": {"lens": ro.lens, "layers": ro.layers, "top_ids": ro.top_ids, "top_probs": ro.top_probs,
                         "frontier_mass": ro.frontier_mass.to(torch.float32)}}
 
@@ -250,20 +258,29 @@ def sidebar() -> tuple[str, str, str, str]:
 
 
 def graph_panel(item, r: dict) -> None:
+    from probe.frontier import GROUPS
     from probe.viz import graph_figure
 
+    value = ("the probability that thought k itself, read through the unembedding, names it"
+             if r["readout_kind"] == "emitted" else "the probability that the language step after k thoughts names it first")
     st.caption("The question's graph, root on the left. After k thoughts the frontier (nodes exactly k edges from "
-               "the root) is outlined in red; the colour is each node's value (the probability that the language "
-               "step after k thoughts names it first) or the logit-lens probability of its name at the last layer.")
+               f"the root) is outlined in red; the colour is each node's value ({value}), its coefficient when thought k "
+               "is fit as a non-negative combination of the item's name rows (the superposition decomposition), or "
+               "the logit-lens probability of its name at the last layer.")
     if r["k"] == 0:
         st.info("this checkpoint reasons in language (no latent thoughts): the graph is drawn without values")
         st.plotly_chart(graph_figure(item, 0), key="graph")
         return
     drop_if_invalid("k", lambda v: 1 <= v <= r["k"])
     k = st.slider("thought k", 1, r["k"], key="k") if r["k"] > 1 else r["k"]
-    colour = st.radio("colour nodes by", ["value after k thoughts", "lens probability"], key="colour",
-                      horizontal=True, disabled=r["values"] is None)
-    if colour == "lens probability" or r["values"] is None:
+    colour = st.radio("colour nodes by", ["value after k thoughts", "superposition coefficient", "lens probability"],
+                      key="colour", horizontal=True)
+    if colour == "superposition coefficient":
+        fig = graph_figure(item, k, coefficients=r["coefficients"][k - 1])
+        share = ", ".join(f"{g} {r['share'][k - 1, j]:.0%}" for j, g in enumerate(GROUPS))
+        st.markdown(f"thought {k} = a non-negative combination of the item's name rows: R² {r['r2'][k - 1]:.3f}; "
+                    f"share of the weight by group at step {k}: {share}")
+    elif colour == "lens probability" or r["values"] is None:
         fig = graph_figure(item, k, lens=r["node_prob"][k - 1])
     else:
         fig = graph_figure(item, k, values=r["values"][k - 1])

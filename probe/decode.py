@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from torch import Tensor
+
 from probe.capture import architecture, capture_batch
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import indistinct_names
@@ -52,6 +54,7 @@ class Decoded:
     thoughts: list[StepReading]
     answer_step: StepReading
     readout: LensReadout = field(repr=False)
+    thought_vectors: Tensor = field(repr=False)  # [k, d_model] the thoughts fed back (ThoughtTrace.thoughts)
     indistinct: list[tuple[str, ...]] = field(default_factory=list)  # names the readings cannot tell apart
 
     def to_json(self) -> dict[str, Any]:
@@ -95,5 +98,5 @@ def decode_item(
     return Decoded(index=index, question=item.question, answer=item.answer, prediction=pred,
                    correct=is_correct(pred, item), generated=tokenizer.decode(trace.answers()[0], skip_special_tokens=True),
                    lens=ro.lens, thoughts=steps[: trace.k],
-                   answer_step=steps[trace.k], readout=ro,
+                   answer_step=steps[trace.k], readout=ro, thought_vectors=trace.thoughts[0],
                    indistinct=indistinct_names(item, tokenizer, model.config.data_format))

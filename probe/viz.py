@@ -396,9 +396,10 @@ def graph_positions(graph: ProsQAGraph) -> np.ndarray:
 
 
 def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.ndarray | None = None,
-                 title: str = "") -> go.Figure:
+                 coefficients: np.ndarray | None = None, title: str = "") -> go.Figure:
     """The item's DAG, root to leaves: frontier_k outlined, the optimal path drawn thick, node colour the value
-    after k thoughts (or the lens probability), hover with name, depth, value and lens probability."""
+    after k thoughts, else the superposition coefficient of each node in thought k (probe.superposition), else the
+    lens probability ([n_nodes] each); the hover shows every one given."""
     graph = ProsQAGraph.from_item(item)
     pos = graph_positions(graph)
     shortest = graph.shortest_paths()[0]
@@ -413,7 +414,9 @@ def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.nda
         fig.add_scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=thick,
                         name="a shortest path to the answer" if thick else "",
                         line=dict(width=4 if thick else 1, color="#2ca02c" if thick else "#bbbbbb"))
-    colour = values if values is not None else lens
+    colour, label = next(((c, n) for c, n in ((values, "value"), (coefficients, "coefficient"), (lens, "lens p"))
+                          if c is not None), (None, ""))
+    top = 1.0 if label != "coefficient" else max(float(np.nanmax(coefficients)), 1e-9)
     frontier = set(graph.frontier(k))
     hover = []
     for v in range(graph.n_nodes):
@@ -423,14 +426,15 @@ def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.nda
             parts.append(f"value {values[v]:.3f}")
         if lens is not None:
             parts.append(f"lens {lens[v]:.3f}")
+        if coefficients is not None:
+            parts.append(f"coefficient {coefficients[v]:.3f}")
         hover.append("<br>".join(parts))
     fig.add_scatter(
         x=pos[:, 0], y=pos[:, 1], mode="markers+text", text=list(item.idx_to_symbol), textposition="top center",
         hovertext=hover, hoverinfo="text", name="nodes", showlegend=False,
         marker=dict(size=[22 if v in frontier else 14 for v in range(graph.n_nodes)],
                     color=None if colour is None else np.asarray(colour, dtype=float), colorscale="Reds",
-                    cmin=0.0, cmax=1.0, showscale=colour is not None,
-                    colorbar=dict(title="value" if values is not None else "lens p"),
+                    cmin=0.0, cmax=top, showscale=colour is not None, colorbar=dict(title=label),
                     line=dict(width=[4 if v in frontier else 1 for v in range(graph.n_nodes)],
                               color=["#d62728" if v in frontier else "#444444" for v in range(graph.n_nodes)])))
     for v, label in ((graph.root, "root"), (graph.target, "answer"), (graph.neg_target, "wrong option")):

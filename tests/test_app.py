@@ -91,6 +91,19 @@ def test_the_graph_shows_the_frontier_and_each_readout(app, official_items):
             ok(app)
             np.testing.assert_allclose(array(nodes_trace(app)["marker"]["color"]), want, rtol=1e-4, atol=1e-6)
         app.radio(key="colour").set_value("value after k thoughts").run()
+    # The superposition decomposition of thought k, by scipy's nnls on the model's own thought here
+    from scipy.optimize import nnls
+
+    app.radio(key="colour").set_value("superposition coefficient").run()
+    ok(app)
+    prompt = render_prompt(tokenize_item(it, tok, model.config.data_format), 3, model.config.stage_spec,
+                           model.config.special)
+    thought = model.generate([prompt], max_new_tokens=1).thoughts[0, 2].double().numpy()
+    rows = model.base.get_output_embeddings().weight.detach().double().numpy()[name_tokens(it, tok, model.config.data_format)]
+    coef, res = nnls(rows.T, thought)
+    np.testing.assert_allclose(array(nodes_trace(app)["marker"]["color"]), coef, rtol=1e-3, atol=1e-5)
+    text = next(m.value for m in app.markdown if m.value.startswith("thought 3 = a non-negative combination"))
+    assert f"R² {1 - res ** 2 / (thought @ thought):.3f}" in text
 
 
 def test_generated_and_pasted_items(app, official_items):

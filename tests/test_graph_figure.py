@@ -36,6 +36,13 @@ def test_the_graph_figure_colours_outlines_and_draws_the_path(official_items):
     drawn = {(x, y) for x, y in zip(path.x, path.y) if x is not None}
     assert drawn == {tuple(pos[it.index(n)]) for n in ("Tom", "terpus", "brimpus", "lempus")}
     assert "value 0.000" in nodes.hovertext[0] and "unreachable" in nodes.hovertext[it.index("Davis")]
+    # coloured by the superposition coefficients: the scale runs to the largest coefficient
+    coef = np.zeros(it.n_nodes)
+    coef[it.index("terpus")] = 2.5
+    nodes = graph_figure(it, 1, coefficients=coef).data[-1]
+    np.testing.assert_allclose(nodes.marker.color, coef)
+    assert nodes.marker.cmax == 2.5 and nodes.marker.colorbar.title.text == "coefficient"
+    assert "coefficient 2.500" in nodes.hovertext[it.index("terpus")]
 
 
 def test_node_heatmap_marks_each_thoughts_frontier_and_orders_nodes_root_first(official_items):
