@@ -278,11 +278,15 @@ def analyze(
 ) -> Analysis:
     """Run every frontier measure of DESIGN.md on a checkpoint, for thoughts k = 1..k_max (default: its own).
 
-    Raises ValueError for no items, CaptureError (a ValueError) for a k_max past the model's limits.
+    Raises ValueError for no items or a model that answers at once (no_thoughts, no_cot), CaptureError (a
+    ValueError) for a k_max past the model's limits.
     """
     if not items:
         raise ValueError("analyze needs at least one item")
     cfg = model.config
+    if not cfg.stage_spec.reasons:
+        raise ValueError(f"a {cfg.mode} model answers right after the question: it has no thoughts and writes no "
+                         "steps to measure (compare its accuracy, `probe eval`)")
     k_max = _k_max(model, k_max)
     items = list(items)
     graphs = [ProsQAGraph.from_item(it) for it in items]

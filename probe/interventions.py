@@ -566,11 +566,18 @@ def run_interventions(
 ) -> InterventionReport:
     """Accuracy after 0..k thoughts; each ablation and counterfactual patch at each site (None: the thoughts
     fed back, an int: that layer's residual); a steering dose-response. A CoT control is edited at its own
-    chain's step ends, so its thought site is skipped. parts picks some of PARTS (the others stay empty)."""
+    chain's step ends, so its thought site is skipped. A model that answers at once (no_thoughts, no_cot) gets its
+    accuracy only. parts picks some of PARTS (the others stay empty)."""
     items = list(items)
     if not items:
         raise InterventionError("no items to intervene on")
     cfg = model.config
+    if not cfg.stage_spec.reasons:  # no_thoughts, no_cot: the accuracy it answers with is all there is
+        acc = evaluate(model, tokenizer, items, k=0, batch_size=batch_size, progress=False).accuracy
+        return InterventionReport(
+            checkpoint=checkpoint, mode=cfg.mode, k=0, n=len(items), accuracy_by_k={0: acc} if "k" in parts else {},
+            ablations={}, patching={}, steering=[], steer_step=steer_step, steer_layer=steer_layer,
+            skipped=[f"a {cfg.mode} model answers right after the question: nothing to ablate, patch or steer"])
     k = cfg.thought_count(k, 1, "k", InterventionError, "to intervene on thoughts")
     from probe.capture import architecture
 

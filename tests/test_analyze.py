@@ -352,3 +352,12 @@ def test_the_emergence_figure_draws_each_logged_summary_against_its_step():
     assert list(gap.y) == [0.7, 0.7]  # the last layer
     shares = next(t for t in fig.data if t.name == "run k=2" and t.xaxis == "x3")
     assert list(shares.y) == [None, None]  # not logged for k = 2
+
+
+def test_a_model_that_answers_at_once_has_nothing_to_analyze(tiny, official_items):
+    from dataclasses import replace
+
+    model, tok = tiny
+    at_once = CoconutModel(model.base, replace(model.config, mode="no_thoughts", c_thought=0))
+    with pytest.raises(ValueError, match="a no_thoughts model answers right after the question"):
+        analyze(at_once, tok, official_items[:2], progress=False)

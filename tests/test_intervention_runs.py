@@ -268,3 +268,11 @@ def test_run_interventions_runs_the_parts_it_is_asked_for(tiny_model, word_token
         run_interventions(tiny_model, word_tokenizer, items, k=2, parts=["steering"], progress=False)
     with pytest.raises(InterventionError, match="layer -3 is out of range for a model with 2 layers"):
         run_interventions(tiny_model, word_tokenizer, items, k=2, sites=(None, -3), progress=False)
+    # a model that answers right after the question (no_thoughts) has its accuracy and nothing else to edit
+    from dataclasses import replace
+
+    at_once = CoconutModel(model.base, replace(model.config, mode="no_thoughts", c_thought=0))
+    rep = run_interventions(at_once, tok, items, k=3, progress=False)
+    assert rep.accuracy_by_k == {0: evaluate(at_once, tok, items, k=0, progress=False).accuracy}
+    assert not rep.ablations and not rep.patching and not rep.steering and rep.k == 0
+    assert rep.skipped == ["a no_thoughts model answers right after the question: nothing to ablate, patch or steer"]

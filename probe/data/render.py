@@ -101,6 +101,12 @@ class StageSpec:
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
 
     @property
+    def reasons(self) -> bool:
+        """Whether the model reasons before it answers, in thoughts (coconut, pause_as_thought) or in language (cot);
+        no_cot and no_thoughts answer right after the question."""
+        return self.mode not in ("no_cot", "no_thoughts")
+
+    @property
     def markers(self) -> bool:
         """Whether sequences carry <|start-latent|> and <|end-latent|>."""
         return self.mode in ("coconut", "pause_as_thought")
