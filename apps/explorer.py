@@ -300,17 +300,22 @@ def lens_panel(r: dict, tok) -> None:
 
 
 def superposition_panel(ckpt: str, base: str, item_json: str, item) -> None:
-    from probe.viz import attention, inner_products, node_heatmap
+    from probe.data.graph import ProsQAGraph
+    from probe.frontier import GROUPS, node_groups
+    from probe.viz import attention, inner_products, node_heatmap, superposition
 
     a = item_analysis(ckpt, base, item_json)
     st.caption("Superposition: the inner product of thought k with each node name's input embedding, by node group "
                "(optimal = the frontier nodes on a path to the answer; frontier; reachable; unreachable), and where "
                "the position emitting thought k attends among the edge facts. A thought holding the frontier in "
-               "superposition gives the frontier groups the highest bars.")
-    view = st.radio("show", ["inner products", "node values", "attention", "continuations"], key="sp_view",
-                    horizontal=True)
+               "superposition gives the frontier groups the highest bars. The decomposition fits each thought as a "
+               "non-negative combination of the item's name rows: the share of the weight on each group, and R².")
+    view = st.radio("show", ["inner products", "decomposition", "node values", "attention", "continuations"],
+                    key="sp_view", horizontal=True)
     if view == "inner products":
         st.plotly_chart(inner_products(a), key="sp_inner")
+    elif view == "decomposition":
+        st.plotly_chart(superposition(a), key="sp_decomposition")
     elif view == "node values":
         st.plotly_chart(node_heatmap(item, a.values[0, :, : item.n_nodes], title="Value of each node after k thoughts",
                                      colorbar="value"), key="sp_values")
@@ -319,6 +324,13 @@ def superposition_panel(ckpt: str, base: str, item_json: str, item) -> None:
     else:
         rows = [{"k": v.k, "continuation": v.text, "category": v.category, "first node": v.first_node or "",
                  "its group": v.first_group or ""} for v in a.verbalised[0] if v is not None]
+        if a.emitted_node is not None:  # a model that emits a node with each thought: that node too
+            g = ProsQAGraph.from_item(item)
+            for row in rows:
+                if row["k"] >= 1:
+                    v = int(a.emitted_node[0, row["k"] - 1])
+                    row["node thought k emits"] = item.name(v) if v >= 0 else "(a token naming no node)"
+                    row["emitted node's group"] = GROUPS[int(node_groups(g, row["k"])[v])] if v >= 0 else "unknown"
         st.dataframe(rows, key="sp_continuations", hide_index=True)
 
 
@@ -427,6 +439,9 @@ def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, mod
     verdict = "right" if out["correct"] else "wrong"
     st.markdown(f"unedited: **{before}** → edited: **{out['prediction']}** ({verdict})")
     if out["values"] is not None and r["values"] is not None:
+        if r["readout_kind"] == "emitted" and (layer is None or layer == n_layers - 1):
+            st.caption("This model emits a node with each thought, so an edited thought's own values read the edit "
+                       "back; what the model makes of it shows from the next thought on.")
         st.plotly_chart(intervention_effect(item, r["values"], out["values"], node), key="iv_effect")
         st.plotly_chart(node_heatmap(item, out["values"] - r["values"],
                                      title="Change in each node's value after k thoughts",

@@ -99,14 +99,14 @@ class Analysis:
         names no node of the item); empty for the language readout."""
         if self.emitted_node is None:
             return {}
+        graphs = [ProsQAGraph.from_item(it) for it in self.items]
         out = {}
         for k in self.steps:
             counts = dict.fromkeys((*GROUPS, "unknown"), 0)
-            for b, g in enumerate(self.items):
-                if not self.step_valid[b, k - 1]:
-                    continue
-                v = int(self.emitted_node[b, k - 1])
-                counts["unknown" if v < 0 else GROUPS[int(node_groups(ProsQAGraph.from_item(g), k)[v])]] += 1
+            for b, g in enumerate(graphs):
+                if self.step_valid[b, k - 1]:
+                    v = int(self.emitted_node[b, k - 1])
+                    counts["unknown" if v < 0 else GROUPS[int(node_groups(g, k)[v])]] += 1
             out[k] = counts
         return out
 
@@ -351,6 +351,11 @@ class SearchSummary:
                        "attention_gap": keyed(self.attention_gap)})
 
 
+def last_layer(per_layer: dict[str, float]) -> float:
+    """The last layer's entry of a per-layer figure keyed by layer number ({"0": .., "1": ..}, as JSON keeps it)."""
+    return per_layer[str(max(map(int, per_layer)))]
+
+
 def search_summary(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k_max: int | None = None,
                    batch_size: int = 64) -> SearchSummary:
     """The SearchSummary of a model on some items, thoughts k = 1..k_max (default: its own): one capture (and for the
@@ -403,8 +408,10 @@ def markdown_summary(report: dict[str, Any], data: str = "") -> str:
     who = f"`{report['checkpoint'].rstrip('/').split('/')[-1]}`"
     if ctrl:
         who += f" / control `{ctrl['checkpoint'].rstrip('/').split('/')[-1]}` ({ctrl['mode']})"
-    read = ("thought k itself read through the unembedding (the node it emits)" if report.get("readout") == "emitted"
-            else "the next step's first concept after k forced thoughts")
+    reads = {"emitted": "thought k itself read through the unembedding (the node it emits)",
+             "language": "the next step's first concept after k forced thoughts"}
+    kinds = [r.get("readout", "language") for r in pair]
+    read = reads[kinds[0]] if len(set(kinds)) == 1 else " and, for the control, ".join(reads[x] for x in kinds)
     lines = [
         CARD_HEADING, "",
         f"`probe analyze` on {report['n']} items{f' of {data}' if data else ''}: {who}. Values are the probability of "

@@ -41,7 +41,7 @@ class GroupMeans:
     @property
     def mean(self) -> np.ndarray:
         """[n_steps, 4] mean over the items that have the group."""
-        return _nanmean0(self.per_item)
+        return nanmean_items(self.per_item)
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         """{"k": {group: mean}}, the report's form."""
@@ -106,17 +106,17 @@ class AttentionByGroup:
     @property
     def mean(self) -> np.ndarray:
         """[n_steps, n_layers, 4] mean over the items that have the group."""
-        return _nanmean0(self.per_item)
+        return nanmean_items(self.per_item)
 
     @property
     def head_mean(self) -> np.ndarray:
         """[n_steps, n_layers, n_heads, 4] mean over the items that have the group."""
-        return _nanmean0(self.per_head)
+        return nanmean_items(self.per_head)
 
     @property
     def gap_mean(self) -> np.ndarray:
         """[n_steps, n_layers] the frontier gap, mean over the items that have both kinds of edge."""
-        return _nanmean0(self.frontier_gap)
+        return nanmean_items(self.frontier_gap)
 
     def invalidate(self, invalid: np.ndarray) -> None:
         """Set [n_items, n_steps] entries (steps an item does not reach) to nan in place."""
@@ -141,7 +141,8 @@ class AttentionByGroup:
         return {str(k): {str(l): float(m[i, l]) for l in range(m.shape[1])} for i, k in enumerate(self.steps)}
 
 
-def _nanmean0(x: np.ndarray) -> np.ndarray:
+def nanmean_items(x: np.ndarray) -> np.ndarray:
+    """The mean over axis 0 (items) ignoring nan, nan without a warning where every item is nan."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a group empty in every item: nan
         return np.nanmean(x, axis=0)

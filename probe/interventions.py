@@ -336,9 +336,9 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
                   progress: bool = True) -> list[InterventionResult]:
     """Each ablation of all thoughts, then of each thought alone, beside one shared unedited run; the frontier
     mass at the first read of what the ablated thought became (`values.read_after`; with all thoughts ablated,
-    after thought 1 for the language readout, none for the emitted one, whose every thought is a replacement),
-    where the model has latents."""
-    from probe.values import node_values, read_after, readout_of
+    after thought 1), where the model has latents."""
+    from probe.capture import architecture
+    from probe.values import node_values, read_after
 
     items = list(items)
     values = values and model.config.stage_spec.markers
@@ -347,8 +347,8 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
     plan = [(kind, None) for kind in kinds] + [(kind, [j]) for j in range(1, k + 1) for kind in kinds]
     out = []
     for kind, steps in tqdm(plan, desc=f"ablate ({s.label})", unit="run", disable=not progress):
-        at = (read_after(model.config, steps[0], k) if steps else
-              1 if readout_of(model.config) == "language" else None) if values else None
+        at = read_after(model.config, steps[0] if steps else None, k, layer=s.layer,
+                        n_layers=architecture(model).n_layers, all_at=1) if values else None
         if at is not None and at not in base_values:
             base_values[at] = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False).numpy()
         edit = ablation_edit(s.source, kind, steps, seed=seed, layer=s.layer, valid=s.valid, positions=s.positions)
@@ -362,8 +362,9 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
                batch_size: int = 32, progress: bool = True) -> list[PatchResult]:
     """Counterfactual pairs (A, B = A asked about another root): A's thoughts into B, all at once and one
     thought at a time; does B's answer (and frontier) follow A's? The frontier is read where the patched
-    thoughts are first consumed (`values.read_after`; all thoughts: after k for the language readout)."""
-    from probe.values import node_values, read_after, readout_of
+    thoughts are first read (`values.read_after`; with all thoughts patched, after k)."""
+    from probe.capture import architecture
+    from probe.values import node_values, read_after
 
     items = list(items)
     index, b_items = counterfactual_pairs(items)
@@ -387,12 +388,8 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
         edit = patch_edit(sa.source, steps, layer=layer, valid=sa.valid & sb.valid, positions=sb.positions)
         res = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, edit=edit,
                        prompts=sb.prompts)
-        if not markers:
-            at = None
-        elif steps is None:
-            at = k if readout_of(model.config) == "language" else None
-        else:
-            at = read_after(model.config, steps[0], k)
+        at = read_after(model.config, steps[0] if steps else None, k, layer=layer,
+                        n_layers=architecture(model).n_layers, all_at=k) if markers else None
         mass = base_mass = None
         if at is not None:
             v0 = node_values(model, tokenizer, b_items, at, batch_size=batch_size, progress=False).numpy()
@@ -471,7 +468,8 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
                batch_size: int = 32, seed: int = 0, progress: bool = True) -> list[SteerPoint]:
     """Dose-response: add alpha x (mean norm of the layer's residual at thought `step`) x a unit direction toward
     v (a parent of the wrong option) at thought `step`, for probe, unembedding and random directions. v's value is
-    read where the steered thought is first consumed (`values.read_after`)."""
+    read where the steered thought is first read (`values.read_after`)."""
+    from probe.capture import architecture
     from probe.values import node_values, read_after
 
     items = list(items)
@@ -488,7 +486,8 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     targets = [steer_target(it) for it in items]
     option = [it.name(it.neg_target) for it in items]
     scale = float(s.norm[step - 1])
-    at = read_after(model.config, step, k) if model.config.stage_spec.markers else None
+    at = read_after(model.config, step, k, layer=layer, n_layers=architecture(model).n_layers) \
+        if model.config.stage_spec.markers else None
     base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=prompts)
     base_value = float("nan")
     if at is not None:

@@ -148,6 +148,8 @@ class TunedLens(Lens):
         """
         resid, target = _training_rows(traces)  # [n, layers, d], final logits [n, vocab]
         n_layers = resid.shape[1]
+        if n_layers < 2:  # a one-layer model: its only translator is the last layer's, the identity
+            return self
         norm, unembed = architecture(self.model).final_norm, self.model.base.get_output_embeddings()
         frozen = list(norm.parameters()) + list(unembed.parameters())
         was = [p.requires_grad for p in frozen]
@@ -288,8 +290,9 @@ def read_lens(
     A node's probability is that of its whole name where a step would write it: the lens's probability of
     its first piece at the step's position, times, for a name of several pieces (byte-level BPE), the same
     lens's probability of each later piece at the same layer where the prompt, cut after that step, goes on
-    with the pieces before it (capture.continuation_residuals runs those few positions). This is what
-    node_values computes from the model's output, read at every layer; names written with the same tokens
+    with the pieces before it (capture.continuation_residuals runs those few positions). At the last layer,
+    at the position emitting thought k, this is the "emitted" readout of node_values for a one-token name (the
+    language readout reads a forced step instead, DESIGN.md "Frontier measures"); names written with the same tokens
     (probe.data.layout.indistinct_names) still get one probability. Raises LensError for items that do not
     match the trace or a layer out of range.
     """

@@ -177,6 +177,8 @@ SEARCH_KS = (1, 2, 3)
 
 
 def search_table(phases: Sequence[Phase]) -> list[str]:
+    from probe.analyze import last_layer
+
     """The card's "Emergence of the search" section: the search summary each evaluation logged (train_config's
     search_items; analyze.SearchSummary), one row per record, thoughts 1..3 in each cell; empty when none."""
     rows = [(i, h) for i, p in enumerate(phases, 1) for h in p.history if "search" in h]
@@ -193,7 +195,6 @@ def search_table(phases: Sequence[Phase]) -> list[str]:
             out.append("-" if v is None else f"{v:.2f}")
         return " / ".join(out)
 
-    last_layer = lambda gap: gap[str(max(map(int, gap)))]  # noqa: E731
     lines = [
         "", "## Emergence of the search", "",
         f"At each evaluation, on the first {rows[0][1]['search']['n']} validation items, thoughts k = "

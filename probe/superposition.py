@@ -15,7 +15,6 @@ Pure functions of captured thoughts; `probe.analyze` runs the model.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -24,7 +23,7 @@ from scipy.optimize import nnls
 from torch import Tensor
 
 from probe.data.graph import ProsQAGraph
-from probe.frontier import FRONTIER, GROUPS, OPTIMAL, node_groups
+from probe.frontier import FRONTIER, GROUPS, OPTIMAL, nanmean_items, node_groups
 
 
 @dataclass
@@ -43,9 +42,7 @@ class Decomposition:
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """{"k": {"r2": mean, "frontier_share": mean, "share": {group: mean}}} over items, the report's form."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a step no item reaches: nan
-            r2, front, share = (np.nanmean(x, axis=0) for x in (self.r2, self.frontier_share, self.share))
+        r2, front, share = (nanmean_items(x) for x in (self.r2, self.frontier_share, self.share))
         return {str(k): {"r2": float(r2[i]), "frontier_share": float(front[i]),
                          "share": {g: float(share[i, j]) for j, g in enumerate(GROUPS)}}
                 for i, k in enumerate(self.steps)}
@@ -55,7 +52,8 @@ def decompose(thought: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]
     """Non-negative least squares of one vector over some rows: (coefficients [n_rows], uncentred R^2).
 
     thought: [d_model]; rows: [n_rows, d_model]. R^2 = 1 - |thought - c @ rows|^2 / |thought|^2 (nan for a zero
-    thought). Rows that are equal (names written with one token) split their weight arbitrarily between them.
+    thought). Equal rows (names that share their token: `layout.indistinct_names(first_token=True)`) split their
+    weight arbitrarily between them.
     """
     thought = np.asarray(thought, dtype=np.float64)
     rows = np.asarray(rows, dtype=np.float64)

@@ -551,7 +551,7 @@ def _record(run: _Run, epoch: int, evaluate_now: bool, calibration: dict[str, An
         with _whole(run):
             res = evaluate(run.model, run.tok, mine, stage=cfg.stage(epoch), batch_size=cfg.eval_batch_size,
                            progress=False).items if mine else []
-            search = _search(run) if run.rank == 0 else None
+            search = _search(run)  # every rank runs the same forwards: FSDP gathers each layer inside them
         counts = torch.tensor([sum(r.correct for r in res), sum(r.n_thoughts for r in res), len(res)],
                               dtype=torch.float64, device=run.device)
         if run.world_size > 1:

@@ -1,6 +1,6 @@
 """Node values: the probability that the model names each node as the next node after k thoughts.
 
-Two readouts (DESIGN.md, "Values"), chosen by what the checkpoint was trained to do (`readout_of`):
+Two readouts (DESIGN.md, "Frontier measures"), chosen by what the checkpoint was trained to do (`readout_of`):
 
 - "language", for a model trained with language steps (Coconut's curriculum, the official GPT-2
   checkpoints): after k thoughts the prompt is forced out of latent mode; the step that follows would
@@ -8,7 +8,8 @@ Two readouts (DESIGN.md, "Values"), chosen by what the checkpoint was trained to
 - "emitted", for a model whose thought j was trained to emit the next node (`supervision: optimal`, the
   "Reasoning by Superposition" recipe): thought k itself, read through the model's unembedding, is the
   value after k thoughts. Nothing is forced; a node's value is the probability of its name's token
-  (`layout.name_tokens`, the token the thought was trained toward).
+  (`layout.name_tokens`, the token the thought was trained toward), so names that share that token
+  (`layout.indistinct_names(first_token=True)`) read as one, each with its probability.
 
 Hooks play no part: the values are read from the model's output, with an optional edit of the thoughts.
 """
@@ -26,6 +27,7 @@ from probe.data.layout import name_pieces, name_tokens
 from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
 from probe.model.coconut import CoconutConfig, CoconutModel, ThoughtEdit
+from probe.model.hook_names import layer_index
 
 Readout = Literal["language", "emitted"]
 READOUTS: tuple[str, ...] = ("language", "emitted")
@@ -96,15 +98,27 @@ def emitted_nodes(logits: Tensor, name_ids: Sequence[Sequence[int]]) -> tuple[np
     return node, token
 
 
-def read_after(config: CoconutConfig, j: int, k: int) -> int | None:
-    """The number of thoughts after which node values first read what thought j became, under an edit of it.
+def read_after(config: CoconutConfig, j: int | None, k: int, *, layer: int | None = None, n_layers: int = 0,
+               all_at: int = 1) -> int | None:
+    """The number of thoughts after which node values first read what an edit of thought j made of it.
 
-    The language readout forces the end after j thoughts: that step reads thought j as fed back, so j. The
-    emitted readout would read an edited thought j itself (a replacement reads as itself), so the first read
-    that the model computes from it is thought j + 1; None when j + 1 is past the k thoughts a run has.
+    j: the edited thought (1..k), or None when every thought is edited (then the language readout reads after
+    `all_at` thoughts: the caller's choice). layer: where the edit acts (None: the thought fed back; else that
+    layer's residual at the position emitting thought j, of a model with n_layers layers).
+
+    The language readout forces the end after j thoughts, a step that reads thought j as fed back: j. The emitted
+    readout reads thought j itself, which an edit of the thought fed back, or of the last layer's residual, sets
+    directly (a replacement would read as itself): the first read the model computes from it is thought j + 1
+    (None past k, or when every thought is edited). An edit of an earlier layer changes how thought j itself is
+    computed: j (all_at when every thought is edited).
     """
     if readout_of(config) == "language":
-        return j
+        return all_at if j is None else j
+    direct = layer is None or layer_index(layer, n_layers) == n_layers - 1
+    if not direct:
+        return all_at if j is None else j
+    if j is None:
+        return None
     return j + 1 if j + 1 <= k else None
 
 

@@ -14,9 +14,9 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from probe.analyze import Analysis
+from probe.analyze import Analysis, last_layer
 from probe.data.graph import ProsQAGraph
-from probe.frontier import CATEGORIES, GROUPS, GroupMeans
+from probe.frontier import CATEGORIES, GROUPS, GroupMeans, nanmean_items
 from probe.frontier import frontier_mass as mass_on_frontier
 
 GROUP_COLORS = dict(zip(GROUPS, ("#d62728", "#ff7f0e", "#1f77b4", "#7f7f7f")))
@@ -172,10 +172,7 @@ def superposition(a: Analysis, control: Analysis | None = None) -> go.Figure:
     group at step k (stacked), and the fit's mean R^2 (probe.superposition)."""
     def draw(fig, an, col, first):
         d = an.decomposition
-        with np.errstate(all="ignore"):
-            share = np.array([[np.nanmean(d.share[:, i, j]) if np.isfinite(d.share[:, i, j]).any() else np.nan
-                               for j in range(len(GROUPS))] for i in range(an.k_max)])
-            r2 = [np.nanmean(d.r2[:, i]) if np.isfinite(d.r2[:, i]).any() else None for i in range(an.k_max)]
+        share, r2 = nanmean_items(d.share), nanmean_items(d.r2)  # [k, 4], [k]
         for j, g in enumerate(GROUPS):
             fig.add_bar(x=an.steps, y=share[:, j], name=f"share on {g}", marker_color=GROUP_COLORS[g], legendgroup=g,
                         showlegend=first, row=1, col=col)
@@ -213,9 +210,7 @@ def emergence(histories: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 2, 3
                 ys = []
                 for h in rec:
                     v = h["search"][key].get(str(k))
-                    if isinstance(v, dict):  # per layer: the last
-                        v = v[str(max(map(int, v)))]
-                    ys.append(v)
+                    ys.append(last_layer(v) if isinstance(v, dict) else v)  # the attention gap: the last layer
                 fig.add_scatter(x=steps, y=ys, mode="lines+markers", name=f"{label} k={k}", legendgroup=f"{label}{k}",
                                 showlegend=c == 1, line=dict(color=K_COLORS[i % len(K_COLORS)], dash=dashes[r % 4]),
                                 row=1, col=c)

@@ -158,7 +158,8 @@ def test_only_the_open_tab_is_computed(app):
 
 def test_superposition_panel_every_view(app, official_items):
     open_tab(app, "superposition")
-    views = {"inner products": "Superposition", "node values": "Value of each node", "attention": "Attention"}
+    views = {"inner products": "Superposition", "decomposition": "Superposition decomposition",
+             "node values": "Value of each node", "attention": "Attention"}
     for view, title in views.items():
         app.radio(key="sp_view").set_value(view).run()
         ok(app)

@@ -239,3 +239,22 @@ def test_parse_steps_in_both_formats():
     assert parse_steps("a1 tgt\nTom a1\n### Tom is a tgt.", "edges") == [("a1", "tgt"), ("Tom", "a1")]
     assert parse_steps("### Tom is a tgt.", "edges") == []
     assert parse_steps("what is this\n### Tom is a tgt.", "sentences") == [("what is this", "")]
+
+
+def test_names_sharing_a_first_token_are_one_name_to_the_emitted_readout(official_items, bpe_tokenizer):
+    """A byte-level BPE splits names into pieces, and some share their first piece: the language readout tells
+    them apart (whole names), the emitted readout and the decomposition cannot (first tokens)."""
+    from probe.data.layout import indistinct_names, name_pieces, name_tokens
+
+    it = next(it for it in official_items
+              if len(set(name_tokens(it, bpe_tokenizer, "graph"))) < it.n_nodes)
+    pieces = name_pieces(it, bpe_tokenizer, "graph")
+    first = name_tokens(it, bpe_tokenizer, "graph")
+    by_first: dict[int, list[str]] = {}
+    for name, t in zip(it.idx_to_symbol, first):
+        by_first.setdefault(t, []).append(name)
+    want = sorted(tuple(g) for g in by_first.values() if len(g) > 1)
+    assert want and sorted(indistinct_names(it, bpe_tokenizer, "graph", first_token=True)) == want
+    whole = indistinct_names(it, bpe_tokenizer, "graph")
+    assert len(whole) < len(want) or whole != want  # whole names are told apart where their later pieces differ
+    assert all(len({tuple(pieces[it.index(n)]) for n in g}) == 1 for g in whole)

@@ -58,3 +58,31 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
     assert card.startswith("# prosqa-coconut\n") and "chosen by validation accuracy" in card
     assert "| gold depth" in card
     assert f"supervision `optimal` ({'all' if best == 'coconut' else 'newest'} thoughts)" in card
+
+    # scripts/ship_default.sh on what came back: the models swapped into a checkpoints folder, the retired
+    # ones gone, and the default's tuned lens, frontier probe and SAE refit on it (each tied to its weights)
+    # with the latent-search section in its card.
+    from probe.lens import TunedLens
+    from probe.model.identity import weights_hash
+    from probe.probes import SavedProbe
+    from probe.sae import SparseAutoencoder
+
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "prosqa-cot").mkdir(parents=True)
+    (ckpts / "prosqa-coconut").mkdir()
+    (ckpts / "prosqa-coconut" / "old.txt").write_text("the at-chance model")
+    env = {**os.environ, "CHECKPOINTS": str(ckpts), "DATA": str(data), "PYTHON": sys.executable, "N": "30",
+           "LENS_EPOCHS": "2", "SAE_EPOCHS": "2", "LIMIT": "4"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "ship_default.sh"), str(out)], env=env,
+                          capture_output=True, text=True, errors="replace", timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["prosqa-coconut"]  # the alt run stays out
+    shipped = ckpts / "prosqa-coconut"
+    assert not (shipped / "old.txt").exists()
+    model, tok = load_checkpoint(shipped)
+    TunedLens.load(shipped / "tuned_lens.safetensors", model)
+    SavedProbe.load(shipped / "probes" / "frontier", weights_hash(model))
+    SparseAutoencoder.load(shipped / "sae", weights_hash(model))
+    card = (shipped / "README.md").read_text()
+    assert "## Latent search" in card and "`probe analyze` on 4 items of valid8.json: `prosqa-coconut`" in card
+    assert "thought k itself read through the unembedding" in card

@@ -67,8 +67,14 @@ def test_an_emitted_readout_reads_an_ablated_thought_where_the_next_thought_cons
     from probe.frontier import frontier_mass
     from probe.values import node_values, read_after
 
+    language = tiny_model.config
+    assert [read_after(language, j, 3) for j in (1, 3, None)] == [1, 3, 1]
+    assert read_after(language, None, 3, all_at=3) == 3
     tiny_model.config = replace(tiny_model.config, data_format="graph", supervision="optimal")
-    assert [read_after(tiny_model.config, j, 3) for j in (1, 2, 3)] == [2, 3, None]
+    assert [read_after(tiny_model.config, j, 3) for j in (1, 2, 3, None)] == [2, 3, None, None]
+    # the last layer's residual sets the thought too; an earlier layer's changes how thought j is computed
+    assert [read_after(tiny_model.config, j, 3, layer=-1, n_layers=2) for j in (2, 3)] == [3, None]
+    assert [read_after(tiny_model.config, j, 3, layer=0, n_layers=2) for j in (2, 3, None)] == [2, 3, 1]
     items = official_items[:4]
     s = site(tiny_model, word_tokenizer, items, k=3)
     runs = {r.name: r for r in ablation_runs(tiny_model, word_tokenizer, items, k=3, s=s, kinds=("zero",),

@@ -56,9 +56,10 @@ def test_one_ddp_step_is_the_single_process_step(tmp_path, official_path, mode, 
     gap scales with lr: at the default 1e-4 it is about 2e-7, and the norm pins the gradient's scale, which
     AdamW would not show), the same loss, and the same validation accuracy from a split evaluation. With FSDP
     (parameters sharded over the ranks) the checkpoint, gathered on rank 0, holds the same weights and optimizer
-    state as the single process's. With two micro-batches per step the ranks average their gradients once."""
+    state as the single process's. With two micro-batches per step the ranks average their gradients once. The
+    search summary logged at the evaluation is the single process's."""
     cfg = config(tmp_path, official_path, distributed=mode, gradient_accumulation_steps=accumulation,
-                 train_size=8 * accumulation)
+                 train_size=8 * accumulation, search_items=3)
     single = train(TrainConfig.from_yaml(cfg, out_dir=str(tmp_path / "one"), distributed="ddp"), progress=False)
     r = torchrun(["train", "--config", str(cfg), "--out-dir", str(tmp_path / "two")])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -73,6 +74,10 @@ def test_one_ddp_step_is_the_single_process_step(tmp_path, official_path, mode, 
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-6)  # the averaged gradient is the same
     assert two["val_accuracy"] == one["val_accuracy"] and two["val_mean_thoughts"] == one["val_mean_thoughts"]
     assert two["step"] == one["step"] == 1
+    # the search summary, run by every rank on the gathered model (FSDP gathers each layer inside the forwards)
+    assert two["search"]["frontier_mass"] == pytest.approx(one["search"]["frontier_mass"], abs=1e-6)
+    assert two["search"]["attention_gap"]["1"]["0"] == pytest.approx(one["search"]["attention_gap"]["1"]["0"],
+                                                                    abs=1e-6)
     from probe.run_state import read_optimizer
 
     oa, ob = read_optimizer(single.last_checkpoint), read_optimizer(tmp_path / "two" / "epoch-001")

@@ -146,9 +146,16 @@ def _float_option(option: str, text: str) -> float:
 
 
 def write_html(fig, path: Path) -> None:
-    """Write a plotly figure as an HTML page that loads plotly.js from plotly.min.js in its folder, which plotly
-    copies there once (4.8 MB) instead of embedding it in every page; the page itself is renamed into place."""
-    from probe.atomic import atomic_path
+    """Write a plotly figure as an HTML page that loads plotly.js from plotly.min.js in its folder (4.8 MB, once per
+    folder, instead of embedded in every page). The script file is (re)written when it is missing or is not this
+    plotly's; both are renamed into place."""
+    from plotly.offline import get_plotlyjs
 
+    from probe.atomic import atomic_path, atomic_write_text
+
+    path = Path(path)
+    script, js = path.parent / "plotly.min.js", get_plotlyjs()
+    if not script.is_file() or script.stat().st_size != len(js.encode()) or script.read_text() != js:
+        atomic_write_text(script, js)
     with atomic_path(path) as tmp:
         fig.write_html(str(tmp), include_plotlyjs="directory")

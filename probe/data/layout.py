@@ -117,12 +117,16 @@ def name_tokens(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> l
     return out
 
 
-def indistinct_names(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> list[tuple[str, ...]]:
+def indistinct_names(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences", *,
+                     first_token: bool = False) -> list[tuple[str, ...]]:
     """Groups of the item's node names written with the same tokens where a step writes them (with a word-level
-    tokenizer, every name outside its vocabulary is its unknown token). Lenses and node values read a whole
-    name, the product of its pieces, so only such names get one probability; names that merely share a first
-    piece (GPT-2's `rempus` and `rorpus` both start with `Ġr`) are told apart."""
-    groups: dict[tuple[int, ...], list[str]] = {}
-    for name, pieces in zip(item.idx_to_symbol, name_pieces(item, tokenizer, fmt)):
-        groups.setdefault(tuple(pieces), []).append(name)
+    tokenizer, every name outside its vocabulary is its unknown token). Lenses and language-readout node values
+    read a whole name, the product of its pieces, so only such names get one probability; names that merely
+    share a first piece (GPT-2's `rempus` and `rorpus` both start with `Ġr`) are told apart. With first_token,
+    names are grouped by their first token (`name_tokens`), as the emitted readout, the superposition
+    decomposition and `supervision: optimal` read them."""
+    keys = name_tokens(item, tokenizer, fmt) if first_token else map(tuple, name_pieces(item, tokenizer, fmt))
+    groups: dict[object, list[str]] = {}
+    for name, key in zip(item.idx_to_symbol, keys):
+        groups.setdefault(key, []).append(name)
     return [tuple(g) for g in groups.values() if len(g) > 1]
