@@ -25,7 +25,7 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
     data = tmp_path / "valid8.json"
     data.write_text(json.dumps(json.loads(official_path.read_text())[:8]))
     out = tmp_path / "out"
-    env = {**os.environ, "DEVICE": "cpu", "MINUTES": "1.2", "DATA": str(data), "PYTHON": sys.executable,
+    env = {**os.environ, "DEVICE": "cpu", "MINUTES": "0.8", "DATA": str(data), "PYTHON": sys.executable,
            "RUNS": "coconut coconut_newest", "PROBE_SET": TINY}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "train_default_gpu.sh"), str(out)], env=env,
                           capture_output=True, text=True, errors="replace", timeout=400)
