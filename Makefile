@@ -22,7 +22,7 @@ setup: $(BIN)/probe
 # and the causal tests of the default model's thoughts beside the pause and CoT controls on the
 # first 40 items: mean and another item's ablations and counterfactual patches at the thoughts and
 # at layer 1, and steering (runs/interventions; everything on the whole split takes about half an
-# hour on 2 CPU cores).
+# hour on 2 CPU cores); then the findings table of both, every model side by side (runs/findings.md).
 run: setup
 	mkdir -p runs
 	$(BIN)/probe eval --data $(DATA) --json runs/eval.json
@@ -33,6 +33,7 @@ run: setup
 	rm -rf runs/interventions
 	$(BIN)/probe intervene --data $(DATA) --limit 40 --sites thought,1 --ablations mean,other \
 		--control checkpoints/prosqa-pause --control checkpoints/prosqa-cot --out runs/interventions
+	$(BIN)/probe findings --analysis runs/analysis --interventions runs/interventions --out runs/findings.md
 
 # Train a small Coconut model through the whole curriculum in about two minutes, then evaluate it.
 quickstart: setup

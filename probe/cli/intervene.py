@@ -10,7 +10,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail, _float_option,
-    _int_option, _load, _new_out, _num, one_line_errors, write_html,
+    InputError, _int_option, _load, _new_out, _num, one_line_errors, write_html,
 )
 
 
@@ -109,3 +109,41 @@ def _print_interventions(reports: list[dict]) -> None:
                 table.add_row(f"steer {p['direction']} alpha={p['alpha']:g}: value(v) / to v's option",
                               f"{_num(p['value'])} / {_num(p['to_option'])}", "", _num(p["changed"]))
         console.print(table)
+
+
+def _report(path: Optional[Path], option: str, command: str, key: str) -> Optional[dict]:
+    """A command's report.json (the directory it wrote, or the file), checked to be that command's."""
+    from probe.artifacts import REPORT
+
+    if path is None:
+        return None
+    file = path / REPORT if path.is_dir() else path
+    if not file.is_file():
+        raise InputError(f"{option} {path}: no {REPORT} there")
+    try:
+        report = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{option} {file}: not JSON ({e})") from None
+    if not isinstance(report, dict) or key not in report:
+        raise InputError(f"{option} {file}: not the report of probe {command} (no {key!r})")
+    return report
+
+
+@app.command("findings")
+@one_line_errors
+def findings_cmd(
+    analysis: Optional[Path] = typer.Option(None, "--analysis", help="The directory `probe analyze` wrote."),
+    interventions: Optional[Path] = typer.Option(None, "--interventions",
+                                                 help="The directory `probe intervene` wrote."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table to this markdown file."),
+) -> None:
+    """The findings table: every model of the two reports side by side, the papers' figures beside them."""
+    from probe.atomic import atomic_write_text
+    from probe.findings import findings_markdown
+
+    table = findings_markdown(_report(analysis, "--analysis", "analyze", "frontier_value_mass"),
+                              _report(interventions, "--interventions", "intervene", "reports"))
+    typer.echo(table)
+    if out is not None:
+        atomic_write_text(out, table)
+        typer.echo(f"wrote {out}")

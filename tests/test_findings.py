@@ -1,0 +1,93 @@
+"""The findings table from hand-written analyze and intervene reports, and `probe findings`' input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from probe.cli import app
+from probe.findings import findings_markdown
+
+runner = CliRunner()
+GROUPS4 = {"optimal": 0.4, "frontier": 0.2, "reachable": 0.1, "unreachable": 0.05}
+
+
+def analysis(name: str, mode: str, scale: float) -> dict:
+    by_k = lambda f: {str(k): f(k) for k in (1, 2, 3)}  # noqa: E731
+    return {"checkpoint": f"checkpoints/{name}", "mode": mode, "readout": "emitted", "n": 300,
+            "accuracy_by_k": by_k(lambda k: 0.9), "frontier_value_mass": by_k(lambda k: scale * k / 10),
+            "value_by_group": by_k(lambda k: GROUPS4), "parallelism": by_k(lambda k: {"top1": scale * k / 20}),
+            "inner_product": by_k(lambda k: {"optimal": 6.5, "frontier": 5.2, "reachable": 3.6, "unreachable": -0.3}),
+            "superposition": by_k(lambda k: {"frontier_share": 0.5 + k / 10, "r2": 0.9}),
+            "attention_frontier_gap": by_k(lambda k: {"0": 0.5, "1": 0.01 * k})}
+
+
+def interventions() -> dict:
+    main = {"checkpoint": "checkpoints/prosqa-coconut", "mode": "coconut", "k": 6, "n": 40,
+            "accuracy_by_k": {"0": 0.5, "6": 0.975},
+            "ablations": {"thought": [{"name": "mean all", "accuracy": 0.55, "baseline_accuracy": 0.975},
+                                      {"name": "other all", "accuracy": 0.5, "baseline_accuracy": 0.975},
+                                      {"name": "mean 1", "accuracy": 0.6, "baseline_accuracy": 0.975}]},
+            "patching": {"thought": [{"steps": "all", "names_a_root": 0.0, "follows_a": 0.9, "baseline_names_a_root": 0.0,
+                                      "baseline_follows_a": 0.05, "values_at": None, "a_frontier_mass": None},
+                                     {"steps": "1", "values_at": 2, "a_frontier_mass": 0.7,
+                                      "baseline_a_frontier_mass": 0.1}]},
+            "steering": {"step": 1, "layer": -1, "points": [
+                {"direction": "unembed", "alpha": 0.0, "value": 0.01, "to_option": 0.0},
+                {"direction": "unembed", "alpha": 4.0, "value": 0.6, "to_option": 0.25},
+                {"direction": "random", "alpha": 4.0, "value": 0.02, "to_option": 0.0}]},
+            "skipped": []}
+    none = {"checkpoint": "checkpoints/prosqa-no-thoughts", "mode": "no_thoughts", "k": 0, "n": 40,
+            "accuracy_by_k": {"0": 0.61}, "ablations": {}, "patching": {}, "steering": {"points": []}, "skipped": []}
+    return {"data": "../shared/data/prosqa_valid.json", "reports": [main, none]}
+
+
+def test_the_table_puts_each_reported_number_in_its_models_column():
+    a = analysis("prosqa-coconut", "coconut", 1.0)
+    a["control"] = analysis("prosqa-pause", "pause_as_thought", 0.5)
+    table = findings_markdown(a, interventions())
+    lines = table.splitlines()
+    assert lines[0] == ("| finding | `prosqa-coconut` (coconut) | `prosqa-no-thoughts` (no_thoughts) | "
+                        "`prosqa-pause` (pause_as_thought) | papers |")
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines[2:] if line.startswith("|")}
+    assert rows["accuracy (%) after k thoughts"][:3] == ["0: 50.0 / 6: 97.5", "0: 61.0",
+                                                          "1: 90.0 / 2: 90.0 / 3: 90.0"]
+    assert rows["frontier value mass, k = 1 / 2"][:3] == ["0.100 / 0.200", "-", "0.050 / 0.100"]
+    assert rows["top-1 frontier value, k = 1 -> 2"][0] == "0.050 -> 0.100"
+    assert rows["<thought 1, name embedding>: optimal / frontier / reachable / unreachable"][0] == \
+        "6.500 / 5.200 / 3.600 / -0.300"
+    assert rows["share of thought k's NNLS decomposition on frontier_k (R²), k = 1 / 2"][0] == \
+        "0.600 (0.900) / 0.700 (0.900)"
+    assert rows["attention gap, frontier edges minus others (last layer), k = 1 / 2"][0] == "0.010 / 0.020"
+    assert rows["accuracy (%), every thought ablated: mean / another item's"][:2] == ["55.0 / 50.0 (unedited 97.5)", "-"]
+    assert rows["accuracy (%), thought 1 ablated: mean / another item's"][0] == "60.0 / - (unedited 97.5)"
+    assert rows["all thoughts patched A -> B (%): B names A's person / A's concept"][0] == \
+        "0.0 / 90.0 (unpatched 0.0 / 5.0)"
+    assert rows["thought 1 patched A -> B: B's value mass on A's frontier"][0] == "0.700 (unpatched 0.100), read at k = 2"
+    assert rows["steering thought 1 toward v: value(v) / answers naming v's option"][0] == \
+        "alpha 4: unembed 0.600 / 25.0%, random 0.020 / 0.0% (alpha 0: 0.010)"
+    assert "Items: 40 and 300 of prosqa_valid.json" in table
+    with pytest.raises(ValueError, match="need an analysis report"):
+        findings_markdown(None, None)
+
+
+def test_probe_findings_reads_both_directories_and_names_a_bad_one(tmp_path):
+    (tmp_path / "an").mkdir()
+    (tmp_path / "an" / "report.json").write_text(json.dumps(analysis("prosqa-coconut", "coconut", 1.0)))
+    (tmp_path / "iv").mkdir()
+    (tmp_path / "iv" / "report.json").write_text(json.dumps(interventions()))
+    r = runner.invoke(app, ["findings", "--analysis", str(tmp_path / "an"), "--interventions", str(tmp_path / "iv"),
+                            "--out", str(tmp_path / "findings.md")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "findings.md").read_text() == findings_markdown(
+        json.loads((tmp_path / "an" / "report.json").read_text()), interventions())
+    (tmp_path / "bad.json").write_text("{not json")
+    for args, words in ((["--analysis", str(tmp_path / "nowhere")], "--analysis " + str(tmp_path / "nowhere") +
+                         ": no report.json there"),
+                        (["--interventions", str(tmp_path / "bad.json")], "not JSON"),
+                        (["--analysis", str(tmp_path / "iv")], "not the report of probe analyze"),
+                        ([], "need an analysis report")):
+        r = runner.invoke(app, ["findings", *args])
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (args, r.output)
