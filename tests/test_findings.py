@@ -88,6 +88,7 @@ def test_probe_findings_reads_both_directories_and_names_a_bad_one(tmp_path):
                          ": no report.json there"),
                         (["--interventions", str(tmp_path / "bad.json")], "not JSON"),
                         (["--analysis", str(tmp_path / "iv")], "not the report of probe analyze"),
-                        ([], "need an analysis report")):
+                        ([], "need an analysis report"),
+                        (["--analysis", str(tmp_path / "an"), "--out", str(tmp_path)], "is a directory")):
         r = runner.invoke(app, ["findings", *args])
         assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (args, r.output)

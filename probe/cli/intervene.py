@@ -138,9 +138,11 @@ def findings_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table to this markdown file."),
 ) -> None:
     """The findings table: every model of the two reports side by side, the papers' figures beside them."""
-    from probe.atomic import atomic_write_text
+    from probe.atomic import atomic_write_text, check_place
     from probe.findings import findings_markdown
 
+    if out is not None:
+        check_place(out)
     table = findings_markdown(_report(analysis, "--analysis", "analyze", "frontier_value_mass"),
                               _report(interventions, "--interventions", "intervene", "reports"))
     typer.echo(table)
