@@ -74,7 +74,10 @@ def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, 
 
     def accuracy(a, i):
         by_k = _get(i, "accuracy_by_k") or _get(a, "accuracy_by_k") or {}
-        return " / ".join(f"{k}: {_num(v, True)}" for k, v in sorted(by_k.items(), key=lambda kv: int(kv[0]))) or "-"
+        ks_sorted = sorted(by_k, key=int)
+        if (i or a or {}).get("mode") == "cot" and len(ks_sorted) == 2:  # answering at once, after its own chain
+            return f"at once: {_num(by_k[ks_sorted[0]], True)} / own chain: {_num(by_k[ks_sorted[1]], True)}"
+        return " / ".join(f"{k}: {_num(by_k[k], True)}" for k in ks_sorted) or "-"
 
     row("accuracy (%) after k thoughts", accuracy, PAPERS["accuracy"])
     row(f"frontier value mass, k = {k1} / {k2}",

@@ -71,6 +71,9 @@ def test_the_table_puts_each_reported_number_in_its_models_column():
     assert "Items: 40 and 300 of prosqa_valid.json" in table
     with pytest.raises(ValueError, match="need an analysis report"):
         findings_markdown(None, None)
+    cot = {"checkpoint": "prosqa-cot", "mode": "cot", "k": 6, "n": 40, "accuracy_by_k": {"0": 0.15, "6": 0.45}}
+    row = next(line for line in findings_markdown(None, {"reports": [cot]}).splitlines() if line.startswith("| accuracy"))
+    assert "at once: 15.0 / own chain: 45.0" in row
 
 
 def test_probe_findings_reads_both_directories_and_names_a_bad_one(tmp_path):
