@@ -351,6 +351,11 @@ class SearchSummary:
                        "attention_gap": keyed(self.attention_gap)})
 
 
+def checkpoint_name(path: str) -> str:
+    """How a report names a checkpoint: the last part of its path (the path itself if it has none)."""
+    return path.rstrip("/").split("/")[-1] or path
+
+
 def last_layer(per_layer: dict[str, float]) -> float:
     """The last layer's entry of a per-layer figure keyed by layer number ({"0": .., "1": ..}, as JSON keeps it)."""
     return per_layer[str(max(map(int, per_layer)))]
@@ -405,9 +410,9 @@ def markdown_summary(report: dict[str, Any], data: str = "") -> str:
             vals.append("-" if v is None else f"{v:.3f}")
         return " / ".join(vals)
 
-    who = f"`{report['checkpoint'].rstrip('/').split('/')[-1]}`"
+    who = f"`{checkpoint_name(report['checkpoint'])}`"
     if ctrl:
-        who += f" / control `{ctrl['checkpoint'].rstrip('/').split('/')[-1]}` ({ctrl['mode']})"
+        who += f" / control `{checkpoint_name(ctrl['checkpoint'])}` ({ctrl['mode']})"
     reads = {"emitted": "thought k itself read through the unembedding (the node it emits)",
              "language": "the next step's first concept after k forced thoughts"}
     kinds = [r.get("readout", "language") for r in pair]

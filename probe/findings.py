@@ -7,9 +7,10 @@ checkpoints/README.md is generated, not typed: `probe findings --analysis DIR --
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from probe.analyze import last_layer
+from probe.analyze import checkpoint_name, last_layer
 from probe.frontier import GROUPS
 
 # What the papers report for each row (their models solve ProsQA; the figures are theirs, not re-measured here).
@@ -20,10 +21,6 @@ PAPERS = {
     "inner": "6.4-6.8 / 5.1-5.4 / 3.6-3.7 / about -0.3 (Zhu et al. 2025, Table 5)",
     "attention": "frontier edges get more attention (Zhu et al. 2025, Emergence of Superposition)",
 }
-
-
-def _name(checkpoint: str) -> str:
-    return checkpoint.rstrip("/").split("/")[-1] or checkpoint
 
 
 def _num(v: Any, pct: bool = False) -> str:
@@ -58,8 +55,8 @@ def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, 
     if analysis is not None:
         for rep in (analysis, analysis.get("control")):
             if rep:
-                ana[_name(rep["checkpoint"])] = rep
-    ivs = {_name(r["checkpoint"]): r for r in (interventions or {}).get("reports", [])}
+                ana[checkpoint_name(rep["checkpoint"])] = rep
+    ivs = {checkpoint_name(r["checkpoint"]): r for r in (interventions or {}).get("reports", [])}
     names = list(dict.fromkeys([*ivs, *ana]))
     modes = {n: (ivs.get(n) or ana.get(n))["mode"] for n in names}
     k1, k2 = ks
@@ -145,6 +142,6 @@ def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, 
         lines.append("| " + " | ".join([label, *[cell(ana.get(n), ivs.get(n)) for n in names], paper]) + " |")
     n_items = sorted({r["n"] for r in [*ana.values(), *ivs.values()]})
     data = (interventions or {}).get("data") or ""
-    lines += ["", f"Items: {' and '.join(map(str, n_items))} of {_name(data) if data else 'the data'} "
+    lines += ["", f"Items: {' and '.join(map(str, n_items))} of {Path(data).name if data else 'the data'} "
                   "(`probe analyze` and `probe intervene`); a dash: not measured for that model."]
     return "\n".join(lines) + "\n"

@@ -342,13 +342,14 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
 
     items = list(items)
     values = values and model.config.stage_spec.markers
+    n_layers = architecture(model).n_layers
     base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=s.prompts)
     base_values = {}
     plan = [(kind, None) for kind in kinds] + [(kind, [j]) for j in range(1, k + 1) for kind in kinds]
     out = []
     for kind, steps in tqdm(plan, desc=f"ablate ({s.label})", unit="run", disable=not progress):
-        at = read_after(model.config, steps[0] if steps else None, k, layer=s.layer,
-                        n_layers=architecture(model).n_layers, all_at=1) if values else None
+        at = read_after(model.config, steps[0] if steps else None, k, layer=s.layer, n_layers=n_layers,
+                        all_at=1) if values else None
         if at is not None and at not in base_values:
             base_values[at] = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False).numpy()
         edit = ablation_edit(s.source, kind, steps, seed=seed, layer=s.layer, valid=s.valid, positions=s.positions)
@@ -378,6 +379,7 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
                           prompts=sa.prompts).items]
     base = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, prompts=sb.prompts)
     markers = model.config.stage_spec.markers
+    n_layers = architecture(model).n_layers
     graphs_a = [ProsQAGraph.from_item(it) for it in a_items]
     follows = lambda preds: float(np.mean([answer_concept(p) == a for p, a in zip(preds, a_answers)]))  # noqa: E731
     a_roots = [it.name(it.root) for it in a_items]
@@ -388,8 +390,8 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
         edit = patch_edit(sa.source, steps, layer=layer, valid=sa.valid & sb.valid, positions=sb.positions)
         res = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, edit=edit,
                        prompts=sb.prompts)
-        at = read_after(model.config, steps[0] if steps else None, k, layer=layer,
-                        n_layers=architecture(model).n_layers, all_at=k) if markers else None
+        at = read_after(model.config, steps[0] if steps else None, k, layer=layer, n_layers=n_layers,
+                        all_at=k) if markers else None
         mass = base_mass = None
         if at is not None:
             v0 = node_values(model, tokenizer, b_items, at, batch_size=batch_size, progress=False).numpy()

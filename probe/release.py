@@ -177,10 +177,10 @@ SEARCH_KS = (1, 2, 3)
 
 
 def search_table(phases: Sequence[Phase]) -> list[str]:
-    from probe.analyze import last_layer
-
     """The card's "Emergence of the search" section: the search summary each evaluation logged (train_config's
     search_items; analyze.SearchSummary), one row per record, thoughts 1..3 in each cell; empty when none."""
+    from probe.analyze import last_layer
+
     rows = [(i, h) for i, p in enumerate(phases, 1) for h in p.history if "search" in h]
     if not rows:
         return []

@@ -30,7 +30,6 @@ from probe.model.coconut import CoconutConfig, CoconutModel, ThoughtEdit
 from probe.model.hook_names import layer_index
 
 Readout = Literal["language", "emitted"]
-READOUTS: tuple[str, ...] = ("language", "emitted")
 
 
 def readout_of(config: CoconutConfig) -> Readout:

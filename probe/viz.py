@@ -409,9 +409,9 @@ def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.nda
         fig.add_scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=thick,
                         name="a shortest path to the answer" if thick else "",
                         line=dict(width=4 if thick else 1, color="#2ca02c" if thick else "#bbbbbb"))
-    colour, label = next(((c, n) for c, n in ((values, "value"), (coefficients, "coefficient"), (lens, "lens p"))
+    colour, scale = next(((c, n) for c, n in ((values, "value"), (coefficients, "coefficient"), (lens, "lens p"))
                           if c is not None), (None, ""))
-    top = 1.0 if label != "coefficient" else max(float(np.nanmax(coefficients)), 1e-9)
+    top = 1.0 if scale != "coefficient" else max(float(np.nanmax(coefficients)), 1e-9)
     frontier = set(graph.frontier(k))
     hover = []
     for v in range(graph.n_nodes):
@@ -429,7 +429,7 @@ def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.nda
         hovertext=hover, hoverinfo="text", name="nodes", showlegend=False,
         marker=dict(size=[22 if v in frontier else 14 for v in range(graph.n_nodes)],
                     color=None if colour is None else np.asarray(colour, dtype=float), colorscale="Reds",
-                    cmin=0.0, cmax=top, showscale=colour is not None, colorbar=dict(title=label),
+                    cmin=0.0, cmax=top, showscale=colour is not None, colorbar=dict(title=scale),
                     line=dict(width=[4 if v in frontier else 1 for v in range(graph.n_nodes)],
                               color=["#d62728" if v in frontier else "#444444" for v in range(graph.n_nodes)])))
     for v, label in ((graph.root, "root"), (graph.target, "answer"), (graph.neg_target, "wrong option")):
