@@ -384,26 +384,32 @@ class CoconutModel(nn.Module):
         """Greedy new tokens after a forward pass over left-padded prompts (its KV cache is extended in place).
 
         out.logits[:, -1] must be the last column's logits (forward with logits_at ending there does).
-        Decoding stops early where the longest row would pass the model's position limit.
+        Each row has its own budget: max_new_tokens, or fewer where that row would pass the model's position
+        limit (limit - its last position), so that a row's answer never depends on the other rows of its batch.
+        A row that has finished (eos after its first token, or its budget spent) is fed on, masked out and at
+        a position inside the limit, until every row has finished; its tokens are no longer kept.
+        Returns the new tokens of each row, eos excluded.
         """
         cache, mask = out.past_key_values, attention_mask
-        positions = position_ids_from_mask(mask)[:, -1]
+        positions = position_ids_from_mask(mask)[:, -1]  # [batch] the last real position of each row
+        budget = torch.full_like(positions, max(max_new_tokens, 0))
         if (limit := self.max_positions) is not None:
-            max_new_tokens = min(max_new_tokens, limit - int(positions.max()))
+            budget = budget.clamp(max=limit - positions).clamp(min=0)
         logits = out.logits[:, -1]
         tokens: list[list[int]] = [[] for _ in range(len(mask))]
-        done = torch.zeros(len(mask), dtype=torch.bool, device=mask.device)
-        for step in range(max_new_tokens):
+        done = budget == 0
+        for step in range(int(budget.max()) if len(budget) else 0):
             nxt = logits.argmax(-1)
             if step > 0:
                 done |= nxt == self.config.eos_id
             new = nxt.tolist()  # one device sync per step
             for i in torch.nonzero(~done).flatten().tolist():
                 tokens[i].append(new[i])
-            if bool(done.all()) or step == max_new_tokens - 1:
+            done |= budget <= step + 1
+            if bool(done.all()):
                 break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions + 1
+            mask = torch.cat([mask, (~done).to(mask.dtype)[:, None]], dim=1)
+            positions = positions + (~done).long()  # a finished row stays at its last position, inside the limit
             h = self._run(self.embed(nxt[:, None]), mask, positions[:, None], cache)
             logits = self.unembed(h[:, -1])
         return tokens
