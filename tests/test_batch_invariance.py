@@ -159,3 +159,22 @@ def test_release_evaluation(limited):
     assert len(set(runs[0].correct_by_k.values())) > 1 or runs[0].gold_correct != runs[0].correct_by_k[6]
     for ev in runs[1:]:
         assert ev == runs[0]
+
+
+def test_emitted_readout_and_rotary_positions(tiny_model, word_tokenizer, official_items):
+    """The emitted readout (a graph-format model trained toward optimal nodes) and the search summary, on a
+    random GPT-2 and a random Llama (rotary positions: each row's own position ids), batch 1, 3 and default."""
+    from dataclasses import asdict, replace
+
+    from probe.analyze import search_summary
+    from probe.values import values_by_k
+
+    tiny_model.config = replace(tiny_model.config, data_format="graph", supervision="optimal")
+    items = official_items[:7]
+    runs = _runs(lambda **b: values_by_k(tiny_model, word_tokenizer, items, 3, progress=False, **b))
+    assert not np.isnan(runs[0][:, :, :3]).any()
+    for v in runs[1:]:
+        _close(runs[0], v)
+    runs = _runs(lambda **b: asdict(search_summary(tiny_model, word_tokenizer, items, k_max=2, **b)))
+    for s in runs[1:]:
+        _close(runs[0], s)
