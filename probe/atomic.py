@@ -160,8 +160,8 @@ def check_place(path: str | os.PathLike, *, directory: bool = False) -> None:
             if not parent.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, _not_a_directory(_as_given(path, parent)), str(path))
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise PermissionError(errno.EACCES, f"cannot write in {_as_given(path, parent)} (permission denied)",
-                                      str(path))
+                why = f"cannot write in {_as_given(path, parent)} ({os.strerror(errno.EACCES)})"
+                raise PermissionError(errno.EACCES, why, str(path))
             return
 
 

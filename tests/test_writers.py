@@ -174,8 +174,8 @@ def test_every_writing_command_refuses_an_output_another_run_is_writing(tmp_path
         for name, (args, option, out) in runs.items():
             r = runner.invoke(app, args)
             assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (name, r.output[-1500:])
-            assert r.stderr.strip() == (f"error: {option} {out}: another run is writing it (pid {holder.pid}); wait for "
-                                        f"it to end, or choose another path"), (name, r.stderr)
+            assert r.stderr.strip() == (f"error: {option} {out}: another run is writing it (pid {holder.pid}); "
+                                        f"wait for it to end, or choose another path"), (name, r.stderr)
             assert r.stdout == "", name
     finally:
         holder.stdin.close()
@@ -212,7 +212,8 @@ def test_every_writing_command_refuses_an_existing_output_without_overwrite(tmp_
                                 f"or choose another --out-dir")
     r = runner.invoke(app, ["train", "--config", str(tmp_path / "run.yaml"), "--out-dir", str(tmp_path / "none"),
                             "--resume"])
-    assert r.stderr.strip() == f"error: --out-dir {tmp_path / 'none'}: nothing to resume (no complete epoch-* checkpoint)"
+    assert r.stderr.strip() == (f"error: --out-dir {tmp_path / 'none'}: nothing to resume (no complete epoch-* "
+                                "checkpoint)")
     assert leftovers(tmp_path / "outs") == [] and not (tmp_path / "none").exists()
 
 
@@ -226,8 +227,9 @@ def test_two_analyze_runs_into_one_folder_one_writes_the_other_is_refused(tmp_pa
     deadline = time.time() + 120
     while not (lock.exists() and lock.read_text().strip()) and first.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    second = runner.invoke(app, ["analyze", "--ckpt", str(ROOT / "checkpoints" / "prosqa-pause"), "--data", str(official_path),
-                                 "--limit", "2", "--k-max", "1", "--out", str(out)])
+    pause = ROOT / "checkpoints" / "prosqa-pause"
+    second = runner.invoke(app, ["analyze", "--ckpt", str(pause), "--data", str(official_path), "--limit", "2",
+                                 "--k-max", "1", "--out", str(out)])
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr[-2000:]
     assert second.exit_code == 2 and second.stderr.strip() == (
@@ -413,7 +415,7 @@ def test_a_read_only_folder_is_refused_before_any_work(tmp_path, official_path):
                            timeout=300)
         assert p.returncode == 2 and p.stdout == "", (p.stdout, p.stderr[-2000:])
         # one line and nothing else: no progress bar, so no work began
-        assert p.stderr == f"error: --out {out}: cannot write in {ro} (permission denied)\n"
+        assert p.stderr == f"error: --out {out}: cannot write in {ro} (Permission denied)\n"
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)

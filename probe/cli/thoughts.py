@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, _claim, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, _item,
-    _items, _layers, _load, _num, one_line_errors, OVERWRITE_OPTION, write_html,
+    app, BASE_OPTION, CKPT_OPTION, _claim, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail,
+    _item, _items, _layers, _load, _num, one_line_errors, OVERWRITE_OPTION, write_html,
 )
 
 
