@@ -23,17 +23,17 @@ setup: $(BIN)/probe
 # first 40 items: mean and another item's ablations and counterfactual patches at the thoughts and
 # at layer 1, and steering (runs/interventions; everything on the whole split takes about half an
 # hour on 2 CPU cores); then the findings table of both, every model side by side (runs/findings.md).
+# Each output replaces the last run's (--overwrite), which stays whole until the new one is written.
 run: setup
 	mkdir -p runs
-	$(BIN)/probe eval --data $(DATA) --json runs/eval.json
-	$(BIN)/probe decode --data $(DATA) --index 0 --json runs/decode-0.json
-	rm -rf runs/analysis
+	$(BIN)/probe eval --data $(DATA) --json runs/eval.json --overwrite
+	$(BIN)/probe decode --data $(DATA) --index 0 --json runs/decode-0.json --overwrite
 	$(BIN)/probe analyze --ckpt checkpoints/prosqa-coconut-mixed --control checkpoints/prosqa-pause \
-		--data $(DATA) --out runs/analysis
-	rm -rf runs/interventions
+		--data $(DATA) --out runs/analysis --overwrite
 	$(BIN)/probe intervene --data $(DATA) --limit 40 --sites thought,1 --ablations mean,other \
-		--control checkpoints/prosqa-pause --control checkpoints/prosqa-cot --out runs/interventions
-	$(BIN)/probe findings --analysis runs/analysis --interventions runs/interventions --out runs/findings.md
+		--control checkpoints/prosqa-pause --control checkpoints/prosqa-cot --out runs/interventions --overwrite
+	$(BIN)/probe findings --analysis runs/analysis --interventions runs/interventions --out runs/findings.md \
+		--overwrite
 
 # Train a small Coconut model through the whole curriculum in about two minutes, then evaluate it.
 quickstart: setup

@@ -316,7 +316,7 @@ def capture_to_disk(
     model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], out: str | Path, *, k: int | None = None,
     names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, batch_size: int = 32,
     shard_size: int = 256, source: dict | None = None, progress: bool = True, first_index: int = 0,
-    max_new_tokens: int = 0,
+    max_new_tokens: int = 0, replace: bool = False,
 ) -> "TraceStore":
     """Stream a data set's traces to safetensors shards of shard_size items plus a JSON manifest.
 
@@ -325,9 +325,10 @@ def capture_to_disk(
     Written into a temporary directory that is renamed into place, so a failed run leaves nothing.
     first_index: the data-set index of items[0] (a part of a larger data set, as one rank captures).
     max_new_tokens > 0 also stores each item's greedy answer (trace.answer_ids), decoded in the same pass.
+    replace: swap out what out holds (kept whole until the new store is in place); without, it is an error.
     """
     out = Path(out)
-    if out.exists():
+    if out.exists() and not replace:
         raise CaptureError(f"{out}: already exists; choose a new directory")
     if not items:
         raise CaptureError("capture needs at least one item")
@@ -337,7 +338,7 @@ def capture_to_disk(
     shards = []
     bar = tqdm(total=len(items), desc="capture", unit="item", disable=not progress)
     try:
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, replace=replace) as tmp:
             for i in range(0, len(items), shard_size):
                 tr = _capture_window(model, tokenizer, items[i : i + shard_size], first_index + i, bar, batch_size,
                                      k=k, names=names, dtype=dtype, max_new_tokens=max_new_tokens)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from probe.artifacts import TRACE_MANIFEST
 from probe.capture import CaptureError, TraceStore, capture_to_disk
-from probe.atomic import atomic_write_text
+from probe.atomic import atomic_write_text, replace_directory
 from probe.data.prosqa import ProsQAItem
 
 
@@ -76,7 +76,8 @@ def parts_dir(out: Path) -> Path:
 
 
 def merge_stores(parts: Sequence[Path], out: Path) -> TraceStore:
-    """One store at out from per-rank stores (in rank order, all inside one directory that becomes out)."""
+    """One store at out from per-rank stores (in rank order, all inside one directory that becomes out; what out
+    held before is swapped out)."""
     stores = [TraceStore(p) for p in parts]
     if not stores:
         raise CaptureError("nothing to merge: no rank captured any item")
@@ -91,16 +92,17 @@ def merge_stores(parts: Sequence[Path], out: Path) -> TraceStore:
     shards = [{**sh, "file": f"{s.path.name}/{sh['file']}"} for s in stores for sh in s.manifest["shards"]]
     manifest = {**first, "n_items": sum(len(s) for s in stores), "shards": shards, "ranks": len(stores)}
     atomic_write_text(root / TRACE_MANIFEST, json.dumps(manifest, indent=1))
-    root.rename(out)
+    replace_directory(root, out)
     return TraceStore(out)
 
 
 def capture_distributed(model, tokenizer, items: Sequence[ProsQAItem], out: str | Path, *, timeout_s: int = 3600,
-                        **capture_kw) -> TraceStore | None:
-    """This rank's block of items captured, then (rank 0) every rank's merged into out; None on other ranks."""
+                        replace: bool = False, **capture_kw) -> TraceStore | None:
+    """This rank's block of items captured, then (rank 0) every rank's merged into out; None on other ranks.
+    replace: swap out what out holds (kept whole until the merged store is in place); without, it is an error."""
     rank, size, _ = world()
     out = Path(out)
-    if out.exists():
+    if out.exists() and not replace:
         raise CaptureError(f"{out}: already exists; choose a new directory")
     with process_group(str(model.device), timeout_s):
         parts = parts_dir(out)
@@ -120,10 +122,12 @@ def capture_distributed(model, tokenizer, items: Sequence[ProsQAItem], out: str 
             raise
         finally:
             flags = [None] * size
-            dist.all_gather_object(flags, ok)
+            try:
+                dist.all_gather_object(flags, ok)
+            finally:  # a failed or interrupted rank, rank 0's own included: the parts go
+                if rank == 0 and not (ok and all(flags)):
+                    shutil.rmtree(parts, ignore_errors=True)
         if not all(flags):
-            if rank == 0:
-                shutil.rmtree(parts, ignore_errors=True)
             raise CaptureError(f"rank(s) {[r for r, f in enumerate(flags) if not f]} failed; nothing was written")
         store = None
         if rank == 0:

@@ -10,7 +10,6 @@ inside the fourth, at optimizer step 420; they sort in training order.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from probe.artifacts import OPTIMIZER_GROUPS, OPTIMIZER_WEIGHTS, TRAINER_STATE
-from probe.atomic import atomic_directory
+from probe.atomic import atomic_directory, remove_directory
 from probe.data.stream import batches_per_epoch
 from probe.model.checkpoint import CheckpointError, write_checkpoint
 
@@ -138,6 +137,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def prune(run_dir: Path, keep: int) -> None:
-    """Remove all but the newest `keep` checkpoints of a run."""
+    """Remove all but the newest `keep` checkpoints of a run (each renamed away first, so that an interruption
+    never leaves one half removed under its name)."""
     for p in run_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
+        remove_directory(p)

@@ -62,7 +62,7 @@ echo "== refitting the default's tuned lens, frontier probe and SAE on $N genera
 DEFAULT="$STAGE/prosqa-coconut"
 probe data generate --n "$N" --seed 12345 --out "$STAGE/gen.json" > /dev/null
 probe tuned-lens --ckpt "$DEFAULT" --data "$STAGE/gen.json" --epochs "$LENS_EPOCHS" \
-  --out "$DEFAULT/tuned_lens.safetensors"
+  --out "$DEFAULT/tuned_lens.safetensors" --overwrite
 probe probes fit --ckpt "$DEFAULT" --data "$STAGE/gen.json" --target frontier --layer -1 --out "$STAGE/probe"
 probe sae train --ckpt "$DEFAULT" --data "$STAGE/gen.json" --epochs "$SAE_EPOCHS" --out "$STAGE/sae"
 mkdir -p "$DEFAULT/probes/frontier" "$DEFAULT/sae"

@@ -98,5 +98,5 @@ def test_torchrun_into_an_existing_directory_fails_with_one_message_and_writes_n
     (tmp_path / "two").mkdir()
     two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "probe.cli", "capture", "--out", str(tmp_path / "two"), "--data", str(official_path), "--limit", "4"])
-    assert two.returncode != 0 and "two: already exists; choose a new directory" in two.stderr
+    assert two.returncode != 0 and "two: already exists; pass --overwrite to replace it" in two.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two"] and not any((tmp_path / "two").iterdir())

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from probe.atomic import Claim, Interrupted
 
 
 def _quiet_transformers() -> None:
@@ -29,30 +34,112 @@ def main() -> None:
     _quiet_transformers()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    _close_bars()
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
+
+
+def _close_bars() -> None:
+    """End the progress bars a failed command left open, so that its error line starts a line of its own."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 # Every input error of the library (DataError, CheckpointError, TokenizerError, ConfigError, ...) is a ValueError.
 InputError = ValueError
 
 
+class _Command:
+    """What one running command holds: its outputs' claims, released when it ends."""
+
+    def __init__(self) -> None:
+        self.stack = ExitStack()
+        self.claims: list[Claim] = []
+
+
+_running: Optional[_Command] = None
+
+
 def one_line_errors(command):
-    """The CLI's one handler for bad input, on every command: an input error of the library (a ValueError) or a
-    path the system refuses (an OSError: a missing directory, no permission, a file where a directory must be)
-    ends the command with one `error:` line on stderr and exit code 2, never a traceback."""
+    """The CLI's one handler, on every command: an input error of the library (a ValueError), a path the system
+    refuses (an OSError: a missing directory, no permission, a full disk, a file-size limit) or an interruption
+    (Ctrl-C, SIGTERM as `timeout`, Slurm and `kill` send, SIGHUP) ends the command with one `error:` line on
+    stderr, never a traceback: exit code 2, or 128 + the signal's number. The line says what became of each output
+    the command claimed (`_claim`): the atomic writers leave nothing half-written, so it is as it was or whole."""
+    from probe.atomic import Interrupted, interruptible
 
     @functools.wraps(command)
     def run(*args, **kwargs):
+        global _running
+        outer, _running = _running, _Command()
         try:
-            return command(*args, **kwargs)
-        except InputError as e:
-            _fail(str(e))
-        except OSError as e:
-            _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+            with interruptible():
+                with _running.stack:
+                    try:
+                        return command(*args, **kwargs)
+                    except Interrupted as e:
+                        _fail(_interrupted(e, _running.claims), code=128 + e.signum)
+                    except InputError as e:
+                        _fail(str(e))
+                    except OSError as e:
+                        _fail(_os_error(e, _running.claims))
+        except Interrupted as e:  # one that came while the claims were being released
+            _fail(_interrupted(e, []), code=128 + e.signum)
+        finally:
+            _running = outer
 
     return run
+
+
+def _interrupted(e: "Interrupted", claims: list["Claim"]) -> str:
+    """One line for an interruption: the signal, and what became of each claimed output."""
+    return "; ".join([f"interrupted ({e.name})", *(f"{c.option} {c.path}: {c.outcome()}" for c in claims)])
+
+
+def _os_error(e: OSError, claims: list["Claim"]) -> str:
+    """One line for an OSError: the output it concerns named by its option, with what became of it."""
+    if not e.strerror:
+        return str(e)
+    mine = [c for c in claims if e.filename and c.covers(e.filename)] or (claims if not e.filename and
+                                                                          len(claims) == 1 else [])
+    if not mine:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    c = mine[0]
+    what = e.strerror if not e.filename or Path(e.filename) == Path(c.path) else f"{e.filename}: {e.strerror}"
+    return f"{c.option} {c.path}: {what}; {c.outcome()}"
+
+
+def _claim(path: Optional[Path], option: str = "--out", *, overwrite: bool = False, directory: bool = False,
+           markers: tuple[str, ...] = (), existing: bool = False,
+           kept: Optional[Callable[[], str]] = None) -> Optional["Claim"]:
+    """Claim an output for the running command (probe.atomic.claim), before any work: refused in one line when
+    another run is writing it, when it exists and --overwrite was not given (or, with markers, holds something
+    other than this command's output), or when its place cannot be written. Held until the command ends; None
+    for no path."""
+    from probe.atomic import claim
+
+    if path is None:
+        return None
+    if _running is None:
+        raise RuntimeError("_claim runs inside a command wrapped by one_line_errors")
+    held = _running.stack.enter_context(claim(path, option=option, overwrite=overwrite, directory=directory,
+                                              markers=markers, existing=existing, kept=kept))
+    _running.claims.append(held)
+    return held
+
+
+def _release_claims() -> None:
+    """Release the running command's claims now: for a command that leaves by os._exit, past its own cleanup."""
+    if _running is not None:
+        _running.stack.close()
+
+
+OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace the output if it exists (the old one stays "
+                                                           "whole until the new one is written).")
 
 
 def _dtype(name: Optional[str], option: str = "--dtype"):
@@ -94,24 +181,6 @@ def _items(data: Optional[Path], n: int, seed: int, limit: Optional[int] = None)
     from probe.data.prosqa import load_items
 
     return load_items(data, limit=limit) if data else generate_items(n, seed=seed)
-
-
-def _new_out(out: Path) -> None:
-    if out.exists():
-        _fail(f"--out {out}: already exists; choose a new directory")
-    _writable_place("--out", out)
-
-
-def _writable_place(option: str, path: Optional[Path]) -> None:
-    """Refuse, before any work, an output path that cannot be written: a directory given for a file, or a
-    parent that is a file."""
-    from probe.atomic import check_place
-
-    if path is not None:
-        try:
-            check_place(path, directory=option == "--out")
-        except OSError as e:
-            _fail(f"{option} {e.filename}: {e.strerror}")
 
 
 def _item(data: Path, index: int):

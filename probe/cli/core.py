@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION, InputError,
-    _int_option, _load, one_line_errors, write_html, _writable_place,
+    app, BASE_OPTION, _claim, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION,
+    _fail, InputError, _int_option, _load, one_line_errors, OVERWRITE_OPTION, _release_claims, write_html,
 )
 
 
@@ -22,11 +22,13 @@ def data_generate(
     n: int = typer.Option(..., "--n", min=1, help="Number of items."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: Path = typer.Option(..., "--out", help="Output JSON file (official ProsQA format)."),
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Generate ProsQA items with the paper's construction."""
     from probe.data.generate import dataset_stats, generate_items
     from probe.data.prosqa import save_items
 
+    _claim(out, overwrite=overwrite)
     items = generate_items(n, seed=seed, progress=True)
     save_items(items, out)
     s = dataset_stats(items)
@@ -71,6 +73,8 @@ def train(
     overrides.update({k: v for k, v in {"max_minutes": max_minutes, "out_dir": out_dir}.items() if v is not None})
     cfg = TrainConfig.from_yaml(config, **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
     rank, size, _ = world()
+    if rank == 0:  # under torchrun, rank 0 writes the run
+        _claim_run(cfg, "--out-dir" if out_dir is not None else f"out_dir ({config})", resume)
     try:
         result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)))
     except Exception as e:
@@ -82,9 +86,32 @@ def train(
     if size > 1:
         # Everything is written and the process group is gone; leave without the interpreter's teardown, in
         # which gloo's C++ threads have aborted a finished rank ("terminate called without an active exception").
+        _release_claims()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _claim_run(cfg, option: str, resume: bool) -> None:
+    """Hold the run directory for this run (another run training into it is refused), and refuse, before any
+    work, a directory that holds checkpoints already when this is no --resume (or nothing to resume). After a
+    failure or an interruption the line names its last complete checkpoint, from which --resume continues."""
+    from probe.run_state import latest_checkpoint
+
+    run_dir = cfg.run_dir
+
+    def kept() -> str:
+        last = latest_checkpoint(run_dir)
+        return (f"its complete checkpoints are kept (last: {last.name}; --resume continues from it)" if last
+                else "it holds no complete checkpoint")
+
+    _claim(run_dir, option, directory=True, existing=True, kept=kept)
+    last = latest_checkpoint(run_dir)
+    if resume and last is None:
+        _fail(f"{option} {run_dir}: nothing to resume (no complete epoch-* checkpoint)")
+    if not resume and any(run_dir.glob("epoch-*")):
+        _fail(f"{option} {run_dir}: holds checkpoints already; pass --resume to continue it, or choose another "
+              f"--out-dir")
 
 
 def _rank_failed(cfg, rank: int, size: int, error: Exception) -> None:
@@ -129,13 +156,18 @@ def eval_cmd(
     halt: Optional[Path] = typer.Option(None, "--halt", help="A halting probe (probe probes halt): stop each "
                                                              "item's thoughts when it fires."),
     threshold: float = typer.Option(0.5, "--threshold", help="With --halt: stop when P(right answer) reaches this."),
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Accuracy by the official rule (greedy, at most 128 new tokens, answer after the last '#')."""
     from probe.atomic import atomic_write_text
     from probe.data.prosqa import load_items
     from probe.evaluate import GOLD, evaluate
 
-    _writable_place("--json", json_out)
+    if halt is not None and json_out is not None and json_out.suffix == ".html":
+        _fail(f"--json {json_out}: give a .json name (with --halt, its figure is written beside it as .html)")
+    _claim(json_out, "--json", overwrite=overwrite)
+    if halt is not None and json_out is not None:
+        _claim(json_out.with_suffix(".html"), "--json (its figure)", overwrite=overwrite)
     items = load_items(data, limit=limit)
     model, tok = _load(ckpt, base, device, dtype)
     if halt is not None:
@@ -183,11 +215,14 @@ def release(
     device: str = DEVICE_OPTION,
     store_dtype: str = typer.Option("float32", "--store-dtype", help="dtype of the written weights: float32, "
                                     "bfloat16 or float16 (evaluation runs in float32; loading casts back)."),
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Evaluate a trained checkpoint at every forced k and at the gold depth; write it without optimizer state,
     with its model card."""
+    from probe.artifacts import COCONUT_CONFIG
     from probe.release import release as run
 
+    _claim(out, overwrite=overwrite, directory=True, markers=(COCONUT_CONFIG,))
     rel = run(ckpt, out, data, config, name=name, summary=summary, device=_device(device),
               store_dtype=_dtype(store_dtype, "--store-dtype"))
     ev = rel.evaluation

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail, _float_option,
-    InputError, _int_option, _load, _new_out, _num, one_line_errors, write_html,
+    app, BASE_OPTION, CKPT_OPTION, _claim, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail,
+    _float_option, InputError, _int_option, _load, _num, one_line_errors, OVERWRITE_OPTION, write_html,
 )
 
 
@@ -20,6 +20,7 @@ def intervene_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
     out: Path = typer.Option(..., "--out", help="New directory for report.json and the figures."),
+    overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     control: list[Path] = typer.Option([], "--control", help="A control checkpoint (pause, CoT) run the same way; "
                                        "repeat for several."),
@@ -49,7 +50,7 @@ def intervene_cmd(
     from probe.probes import SavedProbe
     from probe.viz import INTERVENTION_FIGURES
 
-    _new_out(out)
+    _claim(out, overwrite=overwrite, directory=True, markers=(REPORT, f"{next(iter(INTERVENTION_FIGURES))}.html"))
     site_list = [None if x.strip() == "thought" else _int_option("--sites", x) for x in sites.split(",") if x.strip()]
     kind_list = [x.strip() for x in kinds.split(",") if x.strip()]
     if bad := [x for x in kind_list if x not in ABLATIONS]:
@@ -72,7 +73,7 @@ def intervene_cmd(
     from probe.analyze import finite
 
     dicts = [finite(r.as_dict()) for r in reports]
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, replace=True) as tmp:  # the claim refused what was not to be replaced
         atomic_write_text(tmp / REPORT, json.dumps({"data": str(data), "reports": dicts}, indent=1))
         for name, figure in INTERVENTION_FIGURES.items():
             write_html(figure(dicts), tmp / f"{name}.html")
@@ -136,13 +137,13 @@ def findings_cmd(
     interventions: Optional[Path] = typer.Option(None, "--interventions",
                                                  help="The directory `probe intervene` wrote."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table to this markdown file."),
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """The findings table: every model of the two reports side by side, the papers' figures beside them."""
-    from probe.atomic import atomic_write_text, check_place
+    from probe.atomic import atomic_write_text
     from probe.findings import findings_markdown
 
-    if out is not None:
-        check_place(out)
+    _claim(out, overwrite=overwrite)
     table = findings_markdown(_report(analysis, "--analysis", "analyze", "frontier_value_mass"),
                               _report(interventions, "--interventions", "intervene", "reports"))
     typer.echo(table)

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _items, _load, _new_out, _num,
-    one_line_errors, write_html,
+    app, BASE_OPTION, CKPT_OPTION, _claim, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _items, _load, _num,
+    one_line_errors, OVERWRITE_OPTION, write_html,
 )
 
 
@@ -28,6 +28,7 @@ def probes_fit(
     target: str = typer.Option("frontier", "--target", help="frontier, reachable, value or depth."),
     layer: int = typer.Option(-1, "--layer", help="Residual stream after this layer (negative: from the end)."),
     out: Path = typer.Option(..., "--out", help="New directory for the probe, report.json and scores.html."),
+    overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     control: Optional[Path] = typer.Option(None, "--control", help="A control checkpoint probed the same way."),
     control_base: Optional[Path] = typer.Option(None, "--control-base"),
@@ -39,12 +40,12 @@ def probes_fit(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Cross-validated linear probes (and their control task) for every thought k at one layer."""
-    from probe.artifacts import REPORT
+    from probe.artifacts import PROBE_CONFIG, REPORT
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.probes import fit_probes
     from probe.viz import probe_scores
 
-    _new_out(out)
+    _claim(out, overwrite=overwrite, directory=True, markers=(PROBE_CONFIG, REPORT))
     items = _items(data, 0, 0, limit)
     model, tok = _load(ckpt, base, device, dtype)
     rep = fit_probes(model, tok, items, target, layer=layer, k_max=k_max, folds=folds, seed=seed)
@@ -57,7 +58,7 @@ def probes_fit(
     from probe.analyze import finite
 
     report = finite(report)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, replace=True) as tmp:  # the claim refused the rest
         rep.probe.write_into(tmp)
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
         write_html(probe_scores(report, report.get("control")), tmp / "scores.html")
@@ -74,6 +75,7 @@ def probes_fit(
 def probes_halt(
     ckpt: Optional[Path] = CKPT_OPTION,
     out: Path = typer.Option(..., "--out", help="New directory for the halting probe and report.json."),
+    overwrite: bool = OVERWRITE_OPTION,
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
     n: int = typer.Option(1000, "--n", min=2, help="Generated items to train on, when no --data."),
     seed: int = typer.Option(12345, "--seed", help="Seed of the generated items."),
@@ -85,17 +87,17 @@ def probes_halt(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
-    from probe.artifacts import REPORT
+    from probe.artifacts import PROBE_CONFIG, REPORT
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.probes import fit_halting_probe
 
-    _new_out(out)
+    _claim(out, overwrite=overwrite, directory=True, markers=(PROBE_CONFIG, REPORT))
     items = _items(data, n, seed)
     model, tok = _load(ckpt, base, device, dtype)
     saved, scores = fit_halting_probe(model, tok, items, layer=layer, k_max=k_max, folds=folds)
     from probe.analyze import finite
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, replace=True) as tmp:  # the claim refused the rest
         saved.write_into(tmp)
         atomic_write_text(tmp / REPORT, json.dumps(finite({
             "checkpoint": str(_default_ckpt(ckpt)), "data": str(data) if data else f"generated n={n} seed={seed}",
@@ -110,6 +112,7 @@ def probes_halt(
 def sae_train(
     ckpt: Optional[Path] = CKPT_OPTION,
     out: Path = typer.Option(..., "--out", help="New directory: cfg.json + sae_weights.safetensors (SAELens), report."),
+    overwrite: bool = OVERWRITE_OPTION,
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
     n: int = typer.Option(2000, "--n", min=10, help="Generated items, when no --data."),
     seed: int = typer.Option(12345, "--seed"),
@@ -128,20 +131,20 @@ def sae_train(
     """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires.
     The last 10% of the items are held out."""
     from probe.analyze import finite
-    from probe.artifacts import REPORT
+    from probe.artifacts import REPORT, SAE_CFG, SAE_WEIGHTS
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.model.identity import weights_hash
     from probe.probes import resid_hook
     from probe.sae import train_sae
     from probe.viz import sae_features
 
-    _new_out(out)
+    _claim(out, overwrite=overwrite, directory=True, markers=(SAE_CFG, SAE_WEIGHTS))
     items = _items(data, n, seed)
     model, tok = _load(ckpt, base, device, dtype)
     run = train_sae(model, tok, items, hook=resid_hook(model, layer) if layer is not None else None, k_max=k_max,
                     d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)
     report = finite({"checkpoint": str(_default_ckpt(ckpt)), **run.report()})
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, replace=True) as tmp:  # the claim refused the rest
         run.sae.write_into(tmp, run.rows.hook, model_name=_default_ckpt(ckpt).name,
                            extra={"model_hash": weights_hash(model), "k_max": run.rows.k_max, "n_items": run.n_items})
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))

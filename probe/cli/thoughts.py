@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, _item, _items,
-    _layers, _load, _new_out, _num, one_line_errors, write_html, _writable_place,
+    app, BASE_OPTION, CKPT_OPTION, _claim, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail,
+    _item, _items, _layers, _load, _num, one_line_errors, OVERWRITE_OPTION, write_html,
 )
 
 
@@ -30,6 +30,7 @@ def decode(
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the readings as JSON here."),
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """What every thought holds at every layer (logit or tuned lens), with frontier nodes marked."""
     from probe.atomic import atomic_write_text
@@ -39,7 +40,7 @@ def decode(
 
     if lens not in LENSES:
         _fail(f"--lens: expected {' or '.join(LENSES)}, got {lens!r}")
-    _writable_place("--json", json_out)
+    _claim(json_out, "--json", overwrite=overwrite)
     item = _item(data, index)
     model, tok = _load(ckpt, base, device, dtype)
     reader = open_lens(lens, model, lens_file or _default_ckpt(ckpt) / TUNED_LENS)
@@ -81,6 +82,7 @@ def capture_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
     out: Path = typer.Option(..., "--out", help="New directory for the safetensors shards and manifest.json."),
+    overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     hooks: Optional[list[str]] = typer.Option(None, "--hooks", help="Hook-name globs, e.g. '*hook_resid_post' (repeatable)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
@@ -100,20 +102,23 @@ def capture_cmd(
     Under torchrun (`torchrun --nproc_per_node N -m probe.cli capture ...`) each process captures a block of the
     items (on cuda, the GPU of its local rank) and rank 0 merges them into one store.
     """
+    from probe.artifacts import TRACE_MANIFEST
     from probe.capture import architecture, capture_to_disk
     from probe.model.hook_names import select_hooks
     from probe.data.prosqa import load_items
     from probe.distributed import capture_distributed, rank_device, world
     from probe.evaluate import is_correct
 
-    _new_out(out)
     rank, size, _ = world()
+    if rank == 0:  # under torchrun, rank 0 writes the store
+        _claim(out, overwrite=overwrite, directory=True, markers=(TRACE_MANIFEST,))
     device = rank_device(device)
     items = load_items(data, limit=limit)
     model, tok = _load(ckpt, base, device, dtype)
     names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
     kw = dict(k=k, names=names, dtype=_dtype(store_dtype, "--store-dtype"), batch_size=batch_size, shard_size=shard_size,
-              max_new_tokens=max_new_tokens, source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)})
+              max_new_tokens=max_new_tokens, source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)},
+              replace=True)  # the claim refused what was not to be replaced
     store = capture_distributed(model, tok, items, out, **kw) if size > 1 else \
         capture_to_disk(model, tok, items, out, **kw)
     if store is None:  # a rank other than 0: rank 0 reports
@@ -136,6 +141,7 @@ def analyze_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
     out: Path = typer.Option(..., "--out", help="New directory for report.json and one HTML figure per measure."),
+    overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     control: Optional[Path] = typer.Option(None, "--control",
                                            help="A control checkpoint (pause-as-thought or CoT) measured the same way."),
@@ -155,7 +161,12 @@ def analyze_cmd(
     from probe.data.prosqa import load_items
     from probe.viz import FIGURES
 
-    _new_out(out)
+    _claim(out, overwrite=overwrite, directory=True, markers=(REPORT, SUMMARY))
+    card = _default_ckpt(ckpt) / "README.md"
+    if update_card:
+        if not card.is_file():
+            _fail(f"--update-card: {card} does not exist (only our checkpoint directories have a model card)")
+        _claim(card, "--update-card", existing=True)
     items = load_items(data, limit=limit)
     model, tok = _load(ckpt, base, device, dtype)
     main = analyze(model, tok, items, k_max=k_max, batch_size=batch_size, checkpoint=str(_default_ckpt(ckpt)))
@@ -167,7 +178,7 @@ def analyze_cmd(
     if ctrl is not None:
         report["control"] = ctrl.report()
     summary = markdown_summary(report, data=data.name)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, replace=True) as tmp:  # the claim refused what was not to be replaced
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
         atomic_write_text(tmp / SUMMARY, summary)
         for name, figure in FIGURES.items():
@@ -175,9 +186,6 @@ def analyze_cmd(
     _print_analysis(main, ctrl)
     typer.echo(f"wrote {out}/report.json, summary.md and {len(FIGURES)} figures")
     if update_card:
-        card = Path(main.checkpoint) / "README.md"
-        if not card.is_file():
-            _fail(f"--update-card: {card} does not exist (only our checkpoint directories have a model card)")
         atomic_write_text(card, replace_card_section(card.read_text(), summary))
         typer.echo(f"updated {card}")
 
@@ -214,6 +222,7 @@ def _print_analysis(main, ctrl) -> None:
 def tuned_lens_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     out: Path = typer.Option(..., "--out", help="The lens file to write (.safetensors)."),
+    overwrite: bool = OVERWRITE_OPTION,
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to fit on (default: generated items)."),
     n: int = typer.Option(1000, "--n", min=1, help="Generated items to fit on, when no --data."),
     seed: int = typer.Option(12345, "--seed", help="Seed of the generated items."),
@@ -226,6 +235,7 @@ def tuned_lens_cmd(
     """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts; 10% of the items are held out."""
     from probe.lens import fit_tuned_lens
 
+    _claim(out, overwrite=overwrite)
     items = _items(data, n, seed)
     model, tok = _load(ckpt, base, device, dtype)
     fit = fit_tuned_lens(model, tok, items, k=k, epochs=epochs)
