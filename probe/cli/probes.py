@@ -24,7 +24,8 @@ app.add_typer(sae_app, name="sae")
 @one_line_errors
 def probes_fit(
     ckpt: Optional[Path] = CKPT_OPTION,
-    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format); folds are over its items."),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format); folds are over its items "
+                              "(copies of an item share a fold)."),
     target: str = typer.Option("frontier", "--target", help="frontier, reachable, value or depth."),
     layer: int = typer.Option(-1, "--layer", help="Residual stream after this layer (negative: from the end)."),
     out: Path = typer.Option(..., "--out", help="New directory for the probe, report.json and scores.html."),
@@ -41,6 +42,7 @@ def probes_fit(
     """Cross-validated linear probes (and their control task) for every thought k at one layer."""
     from probe.artifacts import REPORT
     from probe.atomic import atomic_directory, atomic_write_text
+    from probe.cli.common import note_duplicates
     from probe.probes import fit_probes
     from probe.viz import probe_scores
 
@@ -66,6 +68,7 @@ def probes_fit(
         extra = f" | control checkpoint {_num(report['control']['steps'][k][key])}" if control is not None else ""
         typer.echo(f"thought {k}: {key} {_num(sc[key])}, control task {_num(sc['control_' + key])}, "
                    f"selectivity {_num(sc['selectivity'])}{extra}")
+    note_duplicates(rep.duplicates_merged)
     typer.echo(f"wrote {out}")
 
 
@@ -87,6 +90,7 @@ def probes_halt(
     """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
     from probe.artifacts import REPORT
     from probe.atomic import atomic_directory, atomic_write_text
+    from probe.cli.common import note_duplicates
     from probe.probes import fit_halting_probe
 
     _new_out(out)
@@ -103,6 +107,7 @@ def probes_halt(
     cv = scores.as_dict()
     typer.echo(f"halting probe on {saved.hook}: cross-validated AUROC {cv['auroc']:.3f} (control {cv['control_auroc']:.3f}), "
                f"right answers among (item, k) pairs {saved.metrics['positive_rate']:.1%}; wrote {out}")
+    note_duplicates(scores.duplicates_merged)
 
 
 @sae_app.command("train")
