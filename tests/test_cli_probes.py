@@ -106,13 +106,18 @@ def test_sae_train_writes_saelens_files_and_a_report(ckpt, tmp_path):
     assert rep["hook"] == "ln_final.hook_normalized" and rep["rows"] == 30 * 2
     model, tok = load_checkpoint(ckpt)
     sae = SparseAutoencoder.load(out, model_hash=weights_hash(model))
-    # the report's numbers are the library's on the same rows: the first 27 items trained, the last 3 held out
+    # the report's numbers are the library's on the same rows: 3 of the 30 (distinct) items held out, as
+    # content_holdout draws them with the default seed, the other 27 trained
     from probe.data.generate import generate_items
+    from probe.data.splits import content_holdout
     from probe.frontier import GROUPS
     from probe.sae import feature_reports, thought_rows
 
+    held_items = content_holdout(np.arange(30), 0.1, seed=0)
+    assert rep["held_out_items"] == np.flatnonzero(held_items).tolist() and rep["duplicates_merged"] == 0
     rows = thought_rows(model, tok, generate_items(30, seed=12345), progress=False)
-    train_m, held_m = sae.metrics(rows.X[: 27 * 2]), sae.metrics(rows.X[27 * 2 :])
+    held = np.repeat(held_items, 2)
+    train_m, held_m = sae.metrics(rows.X[~held]), sae.metrics(rows.X[held])
     assert rep["fvu"] == pytest.approx(train_m.fvu) and rep["l0"] == pytest.approx(train_m.l0)
     assert rep["dead_fraction"] == pytest.approx(train_m.dead_fraction)
     assert rep["held_out"]["fvu"] == pytest.approx(held_m.fvu)

@@ -131,10 +131,11 @@ def sae_train(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires.
-    The last 10% of the items are held out."""
+    10% of the distinct items (with every copy of them) are held out."""
     from probe.analyze import finite
     from probe.artifacts import REPORT
     from probe.atomic import atomic_directory, atomic_write_text
+    from probe.cli.common import note_duplicates
     from probe.model.identity import weights_hash
     from probe.probes import resid_hook
     from probe.sae import train_sae
@@ -154,6 +155,7 @@ def sae_train(
     m, held = run.train_metrics, run.held_out_metrics
     typer.echo(f"SAE on {run.rows.hook} ({len(run.rows.X)} thoughts of {run.n_items} items): fvu {m.fvu:.3f} "
                f"(held out {held.fvu:.3f}), L0 {m.l0:.1f}, dead {m.dead_fraction:.1%}")
+    note_duplicates(run.duplicates_merged)
     for f in run.ranked[:5]:
         typer.echo(f"  feature {f.feature}: frontier AUROC {f.best_auroc:.3f} for {f.best_name}, fires {f.frequency:.1%}")
     typer.echo(f"wrote {out}")

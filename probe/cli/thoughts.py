@@ -223,7 +223,9 @@ def tuned_lens_cmd(
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
-    """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts; 10% of the items are held out."""
+    """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts; 10% of the distinct items (with
+    every copy of them) are held out."""
+    from probe.cli.common import note_duplicates
     from probe.lens import fit_tuned_lens
 
     items = _items(data, n, seed)
@@ -232,4 +234,5 @@ def tuned_lens_cmd(
     fit.lens.save(out)
     for l, (a, b) in enumerate(zip(fit.kl_logit.tolist(), fit.kl_tuned.tolist())):
         typer.echo(f"layer {l}: held-out KL to the final distribution, logit lens {a:.4f}, tuned lens {b:.4f}")
+    note_duplicates(fit.duplicates_merged)
     typer.echo(f"wrote {out}")
