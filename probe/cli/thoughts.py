@@ -163,7 +163,7 @@ def analyze_cmd(
     if control is not None:
         c_model, c_tok = _load(control, control_base, device, dtype)
         ctrl = analyze(c_model, c_tok, items, k_max=main.k_max, batch_size=batch_size, checkpoint=str(control))
-    report = main.report()
+    report = {"data": str(data), **main.report()}  # the data file, as intervene's report names it (probe findings)
     if ctrl is not None:
         report["control"] = ctrl.report()
     summary = markdown_summary(report, data=data.name)
