@@ -7,6 +7,7 @@ checkpoints/README.md is generated, not typed: `probe findings --analysis DIR --
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,58 +41,81 @@ def _get(d: dict | None, *keys) -> Any:
     return d
 
 
+def _columns(reports: Sequence[dict]) -> dict[str, dict]:
+    """One command's models by column label: the checkpoint's name (`checkpoint_name`, which matches a model across
+    the two reports), or its whole path where two checkpoints of the command share a name (so that neither
+    takes the other's column)."""
+    paths = list(dict.fromkeys(r["checkpoint"] for r in reports))
+    shared = Counter(checkpoint_name(p) for p in paths)
+    return {(r["checkpoint"] if shared[checkpoint_name(r["checkpoint"])] > 1 else checkpoint_name(r["checkpoint"])): r
+            for r in reports}
+
+
+def _items_line(command: str, models: dict[str, dict], data: str | None) -> str:
+    """`probe analyze` 300 of prosqa_valid.json: one command's item count(s) and data file."""
+    ns = {label: r["n"] for label, r in models.items()}
+    count = str(next(iter(ns.values()))) if len(set(ns.values())) == 1 else \
+        ", ".join(f"`{label}` {n}" for label, n in ns.items())
+    return f"`probe {command}` {count} of {Path(data).name if data else 'a data file the report does not name'}"
+
+
 def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, Any] | None, *,
                       ks: Sequence[int] = (1, 2)) -> str:
     """A markdown table: one column per model (the models of both reports, matched by checkpoint name), one row
-    per finding, the papers' figure in the last column.
+    per finding of the reports given (each row from one command), the papers' figure in the last column, and
+    under it each command's item count and data file.
 
     analysis: `probe analyze`'s report.json (its "control", if any, is one more model); interventions: `probe
-    intervene`'s report.json ({"data", "reports": [...]}). Either may be None. Accuracies are in %; values and
-    masses are probabilities; the steering row is at the largest alpha. Raises ValueError when both are None.
+    intervene`'s report.json ({"data", "reports": [...]}). Either may be None: its rows are left out. Accuracies
+    are in %; values and masses are probabilities; the steering row is at the largest alpha. Raises ValueError
+    when both are None.
     """
     if analysis is None and interventions is None:
         raise ValueError("findings need an analysis report, an interventions report, or both")
-    ana = {}
-    if analysis is not None:
-        for rep in (analysis, analysis.get("control")):
-            if rep:
-                ana[checkpoint_name(rep["checkpoint"])] = rep
-    ivs = {checkpoint_name(r["checkpoint"]): r for r in (interventions or {}).get("reports", [])}
+    ana = _columns([r for r in (analysis, (analysis or {}).get("control")) if r])
+    ivs = _columns((interventions or {}).get("reports", []))
     names = list(dict.fromkeys([*ivs, *ana]))
     modes = {n: (ivs.get(n) or ana.get(n))["mode"] for n in names}
     k1, k2 = ks
 
-    rows: list[tuple[str, Callable[[dict | None, dict | None], str], str]] = []
+    # (command, label, cell(analysis of the model, its interventions), paper): a row reads one command's report
+    rows: list[tuple[str, str, Callable[[dict | None, dict | None], str], str]] = []
 
-    def row(label: str, cell: Callable[[dict | None, dict | None], str], paper: str = "") -> None:
-        rows.append((label, cell, paper))
+    def row(command: str, label: str, cell: Callable[[dict | None, dict | None], str], paper: str = "") -> None:
+        rows.append((command, label, cell, paper))
 
     def joined(vals: Sequence[Any], pct: bool = False) -> str:
         return "-" if all(v is None for v in vals) else " / ".join(_num(v, pct) for v in vals)
 
-    def accuracy(a, i):
-        by_k = _get(i, "accuracy_by_k") or _get(a, "accuracy_by_k") or {}
-        ks_sorted = sorted(by_k, key=int)
-        if (i or a or {}).get("mode") == "cot" and len(ks_sorted) == 2:  # answering at once, after its own chain
-            return f"at once: {_num(by_k[ks_sorted[0]], True)} / own chain: {_num(by_k[ks_sorted[1]], True)}"
-        return " / ".join(f"{k}: {_num(by_k[k], True)}" for k in ks_sorted) or "-"
+    def by_k(accuracies: dict | None) -> str:
+        return " / ".join(f"{k}: {_num(accuracies[k], True)}" for k in sorted(accuracies or {}, key=int)) or "-"
 
-    row("accuracy (%) after k thoughts", accuracy, PAPERS["accuracy"])
-    row(f"frontier value mass, k = {k1} / {k2}",
+    def own_accuracy(a, i):  # probe intervene: after 0..k thoughts; a CoT control answering at once or after its chain
+        acc = _get(i, "accuracy_by_k") or {}
+        if _get(i, "mode") == "cot" and len(acc) == 2:
+            first, last = sorted(acc, key=int)
+            return f"at once: {_num(acc[first], True)} / own chain: {_num(acc[last], True)}"
+        return by_k(acc)
+
+    row("analyze", "accuracy (%) after k forced thoughts (a CoT model: k gold steps), `probe analyze`",
+        lambda a, i: by_k(_get(a, "accuracy_by_k")), "" if interventions is not None else PAPERS["accuracy"])
+    row("intervene", "accuracy (%) after k thoughts, `probe intervene`", own_accuracy, PAPERS["accuracy"])
+    row("analyze", f"frontier value mass, k = {k1} / {k2}",
         lambda a, i: joined([_get(a, "frontier_value_mass", str(k)) for k in ks]), PAPERS["mass"])
-    row(f"mean value by group at k = {k1}: " + " / ".join(GROUPS),
+    row("analyze", f"mean value by group at k = {k1}: " + " / ".join(GROUPS),
         lambda a, i: joined([_get(a, "value_by_group", str(k1), g) for g in GROUPS]))
-    row(f"top-1 frontier value, k = {k1} -> {k2}",
+    row("analyze", f"top-1 frontier value, k = {k1} -> {k2}",
         lambda a, i: " -> ".join(_num(_get(a, "parallelism", str(k), "top1")) for k in ks)
         if a else "-", PAPERS["top"])
-    row(f"<thought {k1}, name embedding>: " + " / ".join(GROUPS),
+    row("analyze", f"<thought {k1}, name embedding>: " + " / ".join(GROUPS),
         lambda a, i: joined([_get(a, "inner_product", str(k1), g) for g in GROUPS]), PAPERS["inner"])
-    row(f"share of thought k's NNLS decomposition on frontier_k (R²), k = {k1} / {k2}",
+    row("analyze", f"share of thought k's NNLS decomposition on frontier_k (R²), k = {k1} / {k2}",
         lambda a, i: " / ".join(f"{_num(_get(a, 'superposition', str(k), 'frontier_share'))} "
                                 f"({_num(_get(a, 'superposition', str(k), 'r2'))})" for k in ks) if a else "-")
-    row(f"attention gap, frontier edges minus others (last layer), k = {k1} / {k2}",
+    row("analyze", f"attention gap, frontier edges minus others (last layer), k = {k1} / {k2}",
         lambda a, i: joined([last_layer(g) if (g := _get(a, "attention_frontier_gap", str(k))) else None
                              for k in ks]), PAPERS["attention"])
+
 
     def ablation(site: str, which: str):
         def cell(a, i):
@@ -103,8 +127,8 @@ def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, 
                 f" (unedited {_num(base, True)})"
         return cell
 
-    row("accuracy (%), every thought ablated: mean / another item's", ablation("thought", "all"))
-    row("accuracy (%), thought 1 ablated: mean / another item's", ablation("thought", "1"))
+    row("intervene", "accuracy (%), every thought ablated: mean / another item's", ablation("thought", "all"))
+    row("intervene", "accuracy (%), thought 1 ablated: mean / another item's", ablation("thought", "1"))
 
     def patch(a, i):
         p = next((r for r in _get(i, "patching", "thought") or [] if r["steps"] == "all"), None)
@@ -113,7 +137,7 @@ def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, 
         return (f"{_num(p['names_a_root'], True)} / {_num(p['follows_a'], True)} (unpatched "
                 f"{_num(p['baseline_names_a_root'], True)} / {_num(p['baseline_follows_a'], True)})")
 
-    row("all thoughts patched A -> B (%): B names A's person / A's concept", patch)
+    row("intervene", "all thoughts patched A -> B (%): B names A's person / A's concept", patch)
 
     def patch_one(a, i):
         p = next((r for r in _get(i, "patching", "thought") or [] if r["steps"] == "1"), None)
@@ -122,7 +146,7 @@ def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, 
         return f"{_num(p['a_frontier_mass'])} (unpatched {_num(p['baseline_a_frontier_mass'])}), read at k = " \
                f"{p['values_at']}"
 
-    row("thought 1 patched A -> B: B's value mass on A's frontier", patch_one)
+    row("intervene", "thought 1 patched A -> B: B's value mass on A's frontier", patch_one)
 
     def steer(a, i):
         points = _get(i, "steering", "points") or []
@@ -134,14 +158,15 @@ def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, 
         cells = [f"{d} {_num(at[d]['value'])} / {_num(at[d]['to_option'], True)}%" for d in at]
         return f"alpha {top:g}: " + ", ".join(cells) + (f" (alpha 0: {_num(base['value'])})" if base else "")
 
-    row("steering thought 1 toward v: value(v) / answers naming v's option", steer)
+    row("intervene", "steering thought 1 toward v: value(v) / answers naming v's option", steer)
 
+    given = {"analyze": analysis is not None, "intervene": interventions is not None}
     header = ["finding", *[f"`{n}` ({modes[n]})" for n in names], "papers"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, cell, paper in rows:
-        lines.append("| " + " | ".join([label, *[cell(ana.get(n), ivs.get(n)) for n in names], paper]) + " |")
-    n_items = sorted({r["n"] for r in [*ana.values(), *ivs.values()]})
-    data = (interventions or {}).get("data") or ""
-    lines += ["", f"Items: {' and '.join(map(str, n_items))} of {Path(data).name if data else 'the data'} "
-                  "(`probe analyze` and `probe intervene`); a dash: not measured for that model."]
+    for cmd, label, cell, paper in rows:
+        if given[cmd]:
+            lines.append("| " + " | ".join([label, *[cell(ana.get(n), ivs.get(n)) for n in names], paper]) + " |")
+    counts = ([_items_line("analyze", ana, analysis.get("data"))] if analysis is not None else []) + \
+        ([_items_line("intervene", ivs, interventions.get("data"))] if interventions is not None else [])
+    lines += ["", f"Items: {'; '.join(counts)}. A dash: not measured for that model."]
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from probe.data.counterfactual import counterfactual_pairs
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_pieces
-from probe.data.prosqa import ProsQAItem
+from probe.data.prosqa import ProsQAItem, duplicates
 from probe.data.render import tokenize_item
 from probe.evaluate import MAX_NEW_TOKENS, EvalResult, evaluate
 from probe.frontier import frontier_mass
@@ -51,14 +51,18 @@ def _steps_mask(n: int, k: int, steps: Sequence[int] | None) -> Tensor:
 
 def ablation_edit(thoughts: Tensor, kind: str, steps: Sequence[int] | None = None, *, seed: int = 0,
                   layer: int | None = None, valid: Tensor | None = None, positions: Tensor | None = None,
-                  reference: Tensor | None = None, reference_valid: Tensor | None = None) -> ThoughtEdit:
+                  reference: Tensor | None = None, reference_valid: Tensor | None = None,
+                  groups: Sequence[int] | None = None) -> ThoughtEdit:
     """Replace thoughts [n, k, d] at the given steps (default all) by zero, the data-set mean of that step,
     a random vector with the thought's own norm, or the same step's thought of another item (a derangement).
 
     thoughts are what the edit's site holds (the thoughts fed back, or one layer's residual there);
     valid [n, k] marks the thoughts an item has (default all). reference [m, k, d] (with reference_valid)
     is the data set that the mean and the other items come from, when it is not the edited items
-    themselves; it must not hold them (an 'other' item is then any reference row).
+    themselves; it must not hold them (an 'other' item is then any reference row). groups [n]: the edited items'
+    content groups (`prosqa.duplicates(items).groups`): an 'other' item is never a copy of the item (an item whose
+    cyclic-shift partner is its copy gets a random item of another group instead). Raises InterventionError for an
+    unknown kind, bad steps or reference, or an 'other' ablation without two distinct items.
     """
     if kind not in ABLATIONS:
         raise InterventionError(f"unknown ablation {kind!r}; expected one of {ABLATIONS}")
@@ -84,6 +88,14 @@ def ablation_edit(thoughts: Tensor, kind: str, steps: Sequence[int] | None = Non
             raise InterventionError("the 'other' ablation needs at least two items")
         shift = int(torch.randint(1, n, (1,), generator=g))
         other = (torch.arange(n) + shift) % n  # a cyclic shift: no item keeps its own
+        if groups is not None:  # nor gets a copy of its own
+            content = torch.as_tensor(np.asarray(groups))
+            for b in torch.nonzero(content[other] == content).flatten().tolist():
+                elsewhere = torch.nonzero(content != content[b]).flatten()
+                if not len(elsewhere):
+                    raise InterventionError("the 'other' ablation needs at least two distinct items; these are "
+                                            "copies of one")
+                other[b] = elsewhere[int(torch.randint(len(elsewhere), (1,), generator=g))]
         replace, mask = thoughts[other], mask & valid[other]
     else:
         if len(ref) == 0:
@@ -341,6 +353,7 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
     from probe.values import node_values, read_after
 
     items = list(items)
+    groups = duplicates(items).groups  # another item's thought is never a copy's
     values = values and model.config.stage_spec.markers
     n_layers = architecture(model).n_layers
     base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=s.prompts)
@@ -352,7 +365,8 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
                         all_at=1) if values else None
         if at is not None and at not in base_values:
             base_values[at] = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False).numpy()
-        edit = ablation_edit(s.source, kind, steps, seed=seed, layer=s.layer, valid=s.valid, positions=s.positions)
+        edit = ablation_edit(s.source, kind, steps, seed=seed, layer=s.layer, valid=s.valid, positions=s.positions,
+                             groups=groups)
         name = f"{kind} {'all' if steps is None else steps[0]}"
         out.append(intervene(model, tokenizer, items, edit, k=k, name=name, values_at=at, batch_size=batch_size,
                              prompts=s.prompts, baseline=base, baseline_values=base_values.get(at)))

@@ -358,6 +358,7 @@ class TunedLensFit:
     n_held_out: int
     kl_logit: Tensor  # [layers] mean KL(final || logit lens) on the held-out items' steps (nats)
     kl_tuned: Tensor  # [layers] the same for the tuned lens
+    duplicates_merged: int = 0  # items that were copies of an earlier item, kept on its side of the split
 
 
 def fit_tuned_lens(
@@ -365,22 +366,27 @@ def fit_tuned_lens(
     held_out: float = 0.1, lr: float = 1e-3, batch_size: int = 32, seed: int = 0, progress: bool = True,
 ) -> TunedLensFit:
     """Fit a tuned lens (Belrose et al. 2023) to the model's thoughts: capture every `hook_resid_post` at every
-    step of the items with k thoughts, hold out the first `held_out` fraction of the items (at least one),
-    fit on the rest, and measure both lenses' KL to the final distribution on the held-out ones.
+    step of the items with k thoughts, hold out a `held_out` fraction of the distinct items drawn with `seed` (at
+    least one; `splits.content_holdout`: every copy of a held-out item is held out too), fit on the rest, and
+    measure both lenses' KL to the final distribution on the held-out ones.
 
-    Raises LensError for fewer than two items or a held_out fraction outside (0, 1).
+    Raises LensError for fewer than two distinct items or a held_out fraction outside (0, 1).
     """
     from probe.capture import capture
+    from probe.data.prosqa import duplicates
+    from probe.data.splits import content_holdout
     from probe.model.hook_names import select_hooks
 
+    items = list(items)
     if len(items) < 2:
         raise LensError(f"a tuned lens needs at least two items (one held out), got {len(items)}")
-    if not 0 < held_out < 1:
-        raise LensError(f"held_out must be in (0, 1), got {held_out}")
+    dup = duplicates(items)
+    is_held = content_holdout(dup.groups, held_out, seed, LensError)
     names = select_hooks(architecture(model).n_layers, [f"*{RESID}"])
-    split = max(1, int(len(items) * held_out))
-    held = capture(model, tokenizer, items[:split], k=k, names=names, batch_size=batch_size, progress=progress)
-    train = capture(model, tokenizer, items[split:], k=k, names=names, batch_size=batch_size, progress=progress)
+    held = capture(model, tokenizer, [it for it, h in zip(items, is_held) if h], k=k, names=names,
+                   batch_size=batch_size, progress=progress)
+    train = capture(model, tokenizer, [it for it, h in zip(items, is_held) if not h], k=k, names=names,
+                    batch_size=batch_size, progress=progress)
     lens = TunedLens.for_model(model).fit(train, epochs=epochs, lr=lr, seed=seed, progress=progress)
-    return TunedLensFit(lens, len(items) - split, split, mean_kl_to_final(held, model),
-                        mean_kl_to_final(held, model, lens))
+    return TunedLensFit(lens, int((~is_held).sum()), int(is_held.sum()), mean_kl_to_final(held, model),
+                        mean_kl_to_final(held, model, lens), duplicates_merged=dup.merged)

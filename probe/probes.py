@@ -6,7 +6,8 @@ reachable-within-k membership (classification), the frontier values of `probe an
 depth (regression). Names absent from an item are left out of every score (`present`).
 Control task (Hewitt and Liang 2019): per node name, the labels are reassigned at random among
 the items that have that name, so the control keeps each name's label statistics but not the
-link between an item and its labels; selectivity = score - control score. Splits are by item.
+link between an item and its labels; selectivity = score - control score. Splits are by item content: every copy
+of an item (`prosqa.duplicates`) is in one fold, and a copy gets its original's control labels.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from scipy.stats import spearmanr
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
 from sklearn.metrics import r2_score, roc_auc_score
-from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 
 from probe.artifacts import PROBE_CONFIG, PROBE_WEIGHTS
 from probe.data.graph import ProsQAGraph
 from probe.atomic import atomic_directory, atomic_write_text
-from probe.data.prosqa import ProsQAItem
+from probe.data.prosqa import ProsQAItem, duplicates
+from probe.data.splits import content_folds
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import weights_hash
 
@@ -81,18 +82,22 @@ def probe_targets(
     return Y, present
 
 
-def control_targets(Y: np.ndarray, present: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The control task: per node name, its labels reassigned at random among the items that have it.
+def control_targets(Y: np.ndarray, present: np.ndarray, seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
+    """The control task [n_items, n_names]: per node name, its labels reassigned at random among the items that have it.
 
     Each name keeps its own label distribution (so a probe may still learn base rates), but which
-    item gets which label no longer depends on the item.
+    item gets which label no longer depends on the item. groups [n_items] (`Duplicates.groups`; default: every
+    row its own item): the labels are drawn among distinct items and every copy gets its first copy's control
+    labels, as Hewitt and Liang give each word type one label.
     """
+    groups = np.arange(len(Y)) if groups is None else np.asarray(groups)
+    _, first, back = np.unique(groups, return_index=True, return_inverse=True)
     rng = np.random.default_rng(seed)
-    out = Y.copy()
+    out = Y[first].copy()
     for j in range(Y.shape[1]):
-        rows = np.flatnonzero(present[:, j])
-        out[rows, j] = Y[rng.permutation(rows), j]
-    return out
+        rows = np.flatnonzero(present[first, j])
+        out[rows, j] = Y[first[rng.permutation(rows)], j]
+    return out[back]
 
 
 # ---------------------------------------------------------------------------- the probe
@@ -226,6 +231,7 @@ class ProbeScores:
     control: float  # the same probe on the control task
     spearman: float  # regression only: within-item rank correlation (nan for classification)
     n_items: int
+    duplicates_merged: int = 0  # items that were copies of an earlier item, kept in its fold (prosqa.Duplicates.merged)
 
     @property
     def selectivity(self) -> float:
@@ -235,7 +241,7 @@ class ProbeScores:
         """The report's form: auroc/control_auroc (classification) or r2/control_r2 (regression)."""
         key = "auroc" if self.kind == "classification" else "r2"
         out = {key: self.score, f"{key}_std": self.score_std, f"control_{key}": self.control,
-               "selectivity": self.selectivity, "n_items": self.n_items}
+               "selectivity": self.selectivity, "n_items": self.n_items, "duplicates_merged": self.duplicates_merged}
         if self.kind == "regression":
             out["spearman"] = self.spearman
         return out
@@ -243,15 +249,21 @@ class ProbeScores:
 
 def cross_validate(
     X: np.ndarray, Y: np.ndarray, present: np.ndarray, kind: str, *, k: int = 0, folds: int = 5, seed: int = 0,
-    **probe_kw,
+    groups: np.ndarray | None = None, **probe_kw,
 ) -> ProbeScores:
-    """Fit and score a probe with folds over items, on the task and on its control task."""
+    """Fit and score a probe with folds over items, on the task and on its control task.
+
+    X [n_items, d], Y and present [n_items, n_out]; groups [n_items] the items' content groups
+    (`prosqa.duplicates(items).groups`; default: all distinct): copies of an item share a fold and their control
+    labels. Raises ProbeError for bad shapes or folds outside [2, distinct items].
+    """
     X, Y = _check_xy(X, Y)
-    if folds < 2 or folds > len(X):
-        raise ProbeError(f"folds must be in [2, {len(X)}] for {len(X)} items, got {folds}")
-    Yc = control_targets(Y, present, seed)
+    groups = np.arange(len(X)) if groups is None else np.asarray(groups)
+    if groups.shape != (len(X),):
+        raise ProbeError(f"groups must be [{len(X)}], one per item, got {list(groups.shape)}")
+    Yc = control_targets(Y, present, seed, groups)
     scores, controls, spear = [], [], []
-    for train, test in KFold(folds, shuffle=True, random_state=seed).split(X):
+    for train, test in content_folds(groups, folds, seed, ProbeError):
         for y, out in ((Y, scores), (Yc, controls)):
             p = LinearProbe(kind, **probe_kw).fit(X[train], y[train], present[train])
             s = p.decision_function(X[test])
@@ -259,7 +271,7 @@ def cross_validate(
             if y is Y and kind == "regression":
                 spear.append(mean_spearman(y[test], s, present[test]))
     return ProbeScores(k=k, kind=kind, score=_nanmean(scores), score_std=_nanstd(scores), control=_nanmean(controls),
-                       spearman=_nanmean(spear), n_items=len(X))
+                       spearman=_nanmean(spear), n_items=len(X), duplicates_merged=len(X) - len(np.unique(groups)))
 
 
 # ---------------------------------------------------------------------------- saved probes
@@ -368,8 +380,14 @@ class ProbeReport:
     scores: dict[int, ProbeScores]
     probe: SavedProbe
 
+    @property
+    def duplicates_merged(self) -> int:
+        """Items that were copies of an earlier item, kept in its fold (the same at every k)."""
+        return next(iter(self.scores.values())).duplicates_merged
+
     def as_dict(self) -> dict:
         return {"target": self.target, "hook": self.hook, "kind": self.probe.kind,
+                "duplicates_merged": self.duplicates_merged,
                 "steps": {str(k): s.as_dict() for k, s in self.scores.items()}}
 
 
@@ -384,7 +402,9 @@ def fit_probes(
     model, tokenizer, items: Sequence[ProsQAItem], target: str, *, layer: int = -1, k_max: int | None = None,
     folds: int = 5, seed: int = 0, batch_size: int = 32, progress: bool = True, **probe_kw,
 ) -> ProbeReport:
-    """Capture the layer's residual at every thought, then cross-validate and fit one probe per thought k."""
+    """Capture the layer's residual at every thought, then cross-validate (folds over items by content: copies of an
+    item share a fold) and fit one probe per thought k on every item. Raises ProbeError for a bad target, layer,
+    k_max or folds (more than the distinct items)."""
     from probe.capture import capture
     from probe.values import values_by_k
 
@@ -395,6 +415,7 @@ def fit_probes(
     k_max = model.config.thought_count(k_max, 1, "k_max", ProbeError, "probes need a thought")
     trace = capture(model, tokenizer, items, k=k_max, names=[hook], batch_size=batch_size, progress=progress)
     names = name_vocabulary(items)
+    groups = duplicates(items).groups
     kind = "classification" if target in CLASSIFICATION else "regression"
     scores, coefs, biases = {}, [], []
     values = None
@@ -403,7 +424,7 @@ def fit_probes(
     for k in range(1, k_max + 1):
         Y, present = probe_targets(items, k, target, names=names, values=None if values is None else values[:, k - 1])
         X = activations_at(trace, hook, k)
-        scores[k] = cross_validate(X, Y, present, kind, k=k, folds=folds, seed=seed, **probe_kw)
+        scores[k] = cross_validate(X, Y, present, kind, k=k, folds=folds, seed=seed, groups=groups, **probe_kw)
         p = LinearProbe(kind, **probe_kw).fit(X, Y, present)
         coefs.append(p.coef_)
         biases.append(p.intercept_)
@@ -448,31 +469,39 @@ def fit_halting_probe(
     model, tokenizer, items: Sequence[ProsQAItem], *, layer: int = -1, k_max: int | None = None, folds: int = 5,
     seed: int = 0, batch_size: int = 32, progress: bool = True,
 ) -> tuple[SavedProbe, ProbeScores]:
-    """A probe that reads, after thought k, whether forcing <|end-latent|> now already gives the right answer."""
+    """A probe that reads, after thought k, whether forcing <|end-latent|> now already gives the right answer.
+
+    Cross-validated with min(folds, distinct items) folds over items by content (every thought of an item, and every
+    copy of it, in one fold) against labels shuffled over (item, k) rows. Raises ProbeError for a bad layer or
+    k_max, or fewer than two distinct items."""
     items = list(items)
     hook = resid_hook(model, layer)
     k_max = model.config.thought_count(k_max, 2, "k_max", ProbeError, "a halting probe needs a choice to stop early")
+    dup = duplicates(items)
+    if dup.n_distinct < 2:
+        raise ProbeError(f"a halting probe needs at least two distinct items for its folds, got {len(items)} items "
+                         f"({dup.n_distinct} distinct)")
     feats = _halt_features(model, tokenizer, items, hook, k_max, batch_size, progress)  # [n, K-1, d]
     correct = _correct_by_k(model, tokenizer, items, k_max, batch_size)[:, 1:k_max]  # [n, K-1]
     n, steps, d = feats.shape
     X, y = feats.reshape(n * steps, d), correct.reshape(n * steps, 1).astype(float)
-    # Folds over items: every step of an item on one side.
+    # Folds over items by content: every step of an item, and of its copies, on one side.
     item_of = np.repeat(np.arange(n), steps)
     shuffled = np.random.default_rng(seed).permutation(y[:, 0])[:, None]  # control: labels shuffled over rows
     aucs, ctrl = [], []
-    for train_items, test_items in KFold(min(folds, n), shuffle=True, random_state=seed).split(np.arange(n)):
+    for train_items, test_items in content_folds(dup.groups, min(folds, dup.n_distinct), seed, ProbeError):
         tr, te = np.isin(item_of, train_items), np.isin(item_of, test_items)
         for labels, out in ((y, aucs), (shuffled, ctrl)):
             p = LinearProbe("classification").fit(X[tr], labels[tr])
             out.append(pooled_score("classification", labels[te], p.decision_function(X[te]),
                                     np.ones_like(labels[te], bool)))
     scores = ProbeScores(k=0, kind="classification", score=_nanmean(aucs), score_std=_nanstd(aucs),
-                         control=_nanmean(ctrl), spearman=float("nan"), n_items=n)
+                         control=_nanmean(ctrl), spearman=float("nan"), n_items=n,
+                         duplicates_merged=dup.merged)
     p = LinearProbe("classification").fit(X, y)
     saved = SavedProbe(target="halt", kind="classification", hook=hook, steps=[k_max], names=["correct"],
                        coef=p.coef_[None], intercept=p.intercept_[None], model_hash=weights_hash(model),
-                       metrics={"cv": scores.as_dict(), "k_max": k_max,
-                                                   "positive_rate": float(y.mean())})
+                       metrics={"cv": scores.as_dict(), "k_max": k_max, "positive_rate": float(y.mean())})
     return saved, scores
 
 

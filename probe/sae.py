@@ -347,6 +347,7 @@ class SAETraining:
     rows: ThoughtRows
     n_items: int
     held_out: np.ndarray  # [rows] bool: the row belongs to a held-out item
+    duplicates_merged: int  # items that were copies of an earlier item, kept on its side of the split
     train_metrics: SAEMetrics
     held_out_metrics: SAEMetrics
     features: list[FeatureReport]  # every feature, in feature order
@@ -358,7 +359,9 @@ class SAETraining:
 
     def report(self, top: int = 50) -> dict[str, Any]:
         """Plain data for report.json: the fit, and the `top` best-ranked features."""
+        held_items = np.flatnonzero(self.held_out[::self.rows.k_max]).tolist()
         return {"hook": self.rows.hook, "n_items": self.n_items, "rows": len(self.rows.X),
+                "duplicates_merged": self.duplicates_merged, "held_out_items": held_items,
                 **self.train_metrics.as_dict(), "held_out": self.held_out_metrics.as_dict(),
                 "features": [vars(f) for f in self.ranked[:top]]}
 
@@ -370,22 +373,26 @@ def train_sae(
 ) -> SAETraining:
     """Train a sparse autoencoder on every thought of the items (thought_rows) and read what its features fire for.
 
-    The last `held_out` fraction of the items (every thought of each) is held out of training and measured
-    apart; features are described on all rows (feature_reports, groups of probe.frontier). Raises SAEError
-    for settings the SAE refuses, a held_out fraction outside (0, 1), or too few items to train and hold out.
+    A `held_out` fraction of the distinct items, drawn with `seed` (`splits.content_holdout`: every thought of
+    each, and every copy of it), is held out of training and measured apart; features are described on all rows
+    (feature_reports, groups of probe.frontier). Raises SAEError for settings the SAE refuses, a held_out fraction
+    outside (0, 1), or too few distinct items to train and hold out.
     """
+    from probe.data.prosqa import duplicates
+    from probe.data.splits import content_holdout
     from probe.frontier import GROUPS
 
     if not 0 < held_out < 1:
         raise SAEError(f"held_out must be in (0, 1), got {held_out}")
     items = list(items)
+    dup = duplicates(items)
+    held_items = content_holdout(dup.groups, held_out, seed, SAEError)
     rows = thought_rows(model, tokenizer, items, hook=hook, k_max=k_max, batch_size=batch_size, progress=progress)
-    held = np.arange(len(rows.X)) >= int((1 - held_out) * len(items)) * rows.k_max
-    if held.all() or not held.any():
-        raise SAEError(f"{len(items)} items cannot be split into training and {held_out:.0%} held out")
+    held = np.repeat(held_items, rows.k_max)
     sae = SparseAutoencoder(d_sae=d_sae, k=k, activation=activation, l1_coeff=l1_coeff, epochs=epochs, seed=seed,
                             device=device, progress=progress)
     sae.fit(rows.X[~held])
     feats = feature_reports(sae.encode(rows.X).numpy(), rows.frontier, rows.present, rows.names, rows.groups, GROUPS)
-    return SAETraining(sae=sae, rows=rows, n_items=len(items), held_out=held, train_metrics=sae.metrics(rows.X[~held]),
+    return SAETraining(sae=sae, rows=rows, n_items=len(items), held_out=held, duplicates_merged=dup.merged,
+                       train_metrics=sae.metrics(rows.X[~held]),
                        held_out_metrics=sae.metrics(rows.X[held]), features=feats)

@@ -194,6 +194,7 @@ def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, off
         assert set(rpt["categories"]) == {"0", "1", "2"} and sum(rpt["categories"]["2"].values()) == 6
         assert len(rpt["items"]) == 6 and set(rpt["items"][0]["verbalised"]) == {"0", "1", "2"}
     assert rep["mode"] == "coconut" and rep["control"]["mode"] == "pause_as_thought"
+    assert rep["data"] == str(official_path)  # named, for probe findings
     figures = ("values_by_group", "frontier_mass", "value_by_height", "parallelism", "categories", "verbalised",
                "inner_product", "attention", "attention_gap", "superposition")
     assert sorted(p.name for p in out.iterdir()) == sorted(

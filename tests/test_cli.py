@@ -18,7 +18,18 @@ def test_data_generate_and_stats(tmp_path):
     assert r.exit_code == 0, r.output
     assert len(load_items(out)) == 20
     r = runner.invoke(app, ["data", "stats", str(out)])
-    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 20
+    stats = json.loads(r.stdout)
+    assert r.exit_code == 0 and (stats["n"], stats["distinct_items"], stats["items_with_a_copy"]) == (20, 20, 0)
+    assert "copy" not in r.stderr
+    # Items 0..4 then 0..2 again: 8 items, 5 distinct, 6 of them with a copy; said on stderr, stdout stays JSON.
+    from probe.data.prosqa import save_items
+
+    items = load_items(out)
+    save_items(items[:5] + items[:3], tmp_path / "copies.json")
+    r = runner.invoke(app, ["data", "stats", str(tmp_path / "copies.json")])
+    stats = json.loads(r.stdout)
+    assert r.exit_code == 0 and (stats["n"], stats["distinct_items"], stats["items_with_a_copy"]) == (8, 5, 6)
+    assert "warning: 6 of 8 items have a copy" in r.stderr and "5 are distinct" in r.stderr
 
 
 def test_train_then_eval(tmp_path, official_path):

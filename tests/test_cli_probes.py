@@ -36,6 +36,7 @@ def test_probes_fit_writes_probe_report_and_figure(ckpt, official_path, tmp_path
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["target"] == "reachable" and rep["hook"] == "blocks.0.hook_resid_post" and rep["n_items"] == 15
+    assert rep["duplicates_merged"] == 0 and "note:" not in r.output
     assert set(rep["steps"]) == {"1", "2"}
     for s in rep["steps"].values():
         assert s["selectivity"] == pytest.approx(s["auroc"] - s["control_auroc"])
@@ -47,6 +48,16 @@ def test_probes_fit_writes_probe_report_and_figure(ckpt, official_path, tmp_path
     r = runner.invoke(app, ["probes", "fit", "--ckpt", str(ckpt), "--data", str(official_path), "--target", "height",
                             "--out", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "unknown probe target 'height'" in r.output and not (tmp_path / "bad").exists()
+    # Six items twice (the case, small): the fit says how many copies it kept with their original.
+    from probe.data.prosqa import load_items, save_items
+
+    save_items(load_items(official_path, limit=6) * 2, tmp_path / "twice.json")
+    r = runner.invoke(app, ["probes", "fit", "--ckpt", str(ckpt), "--data", str(tmp_path / "twice.json"),
+                            "--k-max", "1", "--folds", "2", "--out", str(tmp_path / "twice")])
+    assert r.exit_code == 0, r.output
+    assert "note: 6 item(s) are copies of an earlier item" in r.stderr and "(duplicates_merged 6)" in r.stderr
+    rep = json.loads((tmp_path / "twice" / "report.json").read_text())
+    assert rep["duplicates_merged"] == rep["steps"]["1"]["duplicates_merged"] == 6 and rep["n_items"] == 12
 
 
 def test_halting_probe_then_eval_halt(answering_checkpoint, answering, official_path, tmp_path):
@@ -95,13 +106,18 @@ def test_sae_train_writes_saelens_files_and_a_report(ckpt, tmp_path):
     assert rep["hook"] == "ln_final.hook_normalized" and rep["rows"] == 30 * 2
     model, tok = load_checkpoint(ckpt)
     sae = SparseAutoencoder.load(out, model_hash=weights_hash(model))
-    # the report's numbers are the library's on the same rows: the first 27 items trained, the last 3 held out
+    # the report's numbers are the library's on the same rows: 3 of the 30 (distinct) items held out, as
+    # content_holdout draws them with the default seed, the other 27 trained
     from probe.data.generate import generate_items
+    from probe.data.splits import content_holdout
     from probe.frontier import GROUPS
     from probe.sae import feature_reports, thought_rows
 
+    held_items = content_holdout(np.arange(30), 0.1, seed=0)
+    assert rep["held_out_items"] == np.flatnonzero(held_items).tolist() and rep["duplicates_merged"] == 0
     rows = thought_rows(model, tok, generate_items(30, seed=12345), progress=False)
-    train_m, held_m = sae.metrics(rows.X[: 27 * 2]), sae.metrics(rows.X[27 * 2 :])
+    held = np.repeat(held_items, 2)
+    train_m, held_m = sae.metrics(rows.X[~held]), sae.metrics(rows.X[held])
     assert rep["fvu"] == pytest.approx(train_m.fvu) and rep["l0"] == pytest.approx(train_m.l0)
     assert rep["dead_fraction"] == pytest.approx(train_m.dead_fraction)
     assert rep["held_out"]["fvu"] == pytest.approx(held_m.fvu)

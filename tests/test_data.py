@@ -131,3 +131,38 @@ def test_malformed_and_missing_files(tmp_path):
         load_items(path)
     with pytest.raises(DataError, match=r"nothere.json: no such ProsQA data file"):
         load_items(tmp_path / "nothere.json")
+
+
+def test_items_are_identified_by_their_named_graph_and_question():
+    """item_key: the same for another view of an item (facts and options reordered, indices renumbered, another
+    gold path), different for another name, edge or root; duplicates() groups a data set by it."""
+    import random
+
+    from probe.data.prosqa import duplicates, item_key
+
+    base = items_from_json([hand_item()])[0]
+    key = item_key(base)
+    # Facts and options in another order (reshuffled draws until the options are swapped too).
+    view = next(v for v in (base.reshuffled(random.Random(s)) for s in range(20)) if v.options() != base.options())
+    assert view.question != base.question and item_key(view) == key
+    # idx_to_symbol renumbered: every index moves, the named graph is the same.
+    perm = list(reversed(range(len(SYMBOLS))))  # new index of old node i is perm.index(i)
+    new = {old: perm.index(old) for old in range(len(SYMBOLS))}
+    renumbered = items_from_json([hand_item(idx_to_symbol=[SYMBOLS[i] for i in perm],
+                                            edges=[[new[p], new[c]] for p, c in EDGES],
+                                            root=new[0], target=new[5], neg_target=new[8])])[0]
+    assert renumbered.edges != base.edges and item_key(renumbered) == key
+    # The other shortest path (through yumpus) as the gold steps: the same question.
+    other_path = items_from_json([hand_item(steps=["Tom is a yumpus.", "Every yumpus is a zumpus.",
+                                                   "Every zumpus is a lempus."])])[0]
+    assert item_key(other_path) == key
+    # A name changed (gorpus -> jompus, everywhere): another item; so is another edge set or another root.
+    renamed = items_from_json([json.loads(json.dumps(hand_item()).replace("gorpus", "jompus"))])[0]
+    fewer = items_from_json([hand_item(edges=EDGES[:-1] + [[1, 8]],
+                                       question=" ".join(sentence(p, c) for p, c in EDGES[:-1] + [[1, 8]])
+                                       + " Is Tom a lempus or gorpus?")])[0]
+    assert len({key, item_key(renamed), item_key(fewer)}) == 3
+    d = duplicates([base, renamed, view, renumbered, fewer, renamed])
+    assert d.groups.tolist() == [0, 1, 0, 0, 2, 1]
+    assert (d.n_items, d.n_distinct, d.with_copy, d.merged) == (6, 3, 5, 3)
+    assert (duplicates([]).n_distinct, duplicates([]).with_copy) == (0, 0)

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from probe.cli import app
-from probe.findings import findings_markdown
+from probe.findings import PAPERS, findings_markdown
 
 runner = CliRunner()
 GROUPS4 = {"optimal": 0.4, "frontier": 0.2, "reachable": 0.1, "unreachable": 0.05}
@@ -51,9 +51,11 @@ def test_the_table_puts_each_reported_number_in_its_models_column():
     lines = table.splitlines()
     assert lines[0] == ("| finding | `prosqa-coconut` (coconut) | `prosqa-no-thoughts` (no_thoughts) | "
                         "`prosqa-pause` (pause_as_thought) | papers |")
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines[2:] if line.startswith("|")}
-    assert rows["accuracy (%) after k thoughts"][:3] == ["0: 50.0 / 6: 97.5", "0: 61.0",
-                                                          "1: 90.0 / 2: 90.0 / 3: 90.0"]
+    rows = table_rows(table)
+    # Each command's accuracies in their own row: intervene's (40 items) and analyze's (300 items) are not mixed.
+    assert rows["accuracy (%) after k thoughts, `probe intervene`"][:3] == ["0: 50.0 / 6: 97.5", "0: 61.0", "-"]
+    assert rows["accuracy (%) after k forced thoughts (a CoT model: k gold steps), `probe analyze`"][:3] == \
+        ["1: 90.0 / 2: 90.0 / 3: 90.0", "-", "1: 90.0 / 2: 90.0 / 3: 90.0"]
     assert rows["frontier value mass, k = 1 / 2"][:3] == ["0.100 / 0.200", "-", "0.050 / 0.100"]
     assert rows["top-1 frontier value, k = 1 -> 2"][0] == "0.050 -> 0.100"
     assert rows["<thought 1, name embedding>: optimal / frontier / reachable / unreachable"][0] == \
@@ -68,12 +70,55 @@ def test_the_table_puts_each_reported_number_in_its_models_column():
     assert rows["thought 1 patched A -> B: B's value mass on A's frontier"][0] == "0.700 (unpatched 0.100), read at k = 2"
     assert rows["steering thought 1 toward v: value(v) / answers naming v's option"][0] == \
         "alpha 4: unembed 0.600 / 25.0%, random 0.020 / 0.0% (alpha 0: 0.010)"
-    assert "Items: 40 and 300 of prosqa_valid.json" in table
+    assert "Items: `probe analyze` 300 of a data file the report does not name; `probe intervene` 40 of " \
+           "prosqa_valid.json." in table
     with pytest.raises(ValueError, match="need an analysis report"):
         findings_markdown(None, None)
     cot = {"checkpoint": "prosqa-cot", "mode": "cot", "k": 6, "n": 40, "accuracy_by_k": {"0": 0.15, "6": 0.45}}
     row = next(line for line in findings_markdown(None, {"reports": [cot]}).splitlines() if line.startswith("| accuracy"))
     assert "at once: 15.0 / own chain: 45.0" in row
+
+
+def table_rows(table: str) -> dict[str, list[str]]:
+    """Each row's cells after its label, by label."""
+    return {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:] for line in table.splitlines()[2:]
+            if line.startswith("|")}
+
+
+def test_each_count_and_row_is_its_own_commands_and_only_given_commands_appear():
+    """The issue's case: analyze on 300 items, intervene on 40 (sorted, they read the other way round), and only
+    --analysis given (no intervene count, no intervene rows, no papers' figures beside rows that cannot be filled)."""
+    a = {**analysis("prosqa-coconut", "coconut", 1.0), "data": "data/prosqa_valid.json"}
+    iv = {**interventions(), "data": "data/forty.json"}
+    table = findings_markdown(a, iv)
+    assert "Items: `probe analyze` 300 of prosqa_valid.json; `probe intervene` 40 of forty.json." in table
+    alone = findings_markdown(a, None)
+    assert alone.splitlines()[0] == "| finding | `prosqa-coconut` (coconut) | papers |"
+    assert "intervene" not in alone and "ablated" not in alone and "patched" not in alone and "steering" not in alone
+    assert "Items: `probe analyze` 300 of prosqa_valid.json. A dash" in alone
+    rows = table_rows(alone)
+    # With no intervene report, analyze's accuracy row carries the papers' accuracies.
+    assert rows["accuracy (%) after k forced thoughts (a CoT model: k gold steps), `probe analyze`"][-1] == \
+        PAPERS["accuracy"]
+    only_iv = findings_markdown(None, iv)
+    assert "analyze" not in only_iv and "frontier value mass" not in only_iv and "name embedding" not in only_iv
+    assert "Items: `probe intervene` 40 of forty.json. A dash" in only_iv
+    # A CoT model's analyze accuracies after 0 and 1 gold steps are not intervene's "at once / own chain".
+    cot = {**analysis("prosqa-cot", "cot", 1.0), "accuracy_by_k": {"0": 0.2, "1": 0.3}}
+    assert table_rows(findings_markdown(cot, None))[
+        "accuracy (%) after k forced thoughts (a CoT model: k gold steps), `probe analyze`"][0] == "0: 20.0 / 1: 30.0"
+    # Models of one command measured on different numbers of items: each count with its model.
+    iv["reports"][1]["n"] = 30
+    assert "`probe intervene` `prosqa-coconut` 40, `prosqa-no-thoughts` 30 of forty.json." in findings_markdown(None, iv)
+
+
+def test_two_checkpoints_of_one_name_keep_their_own_columns():
+    """runs/a/final (the model) and runs/b/final (its control) share a name: each keeps its column, by path."""
+    a = analysis("final", "coconut", 1.0) | {"checkpoint": "runs/a/final"}
+    a["control"] = analysis("final", "pause_as_thought", 0.5) | {"checkpoint": "runs/b/final"}
+    table = findings_markdown(a, None)
+    assert table.splitlines()[0] == "| finding | `runs/a/final` (coconut) | `runs/b/final` (pause_as_thought) | papers |"
+    assert table_rows(table)["frontier value mass, k = 1 / 2"][:2] == ["0.100 / 0.200", "0.050 / 0.100"]
 
 
 def test_probe_findings_reads_both_directories_and_names_a_bad_one(tmp_path):

@@ -127,3 +127,17 @@ def test_patching_the_last_layer_residual_moves_the_thought_exactly(setup):
     torch.testing.assert_close(got[1], tr.thoughts[1], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="layer 9 is out of range"):
         model.generate(prompts, max_new_tokens=1, edit=ThoughtEdit(add=torch.zeros(2, 3, model.d_model), layer=9))
+
+
+def test_another_items_thought_is_never_a_copy_of_its_own():
+    """Items a, a, b, b, c, c (three items twice): a cyclic shift by one would give each first copy its twin's
+    thought, an ablation that changes nothing. With the content groups, every item gets another item's thought."""
+    t = torch.arange(6, dtype=torch.float).repeat_interleave(2).reshape(6, 1, 2) // 2  # row b holds item b // 2
+    groups = [0, 0, 1, 1, 2, 2]
+    for seed in range(6):  # every shift 1..5 comes up
+        o = ablation_edit(t, "other", seed=seed, groups=groups)
+        assert all(o.replace[b, 0, 0] != b // 2 for b in range(6)), seed
+        plain = ablation_edit(t, "other", seed=seed)
+        torch.testing.assert_close(ablation_edit(t, "other", seed=seed, groups=range(6)).replace, plain.replace)
+    with pytest.raises(InterventionError, match="at least two distinct items"):
+        ablation_edit(t[:2], "other", groups=[0, 0])

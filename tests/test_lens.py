@@ -173,7 +173,12 @@ def test_every_lens_has_one_interface_and_a_saved_config(word_tokenizer, tmp_pat
     h = tr["hook_resid_post", -1]
     torch.testing.assert_close(LogitLens(model)(h, 1), tr.logits.float(), atol=1e-4, rtol=0)
     fit = fit_tuned_lens(model, word_tokenizer, items, k=2, epochs=2, progress=False)
-    assert (fit.n_train, fit.n_held_out) == (11, 1) and fit.kl_tuned.shape == (2,)
+    assert (fit.n_train, fit.n_held_out, fit.duplicates_merged) == (11, 1, 0) and fit.kl_tuned.shape == (2,)
+    # Six items twice: the one distinct item held out is held out with its copy, and nothing of it is trained on.
+    copies = fit_tuned_lens(model, word_tokenizer, items[:6] * 2, k=2, epochs=1, progress=False)
+    assert (copies.n_train, copies.n_held_out, copies.duplicates_merged) == (10, 2, 6)
+    with pytest.raises(LensError, match=r"2 items \(1 distinct\) cannot be split"):
+        fit_tuned_lens(model, word_tokenizer, items[:1] * 2, progress=False)
     torch.testing.assert_close(fit.lens(h, 1), tr.logits.float(), atol=1e-4, rtol=0)  # the last layer is untouched
     assert not torch.allclose(fit.lens(h, 0), LogitLens(model)(h, 0))
     path = fit.lens.save(tmp_path / "lens.safetensors")

@@ -193,3 +193,70 @@ def test_absent_names_are_left_out_of_the_fit_and_the_score():
     np.testing.assert_allclose(masked.intercept_[0], alone.intercept_[0], rtol=1e-6)
     with pytest.raises(ProbeError, match="present must have Y's shape"):
         LinearProbe().fit(X, Y, present[:, :2])
+
+
+def test_copies_of_an_item_share_a_fold_and_their_control_labels():
+    """The issue's leak on planted data: labels that are noise (nothing to learn), 40 items three times over. Folds
+    over rows put copies on both sides and the probe scores what it memorised; folds by content do not."""
+    from sklearn.model_selection import KFold
+
+    from probe.data.splits import content_folds
+
+    rng = np.random.default_rng(0)
+    X1, Y1 = rng.normal(size=(40, 64)), (rng.random((40, 2)) < 0.5).astype(float)
+    X, Y, present = np.tile(X1, (3, 1)), np.tile(Y1, (3, 1)), np.ones((120, 2), bool)
+    groups = np.tile(np.arange(40), 3)
+    leaked = cross_validate(X, Y, present, "classification", folds=5, C=0.1)
+    honest = cross_validate(X, Y, present, "classification", folds=5, groups=groups, C=0.1)
+    assert leaked.score > 0.9 and leaked.duplicates_merged == 0  # what every fit did before
+    assert honest.score < 0.7 and honest.duplicates_merged == 80
+    assert honest.as_dict()["duplicates_merged"] == 80
+    for train, test in content_folds(groups, 5, seed=3):
+        assert not set(groups[train]) & set(groups[test]) and len(train) + len(test) == 120
+    # Without copies the folds are KFold's, so scores of distinct items do not move.
+    for (a_tr, a_te), (b_tr, b_te) in zip(content_folds(np.arange(30), 4, seed=2),
+                                          KFold(4, shuffle=True, random_state=2).split(np.arange(30))):
+        assert a_te.tolist() == b_te.tolist() and a_tr.tolist() == b_tr.tolist()
+    # Control labels are drawn among distinct items: every copy gets its first copy's; distinct items as before.
+    C = control_targets(Y, present, seed=1, groups=groups)
+    np.testing.assert_array_equal(C[:40], C[40:80])
+    np.testing.assert_array_equal(C[:40], C[80:])
+    np.testing.assert_array_equal(control_targets(Y1, present[:40], seed=1, groups=np.arange(40)),
+                                  control_targets(Y1, present[:40], seed=1))
+    with pytest.raises(ProbeError, match=r"folds must be in \[2, 40\] for 120 items \(40 distinct\), got 41"):
+        cross_validate(X, Y, present, "classification", folds=41, groups=groups)
+    with pytest.raises(ProbeError, match=r"groups must be \[120\]"):
+        cross_validate(X, Y, present, "classification", groups=groups[:5])
+
+
+def _spy_folds(monkeypatch) -> list:
+    """Record the folds every fit of probe.probes draws (the real content_folds)."""
+    import probe.probes as probes_module
+
+    seen, real = [], probes_module.content_folds
+
+    def spy(groups, folds, seed=0, error=ValueError):
+        out = real(groups, folds, seed, error)
+        seen.extend(out)
+        return out
+
+    monkeypatch.setattr(probes_module, "content_folds", spy)
+    return seen
+
+
+def test_probes_and_the_halting_probe_keep_an_items_copies_in_one_fold(tiny, answering, official_items, monkeypatch):
+    from probe.data.prosqa import item_key
+
+    seen = _spy_folds(monkeypatch)
+    items = official_items[:5] + official_items[:3]  # 8 items, 5 distinct: 3 copies
+    model, tok = tiny
+    rep = fit_probes(model, tok, items, "frontier", k_max=1, folds=2, progress=False)
+    model, tok = answering
+    halt_items = official_items[:3] * 2  # 6 items, 3 distinct
+    _, scores = fit_halting_probe(model, tok, halt_items, k_max=2, folds=2, progress=False)
+    assert (rep.duplicates_merged, rep.as_dict()["duplicates_merged"], scores.duplicates_merged) == (3, 3, 3)
+    assert len(seen) == 4  # two folds of the frontier probe, two of the halting probe
+    for split, (train, test) in zip([items] * 2 + [halt_items] * 2, seen):
+        assert not {item_key(split[i]) for i in train} & {item_key(split[i]) for i in test}
+    with pytest.raises(ProbeError, match=r"at least two distinct items for its folds, got 3 items \(1 distinct\)"):
+        fit_halting_probe(model, tok, [items[0]] * 3, progress=False)

@@ -162,3 +162,24 @@ def test_features_rank_by_auroc_and_the_split_is_checked():
     for bad in (0.0, 1.0):
         with pytest.raises(SAEError, match=f"held_out must be in \\(0, 1\\), got {bad}"):
             train_sae(None, None, [], held_out=bad)
+
+
+def test_the_held_out_items_have_no_copy_in_training(official_items, word_tokenizer):
+    """Items 0..4 and then 0..4 again: the held-out fifth is one distinct item and both its copies."""
+    from conftest import tiny_base
+    from probe.data.prosqa import item_key
+    from probe.model.coconut import CoconutConfig, CoconutModel
+    from probe.model.tokenizer import special_tokens
+    from probe.sae import train_sae
+
+    sp = special_tokens(word_tokenizer)
+    model = CoconutModel(tiny_base("gpt2", len(word_tokenizer), sp.eos_id), CoconutConfig.from_special(sp))
+    items = official_items[:5] * 2
+    run = train_sae(model, word_tokenizer, items, k_max=2, held_out=0.2, d_sae=8, k=2, epochs=2, progress=False)
+    rep = run.report()
+    held = rep["held_out_items"]
+    assert len(held) == 2 and item_key(items[held[0]]) == item_key(items[held[1]])
+    assert run.held_out.tolist() == [b in held for b in range(10) for _ in range(2)]  # every thought of each
+    assert rep["duplicates_merged"] == run.duplicates_merged == 5
+    with pytest.raises(SAEError, match=r"3 items \(1 distinct\) cannot be split into training and 10% held out"):
+        train_sae(None, None, official_items[:1] * 3)

@@ -228,3 +228,12 @@ def write_html(fig, path: Path) -> None:
         atomic_write_text(script, js)
     with atomic_path(path) as tmp:
         fig.write_html(str(tmp), include_plotlyjs="directory")
+
+
+def note_duplicates(merged: int) -> None:
+    """Say (stderr) how many items a fit merged with an earlier copy of themselves (prosqa.Duplicates.merged);
+    nothing when none."""
+    if merged:
+        typer.secho(f"note: {merged} item(s) are copies of an earlier item (same graph, question and options: "
+                    f"prosqa.item_key); every copy was kept on its original's side of each split "
+                    f"(duplicates_merged {merged})", fg=typer.colors.YELLOW, err=True)

@@ -38,13 +38,19 @@ def data_generate(
 @data_app.command("stats")
 @one_line_errors
 def data_stats(path: Path = typer.Argument(..., help="A ProsQA JSON file.")) -> None:
-    """Validate a ProsQA file and print its statistics."""
+    """Validate a ProsQA file and print its statistics, with its duplicates (items of the same content, item_key)."""
     from probe.data.generate import dataset_stats
-    from probe.data.prosqa import load_items
+    from probe.data.prosqa import duplicates, load_items
 
     items = load_items(path)
     s = dataset_stats(items)
-    typer.echo(json.dumps({"n": len(items), **{k: v for k, v in vars(s).items()}}, indent=1, default=str))
+    dup = duplicates(items)
+    typer.echo(json.dumps({"n": len(items), "distinct_items": dup.n_distinct, "items_with_a_copy": dup.with_copy,
+                           **{k: v for k, v in vars(s).items()}}, indent=1, default=str))
+    if dup.with_copy:
+        typer.secho(f"warning: {dup.with_copy} of {len(items)} items have a copy in {path} (same graph, question and "
+                    f"options); {dup.n_distinct} are distinct. Every fit keeps the copies of an item on one side of "
+                    f"its splits.", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()

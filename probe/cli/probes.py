@@ -24,7 +24,8 @@ app.add_typer(sae_app, name="sae")
 @one_line_errors
 def probes_fit(
     ckpt: Optional[Path] = CKPT_OPTION,
-    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format); folds are over its items."),
+    data: Path = typer.Option(..., "--data", help="ProsQA JSON file (official format); folds are over its items "
+                              "(copies of an item share a fold)."),
     target: str = typer.Option("frontier", "--target", help="frontier, reachable, value or depth."),
     layer: int = typer.Option(-1, "--layer", help="Residual stream after this layer (negative: from the end)."),
     out: Path = typer.Option(..., "--out", help="New directory for the probe, report.json and scores.html."),
@@ -42,6 +43,7 @@ def probes_fit(
     """Cross-validated linear probes (and their control task) for every thought k at one layer."""
     from probe.artifacts import PROBE_CONFIG, REPORT
     from probe.atomic import atomic_directory, atomic_write_text
+    from probe.cli.common import note_duplicates
     from probe.probes import fit_probes
     from probe.viz import probe_scores
 
@@ -67,6 +69,7 @@ def probes_fit(
         extra = f" | control checkpoint {_num(report['control']['steps'][k][key])}" if control is not None else ""
         typer.echo(f"thought {k}: {key} {_num(sc[key])}, control task {_num(sc['control_' + key])}, "
                    f"selectivity {_num(sc['selectivity'])}{extra}")
+    note_duplicates(rep.duplicates_merged)
     typer.echo(f"wrote {out}")
 
 
@@ -89,6 +92,7 @@ def probes_halt(
     """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
     from probe.artifacts import PROBE_CONFIG, REPORT
     from probe.atomic import atomic_directory, atomic_write_text
+    from probe.cli.common import note_duplicates
     from probe.probes import fit_halting_probe
 
     _claim(out, overwrite=overwrite, directory=True, markers=(PROBE_CONFIG, REPORT))
@@ -105,6 +109,7 @@ def probes_halt(
     cv = scores.as_dict()
     typer.echo(f"halting probe on {saved.hook}: cross-validated AUROC {cv['auroc']:.3f} (control {cv['control_auroc']:.3f}), "
                f"right answers among (item, k) pairs {saved.metrics['positive_rate']:.1%}; wrote {out}")
+    note_duplicates(scores.duplicates_merged)
 
 
 @sae_app.command("train")
@@ -129,10 +134,11 @@ def sae_train(
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires.
-    The last 10% of the items are held out."""
+    10% of the distinct items (with every copy of them) are held out."""
     from probe.analyze import finite
     from probe.artifacts import REPORT, SAE_CFG, SAE_WEIGHTS
     from probe.atomic import atomic_directory, atomic_write_text
+    from probe.cli.common import note_duplicates
     from probe.model.identity import weights_hash
     from probe.probes import resid_hook
     from probe.sae import train_sae
@@ -152,6 +158,7 @@ def sae_train(
     m, held = run.train_metrics, run.held_out_metrics
     typer.echo(f"SAE on {run.rows.hook} ({len(run.rows.X)} thoughts of {run.n_items} items): fvu {m.fvu:.3f} "
                f"(held out {held.fvu:.3f}), L0 {m.l0:.1f}, dead {m.dead_fraction:.1%}")
+    note_duplicates(run.duplicates_merged)
     for f in run.ranked[:5]:
         typer.echo(f"  feature {f.feature}: frontier AUROC {f.best_auroc:.3f} for {f.best_name}, fires {f.frequency:.1%}")
     typer.echo(f"wrote {out}")

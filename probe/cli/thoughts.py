@@ -174,7 +174,7 @@ def analyze_cmd(
     if control is not None:
         c_model, c_tok = _load(control, control_base, device, dtype)
         ctrl = analyze(c_model, c_tok, items, k_max=main.k_max, batch_size=batch_size, checkpoint=str(control))
-    report = main.report()
+    report = {"data": str(data), **main.report()}  # the data file, as intervene's report names it (probe findings)
     if ctrl is not None:
         report["control"] = ctrl.report()
     summary = markdown_summary(report, data=data.name)
@@ -232,7 +232,9 @@ def tuned_lens_cmd(
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
-    """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts; 10% of the items are held out."""
+    """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts; 10% of the distinct items (with
+    every copy of them) are held out."""
+    from probe.cli.common import note_duplicates
     from probe.lens import fit_tuned_lens
 
     _claim(out, overwrite=overwrite)
@@ -242,4 +244,5 @@ def tuned_lens_cmd(
     fit.lens.save(out)
     for l, (a, b) in enumerate(zip(fit.kl_logit.tolist(), fit.kl_tuned.tolist())):
         typer.echo(f"layer {l}: held-out KL to the final distribution, logit lens {a:.4f}, tuned lens {b:.4f}")
+    note_duplicates(fit.duplicates_merged)
     typer.echo(f"wrote {out}")

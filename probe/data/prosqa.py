@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import networkx as nx
+import numpy as np
 
 from probe.atomic import atomic_write_text
 
@@ -222,3 +224,54 @@ def persons_and_concepts(items: Sequence[ProsQAItem]) -> tuple[list[str], list[s
         for i, s in enumerate(it.idx_to_symbol):
             (concepts if i in has_parent else persons).add(s)
     return sorted(persons), sorted(concepts)
+
+
+def item_key(item: ProsQAItem) -> str:
+    """The identity of an item's content: a sha256 (hex) of its graph and question, written with node names.
+
+    Hashed: the set of node names, the set of (parent, child) edges by name, the root's name and the two options
+    as an unordered pair. That is the whole question (a validated item's facts are its edges and its query asks
+    about root, target and neg_target), read as a set: the order of the facts and of the two options is a view of
+    the item (`reshuffled`, which Reasoning by Superposition applies every time an item is seen), not another item.
+    Names are content: the model reads them and a probe has one column per name, so the same graph under other
+    names is another item. Their indices are not: renumbering idx_to_symbol changes neither a prompt nor any
+    target. The steps and the answer are left out (the answer follows from the graph; the steps pick one of the
+    shortest paths, and the question stays the same).
+    """
+    name = item.idx_to_symbol
+    content = {"nodes": sorted(name), "edges": sorted([name[p], name[c]] for p, c in item.edges),
+               "root": name[item.root], "options": sorted([name[item.target], name[item.neg_target]])}
+    return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Which items of a data set share their content (`item_key`): copies of one item are one item to every split."""
+
+    groups: np.ndarray  # [n_items] int: the content group of each item, numbered by first appearance (0..n_distinct-1)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.groups)
+
+    @property
+    def n_distinct(self) -> int:
+        return int(self.groups.max()) + 1 if len(self.groups) else 0
+
+    @property
+    def with_copy(self) -> int:
+        """Items whose content some other item of the data set has too (every copy counts, the first one too)."""
+        sizes = np.bincount(self.groups) if len(self.groups) else np.zeros(0, int)
+        return int(sizes[sizes > 1].sum())
+
+    @property
+    def merged(self) -> int:
+        """Items that are a copy of an earlier item (n_items - n_distinct): what a split merges with their original.
+        Fits report it as `duplicates_merged`."""
+        return self.n_items - self.n_distinct
+
+
+def duplicates(items: Sequence[ProsQAItem]) -> Duplicates:
+    """The content groups of a data set's items (equal `item_key`, equal group)."""
+    first: dict[str, int] = {}
+    return Duplicates(np.array([first.setdefault(item_key(it), len(first)) for it in items], dtype=np.int64))
