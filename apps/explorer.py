@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 
 from probe.artifacts import COCONUT_CONFIG, PROBES_DIR, REPORT, SAE_DIR, TUNED_LENS
-from probe.data.prosqa import item_at
+from probe.data.prosqa import item_at, item_key
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
@@ -179,11 +179,14 @@ def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, 
         _, kind, steps, other = spec
         if kind == "other":  # that validation item's thoughts at the same site
             donor = item_at(load_split(str(VALID)), other, VALID.name)
+            if item_key(donor) == item_key(item):
+                raise ValueError(f"validation item {other} is a copy of this item (same graph, question and options); "
+                                 "choose another item for the 'other' ablation")
             o = item_site(ckpt, base, json.dumps(donor.to_json()), layer, k)
             ref, ref_valid = o.source, o.valid
         else:  # the reference items' mean, the edited item left out
             r = reference_site(ckpt, base, layer, k)
-            keep = [b for b, it in enumerate(load_split(str(VALID))[:N_REFERENCE]) if it.question != item.question]
+            keep = [b for b, it in enumerate(load_split(str(VALID))[:N_REFERENCE]) if item_key(it) != item_key(item)]
             ref, ref_valid = r.source[keep], r.valid[keep]
         edit = ablation_edit(s.source, kind, list(steps), layer=layer, valid=s.valid, positions=s.positions,
                              reference=ref, reference_valid=ref_valid)
@@ -411,7 +414,7 @@ def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, mod
         other = 0
         if kind == "other":
             split = load_split(str(VALID))
-            default("iv_other", next(b for b in range(1, len(split)) if split[b].question != item.question))
+            default("iv_other", next(b for b in range(1, len(split)) if item_key(split[b]) != item_key(item)))
             other = int(st.number_input(f"the thoughts of validation item (0..{len(split) - 1})", 0, len(split) - 1,
                                         key="iv_other"))
             donor = item_at(split, other, VALID.name)
