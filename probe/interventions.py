@@ -27,6 +27,7 @@ from probe.evaluate import MAX_NEW_TOKENS, EvalResult, evaluate
 from probe.frontier import frontier_mass
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.hooks import PositionHook
+from probe.model.rows import rows_are
 from probe.model.coconut import FEEDBACK_MODES, CoconutModel, ThoughtEdit
 from probe.probes import LinearProbe, SavedProbe, name_vocabulary, probe_targets
 
@@ -221,7 +222,8 @@ def own_chains(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     model.eval()
     prompts, pos = [], torch.full((len(items), k), -1, dtype=torch.long)
     for i in range(0, len(items), batch_size):
-        gen = model.generate(questions[i : i + batch_size], max_new_tokens=MAX_NEW_TOKENS)
+        with rows_are(range(i, min(i + batch_size, len(items)))):
+            gen = model.generate(questions[i : i + batch_size], max_new_tokens=MAX_NEW_TOKENS)
         for b, (q, new) in enumerate(zip(questions[i : i + batch_size], gen.tokens), start=i):
             cut = next((j for j in range(len(new)) if new[j : j + len(marker)] == marker), len(new))
             prompts.append(q + new[:cut])
@@ -248,7 +250,8 @@ def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int,
         with torch.no_grad():
             for i in range(0, len(items), batch_size):
                 rows = list(range(i, min(i + batch_size, len(items))))
-                source[rows] = _residuals_at(model, [prompts[r] for r in rows], positions[rows], layer % n_layers)
+                with rows_are(rows):
+                    source[rows] = _residuals_at(model, [prompts[r] for r in rows], positions[rows], layer % n_layers)
         return Site(layer, source, valid, positions, prompts)
     if layer is None:
         if cfg.mode in FEEDBACK_MODES:

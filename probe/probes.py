@@ -30,6 +30,7 @@ from probe.artifacts import PROBE_CONFIG, PROBE_WEIGHTS
 from probe.data.graph import ProsQAGraph
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem
+from probe.finite import check_finite_tensors
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import weights_hash
 
@@ -331,6 +332,7 @@ class SavedProbe:
             raise ProbeError(f"{path}: cannot read the probe ({type(e).__name__}: {e})") from None
         if meta.pop("format", None) != PROBE_FORMAT:
             raise ProbeError(f"{meta_file}: not probe format {PROBE_FORMAT}")
+        check_finite_tensors(tensors.items(), str(weights), ProbeError)
         probe = cls(coef=tensors["coef"].astype(np.float64), intercept=tensors["intercept"].astype(np.float64), **meta)
         if probe.coef.shape[:2] != (len(probe.steps), len(probe.names)):
             raise ProbeError(f"{weights}: coef has shape {list(probe.coef.shape)}, expected "

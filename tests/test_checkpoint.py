@@ -79,6 +79,54 @@ def test_tokenizer_larger_than_the_embedding_is_refused(saved):
         load_checkpoint(saved)
 
 
+@pytest.mark.parametrize("values, counts", [([float("nan")] * 3, "3 NaN values"),
+                                            ([float("inf"), -float("inf"), float("nan")], "1 NaN and 2 inf values")])
+def test_weights_holding_nan_or_inf_are_refused_at_load_naming_file_and_tensor(saved, tmp_path, values, counts):
+    """A model whose weights hold NaN used to be refused by check_computation, blaming an embedding scale; every
+    loader (our directory, an official state dict, a base model to train from) now names the file and tensor."""
+    from safetensors.torch import load_file, save_file
+
+    weights = saved / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = sorted(tensors)[len(tensors) // 2]
+    tensors[name].view(-1)[: len(values)] = torch.tensor(values)
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(saved)
+    assert str(e.value) == f"{weights}: tensor {name} holds {counts}; the file is damaged or came from a diverged run"
+    # a base model to train from (probe train's `base`)
+    from probe.train import TrainConfig, build_model
+
+    with pytest.raises(CheckpointError) as e:
+        build_model(TrainConfig(name="x", out_dir=str(tmp_path / "run"), base=str(saved)), [])
+    assert str(e.value) == f"{weights}: tensor {name} holds {counts}; the file is damaged or came from a diverged run"
+    # an official state dict
+    (tmp_path / "official").mkdir()
+    base_dir, ckpt, _ = official_fixture(tmp_path / "official", "gpt2")
+    state = torch.load(ckpt, weights_only=True)
+    key = "base_causallm.transformer.h.1.mlp.c_fc.weight"
+    state[key].view(-1)[: len(values)] = torch.tensor(values)
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(ckpt, base=base_dir)
+    assert str(e.value) == f"{ckpt}: tensor {key} holds {counts}; the file is damaged or came from a diverged run"
+
+
+def test_tokenizer_that_does_not_match_is_refused(saved):
+    meta = json.loads((saved / "coconut.json").read_text())
+    meta["latent_id"] -= 1
+    (saved / "coconut.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"tokenizer latent_id=\d+ but coconut.json says \d+"):
+        load_checkpoint(saved)
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(saved):
+    big = build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES, "extraname", "another"])
+    big.save_pretrained(saved)
+    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ tokens but the model's embedding has \d+ rows"):
+        load_checkpoint(saved)
+
+
 class OfficialCoconut(nn.Module):
     """The attributes of the official wrapper that reach its state dict."""
 

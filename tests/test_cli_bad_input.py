@@ -4,9 +4,11 @@ never a Python traceback, and nothing written."""
 from __future__ import annotations
 
 import pytest
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from probe.cli import app
+from probe.model.checkpoint import DEFAULT_CHECKPOINT
 
 runner = CliRunner()
 
@@ -33,6 +35,11 @@ def bad_cases(tmp_path, official_path):
     broken = tmp_path / "broken-ckpt"
     broken.mkdir()
     (broken / "coconut.json").write_text('{"format_version": 1, "start_id": 1}')
+    nan = _shipped_copy(tmp_path / "nan-weights")
+    (nan / "model.safetensors").unlink()
+    tensors = load_file(str(DEFAULT_CHECKPOINT / "model.safetensors"))
+    tensors["transformer.h.1.mlp.c_fc.weight"].view(-1)[:3] = float("nan")
+    save_file(tensors, str(nan / "model.safetensors"), metadata={"format": "pt"})
     return [
         ("missing data file", {"data": str(tmp_path / "nowhere.json")}, "no such ProsQA data file"),
         ("corrupt data file", {"data": str(corrupt)}, "not a valid JSON file"),
@@ -43,7 +50,21 @@ def bad_cases(tmp_path, official_path):
         ("text that names no device", {"args": ["--device", "foo"]}, "--device foo: not a device name"),
         ("a kind of device we do not run on", {"args": ["--device", "mps"]}, "--device mps: expected cpu, cuda or cuda:N"),
         ("an unknown dtype", {"args": ["--dtype", "float8"]}, "--dtype"),
+        ("a checkpoint whose weights hold NaN", {"args": ["--ckpt", str(nan)]},
+         f"{nan / 'model.safetensors'}: tensor transformer.h.1.mlp.c_fc.weight holds 3 NaN values; the file is damaged "
+         "or came from a diverged run"),
     ]
+
+
+def _shipped_copy(path):
+    """The shipped checkpoint's small files, its weights linked (tests break one file of the copy)."""
+    path.mkdir()
+    for f in DEFAULT_CHECKPOINT.iterdir():
+        if f.name == "model.safetensors":
+            (path / f.name).symlink_to(f)
+        elif f.is_file():
+            (path / f.name).write_bytes(f.read_bytes())
+    return path
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -106,3 +127,4 @@ def test_train_release_and_data_answer_bad_input_in_one_line(tmp_path, official_
         assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (args, r.output[-1500:])
         assert "Traceback" not in r.output and words in lines[-1] and lines[-1].startswith("error: "), (args, lines[-3:])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "good.yaml", "unknown.yaml"]
+

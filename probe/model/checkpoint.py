@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from probe.artifacts import COCONUT_CONFIG, HF_CONFIG, HF_WEIGHTS
 from probe.atomic import atomic_directory
+from probe.finite import check_finite_tensors
 from probe.model.architecture import ArchitectureError
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.identity import pin
@@ -33,6 +34,10 @@ OFFICIAL_PREFIX = "base_causallm."
 # The official wrapper keeps the input embedding as `self.embedding`, so it is saved twice.
 OFFICIAL_ALIASES = ("embedding.weight",)
 
+
+# transformers' weight files, and the indexes that map each tensor to its shard.
+WEIGHT_FILES = (HF_WEIGHTS, "pytorch_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 # The default model ships in the repository, beside the package (an editable install finds it).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "prosqa-coconut"
@@ -164,8 +169,29 @@ def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
         base = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     except (TokenizerError, SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from None
+    check_weights(base, path)
     _check_match(path, base, tok, config)
     return CoconutModel(base, config), tok
+
+
+def weights_file(directory: str | os.PathLike, name: str) -> Path:
+    """The file of a Hugging Face model directory that stores the tensor `name`: its shard (by the index), the one
+    weights file, or the directory itself when neither says."""
+    directory = Path(directory)
+    for index in WEIGHT_INDEXES:
+        try:
+            shard = json.loads((directory / index).read_text()).get("weight_map", {}).get(name)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if shard:
+            return directory / shard
+    return next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), directory)
+
+
+def check_weights(model: PreTrainedModel, directory: str | os.PathLike) -> None:
+    """Refuse a Hugging Face model, loaded from `directory`, whose weights hold NaN or inf (probe.finite, the one
+    check of every loader): CheckpointError naming the file and the first bad tensor."""
+    check_finite_tensors(model.state_dict().items(), lambda name: str(weights_file(directory, name)), CheckpointError)
 
 
 def _check_match(path: Path, base: PreTrainedModel, tok: PreTrainedTokenizerBase, config: CoconutConfig) -> None:
@@ -216,6 +242,7 @@ def load_official(
         raise CheckpointError(f"{path}: not a readable torch.save state dict ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
+    check_finite_tensors(state.items(), str(path), CheckpointError)
     try:
         tok = load_tokenizer(base)
         cfg = AutoConfig.from_pretrained(str(base), local_files_only=True)
