@@ -4,6 +4,7 @@ never a Python traceback, and nothing written."""
 from __future__ import annotations
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -35,11 +36,16 @@ def bad_cases(tmp_path, official_path):
     broken = tmp_path / "broken-ckpt"
     broken.mkdir()
     (broken / "coconut.json").write_text('{"format_version": 1, "start_id": 1}')
-    nan = _shipped_copy(tmp_path / "nan-weights")
+    no_tokenizer, nan = _shipped_copy(tmp_path / "no-tokenizer"), _shipped_copy(tmp_path / "nan-weights")
+    (no_tokenizer / "tokenizer.json").unlink()
     (nan / "model.safetensors").unlink()
     tensors = load_file(str(DEFAULT_CHECKPOINT / "model.safetensors"))
     tensors["transformer.h.1.mlp.c_fc.weight"].view(-1)[:3] = float("nan")
     save_file(tensors, str(nan / "model.safetensors"), metadata={"format": "pt"})
+    pickled, base = tmp_path / "pickled.pt", tmp_path / "base"
+    torch.save({"model": _Pickled()}, pickled)
+    base.mkdir()
+    (base / "config.json").write_text((DEFAULT_CHECKPOINT / "config.json").read_text())
     return [
         ("missing data file", {"data": str(tmp_path / "nowhere.json")}, "no such ProsQA data file"),
         ("corrupt data file", {"data": str(corrupt)}, "not a valid JSON file"),
@@ -50,10 +56,18 @@ def bad_cases(tmp_path, official_path):
         ("text that names no device", {"args": ["--device", "foo"]}, "--device foo: not a device name"),
         ("a kind of device we do not run on", {"args": ["--device", "mps"]}, "--device mps: expected cpu, cuda or cuda:N"),
         ("an unknown dtype", {"args": ["--dtype", "float8"]}, "--dtype"),
+        ("a checkpoint without tokenizer.json", {"args": ["--ckpt", str(no_tokenizer)]},
+         f"{no_tokenizer}: the checkpoint is incomplete: missing tokenizer.json"),
         ("a checkpoint whose weights hold NaN", {"args": ["--ckpt", str(nan)]},
          f"{nan / 'model.safetensors'}: tensor transformer.h.1.mlp.c_fc.weight holds 3 NaN values; the file is damaged "
          "or came from a diverged run"),
+        ("an official file holding a pickled object", {"args": ["--ckpt", str(pickled), "--base", str(base)]},
+         f"{pickled}: holds a pickled Python object (test_cli_bad_input._Pickled), not only tensors"),
     ]
+
+
+class _Pickled:
+    """An object torch.load(weights_only=True) does not unpickle."""
 
 
 def _shipped_copy(path):
