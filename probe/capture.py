@@ -210,7 +210,8 @@ def capture_batch(
                 [len(t.question) - 1] for t in tok_items]
         steps = torch.tensor([[e[min(j, len(e) - 1)] for j in range(k)] for e in ends], dtype=torch.long)
         steps = steps.reshape(len(items), k)
-    model.check_positions([len(p) for p in prompts], f"k={k}")
+    index_list = list(indices) if indices is not None else list(range(len(items)))
+    model.check_positions([len(p) for p in prompts], k if markers else None, index_list)
     p_len = torch.tensor([len(p) for p in prompts])
     width = int(p_len.max())
     positions = torch.cat([steps, (p_len - 1)[:, None]], dim=1)  # [batch, k + 1]
@@ -219,7 +220,6 @@ def capture_batch(
     wanted = (positions + pad[:, None]).to(model.device)
     model.eval()
     recorded = names if markers or FINAL in names else [*names, FINAL]  # a CoT "thought" is read from FINAL
-    index_list = list(indices) if indices is not None else list(range(len(items)))
     with _eager_attention(model, any(n.endswith("hook_pattern") for n in names)), rows_are(index_list):
         with _Recorder(arch, recorded, wanted, width, dtype) as rec:
             out = model(ids, mask, logits_at=wanted)  # the last wanted column is the last column
@@ -436,7 +436,7 @@ def continuation_residuals(
     prompts = [[t for t in trace.prompt_ids[row].tolist() if t >= 0] for row, _, _ in continuations]
     seqs = [p[: int(trace.positions[row, step]) + 1] + list(toks)
             for p, (row, step, toks) in zip(prompts, continuations)]
-    model.check_positions([len(q) for q in seqs], "a name's pieces after a step")
+    model.check_positions([len(q) for q in seqs], None, [int(trace.indices[row]) for row, _, _ in continuations])
     out: list[Tensor] = []
     model.eval()
     arch = architecture(model)

@@ -139,7 +139,7 @@ def evaluate(
             ks.append(thoughts_for(model, it, k, stage))
             prompts.append(render_prompt(tokenize_item(it, tokenizer, cfg.data_format), ks[-1], cfg.stage_spec,
                                          cfg.special))
-    model.check_positions([len(p) for p in prompts], f"k={k}" if k is not None else f"stage {stage}")
+    model.check_positions([len(p) for p in prompts], ks)
     # Batch items of equal thought count and similar length together.
     groups: dict[int, list[int]] = defaultdict(list)
     for i in sorted(range(len(items)), key=lambda i: len(prompts[i])):

@@ -3,6 +3,8 @@ never a Python traceback, and nothing written."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -142,3 +144,65 @@ def test_train_release_and_data_answer_bad_input_in_one_line(tmp_path, official_
         assert "Traceback" not in r.output and words in lines[-1] and lines[-1].startswith("error: "), (args, lines[-3:])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "good.yaml", "unknown.yaml"]
 
+
+@pytest.fixture(scope="module")
+def short_model(tmp_path_factory, official_path, word_tokenizer):
+    """(checkpoint, data directory, long, its prompt's length, limit): a tiny GPT-2 whose position limit is 2 below
+    the prompt of the longest of four validation items (index `long`) with the checkpoint's own 6 thoughts (each
+    other prompt fits), and data files of those four items (four.json), one and two items that fit, and none."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from probe.data.prosqa import load_items
+    from probe.data.render import render_prompt, tokenize_item
+    from probe.model.checkpoint import save_checkpoint
+    from probe.model.coconut import CoconutConfig, CoconutModel
+    from probe.model.tokenizer import special_tokens
+
+    tmp = tmp_path_factory.mktemp("short")
+    raw = json.loads(official_path.read_text())[:4]
+    config = CoconutConfig.from_special(special_tokens(word_tokenizer))
+    lengths = [len(render_prompt(tokenize_item(it, word_tokenizer, "sentences"), 6, config.stage_spec, config.special))
+               for it in load_items(official_path, limit=4)]
+    long = max(range(4), key=lengths.__getitem__)
+    limit = lengths[long] - 2
+    assert sorted(lengths)[-2] <= limit  # only one item is past it
+    torch.manual_seed(0)
+    sp = special_tokens(word_tokenizer)
+    base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=limit, vocab_size=len(word_tokenizer),
+                                      bos_token_id=sp.eos_id, eos_token_id=sp.eos_id, pad_token_id=sp.eos_id))
+    ckpt = save_checkpoint(CoconutModel(base.eval(), config), word_tokenizer, tmp / "ckpt")
+    short = [it for i, it in enumerate(raw) if i != long]
+    for name, data in (("four", raw), ("one", short[:1]), ("two", short[:2]), ("empty", [])):
+        (tmp / f"{name}.json").write_text(json.dumps(data))
+    return ckpt, tmp, long, lengths[long], limit
+
+
+def _one_line(args) -> str:
+    r = runner.invoke(app, args)
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (args, r.output[-1500:])
+    assert "Traceback" not in r.output and lines[-1].startswith("error: "), (args, lines[-3:])
+    return lines[-1]
+
+
+def test_every_command_that_builds_prompts_names_the_item_past_the_position_limit(short_model, tmp_path):
+    """With the checkpoint's own thoughts (no --k) eval said 'stage None' and no item; every command that builds
+    prompts now names the item, its length and the limit, and how many thoughts would fit."""
+    ckpt, data, long, length, limit = short_model
+    four = ["--ckpt", str(ckpt), "--data", str(data / "four.json")]
+    runs = {
+        "eval": ["eval", *four],
+        "decode": ["decode", "--ckpt", str(ckpt), "--data", str(data / "four.json"), "--index", str(long)],
+        "capture": ["capture", *four, "--out", str(tmp_path / "c")],
+        "analyze": ["analyze", *four, "--out", str(tmp_path / "a")],
+        "intervene": ["intervene", *four, "--only", "k,ablate,patch", "--out", str(tmp_path / "i")],
+        "probes fit": ["probes", "fit", *four, "--folds", "2", "--out", str(tmp_path / "p")],
+        "probes halt": ["probes", "halt", *four, "--folds", "2", "--out", str(tmp_path / "h")],
+        "sae train": ["sae", "train", *four, "--out", str(tmp_path / "s")],
+        "tuned-lens": ["tuned-lens", *four, "--out", str(tmp_path / "t.safetensors")],
+    }
+    want = (f"error: item {long}: its prompt with 6 thoughts holds {length} positions, past this model's limit of "
+            f"{limit} (n_positions); at most 4 thoughts fit this item")
+    for name, args in runs.items():
+        assert _one_line(args) == want, name
+    assert list(tmp_path.iterdir()) == []

@@ -27,6 +27,7 @@ from probe.finite import NonFiniteActivation
 from probe.model.architecture import ArchitectureError, find_architecture
 from probe.model.hook_names import FINAL, RESID, act_name, layer_index
 from probe.model.hooks import PositionHook
+from probe.model.rows import RowError
 from probe.model.tokenizer import SpecialTokens
 
 FEEDBACK_MODES = ("coconut",)
@@ -151,6 +152,20 @@ class Generation:
 LOGITS = "logits"  # the point after the unembedding, in NonFiniteActivation's names
 
 
+class PositionError(RowError):
+    """A prompt past the model's position limit (CoconutModel.check_positions), at one row (item)."""
+
+    def __init__(self, row: int, length: int, limit: int, thoughts: int | None, item: int | None = None):
+        fit = None if thoughts is None else thoughts - (length - limit)
+        what = f"with {thoughts} thought{'s' if thoughts != 1 else ''} " if thoughts is not None else ""
+        todo = ("it is too long for this model: leave the item out" if fit is None else
+                f"at most {fit} thought{'s' if fit != 1 else ''} fit this item" if fit >= 0 else
+                "even without thoughts it is too long for this model: leave the item out")
+        super().__init__(row, f"its prompt {what}holds {length} positions, past this model's limit of {limit} "
+                              f"(n_positions); {todo}", item)
+        self.length, self.limit, self.thoughts = length, limit, thoughts
+
+
 class _FiniteWatch:
     """While a run without gradients goes on: for each decoder layer's output (and the first layer's input), which
     columns of each row hold a NaN or inf ([batch, segment] bool per segment, kept on the device: no host sync).
@@ -216,16 +231,24 @@ class CoconutModel(nn.Module):
         (rotary models have no table to run past)."""
         return getattr(self.base.config, "n_positions", None)
 
-    def check_positions(self, lengths: Sequence[int], setting: str = "") -> None:
+    def check_positions(self, lengths: Sequence[int], thoughts: Sequence[int] | int | None = None,
+                        indices: Sequence[int] | None = None) -> None:
         """Refuse prompts past the model's position limit before anything runs.
 
-        lengths: each prompt's length in positions (question, thought markers and thoughts). Raises
-        ValueError naming the setting that made them (e.g. "k=600"), the longest and the limit.
+        lengths: each prompt's length in positions (question, thought markers and thoughts); thoughts: the
+        thoughts each holds (one count for all), None where its length is not set by thoughts (a CoT prompt);
+        indices: each prompt's item index (default: its place in `lengths`; a caller's `rows_are` translates it).
+        Raises PositionError (a ValueError) naming the item of lowest index past the limit, its length, the
+        limit, and what fits: at most so many thoughts, or none (the item is too long for this model).
         """
         limit = self.max_positions
-        if limit is not None and lengths and max(lengths) > limit:
-            raise ValueError(f"{setting + ': ' if setting else ''}the longest prompt holds {max(lengths)} positions, "
-                             f"past this model's limit of {limit} (n_positions)")
+        over = [i for i, n in enumerate(lengths) if limit is not None and n > limit]
+        if not over:
+            return
+        index = list(indices) if indices is not None else list(range(len(lengths)))
+        i = min(over, key=lambda i: index[i])
+        k = thoughts if thoughts is None or isinstance(thoughts, int) else thoughts[i]
+        raise PositionError(i, lengths[i], limit, k, item=index[i])
 
     @property
     def d_model(self) -> int:
@@ -345,7 +368,7 @@ class CoconutModel(nn.Module):
         n_thoughts = is_latent.sum(-1)
         # The loop is planned, and the lengths checked, on the host from one copy of both masks (one sync).
         host_latent, host_mask = torch.stack([is_latent, attention_mask.bool()]).cpu()
-        self.check_positions([int(host_mask.sum(-1).max())] if batch else [])
+        self.check_positions(host_mask.sum(-1).tolist(), host_latent.sum(-1).tolist())
         max_k = int(host_latent.sum(-1).max()) if batch else 0
         thoughts = embeds.new_zeros(batch, max_k, embeds.shape[-1])
         slot_of = is_latent.long().cumsum(-1) - 1  # [batch, seq] index of the thought a latent position holds
