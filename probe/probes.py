@@ -242,14 +242,27 @@ class ProbeScores:
         return out
 
 
+def items_for_folds(folds: int, rows_per_item: int = 1, fewer_folds: bool = False) -> int:
+    """The fewest items n that cross-validation with `folds` folds over items runs on (with fewer_folds, min(folds,
+    n) folds, as the halting probe takes): every fold's probe is fit on the other folds' items (KFold holds out up
+    to ceil(n / folds) of n), at least two rows (a probe's minimum) with `rows_per_item` rows per item."""
+    n = 2 if fewer_folds else max(folds, 2)
+    while (n - -(-n // min(folds, n))) * rows_per_item < 2:
+        n += 1
+    return n
+
+
 def cross_validate(
     X: np.ndarray, Y: np.ndarray, present: np.ndarray, kind: str, *, k: int = 0, folds: int = 5, seed: int = 0,
     **probe_kw,
 ) -> ProbeScores:
     """Fit and score a probe with folds over items, on the task and on its control task."""
     X, Y = _check_xy(X, Y)
-    if folds < 2 or folds > len(X):
-        raise ProbeError(f"folds must be in [2, {len(X)}] for {len(X)} items, got {folds}")
+    if folds < 2:
+        raise ProbeError(f"folds must be at least 2, got {folds}")
+    if len(X) < (need := items_for_folds(folds)):
+        raise ProbeError(f"{len(X)} items are too few for {folds} folds: each fold's probe is fit on the other folds' "
+                         f"items, at least 2 of them (give at least {need} items or fewer folds)")
     Yc = control_targets(Y, present, seed)
     scores, controls, spear = [], [], []
     for train, test in KFold(folds, shuffle=True, random_state=seed).split(X):
@@ -454,6 +467,10 @@ def fit_halting_probe(
     items = list(items)
     hook = resid_hook(model, layer)
     k_max = model.config.thought_count(k_max, 2, "k_max", ProbeError, "a halting probe needs a choice to stop early")
+    if len(items) < (need := items_for_folds(folds, k_max - 1, fewer_folds=True)):
+        raise ProbeError(f"{len(items)} item(s) are too few for the halting probe with k_max={k_max}: its folds over "
+                         f"items leave a fold's probe fewer than 2 rows ({k_max - 1} per item); give at least {need} "
+                         "items")
     feats = _halt_features(model, tokenizer, items, hook, k_max, batch_size, progress)  # [n, K-1, d]
     correct = _correct_by_k(model, tokenizer, items, k_max, batch_size)[:, 1:k_max]  # [n, K-1]
     n, steps, d = feats.shape

@@ -206,3 +206,47 @@ def test_every_command_that_builds_prompts_names_the_item_past_the_position_limi
     for name, args in runs.items():
         assert _one_line(args) == want, name
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_command_says_why_its_data_holds_too_few_items(short_model, tmp_path):
+    """A one-item or empty file: each command runs, or says in one line which data, how many items and why that is
+    too few, before it loads a model where it can ('data stats' refused one item by an internal function's name)."""
+    ckpt, data, *_ = short_model
+    empty, one, two = (str(data / f"{n}.json") for n in ("empty", "one", "two"))
+    out = str(tmp_path / "out")
+    folds = "each fold's probe is fit on the other folds' items, at least 2 of them (give more items or fewer folds)"
+    held = "on some items and checked on others held out (10%, at least one): it needs at least 2"
+    cases = [
+        (["eval", "--data", empty], f"--data {empty}: no items; there is nothing to evaluate"),
+        (["capture", "--data", empty, "--out", out], f"--data {empty}: no items; there is nothing to capture"),
+        (["analyze", "--data", empty, "--out", out], f"--data {empty}: no items; there is nothing to analyze"),
+        (["intervene", "--data", empty, "--out", out], f"--data {empty}: no items; there is nothing to intervene on"),
+        (["data", "stats", empty], f"{empty}: no items; there is nothing to describe"),
+        (["probes", "fit", "--data", one, "--out", out], f"--data {one}: 1 item; --folds 5 needs at least 5: {folds}"),
+        (["probes", "fit", "--data", two, "--folds", "2", "--limit", "2", "--out", out],
+         f"--data {two} --limit 2: 2 items; --folds 2 needs at least 4: {folds}"),
+        (["probes", "halt", "--data", one, "--out", out],
+         f"--data {one}: 1 item; the halting probe is cross-validated with folds over items (one at least held out): "
+         "it needs at least 2"),
+        (["probes", "halt", "--ckpt", str(ckpt), "--data", two, "--k-max", "2", "--out", out],
+         "2 item(s) are too few for the halting probe with k_max=2: its folds over items leave a fold's probe fewer "
+         "than 2 rows (1 per item); give at least 3 items"),
+        (["sae", "train", "--data", one, "--out", out], f"--data {one}: 1 item; an SAE is trained {held}"),
+        (["tuned-lens", "--data", one, "--out", out], f"--data {one}: 1 item; a tuned lens is fit {held}"),
+        (["intervene", "--ckpt", str(ckpt), "--data", one, "--only", "ablate", "--out", out],
+         "1 item: the 'other' ablation gives each item another item's thoughts, so it needs at least 2 items; give "
+         "more, or leave 'other' out (--ablations zero,mean,random)"),
+        (["intervene", "--ckpt", str(ckpt), "--data", two, "--out", out],
+         "steering: the frontier probe fit on these 2 items has no direction for any item's steering target (a parent "
+         "of its wrong option; a probe learns a name's direction only if it is in the frontier at thought 1 in some "
+         "items and out of it in others); give more items, another probe (--probe), or leave steering out "
+         "(--only k,ablate,patch)"),
+    ]
+    for args, want in cases:
+        assert _one_line(args) == f"error: {want}", args
+    assert list(tmp_path.iterdir()) == []
+    # one item is enough for these
+    r = runner.invoke(app, ["data", "stats", one])
+    assert r.exit_code == 0 and json.loads(r.output)["n"] == 1 and json.loads(r.output)["std_nodes"] is None
+    r = runner.invoke(app, ["analyze", "--ckpt", str(ckpt), "--data", one, "--k-max", "1", "--out", out])
+    assert r.exit_code == 0, r.output[-1500:]

@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION, InputError,
-    _int_option, _load, one_line_errors, write_html, _writable_place,
+    app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION, _fail,
+    InputError, _int_option, _load, _need_items, one_line_errors, write_html, _writable_place,
 )
 
 
@@ -41,6 +41,8 @@ def data_stats(path: Path = typer.Argument(..., help="A ProsQA JSON file.")) -> 
     from probe.data.prosqa import load_items
 
     items = load_items(path)
+    if not items:
+        _fail(f"{path}: no items; there is nothing to describe")
     s = dataset_stats(items)
     typer.echo(json.dumps({"n": len(items), **{k: v for k, v in vars(s).items()}}, indent=1, default=str))
 
@@ -137,6 +139,7 @@ def eval_cmd(
 
     _writable_place("--json", json_out)
     items = load_items(data, limit=limit)
+    _need_items(items, 1, data, "there is nothing to evaluate", limit)
     model, tok = _load(ckpt, base, device, dtype)
     if halt is not None:
         from probe.model.identity import weights_hash

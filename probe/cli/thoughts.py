@@ -10,7 +10,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, _item, _items,
-    _layers, _load, _new_out, _num, one_line_errors, write_html, _writable_place,
+    _layers, _load, _need_items, _new_out, _num, one_line_errors, write_html, _writable_place,
 )
 
 
@@ -110,6 +110,7 @@ def capture_cmd(
     rank, size, _ = world()
     device = rank_device(device)
     items = load_items(data, limit=limit)
+    _need_items(items, 1, data, "there is nothing to capture", limit)
     model, tok = _load(ckpt, base, device, dtype)
     names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
     kw = dict(k=k, names=names, dtype=_dtype(store_dtype, "--store-dtype"), batch_size=batch_size, shard_size=shard_size,
@@ -157,6 +158,7 @@ def analyze_cmd(
 
     _new_out(out)
     items = load_items(data, limit=limit)
+    _need_items(items, 1, data, "there is nothing to analyze", limit)
     model, tok = _load(ckpt, base, device, dtype)
     main = analyze(model, tok, items, k_max=k_max, batch_size=batch_size, checkpoint=str(_default_ckpt(ckpt)))
     ctrl = None
@@ -227,6 +229,8 @@ def tuned_lens_cmd(
     from probe.lens import fit_tuned_lens
 
     items = _items(data, n, seed)
+    _need_items(items, 2, data, "a tuned lens is fit on some items and checked on others held out (10%, at least "
+                "one): it needs at least 2")
     model, tok = _load(ckpt, base, device, dtype)
     fit = fit_tuned_lens(model, tok, items, k=k, epochs=epochs)
     fit.lens.save(out)
