@@ -28,6 +28,7 @@ from probe.frontier import (CATEGORIES, GROUPS, AttentionByGroup, GroupMeans, Pa
                             attention_by_group, frontier_mass, group_means, inner_products, node_groups, parallelism,
                             parse_steps, path_category, value_by_height)
 from probe.model.coconut import CoconutModel
+from probe.model.rows import rows_are
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -302,8 +303,9 @@ def analyze(
         if not keep:  # a CoT control whose items all have fewer than k steps
             acc_by_k[k] = float("nan")
             continue
-        res = evaluate(model, tokenizer, [items[i] for i in keep], prompts=[prompts[i] for i in keep],
-                       batch_size=batch_size, progress=False)
+        with rows_are(keep):
+            res = evaluate(model, tokenizer, [items[i] for i in keep], prompts=[prompts[i] for i in keep],
+                           batch_size=batch_size, progress=False)
         acc_by_k[k] = res.accuracy
         for i, r in zip(keep, res.items):
             verbalised[i][k] = _verbalise(items[i], graphs[i], k, r.text, r.correct, cfg.data_format)

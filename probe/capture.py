@@ -28,9 +28,11 @@ from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, step_prompt, tokenize_item
 from probe.evaluate import prediction
+from probe.finite import check_finite_tensors
 from probe.model.architecture import Architecture, find_architecture
 from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_names, layer_index, layer_of, point_of
 from probe.model.hooks import PositionHook
+from probe.model.rows import rows_are
 from probe.model.coconut import CoconutModel
 
 TRACE_FORMAT = 1
@@ -208,7 +210,8 @@ def capture_batch(
                 [len(t.question) - 1] for t in tok_items]
         steps = torch.tensor([[e[min(j, len(e) - 1)] for j in range(k)] for e in ends], dtype=torch.long)
         steps = steps.reshape(len(items), k)
-    model.check_positions([len(p) for p in prompts], f"k={k}")
+    index_list = list(indices) if indices is not None else list(range(len(items)))
+    model.check_positions([len(p) for p in prompts], k if markers else None, index_list)
     p_len = torch.tensor([len(p) for p in prompts])
     width = int(p_len.max())
     positions = torch.cat([steps, (p_len - 1)[:, None]], dim=1)  # [batch, k + 1]
@@ -217,12 +220,13 @@ def capture_batch(
     wanted = (positions + pad[:, None]).to(model.device)
     model.eval()
     recorded = names if markers or FINAL in names else [*names, FINAL]  # a CoT "thought" is read from FINAL
-    with _eager_attention(model, any(n.endswith("hook_pattern") for n in names)):
+    with _eager_attention(model, any(n.endswith("hook_pattern") for n in names)), rows_are(index_list):
         with _Recorder(arch, recorded, wanted, width, dtype) as rec:
             out = model(ids, mask, logits_at=wanted)  # the last wanted column is the last column
     answer_ids = None
     if max_new_tokens > 0:
-        answers = model.continue_greedy(out, mask, max_new_tokens)
+        with rows_are(index_list):
+            answers = model.continue_greedy(out, mask, max_new_tokens)
         n = max(map(len, answers))
         answer_ids = torch.tensor([a + [-1] * (n - len(a)) for a in answers], dtype=torch.long)
     thoughts = out.thoughts[:, :k] if markers else rec.out[FINAL][:, :k]
@@ -243,7 +247,7 @@ def capture_batch(
         node[b, : len(lay.node)] = torch.tensor(lay.node)
     return ThoughtTrace(
         k=k,
-        indices=torch.tensor(list(indices) if indices is not None else range(len(items))),
+        indices=torch.tensor(index_list),
         prompt_ids=torch.tensor([p + [-1] * (width - len(p)) for p in prompts]),
         prompt_len=p_len, question_len=q_len, positions=positions, fact=fact, node=node,
         thoughts=thoughts.to(dtype).cpu(), logits=logits.cpu(),
@@ -302,13 +306,14 @@ def _capture_window(
 def capture(
     model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int | None = None,
     names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, batch_size: int = 32,
-    progress: bool = True, max_new_tokens: int = 0,
+    progress: bool = True, max_new_tokens: int = 0, first_index: int = 0,
 ) -> ThoughtTrace:
-    """Capture a (small) data set in memory; use capture_to_disk for a large one."""
+    """Capture a (small) data set in memory; use capture_to_disk for a large one. first_index: the data-set index
+    of items[0] (trace.indices, and the item an error names)."""
     if not items:
         raise CaptureError("capture needs at least one item")
     with tqdm(total=len(items), desc="capture", unit="item", disable=not progress) as bar:
-        return _capture_window(model, tokenizer, items, 0, bar, batch_size, k=k, names=names, dtype=dtype,
+        return _capture_window(model, tokenizer, items, first_index, bar, batch_size, k=k, names=names, dtype=dtype,
                                max_new_tokens=max_new_tokens)
 
 
@@ -402,6 +407,7 @@ class TraceStore:
                 tensors = {n: f.get_tensor(n) for n in f.keys() if n.startswith("trace.") or keep is None or n in keep}
         except Exception as e:  # safetensors raises its own error types for a corrupt file
             raise CaptureError(f"{file}: cannot read the shard ({type(e).__name__}: {e})") from None
+        check_finite_tensors(tensors.items(), str(file), CaptureError)
         return ThoughtTrace.from_tensors(self.k, tensors)
 
     def __iter__(self) -> Iterator[ThoughtTrace]:
@@ -431,7 +437,7 @@ def continuation_residuals(
     prompts = [[t for t in trace.prompt_ids[row].tolist() if t >= 0] for row, _, _ in continuations]
     seqs = [p[: int(trace.positions[row, step]) + 1] + list(toks)
             for p, (row, step, toks) in zip(prompts, continuations)]
-    model.check_positions([len(q) for q in seqs], "a name's pieces after a step")
+    model.check_positions([len(q) for q in seqs], None, [int(trace.indices[row]) for row, _, _ in continuations])
     out: list[Tensor] = []
     model.eval()
     arch = architecture(model)
@@ -442,7 +448,8 @@ def continuation_residuals(
         # each row's appended tokens sit at its last len(tokens) columns; shorter rows repeat their first one
         wanted = torch.tensor([[width - len(c[2]) + min(j, len(c[2]) - 1) for j in range(n)] for c in conts],
                               device=model.device)
-        with _Recorder(arch, names, wanted, width, torch.float32) as rec:
+        with _Recorder(arch, names, wanted, width, torch.float32) as rec, \
+                rows_are([int(trace.indices[c[0]]) for c in conts]):
             model(ids, mask, logits_at=torch.tensor([width - 1], device=model.device))
         stacked = torch.stack([rec.out[name] for name in names], dim=2).cpu()  # [chunk, n, layers, d]
         out += [stacked[r, : len(c[2])] for r, c in enumerate(conts)]

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, tokenize_item
 from probe.model.coconut import CoconutModel, ThoughtEdit
+from probe.model.rows import rows_are
 
 MAX_NEW_TOKENS = 128  # the official ProsQA setting
 
@@ -138,7 +139,7 @@ def evaluate(
             ks.append(thoughts_for(model, it, k, stage))
             prompts.append(render_prompt(tokenize_item(it, tokenizer, cfg.data_format), ks[-1], cfg.stage_spec,
                                          cfg.special))
-    model.check_positions([len(p) for p in prompts], f"k={k}" if k is not None else f"stage {stage}")
+    model.check_positions([len(p) for p in prompts], ks)
     # Batch items of equal thought count and similar length together.
     groups: dict[int, list[int]] = defaultdict(list)
     for i in sorted(range(len(items)), key=lambda i: len(prompts[i])):
@@ -148,8 +149,9 @@ def evaluate(
     unwritable = _unwritable((n for it in items for n in it.idx_to_symbol), tokenizer)  # each name once, not per item
     model.eval()
     for batch in tqdm(batches, desc="eval", unit="batch", disable=not progress):
-        gen = model.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens,
-                             edit=None if edit is None else edit.rows(batch))
+        with rows_are(batch):
+            gen = model.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+                                 edit=None if edit is None else edit.rows(batch))
         for row, (i, new) in enumerate(zip(batch, gen.tokens)):
             pred = prediction(tokenizer, prompts[i], new)
             results[i] = ItemResult(

@@ -27,6 +27,7 @@ from probe.evaluate import MAX_NEW_TOKENS, EvalResult, evaluate
 from probe.frontier import frontier_mass
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.hooks import PositionHook
+from probe.model.rows import rows_are
 from probe.model.coconut import FEEDBACK_MODES, CoconutModel, ThoughtEdit
 from probe.probes import LinearProbe, SavedProbe, name_vocabulary, probe_targets
 
@@ -233,7 +234,8 @@ def own_chains(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     model.eval()
     prompts, pos = [], torch.full((len(items), k), -1, dtype=torch.long)
     for i in range(0, len(items), batch_size):
-        gen = model.generate(questions[i : i + batch_size], max_new_tokens=MAX_NEW_TOKENS)
+        with rows_are(range(i, min(i + batch_size, len(items)))):
+            gen = model.generate(questions[i : i + batch_size], max_new_tokens=MAX_NEW_TOKENS)
         for b, (q, new) in enumerate(zip(questions[i : i + batch_size], gen.tokens), start=i):
             cut = next((j for j in range(len(new)) if new[j : j + len(marker)] == marker), len(new))
             prompts.append(q + new[:cut])
@@ -260,7 +262,8 @@ def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int,
         with torch.no_grad():
             for i in range(0, len(items), batch_size):
                 rows = list(range(i, min(i + batch_size, len(items))))
-                source[rows] = _residuals_at(model, [prompts[r] for r in rows], positions[rows], layer % n_layers)
+                with rows_are(rows):
+                    source[rows] = _residuals_at(model, [prompts[r] for r in rows], positions[rows], layer % n_layers)
         return Site(layer, source, valid, positions, prompts)
     if layer is None:
         if cfg.mode in FEEDBACK_MODES:
@@ -479,6 +482,29 @@ def steering_directions(model: CoconutModel, tokenizer, items: Sequence[ProsQAIt
     return {"probe": unit(probe_dirs), "unembed": unembed, "random": unit(rnd)}, has
 
 
+def _no_steering_direction(n: int, step: int, saved: bool = False) -> InterventionError:
+    """The one message for steering without any item's direction (steer_runs; run_interventions checks first)."""
+    whose = "the saved probe" if saved else f"the frontier probe fit on {'this item' if n == 1 else f'these {n} items'}"
+    return InterventionError(f"steering: {whose} has no direction for any item's steering target (a parent of its "
+                             f"wrong option; a probe learns a name's direction only if it is in the frontier at "
+                             f"thought {step} in some items and out of it in others); give more items, another probe "
+                             "(--probe), or leave steering out (--only k,ablate,patch)")
+
+
+def _steerable(items: Sequence[ProsQAItem], step: int) -> bool:
+    """Whether a frontier probe fit on the items could learn a direction for some item's steering target: its name
+    in the frontier at thought `step` in some items that have it and out of it in others (from the graphs alone)."""
+    vocab = name_vocabulary(items)
+    Y, present = probe_targets(items, step, "frontier", names=vocab)
+    col = {n: j for j, n in enumerate(vocab)}
+    for it in items:
+        j = col[it.name(steer_target(it))]
+        labels = Y[present[:, j], j] > 0.5
+        if labels.any() and not labels.all():
+            return True
+    return False
+
+
 def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int, step: int = 1, layer: int = -1,
                alphas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), probe: SavedProbe | None = None,
                batch_size: int = 32, seed: int = 0, progress: bool = True) -> list[SteerPoint]:
@@ -495,7 +521,7 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     dirs, has = steering_directions(model, tokenizer, items, s=s, step=step, probe=probe, seed=seed)
     keep = torch.nonzero(has & s.valid[:, step - 1]).flatten().tolist()
     if not keep:
-        raise InterventionError("the probe has a direction for no item's steering target")
+        raise _no_steering_direction(len(items), step, saved=probe is not None)
     items = [items[i] for i in keep]
     prompts = None if s.prompts is None else [s.prompts[i] for i in keep]
     positions = None if s.positions is None else s.positions[keep]
@@ -602,6 +628,11 @@ def run_interventions(
             layer_index(layer, n_layers, InterventionError)
     if unknown := sorted(set(parts) - set(PARTS)):
         raise InterventionError(f"unknown part(s) {unknown}; expected some of {', '.join(PARTS)}")
+    if len(items) < 2 and "ablate" in parts and "other" in kinds and sites:
+        raise InterventionError("1 item: the 'other' ablation gives each item another item's thoughts, so it needs "
+                                "at least 2 items; give more, or leave 'other' out (--ablations zero,mean,random)")
+    if "steer" in parts and probe is None and not _steerable(items, steer_step):
+        raise _no_steering_direction(len(items), steer_step)  # before any run, not after the others
     skipped = []
     ablations, patching = {}, {}
     for layer in sites if {"ablate", "patch"} & set(parts) else ():

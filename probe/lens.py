@@ -29,6 +29,7 @@ from probe.capture import ThoughtTrace, TraceStore, architecture
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_pieces
 from probe.data.prosqa import ProsQAItem
+from probe.finite import NonFiniteActivation, check_finite_tensors
 from probe.model.coconut import CoconutModel
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import readout_hash
@@ -171,6 +172,8 @@ class TunedLens(Lens):
         finally:
             for p, w in zip(frozen, was):
                 p.requires_grad_(w)
+        check_finite_tensors(self.translators.named_parameters(), "the tuned lens being fit", LensError,
+                             advice="its training diverged (try a lower learning rate); nothing is written")
         return self
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -195,6 +198,7 @@ class TunedLens(Lens):
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # safetensors raises its own error types for a corrupt file
             raise LensError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+        check_finite_tensors(tensors.items(), str(path), LensError)
         try:
             lens = cls(model, TunedLensConfig.from_header(meta, str(path)))
         except LensError as e:
@@ -266,11 +270,21 @@ def lens_logits(trace: ThoughtTrace, model: CoconutModel, layers: Sequence[int] 
                 lens: Lens | None = None) -> Tensor:
     """[batch, k + 1, len(layers), vocab] logits of a lens (default: the logit lens) at each step and layer.
 
-    Raises LensError for a lens bound to another model."""
+    Raises LensError for a lens bound to another model, NonFiniteActivation (naming the item, the step and the
+    layer) for a reading that holds NaN or inf."""
     lens = _lens_for(model, lens)
     layers = list(range(trace.n_layers)) if layers is None else list(layers)
     with torch.no_grad():
-        return torch.stack([lens(trace[act_name(RESID, l)], l) for l in layers], dim=2)
+        logits = torch.stack([lens(trace[act_name(RESID, l)], l) for l in layers], dim=2)
+    bad = ~torch.isfinite(logits).all(-1)  # [batch, steps, layers]
+    if bool(bad.any()):
+        b, s, j = (int(x) for x in torch.nonzero(bad)[0])
+        advice = ("its translators overflow on this residual: refit it (probe tuned-lens)" if lens.name == "tuned" else
+                  "the model's final norm and unembedding overflow on this residual")
+        raise NonFiniteActivation(b, f"thought {s + 1}" if s < trace.k else "the first answer position",
+                                  f"the {lens.name} lens's reading of layer {layers[j]}", advice,
+                                  item=int(trace.indices[b]))
+    return logits
 
 
 def _lens_for(model: CoconutModel, lens: Lens | None) -> Lens:

@@ -31,6 +31,7 @@ from probe.data.graph import ProsQAGraph
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem, duplicates
 from probe.data.splits import content_folds
+from probe.finite import check_finite_tensors
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import weights_hash
 
@@ -247,6 +248,16 @@ class ProbeScores:
         return out
 
 
+def items_for_folds(folds: int, rows_per_item: int = 1, fewer_folds: bool = False) -> int:
+    """The fewest items n that cross-validation with `folds` folds over items runs on (with fewer_folds, min(folds,
+    n) folds, as the halting probe takes): every fold's probe is fit on the other folds' items (KFold holds out up
+    to ceil(n / folds) of n), at least two rows (a probe's minimum) with `rows_per_item` rows per item."""
+    n = 2 if fewer_folds else max(folds, 2)
+    while (n - -(-n // min(folds, n))) * rows_per_item < 2:
+        n += 1
+    return n
+
+
 def cross_validate(
     X: np.ndarray, Y: np.ndarray, present: np.ndarray, kind: str, *, k: int = 0, folds: int = 5, seed: int = 0,
     groups: np.ndarray | None = None, **probe_kw,
@@ -261,6 +272,11 @@ def cross_validate(
     groups = np.arange(len(X)) if groups is None else np.asarray(groups)
     if groups.shape != (len(X),):
         raise ProbeError(f"groups must be [{len(X)}], one per item, got {list(groups.shape)}")
+    if folds < 2:
+        raise ProbeError(f"folds must be at least 2, got {folds}")
+    if len(X) < (need := items_for_folds(folds)):
+        raise ProbeError(f"{len(X)} items are too few for {folds} folds: each fold's probe is fit on the other folds' "
+                         f"items, at least 2 of them (give at least {need} items or fewer folds)")
     Yc = control_targets(Y, present, seed, groups)
     scores, controls, spear = [], [], []
     for train, test in content_folds(groups, folds, seed, ProbeError):
@@ -343,6 +359,7 @@ class SavedProbe:
             raise ProbeError(f"{path}: cannot read the probe ({type(e).__name__}: {e})") from None
         if meta.pop("format", None) != PROBE_FORMAT:
             raise ProbeError(f"{meta_file}: not probe format {PROBE_FORMAT}")
+        check_finite_tensors(tensors.items(), str(weights), ProbeError)
         probe = cls(coef=tensors["coef"].astype(np.float64), intercept=tensors["intercept"].astype(np.float64), **meta)
         if probe.coef.shape[:2] != (len(probe.steps), len(probe.names)):
             raise ProbeError(f"{weights}: coef has shape {list(probe.coef.shape)}, expected "
@@ -477,6 +494,10 @@ def fit_halting_probe(
     items = list(items)
     hook = resid_hook(model, layer)
     k_max = model.config.thought_count(k_max, 2, "k_max", ProbeError, "a halting probe needs a choice to stop early")
+    if len(items) < (need := items_for_folds(folds, k_max - 1, fewer_folds=True)):
+        raise ProbeError(f"{len(items)} item(s) are too few for the halting probe with k_max={k_max}: its folds over "
+                         f"items leave a fold's probe fewer than 2 rows ({k_max - 1} per item); give at least {need} "
+                         "items")
     dup = duplicates(items)
     if dup.n_distinct < 2:
         raise ProbeError(f"a halting probe needs at least two distinct items for its folds, got {len(items)} items "

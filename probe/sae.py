@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from probe.artifacts import SAE_CFG, SAE_EXTRA, SAE_WEIGHTS
 from probe.atomic import atomic_directory, atomic_write_text
+from probe.finite import check_finite_tensors
 
 SAE_LENS_VERSION = "6.5.0"  # the SAELens file format these files follow
 ACTIVATIONS = ("topk", "relu")
@@ -96,6 +97,9 @@ class SparseAutoencoder:
         params = {k: v.to(self.device).requires_grad_(True) for k, v in params.items()}
         opt = torch.optim.Adam(params.values(), lr=self.lr)
         var = (X - X.mean(0)).pow(2).sum(-1).mean()
+        if not var > 0:
+            raise SAEError(f"the {n} activation rows are all equal (variance 0): an SAE has nothing to reconstruct; "
+                           "train it on more items")
         bar = tqdm(range(self.epochs), desc="sae", unit="epoch", disable=not self.progress)
         for _ in bar:
             perm = torch.randperm(n, generator=g).to(self.device)
@@ -114,6 +118,8 @@ class SparseAutoencoder:
                     params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
                 total += float(loss.detach()) * len(x)
             bar.set_postfix(loss=f"{total / n:.4f}")
+        check_finite_tensors(params.items(), "the SAE being trained", SAEError,
+                             advice="its training diverged (try a lower learning rate); nothing is written")
         for k, v in params.items():
             setattr(self, f"{k}_", v.detach().cpu())
         return self
@@ -214,6 +220,7 @@ class SparseAutoencoder:
         missing = sorted({"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors))
         if missing:
             raise SAEError(f"{weights}: missing tensor(s) {missing}")
+        check_finite_tensors(tensors.items(), str(weights), SAEError)
         d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
         shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
         for name, shape in shapes.items():

@@ -41,7 +41,7 @@ from probe.distributed import process_group, rank_device, rank_slice, world
 from probe.analyze import search_summary
 from probe.evaluate import evaluate
 from probe.model.architecture import find_architecture
-from probe.model.checkpoint import load_checkpoint
+from probe.model.checkpoint import check_weights, load_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.placement import parse_device
 from probe.model.tokenizer import add_latent_tokens, build_word_tokenizer, load_tokenizer
@@ -124,6 +124,7 @@ def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel,
     special = add_latent_tokens(tok)
     if cfg.base:
         base = AutoModelForCausalLM.from_pretrained(cfg.base, local_files_only=True)
+        check_weights(base, cfg.base)
         old = base.get_input_embeddings().num_embeddings
         base.resize_token_embeddings(len(tok))
         emb = base.get_input_embeddings().weight.data

@@ -28,6 +28,7 @@ from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, step_prefix, step_prompt, tokenize_item
 from probe.model.coconut import CoconutConfig, CoconutModel, ThoughtEdit
 from probe.model.hook_names import layer_index
+from probe.model.rows import rows_are
 
 Readout = Literal["language", "emitted"]
 
@@ -63,7 +64,8 @@ def emitted_values(
                    for it in chunk]
         ids, mask = model.left_padded(prompts)
         rows_edit = None if edit is None else edit.rows(list(range(i, i + len(chunk))))
-        res = model(ids, mask, edit=rows_edit, logits_at=torch.tensor([ids.shape[1] - 1]))
+        with rows_are(range(i, i + len(chunk))):
+            res = model(ids, mask, edit=rows_edit, logits_at=torch.tensor([ids.shape[1] - 1]))
         names = [name_tokens(it, tokenizer, cfg.data_format) for it in chunk]
         vals = values_from_logits(model.unembed(res.thoughts[:, :k]), names)
         out[i : i + len(chunk), :, : vals.shape[-1]] = vals
@@ -161,7 +163,8 @@ def node_values(
         width = ids.shape[1]
         rows_edit = None if edit is None else edit.rows([s[0] for s in chunk])
         tail = max([1] + [len(s[3]) - 1 for s in chunk if s[3] is not None])  # columns any read needs
-        logp = model(ids, mask, edit=rows_edit, logits_at=torch.arange(width - tail, width)).logits
+        with rows_are([s[0] for s in chunk]):
+            logp = model(ids, mask, edit=rows_edit, logits_at=torch.arange(width - tail, width)).logits
         logp = logp.float().log_softmax(-1).cpu()  # [chunk, tail, vocab]: the last `tail` columns
         for row, (b, v, _, name) in enumerate(chunk):
             if v < 0:  # the first piece of every name, read at the prompt's last position

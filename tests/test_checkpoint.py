@@ -56,12 +56,77 @@ def saved(tmp_path, tiny_model, word_tokenizer) -> Path:
 def test_missing_and_corrupt_checkpoints(tmp_path, saved):
     with pytest.raises(CheckpointError, match=r"nowhere: no such checkpoint"):
         load_checkpoint(tmp_path / "nowhere")
-    (saved / "model.safetensors").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(CheckpointError, match=r"ckpt: cannot load the model"):
-        load_checkpoint(saved)
+    weights = saved / "model.safetensors"
+    whole = weights.read_bytes()
+    for damaged, why in ((whole[: len(whole) // 2], "incomplete metadata, file not fully covered"),
+                         (b"\x00garbage" * 10, "header too large")):
+        weights.write_bytes(damaged)
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(saved)
+        assert str(e.value) == (f"{weights}: not a readable safetensors file (Error while deserializing header: "
+                                f"{why}); the file is damaged or truncated: copy the checkpoint again")
     (saved / "coconut.json").unlink()
-    with pytest.raises(CheckpointError, match=r"ckpt: not a coconut-probe checkpoint \(no coconut.json\)"):
+    with pytest.raises(CheckpointError, match=r"ckpt: not a coconut-probe checkpoint \(no coconut.json\); --ckpt "
+                                              r"takes a directory that `probe train` or `probe release` wrote"):
         load_checkpoint(saved)
+
+
+def test_each_missing_or_unreadable_file_of_a_checkpoint_is_named(saved):
+    """Without tokenizer.json transformers asked for sentencepiece; without tokenizer_config.json it silently built a
+    GPT-2 tokenizer that mis-tokenised every prompt (accuracy 0 on the shipped model); a damaged JSON file was
+    reported as the tokenizer's. Each is now named, with what to do."""
+    holds = "coconut.json, config.json, model.safetensors, tokenizer.json, tokenizer_config.json"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        kept = (saved / name).read_bytes()
+        (saved / name).unlink()
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(saved)
+        assert str(e.value) == (f"{saved}: the checkpoint is incomplete: missing {name} (a checkpoint holds {holds}); "
+                                "copy the whole directory again"), name
+        (saved / name).write_bytes(kept)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        kept = (saved / name).read_bytes()
+        (saved / name).write_text('{"vocab_size": 70,')
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(saved)
+        assert str(e.value) == (f"{saved / name}: not valid JSON (Expecting property name enclosed in double quotes: "
+                                "line 1 column 19 (char 18)); the file is damaged: copy it again from where it came "
+                                "from"), name
+        (saved / name).write_bytes(kept)
+    load_checkpoint(saved)  # whole again
+
+
+@pytest.mark.parametrize("values, counts", [([float("nan")] * 3, "3 NaN values"),
+                                            ([float("inf"), -float("inf"), float("nan")], "1 NaN and 2 inf values")])
+def test_weights_holding_nan_or_inf_are_refused_at_load_naming_file_and_tensor(saved, tmp_path, values, counts):
+    """A model whose weights hold NaN used to be refused by check_computation, blaming an embedding scale; every
+    loader (our directory, an official state dict, a base model to train from) now names the file and tensor."""
+    from safetensors.torch import load_file, save_file
+
+    weights = saved / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = sorted(tensors)[len(tensors) // 2]
+    tensors[name].view(-1)[: len(values)] = torch.tensor(values)
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(saved)
+    assert str(e.value) == f"{weights}: tensor {name} holds {counts}; the file is damaged or came from a diverged run"
+    # a base model to train from (probe train's `base`)
+    from probe.train import TrainConfig, build_model
+
+    with pytest.raises(CheckpointError) as e:
+        build_model(TrainConfig(name="x", out_dir=str(tmp_path / "run"), base=str(saved)), [])
+    assert str(e.value) == f"{weights}: tensor {name} holds {counts}; the file is damaged or came from a diverged run"
+    # an official state dict
+    (tmp_path / "official").mkdir()
+    base_dir, ckpt, _ = official_fixture(tmp_path / "official", "gpt2")
+    state = torch.load(ckpt, weights_only=True)
+    key = "base_causallm.transformer.h.1.mlp.c_fc.weight"
+    state[key].view(-1)[: len(values)] = torch.tensor(values)
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(ckpt, base=base_dir)
+    assert str(e.value) == f"{ckpt}: tensor {key} holds {counts}; the file is damaged or came from a diverged run"
 
 
 def test_tokenizer_that_does_not_match_is_refused(saved):
@@ -183,3 +248,77 @@ def test_official_loader_checks(tmp_path, saved):
     # --base with one of our directories
     with pytest.raises(CheckpointError, match=r"a base model directory \(--base\) is only for official checkpoint files"):
         load_checkpoint(saved, base=base_dir)
+
+
+class Pickled:
+    """Not a tensor: torch.load(weights_only=True) refuses to unpickle it."""
+
+
+def test_an_official_file_that_is_not_a_state_dict_says_what_it_holds_and_what_to_do(tmp_path):
+    """torch's own message advised `weights_only=False`, which no option of ours passes; each kind of file is now
+    named for what it holds, with the file to pass instead."""
+    import zipfile
+
+    base_dir, ckpt, model = official_fixture(tmp_path, "gpt2")
+    state = torch.load(ckpt, weights_only=True)
+    save = "torch.save(model.state_dict(), FILE)"
+    f = tmp_path / "other.pt"
+
+    def refused(write) -> str:
+        write(f)
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(f, base=base_dir)
+        return str(e.value)
+
+    assert refused(lambda p: torch.save({"weights": Pickled()}, p)) == (
+        f"{f}: holds a pickled Python object (test_checkpoint.Pickled), not only tensors, and unpickling it could run "
+        f"any code; save the model's state dict alone ({save}) and pass that file")
+    assert refused(lambda p: torch.save(model, p)).startswith(
+        f"{f}: holds a pickled Python object (transformers.models.gpt2.modeling_gpt2.GPT2LMHeadModel), not only "
+        "tensors")
+    assert refused(lambda p: torch.save({"names": {"a", "b"}}, p)) == (
+        f"{f}: expected a state dict of tensors, but entry 'names' is a set; pass the file that {save} wrote")
+
+    def other_zip(p):
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("notes.txt", "hello")
+
+    assert refused(other_zip).startswith(f"{f}: a zip archive, but not one torch.save wrote (")
+    assert refused(other_zip).endswith(f"); pass the file that {save} wrote")
+    assert refused(lambda p: p.write_bytes(ckpt.read_bytes()[:5000])).endswith(
+        "; the file is damaged or truncated: copy it again")
+    assert refused(lambda p: p.write_bytes(b"")) == f"{f}: empty file; pass the file that {save} wrote"
+    assert refused(lambda p: p.write_bytes(b"not a torch file")) == (
+        f"{f}: not a readable torch.save state dict (not a file torch.save wrote); pass the file that {save} wrote")
+    assert refused(lambda p: torch.save(torch.zeros(3), p)) == (
+        f"{f}: expected a state dict of tensors (a dict from names to tensors), found a Tensor; pass the file that "
+        f"{save} wrote")
+    assert refused(lambda p: torch.save({}, p)) == (
+        f"{f}: expected a state dict of tensors, found an empty dict; pass the file that {save} wrote")
+    assert refused(lambda p: torch.save({"state_dict": state, "epoch": 3}, p)) == (
+        f"{f}: expected a state dict of tensors, found a dict whose 'state_dict' entry holds the tensors (a training "
+        "checkpoint?); save that entry alone (torch.save(checkpoint['state_dict'], FILE)) and pass that file")
+    torch.save(state, f)
+    load_checkpoint(f, base=base_dir)  # the entry alone loads
+
+
+def test_a_base_directory_without_its_tokenizer_is_named_with_what_to_do(tmp_path):
+    """--base without tokenizer.json asked for sentencepiece; without any tokenizer file transformers built a 4-token
+    tokenizer and the state dict was blamed for its shapes; without tokenizer_config.json a wrong tokenizer loaded."""
+    base_dir, ckpt, _ = official_fixture(tmp_path, "gpt2")
+    files = {name: (base_dir / name).read_bytes() for name in ("tokenizer.json", "tokenizer_config.json")}
+    saved = "transformers' save_pretrained writes tokenizer.json and tokenizer_config.json"
+    for gone, missing in ((["tokenizer.json"], "tokenizer.json"), (["tokenizer_config.json"], "tokenizer_config.json"),
+                          (list(files), "tokenizer_config.json and no tokenizer.json")):
+        for name in gone:
+            (base_dir / name).unlink()
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(ckpt, base=base_dir)
+        assert str(e.value) == (f"--base {base_dir}: the tokenizer is incomplete: no {missing} ({saved}); copy the "
+                                "tokenizer's files into it from where the model came from"), gone
+        for name, data in files.items():
+            (base_dir / name).write_bytes(data)
+    (base_dir / "config.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"^.*base/config.json: not valid JSON \(.*\); the file is damaged: copy "
+                                              r"it again from where it came from$"):
+        load_checkpoint(ckpt, base=base_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from typer.testing import CliRunner
 
@@ -62,21 +63,23 @@ def test_errors_are_one_line(tmp_path, official_path):
 
 def test_thoughts_past_the_position_limit_are_one_line_and_write_nothing(tmp_path, official_path):
     """--k 600 on the default model (a GPT-2 of 512 positions): every command that forces thoughts refuses it
-    before it runs, in one line naming the setting, the prompt's positions and the limit."""
+    before it runs, in one line naming the item, its thoughts, the prompt's positions, the limit and what fits."""
     data = ["--data", str(official_path)]
     runs = {
         "eval": ["eval", *data, "--limit", "1", "--k", "600"],
         "decode": ["decode", *data, "--index", "0", "--k", "600"],
         "capture": ["capture", *data, "--limit", "1", "--k", "600", "--out", str(tmp_path / "capture")],
         "analyze": ["analyze", *data, "--limit", "2", "--k-max", "600", "--out", str(tmp_path / "analyze")],
-        "intervene": ["intervene", *data, "--limit", "2", "--k", "600", "--out", str(tmp_path / "intervene")],
+        "intervene": ["intervene", *data, "--limit", "2", "--k", "600", "--only", "k,ablate,patch",
+                      "--out", str(tmp_path / "intervene")],
     }
     for name, args in runs.items():
         r = runner.invoke(app, args)
         lines = [line for line in r.output.splitlines() if line.strip()]
         assert r.exit_code == 2, (name, r.output[-2000:])
-        assert lines[-1].startswith("error: k=600: the longest prompt holds ") and lines[-1].endswith(
-            "positions, past this model's limit of 512 (n_positions)"), (name, lines[-1])
+        found = re.fullmatch(r"error: item 0: its prompt with 600 thoughts holds (\d+) positions, past this model's "
+                             r"limit of 512 \(n_positions\); at most (\d+) thoughts fit this item", lines[-1])
+        assert found and int(found[2]) == 600 - (int(found[1]) - 512), (name, lines[-1])
         assert "Traceback" not in r.output
     assert list(tmp_path.iterdir()) == []
 

@@ -183,6 +183,18 @@ def _items(data: Optional[Path], n: int, seed: int, limit: Optional[int] = None)
     return load_items(data, limit=limit) if data else generate_items(n, seed=seed)
 
 
+def _need_items(items, need: int, data: Optional[Path], why: str, limit: Optional[int] = None) -> None:
+    """Refuse, before a model loads, fewer items than a command needs: one line naming the data (the file, with its
+    --limit, or the generated items' --n), how many items it holds and why `need` are needed."""
+    if len(items) >= need:
+        return
+    source = f"--n {len(items)} (generated items)" if data is None else \
+        f"--data {data}" + (f" --limit {limit}" if limit is not None else "")
+    held = f"{len(items)} item{'' if len(items) == 1 else 's'}" if items else "no items"
+    _fail(f"{source}: {held}; {why}")
+
+
+
 def _item(data: Path, index: int):
     from probe.data.prosqa import item_at, load_items
 

@@ -12,7 +12,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, _claim, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION,
-    _fail, InputError, _int_option, _load, one_line_errors, OVERWRITE_OPTION, _release_claims, write_html,
+    _fail, InputError, _int_option, _load, _need_items, one_line_errors, OVERWRITE_OPTION, _release_claims, write_html,
 )
 
 
@@ -43,6 +43,8 @@ def data_stats(path: Path = typer.Argument(..., help="A ProsQA JSON file.")) -> 
     from probe.data.prosqa import duplicates, load_items
 
     items = load_items(path)
+    if not items:
+        _fail(f"{path}: no items; there is nothing to describe")
     s = dataset_stats(items)
     dup = duplicates(items)
     typer.echo(json.dumps({"n": len(items), "distinct_items": dup.n_distinct, "items_with_a_copy": dup.with_copy,
@@ -175,6 +177,7 @@ def eval_cmd(
     if halt is not None and json_out is not None:
         _claim(json_out.with_suffix(".html"), "--json (its figure)", overwrite=overwrite)
     items = load_items(data, limit=limit)
+    _need_items(items, 1, data, "there is nothing to evaluate", limit)
     model, tok = _load(ckpt, base, device, dtype)
     if halt is not None:
         from probe.model.identity import weights_hash

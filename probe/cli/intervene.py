@@ -10,7 +10,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, _claim, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail,
-    _float_option, InputError, _int_option, _load, _num, one_line_errors, OVERWRITE_OPTION, write_html,
+    _float_option, InputError, _int_option, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION, write_html,
 )
 
 
@@ -58,6 +58,7 @@ def intervene_cmd(
     alpha_list = [_float_option("--alphas", x) for x in alphas.split(",") if x.strip()]
     reports = []
     items = load_items(data, limit=limit)
+    _need_items(items, 1, data, "there is nothing to intervene on", limit)
     runs = [(_default_ckpt(ckpt), base)] + [(c, None) for c in control]
     for i, (path, b) in enumerate(runs):
         model, tok = _load(ckpt if i == 0 else path, b, device, dtype)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, _claim, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _items, _load, _num,
+    app, BASE_OPTION, CKPT_OPTION, _claim, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _items, _load, _need_items, _num,
     one_line_errors, OVERWRITE_OPTION, write_html,
 )
 
@@ -44,11 +44,14 @@ def probes_fit(
     from probe.artifacts import PROBE_CONFIG, REPORT
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.cli.common import note_duplicates
-    from probe.probes import fit_probes
+    from probe.probes import fit_probes, items_for_folds
     from probe.viz import probe_scores
 
     _claim(out, overwrite=overwrite, directory=True, markers=(PROBE_CONFIG, REPORT))
     items = _items(data, 0, 0, limit)
+    need = items_for_folds(folds)
+    _need_items(items, need, data, f"--folds {folds} needs at least {need}: each fold's probe is fit on the other "
+                "folds' items, at least 2 of them (give more items or fewer folds)", limit)
     model, tok = _load(ckpt, base, device, dtype)
     rep = fit_probes(model, tok, items, target, layer=layer, k_max=k_max, folds=folds, seed=seed)
     report = {"checkpoint": str(_default_ckpt(ckpt)), "data": str(data), "n_items": len(items), **rep.as_dict()}
@@ -97,6 +100,8 @@ def probes_halt(
 
     _claim(out, overwrite=overwrite, directory=True, markers=(PROBE_CONFIG, REPORT))
     items = _items(data, n, seed)
+    _need_items(items, 2, data, "the halting probe is cross-validated with folds over items (one at least held "
+                "out): it needs at least 2")
     model, tok = _load(ckpt, base, device, dtype)
     saved, scores = fit_halting_probe(model, tok, items, layer=layer, k_max=k_max, folds=folds)
     from probe.analyze import finite
@@ -146,6 +151,8 @@ def sae_train(
 
     _claim(out, overwrite=overwrite, directory=True, markers=(SAE_CFG, SAE_WEIGHTS))
     items = _items(data, n, seed)
+    _need_items(items, 2, data, "an SAE is trained on some items and checked on others held out (10%, at least "
+                "one): it needs at least 2")
     model, tok = _load(ckpt, base, device, dtype)
     run = train_sae(model, tok, items, hook=resid_hook(model, layer) if layer is not None else None, k_max=k_max,
                     d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)

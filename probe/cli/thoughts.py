@@ -10,7 +10,7 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, _claim, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail,
-    _item, _items, _layers, _load, _num, one_line_errors, OVERWRITE_OPTION, write_html,
+    _item, _items, _layers, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION, write_html,
 )
 
 
@@ -114,6 +114,7 @@ def capture_cmd(
         _claim(out, overwrite=overwrite, directory=True, markers=(TRACE_MANIFEST,))
     device = rank_device(device)
     items = load_items(data, limit=limit)
+    _need_items(items, 1, data, "there is nothing to capture", limit)
     model, tok = _load(ckpt, base, device, dtype)
     names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
     kw = dict(k=k, names=names, dtype=_dtype(store_dtype, "--store-dtype"), batch_size=batch_size, shard_size=shard_size,
@@ -168,6 +169,7 @@ def analyze_cmd(
             _fail(f"--update-card: {card} does not exist (only our checkpoint directories have a model card)")
         _claim(card, "--update-card", existing=True)
     items = load_items(data, limit=limit)
+    _need_items(items, 1, data, "there is nothing to analyze", limit)
     model, tok = _load(ckpt, base, device, dtype)
     main = analyze(model, tok, items, k_max=k_max, batch_size=batch_size, checkpoint=str(_default_ckpt(ckpt)))
     ctrl = None
@@ -239,6 +241,8 @@ def tuned_lens_cmd(
 
     _claim(out, overwrite=overwrite)
     items = _items(data, n, seed)
+    _need_items(items, 2, data, "a tuned lens is fit on some items and checked on others held out (10%, at least "
+                "one): it needs at least 2")
     model, tok = _load(ckpt, base, device, dtype)
     fit = fit_tuned_lens(model, tok, items, k=k, epochs=epochs)
     fit.lens.save(out)

@@ -167,28 +167,32 @@ def generate_items(n: int, seed: int, progress: bool = False) -> list[ProsQAItem
 
 @dataclass(frozen=True)
 class DatasetStats:
-    """Per-item means and sample standard deviations (ddof=1) of a ProsQA dataset."""
+    """Per-item means and sample standard deviations (ddof=1) of a ProsQA dataset; a standard deviation of one item
+    is undefined (None)."""
 
     n_items: int
     mean_nodes: float
-    std_nodes: float
+    std_nodes: float | None
     mean_edges: float
-    std_edges: float
+    std_edges: float | None
     mean_steps: float
-    std_steps: float
+    std_steps: float | None
     step_counts: dict[int, int]
     mean_shortest_paths: float
-    std_shortest_paths: float
+    std_shortest_paths: float | None
 
-    def se(self, name: str) -> float:
-        """Standard error of the mean of 'nodes', 'edges', 'steps' or 'shortest_paths'."""
-        return getattr(self, f"std_{name}") / np.sqrt(self.n_items)
+    def se(self, name: str) -> float | None:
+        """Standard error of the mean of 'nodes', 'edges', 'steps' or 'shortest_paths' (None for one item)."""
+        std = getattr(self, f"std_{name}")
+        return None if std is None else std / np.sqrt(self.n_items)
 
 
 def dataset_stats(items: Sequence[ProsQAItem]) -> DatasetStats:
-    """Node, edge, step and shortest-path statistics (paths: distinct shortest root -> target paths)."""
-    if len(items) < 2:
-        raise ValueError("dataset_stats needs at least 2 items")
+    """Node, edge, step and shortest-path statistics (paths: distinct shortest root -> target paths).
+
+    Raises ValueError for no items; with one item the standard deviations are None (undefined)."""
+    if not items:
+        raise ValueError("no items to describe")
     columns = {
         "nodes": [it.n_nodes for it in items],
         "edges": [len(it.edges) for it in items],
@@ -198,5 +202,5 @@ def dataset_stats(items: Sequence[ProsQAItem]) -> DatasetStats:
     moments = {}
     for name, values in columns.items():
         moments[f"mean_{name}"] = float(np.mean(values))
-        moments[f"std_{name}"] = float(np.std(values, ddof=1))
+        moments[f"std_{name}"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
     return DatasetStats(n_items=len(items), step_counts=dict(sorted(Counter(columns["steps"]).items())), **moments)

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +25,27 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from probe.artifacts import COCONUT_CONFIG, HF_CONFIG, HF_WEIGHTS
 from probe.atomic import atomic_directory
+from probe.finite import check_finite_tensors
 from probe.model.architecture import ArchitectureError
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.identity import pin
 from probe.model.placement import parse_device, parse_dtype
-from probe.model.tokenizer import TokenizerError, add_latent_tokens, load_tokenizer, special_tokens
+from probe.model.tokenizer import (
+    TOKENIZER_CONFIG, TOKENIZER_FILE, TokenizerError, add_latent_tokens, check_json_files, load_tokenizer,
+    special_tokens,
+)
 
 FORMAT_VERSION = 1
 OFFICIAL_PREFIX = "base_causallm."
 # The official wrapper keeps the input embedding as `self.embedding`, so it is saved twice.
 OFFICIAL_ALIASES = ("embedding.weight",)
 
+
+# What our format's directory must hold beside coconut.json (save_pretrained's files), in the order reported.
+OUR_FILES = (HF_CONFIG, HF_WEIGHTS, TOKENIZER_FILE, TOKENIZER_CONFIG)
+# transformers' weight files, and the indexes that map each tensor to its shard.
+WEIGHT_FILES = (HF_WEIGHTS, "pytorch_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 # The default model ships in the repository, beside the package (an editable install finds it).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "prosqa-coconut"
@@ -144,7 +157,8 @@ def load_checkpoint(
 def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
     meta_file = path / COCONUT_CONFIG
     if not meta_file.is_file():
-        raise CheckpointError(f"{path}: not a coconut-probe checkpoint (no coconut.json)")
+        raise CheckpointError(f"{path}: not a coconut-probe checkpoint (no coconut.json); --ckpt takes a directory "
+                              "that `probe train` or `probe release` wrote, or an official state-dict file with --base")
     try:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
@@ -155,17 +169,46 @@ def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
         config = CoconutConfig.from_dict(meta)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_file}: {e}") from None
-    for name in (HF_CONFIG, HF_WEIGHTS):
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path}: missing {name}")
+    missing = [name for name in OUR_FILES if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: the checkpoint is incomplete: missing {', '.join(missing)} (a checkpoint "
+                              f"holds {', '.join((COCONUT_CONFIG, *OUR_FILES))}); copy the whole directory again")
+    check_json_files(path, (HF_CONFIG, TOKENIZER_FILE, TOKENIZER_CONFIG), CheckpointError)
     try:
         tok = load_tokenizer(path)
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from None
+    try:
         # float32 whatever the stored dtype (a release may store bfloat16); --dtype casts afterwards.
         base = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    except (TokenizerError, SafetensorError, OSError, ValueError, RuntimeError) as e:
+    except SafetensorError as e:
+        raise CheckpointError(f"{path / HF_WEIGHTS}: not a readable safetensors file ({e}); the file is damaged or "
+                              "truncated: copy the checkpoint again") from None
+    except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from None
+    check_weights(base, path)
     _check_match(path, base, tok, config)
     return CoconutModel(base, config), tok
+
+
+def weights_file(directory: str | os.PathLike, name: str) -> Path:
+    """The file of a Hugging Face model directory that stores the tensor `name`: its shard (by the index), the one
+    weights file, or the directory itself when neither says."""
+    directory = Path(directory)
+    for index in WEIGHT_INDEXES:
+        try:
+            shard = json.loads((directory / index).read_text()).get("weight_map", {}).get(name)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if shard:
+            return directory / shard
+    return next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), directory)
+
+
+def check_weights(model: PreTrainedModel, directory: str | os.PathLike) -> None:
+    """Refuse a Hugging Face model, loaded from `directory`, whose weights hold NaN or inf (probe.finite, the one
+    check of every loader): CheckpointError naming the file and the first bad tensor."""
+    check_finite_tensors(model.state_dict().items(), lambda name: str(weights_file(directory, name)), CheckpointError)
 
 
 def _check_match(path: Path, base: PreTrainedModel, tok: PreTrainedTokenizerBase, config: CoconutConfig) -> None:
@@ -210,17 +253,17 @@ def load_official(
     path, base = Path(path), Path(base)
     if not base.is_dir() or not (base / HF_CONFIG).is_file():
         raise CheckpointError(f"{base}: the base directory must hold the base model's config.json and tokenizer")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises pickle, zip and runtime errors for a bad file
-        raise CheckpointError(f"{path}: not a readable torch.save state dict ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors")
+    state = _read_state_dict(path)
+    check_finite_tensors(state.items(), str(path), CheckpointError)
+    check_json_files(base, (HF_CONFIG,), CheckpointError)
     try:
         tok = load_tokenizer(base)
+    except TokenizerError as e:
+        raise CheckpointError(f"--base {e}") from None
+    try:
         cfg = AutoConfig.from_pretrained(str(base), local_files_only=True)
-    except (TokenizerError, OSError, ValueError) as e:
-        raise CheckpointError(f"{base}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{base / HF_CONFIG}: not a model config transformers reads ({e})") from None
     special = add_latent_tokens(tok)
     model = AutoModelForCausalLM.from_config(cfg)
     model.resize_token_embeddings(len(tok))
@@ -256,3 +299,46 @@ def load_official(
         pad_latent_to_max=pad_latent_to_max, data_format="sentences",
     )
     return CoconutModel(model, config), tok
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a torch.save file, read without unpickling code (weights_only); CheckpointError in one
+    line saying what the file holds instead and how to make the file this loader reads."""
+    save = "torch.save(model.state_dict(), FILE)"
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file; pass the file that {save} wrote")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and plain containers
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found or zipfile.is_zipfile(path):  # torch.save's archive, holding something besides tensors
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(f"{path}: holds a pickled Python object{what}, not only tensors, and unpickling it "
+                                  f"could run any code; save the model's state dict alone ({save}) and pass that "
+                                  "file") from None
+        raise CheckpointError(f"{path}: not a readable torch.save state dict (not a file torch.save wrote); pass the "
+                              f"file that {save} wrote") from None
+    except Exception as e:  # torch raises zip, runtime and OS errors for a damaged file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if zipfile.is_zipfile(path) and ("archive" in reason or "PytorchStreamReader" in reason):
+            raise CheckpointError(f"{path}: a zip archive, but not one torch.save wrote ({reason}); pass the file that "
+                                  f"{save} wrote") from None
+        raise CheckpointError(f"{path}: not a readable torch.save state dict ({type(e).__name__}: {reason}); the file "
+                              "is damaged or truncated: copy it again") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict of tensors (a dict from names to tensors), found a "
+                              f"{type(state).__name__}; pass the file that {save} wrote")
+    if not state:
+        raise CheckpointError(f"{path}: expected a state dict of tensors, found an empty dict; pass the file that "
+                              f"{save} wrote")
+    others = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if others:
+        nested = [k for k in others if isinstance(state[k], dict) and state[k]
+                  and all(isinstance(v, torch.Tensor) for v in state[k].values())]
+        if nested:
+            raise CheckpointError(f"{path}: expected a state dict of tensors, found a dict whose {nested[0]!r} entry "
+                                  f"holds the tensors (a training checkpoint?); save that entry alone "
+                                  f"(torch.save(checkpoint[{nested[0]!r}], FILE)) and pass that file")
+        raise CheckpointError(f"{path}: expected a state dict of tensors, but entry {others[0]!r} is a "
+                              f"{type(state[others[0]]).__name__}; pass the file that {save} wrote")
+    return state

@@ -10,6 +10,7 @@ padded, masked and given their own position ids.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -22,9 +23,11 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
 from probe.data.render import IGNORE_INDEX, MODES, StageSpec
+from probe.finite import NonFiniteActivation
 from probe.model.architecture import ArchitectureError, find_architecture
-from probe.model.hook_names import layer_index
+from probe.model.hook_names import FINAL, RESID, act_name, layer_index
 from probe.model.hooks import PositionHook
+from probe.model.rows import RowError
 from probe.model.tokenizer import SpecialTokens
 
 FEEDBACK_MODES = ("coconut",)
@@ -146,6 +149,60 @@ class Generation:
     first_logits: Tensor  # [batch, vocab] logits of the first generated token
 
 
+LOGITS = "logits"  # the point after the unembedding, in NonFiniteActivation's names
+
+
+class PositionError(RowError):
+    """A prompt past the model's position limit (CoconutModel.check_positions), at one row (item)."""
+
+    def __init__(self, row: int, length: int, limit: int, thoughts: int | None, item: int | None = None):
+        fit = None if thoughts is None else thoughts - (length - limit)
+        what = f"with {thoughts} thought{'s' if thoughts != 1 else ''} " if thoughts is not None else ""
+        todo = ("it is too long for this model: leave the item out" if fit is None else
+                f"at most {fit} thought{'s' if fit != 1 else ''} fit this item" if fit >= 0 else
+                "even without thoughts it is too long for this model: leave the item out")
+        super().__init__(row, f"its prompt {what}holds {length} positions, past this model's limit of {limit} "
+                              f"(n_positions); {todo}", item)
+        self.length, self.limit, self.thoughts = length, limit, thoughts
+
+
+class _FiniteWatch:
+    """While a run without gradients goes on: for each decoder layer's output (and the first layer's input), which
+    columns of each row hold a NaN or inf ([batch, segment] bool per segment, kept on the device: no host sync).
+    Read only when the run's final check finds a non-finite value, to name the first hook point it reached."""
+
+    def __init__(self, model: "CoconutModel", on: bool):
+        self.on, self._model = on, model
+        self.flags: dict[str, list[Tensor]] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "_FiniteWatch":
+        if self.on:
+            layers = find_architecture(self._model.base).layers
+            first = act_name("hook_resid_pre", 0)
+            self.flags = {first: [], **{act_name(RESID, l): [] for l in range(len(layers))}}
+            self._handles.append(layers[0].register_forward_pre_hook(
+                lambda m, args, kw: self._flag(first, args[0] if args else kw["hidden_states"]), with_kwargs=True))
+            for l, layer in enumerate(layers):
+                self._handles.append(layer.register_forward_hook(functools.partial(self._post, act_name(RESID, l))))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _flag(self, name: str, value: Tensor) -> None:
+        self.flags[name].append(~torch.isfinite(value.detach()).all(-1))
+
+    def _post(self, name: str, module, args, out) -> None:
+        self._flag(name, out[0] if isinstance(out, tuple) else out)
+
+    def columns(self, last: bool = False) -> dict[str, Tensor]:
+        """Hook name -> [batch, columns] bool on the CPU: every segment's columns, or the last segment's only."""
+        return {n: (f[-1] if last else torch.cat(f, dim=1)).cpu() for n, f in self.flags.items() if f}
+
+
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """[batch, seq] positions counted over real tokens only; 0 on padding."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -174,16 +231,24 @@ class CoconutModel(nn.Module):
         (rotary models have no table to run past)."""
         return getattr(self.base.config, "n_positions", None)
 
-    def check_positions(self, lengths: Sequence[int], setting: str = "") -> None:
+    def check_positions(self, lengths: Sequence[int], thoughts: Sequence[int] | int | None = None,
+                        indices: Sequence[int] | None = None) -> None:
         """Refuse prompts past the model's position limit before anything runs.
 
-        lengths: each prompt's length in positions (question, thought markers and thoughts). Raises
-        ValueError naming the setting that made them (e.g. "k=600"), the longest and the limit.
+        lengths: each prompt's length in positions (question, thought markers and thoughts); thoughts: the
+        thoughts each holds (one count for all), None where its length is not set by thoughts (a CoT prompt);
+        indices: each prompt's item index (default: its place in `lengths`; a caller's `rows_are` translates it).
+        Raises PositionError (a ValueError) naming the item of lowest index past the limit, its length, the
+        limit, and what fits: at most so many thoughts, or none (the item is too long for this model).
         """
         limit = self.max_positions
-        if limit is not None and lengths and max(lengths) > limit:
-            raise ValueError(f"{setting + ': ' if setting else ''}the longest prompt holds {max(lengths)} positions, "
-                             f"past this model's limit of {limit} (n_positions)")
+        over = [i for i, n in enumerate(lengths) if limit is not None and n > limit]
+        if not over:
+            return
+        index = list(indices) if indices is not None else list(range(len(lengths)))
+        i = min(over, key=lambda i: index[i])
+        k = thoughts if thoughts is None or isinstance(thoughts, int) else thoughts[i]
+        raise PositionError(i, lengths[i], limit, k, item=index[i])
 
     @property
     def d_model(self) -> int:
@@ -303,7 +368,7 @@ class CoconutModel(nn.Module):
         n_thoughts = is_latent.sum(-1)
         # The loop is planned, and the lengths checked, on the host from one copy of both masks (one sync).
         host_latent, host_mask = torch.stack([is_latent, attention_mask.bool()]).cpu()
-        self.check_positions([int(host_mask.sum(-1).max())] if batch else [])
+        self.check_positions(host_mask.sum(-1).tolist(), host_latent.sum(-1).tolist())
         max_k = int(host_latent.sum(-1).max()) if batch else 0
         thoughts = embeds.new_zeros(batch, max_k, embeds.shape[-1])
         slot_of = is_latent.long().cumsum(-1) - 1  # [batch, seq] index of the thought a latent position holds
@@ -321,7 +386,9 @@ class CoconutModel(nn.Module):
             embeds = embeds.index_put((rows, cols), edit(rows, slot_of[rows, cols], embeds[rows, cols]))
         cache = DynamicCache(config=self.base.config)
         hidden, start = [], 0
-        with self._residual_edit(layer_edit, is_latent, slot_of, attention_mask):
+        # Inference (no gradients) is checked for NaN and inf; training is not slowed by it.
+        watch = _FiniteWatch(self, on=not torch.is_grad_enabled())
+        with self._residual_edit(layer_edit, is_latent, slot_of, attention_mask), watch:
             for i, col in enumerate(cuts + [seq]):
                 if col > start:
                     h = self._run(embeds[:, start:col], attention_mask[:, :col], position_ids[:, start:col], cache)
@@ -344,10 +411,14 @@ class CoconutModel(nn.Module):
             rows, cols = torch.nonzero(is_latent, as_tuple=True)
             slot = slot_of[rows, cols]
             thoughts = thoughts.index_put((rows, slot), h[rows, cols - 1])
+        full = h
         if logits_at is not None:
             logits_at = logits_at.to(h.device)
             h = h[:, logits_at] if logits_at.dim() == 1 else h[torch.arange(batch, device=h.device)[:, None], logits_at]
         logits = self.unembed(h)
+        if watch.on:
+            self._check_finite(watch, full, logits, logits_at, host_latent, host_mask,
+                               edited=edit is not None or layer_edit is not None)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
@@ -355,6 +426,66 @@ class CoconutModel(nn.Module):
                 ignore_index=IGNORE_INDEX,
             )
         return CoconutOutput(logits, thoughts, n_thoughts, loss, cache)
+
+    def _check_finite(self, watch: _FiniteWatch, hidden: Tensor, logits: Tensor, logits_at: Tensor | None,
+                      latent: Tensor, mask: Tensor, edited: bool) -> None:
+        """Raise NonFiniteActivation if a real position's final hidden state [batch, seq, d] or a logit computed
+        [batch, n, vocab] is NaN or inf. One host sync when all is finite.
+
+        The error names the first such row and where it turned non-finite first, in the order the model computed:
+        the first segment of the latent loop that holds one, there the first hook point (layer by layer), and its
+        columns in that segment: one column is a thought (or a prompt position); several are named as a span
+        (attention spreads a NaN to every position of its segment, so which of them was first cannot be told).
+        latent, mask: [batch, seq] bool on the CPU.
+        """
+        real = mask.to(hidden.device)
+        bad_hidden = ~torch.isfinite(hidden).all(-1) & real
+        bad_logits = ~torch.isfinite(logits).all(-1)
+        if not bool(torch.stack([bad_hidden.any(), bad_logits.any()]).any()):
+            return
+        # Something is not finite: find where it first appears (on the CPU; this runs once, before the error).
+        points = watch.columns()
+        widths = [f.shape[1] for f in next(iter(watch.flags.values()), [])] or [mask.shape[1]]
+        points[FINAL] = bad_hidden.cpu()
+        at_logits = torch.zeros_like(mask)
+        cols = torch.arange(mask.shape[1]).expand_as(mask) if logits_at is None else \
+            logits_at.cpu().expand(len(mask), -1)
+        rows, slots = torch.nonzero(bad_logits.cpu(), as_tuple=True)
+        at_logits[rows, cols[rows, slots]] = True
+        points[LOGITS] = at_logits
+        names = list(points)
+        bad = torch.stack([points[n] & mask for n in names])  # [points, batch, seq]
+        row = int(torch.nonzero(bad.any(0).any(-1))[0])
+        start = 0
+        for width in widths:  # the first segment, then the first point, of this row that holds one
+            seg = bad[:, row, start : start + width]
+            if seg.any():
+                p = int(torch.nonzero(seg.any(-1))[0])
+                point, found = names[p], (torch.nonzero(seg[p]).flatten() + start).tolist()
+                break
+            start += width
+        position = lambda c: int(mask[row, :c].sum())  # noqa: E731  (a column's place in the unpadded prompt)
+        col = found[0]
+        if len(found) > 1:
+            where = f"prompt positions {position(found[0])}-{position(found[-1])} (of {int(mask[row].sum())})"
+        elif latent[row, col] and point == act_name("hook_resid_pre", 0):  # the input there: a thought fed back
+            where = f"thought {int(latent[row, :col].sum()) + 1} as fed back"
+        elif col + 1 < mask.shape[1] and latent[row, col + 1]:
+            where = f"thought {int(latent[row, : col + 1].sum()) + 1}"
+        else:
+            where = f"prompt position {position(col)} (of {int(mask[row].sum())})"
+        raise NonFiniteActivation(row, where, point, self._overflow_advice(edited))
+
+    def _overflow_advice(self, edited: bool = False) -> str:
+        """What to do about an activation that overflowed, by the model's dtype and whether an edit ran."""
+        dtype = self.base.get_input_embeddings().weight.dtype
+        if dtype != torch.float32:
+            return (f"the model runs in {str(dtype).removeprefix('torch.')}, which cannot hold these values: run it "
+                    "in float32 (--dtype float32)")
+        if edited:
+            return "the run's edit of the thoughts put it there (an edit too large for this model)"
+        return ("the model's weights are finite, but its activations overflow float32 on this input "
+                "(weights far too large: a diverged run?)")
 
     def left_padded(self, prompts: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
         """Prompts of token ids as one batch, left-padded with the pad id as forward and generate take them:
@@ -398,18 +529,27 @@ class CoconutModel(nn.Module):
         logits = out.logits[:, -1]
         tokens: list[list[int]] = [[] for _ in range(len(mask))]
         done = budget == 0
-        for step in range(int(budget.max()) if len(budget) else 0):
-            nxt = logits.argmax(-1)
-            if step > 0:
-                done |= nxt == self.config.eos_id
-            new = nxt.tolist()  # one device sync per step
-            for i in torch.nonzero(~done).flatten().tolist():
-                tokens[i].append(new[i])
-            done |= budget <= step + 1
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, (~done).to(mask.dtype)[:, None]], dim=1)
-            positions = positions + (~done).long()  # a finished row stays at its last position, inside the limit
-            h = self._run(self.embed(nxt[:, None]), mask, positions[:, None], cache)
-            logits = self.unembed(h[:, -1])
+        with _FiniteWatch(self, on=True) as watch:
+            for step in range(int(budget.max()) if len(budget) else 0):
+                nxt = logits.argmax(-1)
+                bad = ~torch.isfinite(logits).all(-1) & ~done  # a row still writing whose logits are not finite
+                if step > 0:
+                    done |= nxt == self.config.eos_id
+                new, flags = torch.stack([nxt, bad.long()]).tolist()  # one device sync per step
+                if any(flags):
+                    row = flags.index(1)
+                    last = watch.columns(last=True) if step else {}  # the run that gave these logits
+                    if step:
+                        last[FINAL] = (~torch.isfinite(h[:, -1:]).all(-1)).cpu()
+                    point = next((n for n, f in last.items() if f[row].any()), LOGITS)
+                    raise NonFiniteActivation(row, f"answer token {step + 1}", point, self._overflow_advice())
+                for i in torch.nonzero(~done).flatten().tolist():
+                    tokens[i].append(new[i])
+                done |= budget <= step + 1
+                if bool(done.all()):
+                    break
+                mask = torch.cat([mask, (~done).to(mask.dtype)[:, None]], dim=1)
+                positions = positions + (~done).long()  # a finished row stays at its last position, inside the limit
+                h = self._run(self.embed(nxt[:, None]), mask, positions[:, None], cache)
+                logits = self.unembed(h[:, -1])
         return tokens

@@ -85,15 +85,53 @@ def special_tokens(tokenizer: PreTrainedTokenizerBase) -> SpecialTokens:
     )
 
 
+# A tokenizer as transformers' save_pretrained writes it: its config, and its vocabulary either as one
+# tokenizers file or as a slow tokenizer's files (GPT-2's vocab.json, a sentencepiece model, BERT's vocab.txt).
+TOKENIZER_CONFIG, TOKENIZER_FILE = "tokenizer_config.json", "tokenizer.json"
+SLOW_VOCABULARIES = ("vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
+
+
+def check_json_files(directory: Path, names: Iterable[str], error: type[ValueError]) -> None:
+    """The one rule for the JSON files of a model or tokenizer directory: each of `names` that exists must parse.
+
+    Raises `error` naming the first file that does not: "{file}: not valid JSON (...); the file is damaged:
+    copy it again from where it came from"."""
+    import json
+
+    for name in names:
+        file = Path(directory) / name
+        if file.is_file():
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise error(f"{file}: not valid JSON ({e}); the file is damaged: copy it again from where it "
+                            "came from") from None
+
+
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """Load a Hugging Face tokenizer from a local directory (never from a hub)."""
+    """Load a Hugging Face tokenizer from a local directory (never from a hub).
+
+    The directory must hold tokenizer_config.json and the vocabulary (tokenizer.json, or a slow tokenizer's
+    vocabulary file), each JSON file valid: without its config, transformers silently builds another tokenizer
+    from config.json's model type, and without its vocabulary it asks for sentencepiece. Raises TokenizerError
+    naming the directory or the file and what to do.
+    """
     path = Path(path)
     if not path.is_dir():
         raise TokenizerError(f"{path}: no such tokenizer directory")
+    missing = [] if (path / TOKENIZER_CONFIG).is_file() else [TOKENIZER_CONFIG]
+    if not (path / TOKENIZER_FILE).is_file() and not any((path / f).is_file() for f in SLOW_VOCABULARIES):
+        missing.append(TOKENIZER_FILE)
+    if missing:
+        raise TokenizerError(f"{path}: the tokenizer is incomplete: no {' and no '.join(missing)} (transformers' "
+                             f"save_pretrained writes {TOKENIZER_FILE} and {TOKENIZER_CONFIG}); copy the "
+                             "tokenizer's files into it from where the model came from")
+    check_json_files(path, (TOKENIZER_CONFIG, TOKENIZER_FILE, "special_tokens_map.json", "config.json",
+                            "vocab.json"), TokenizerError)
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # transformers raises many types for an unreadable tokenizer
-        raise TokenizerError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise TokenizerError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {first})") from None
     tok.padding_side = "right"
     return tok
-
