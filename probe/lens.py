@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -33,6 +34,7 @@ from probe.finite import NonFiniteActivation, check_finite_tensors
 from probe.model.coconut import CoconutModel
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import readout_hash
+from probe.model.rows import rows_are
 
 FORMAT = "coconut-probe tuned lens"
 FORMAT_VERSION = 2  # 1: the config's fields as separate header strings; 2: one JSON TunedLensConfig
@@ -397,10 +399,13 @@ def fit_tuned_lens(
     dup = duplicates(items)
     is_held = content_holdout(dup.groups, held_out, seed, LensError)
     names = select_hooks(architecture(model).n_layers, [f"*{RESID}"])
-    held = capture(model, tokenizer, [it for it, h in zip(items, is_held) if h], k=k, names=names,
-                   batch_size=batch_size, progress=progress)
-    train = capture(model, tokenizer, [it for it, h in zip(items, is_held) if not h], k=k, names=names,
-                    batch_size=batch_size, progress=progress)
+    sides = []
+    for side in (is_held, ~is_held):
+        where = np.flatnonzero(side)
+        with rows_are(where):  # an error names the item of the data set, not of its side of the split
+            sides.append(capture(model, tokenizer, [items[i] for i in where], k=k, names=names,
+                                 batch_size=batch_size, progress=progress))
+    held, train = sides
     lens = TunedLens.for_model(model).fit(train, epochs=epochs, lr=lr, seed=seed, progress=progress)
     return TunedLensFit(lens, int((~is_held).sum()), int(is_held.sum()), mean_kl_to_final(held, model),
                         mean_kl_to_final(held, model, lens), duplicates_merged=dup.merged)

@@ -17,7 +17,7 @@ from probe.capture import CaptureError, TraceStore, architecture, capture, captu
 from probe.decode import decode_item
 from probe.evaluate import evaluate
 from probe.finite import NonFiniteActivation
-from probe.lens import LensError, TunedLens, read_lens
+from probe.lens import LensError, TunedLens, fit_tuned_lens, read_lens
 from probe.model.coconut import CoconutConfig, CoconutModel, ThoughtEdit
 from probe.model.identity import weights_hash
 from probe.model.tokenizer import special_tokens
@@ -101,7 +101,9 @@ def test_a_huge_finite_weight_that_overflows_names_the_item_and_layer(gpt2, word
     at = prompt_by_hand(items[j], word_tokenizer, "sentences", 2, gpt2.config.special).index(token)
     runs = {"evaluate": lambda: evaluate(gpt2, word_tokenizer, items, k=2, batch_size=4, progress=False),
             "capture": lambda: capture(gpt2, word_tokenizer, items, k=2, batch_size=4, progress=False),
-            "node_values": lambda: node_values(gpt2, word_tokenizer, items, 2, batch_size=4, progress=False)}
+            "node_values": lambda: node_values(gpt2, word_tokenizer, items, 2, batch_size=4, progress=False),
+            # split into held-out and training items by content: still named by its index in the data set
+            "fit_tuned_lens": lambda: fit_tuned_lens(gpt2, word_tokenizer, items, k=2, epochs=1, progress=False)}
     for name, run in runs.items():
         with pytest.raises(NonFiniteActivation) as e:
             run()
