@@ -60,6 +60,36 @@ def build_word_tokenizer(names: Iterable[str]) -> PreTrainedTokenizerFast:
     return fast
 
 
+# "Reasoning by Superposition"'s STokenizer (github Ber666/reasoning-by-superposition, stokenizer.py), id for id:
+# node indices 0..30 as the words "0".."30", then its nine specials in its order. A checkpoint's embedding rows
+# mean these tokens, so the order is the format.
+RBS_NODES = 31
+RBS_EOS, RBS_EDGE, RBS_QUESTION, RBS_ROOT, RBS_ANSWER = "<eos>", "|", "[Q]", "[R]", "[A]"
+RBS_SPECIALS = (START_LATENT, END_LATENT, LATENT, RBS_EDGE, RBS_QUESTION, RBS_ROOT, RBS_ANSWER, RBS_EOS,
+                "<|no-answer|>")
+RBS_VOCABULARY = (*(str(i) for i in range(RBS_NODES)), *RBS_SPECIALS)
+
+
+def build_rbs_tokenizer() -> PreTrainedTokenizerFast:
+    """RbS's 40-token vocabulary (`RBS_VOCABULARY`: ids 0..30 the node indices, 31..39 its specials) as a Hugging
+    Face tokenizer: text is split on whitespace, a word outside the vocabulary cannot be written (encoding raises),
+    decoding joins words with spaces. pad = eos = bos = `<eos>` (id 38), as STokenizer sets them; no other token is
+    special, so `[A]` stays in decoded text (RbS's answer rule splits on it)."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(RBS_VOCABULARY)}, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="\x00\x00", cleanup=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=RBS_EOS, pad_token=RBS_EOS, bos_token=RBS_EOS,
+                                   clean_up_tokenization_spaces=False, model_max_length=4096)
+    fast.padding_side = "right"
+    return fast
+
+
+def is_rbs_tokenizer(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether a tokenizer holds exactly RbS's vocabulary, id for id (what `--tokenizer rbs` builds)."""
+    vocab = tokenizer.get_vocab()
+    return len(vocab) == len(RBS_VOCABULARY) and all(vocab.get(w) == i for i, w in enumerate(RBS_VOCABULARY))
+
+
 def add_latent_tokens(tokenizer: PreTrainedTokenizerBase) -> SpecialTokens:
     """Add the three latent tokens (when absent) in the official order and set pad = eos; return the ids."""
     if tokenizer.eos_token_id is None:
