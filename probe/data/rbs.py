@@ -1,0 +1,158 @@
+"""The data files of "Reasoning by Superposition" (Zhu, Hao et al. 2025) and "Emergence of Superposition" (2509.23365).
+
+Their files (`prosqa_{train,valid,test}_graph_4_coconut.json`, the Emergence repository's `*_shuffled` and `*_bfs*`
+files) hold official ProsQA items plus one field, `neighbor_k`: a dict from depth (a decimal string) to node
+indices. It means one of two things, told apart here from the edges (docs/rbs-notes.md, section 1):
+
+- "optimal" (`*_coconut*` files): `neighbor_k[k]` is optimal_k, the nodes at depth k on a shortest root -> target
+  path, for k = 0..the target's depth. After j thoughts, thought j + 1 is trained toward one of them.
+- "reachable" (`*_bfs*` files): `neighbor_k[k]` is reachable_k, every node within k edges of the root, root
+  included. It is the target of the Emergence paper's BFS loss: a model trained on it is told the search,
+  so such a file never trains a default model (whose search must be learned).
+
+A node index is also a token of RbS's vocabulary (`probe.model.tokenizer.RBS_VOCABULARY`: node tokens 0..30), so
+an item with more nodes cannot be written in their layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from probe.data.graph import ProsQAGraph
+from probe.data.prosqa import DataError, ProsQAItem, _check_item
+
+NEIGHBORS = "neighbor_k"
+RBS_NODES = 31  # node tokens 0..30 in RbS's vocabulary
+Kind = Literal["optimal", "reachable"]
+KINDS: tuple[str, ...] = ("optimal", "reachable")
+
+
+@dataclass(frozen=True)
+class RbSItem:
+    """An official item and its `neighbor_k`, one node set per depth 0..len(neighbors) - 1."""
+
+    item: ProsQAItem
+    neighbors: tuple[frozenset[int], ...]
+    kind: Kind
+
+
+@dataclass(frozen=True)
+class RbSFile:
+    """A data file in RbS's format: its items, and what its `neighbor_k` holds (one kind for the whole file)."""
+
+    path: str
+    items: list[RbSItem]
+    kind: Kind
+
+    @property
+    def prosqa_items(self) -> list[ProsQAItem]:
+        return [r.item for r in self.items]
+
+
+def is_rbs_data(data: Any) -> bool:
+    """Whether decoded JSON is in RbS's format: a list whose items carry `neighbor_k`."""
+    return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and NEIGHBORS in data[0]
+
+
+def expected_neighbors(g: ProsQAGraph, kind: Kind, depths: int) -> list[frozenset[int]]:
+    """What `neighbor_k` holds at depths 0..depths - 1 for a file of this kind: optimal_k or reachable_k."""
+    pick = g.optimal if kind == "optimal" else g.reachable
+    return [frozenset(pick(k)) for k in range(depths)]
+
+
+def _neighbors(raw: Any, n: int) -> tuple[frozenset[int], ...]:
+    """`neighbor_k` as node sets by depth; raises ValueError saying what is malformed."""
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"field {NEIGHBORS!r} must be an object from depth ('0', '1', ...) to node indices")
+    keys = sorted(raw, key=lambda k: int(k) if isinstance(k, str) and k.isdigit() else -1)
+    if keys != [str(k) for k in range(len(keys))]:
+        raise ValueError(f"field {NEIGHBORS!r} must have the depths '0'..'{len(keys) - 1}' as keys, got {sorted(raw)}")
+    out = []
+    for k in keys:
+        nodes = raw[k]
+        if not isinstance(nodes, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in nodes):
+            raise ValueError(f"{NEIGHBORS}[{k!r}] must be a list of node indices, got {nodes!r}")
+        if bad := [v for v in nodes if not 0 <= v < n]:
+            raise ValueError(f"{NEIGHBORS}[{k!r}] holds node index {bad[0]}, out of range for {n} symbols")
+        out.append(frozenset(nodes))
+    return tuple(out)
+
+
+def _kind(item: ProsQAItem, neighbors: Sequence[frozenset[int]]) -> Kind:
+    """Which kind of `neighbor_k` an item's sets are, from its edges; raises ValueError naming the first depth at
+    which they are neither."""
+    g = ProsQAGraph.from_item(item)
+    for kind in KINDS:
+        if expected_neighbors(g, kind, len(neighbors)) == list(neighbors):
+            if kind == "optimal" and len(neighbors) != g.target_depth + 1:
+                raise ValueError(f"{NEIGHBORS} has depths 0..{len(neighbors) - 1}, but the target is at depth "
+                                 f"{g.target_depth}")
+            return kind
+    optimal, reachable = (expected_neighbors(g, k, len(neighbors)) for k in KINDS)
+    k = next(k for k in range(len(neighbors)) if neighbors[k] not in (optimal[k], reachable[k]))
+    raise ValueError(f"{NEIGHBORS}['{k}'] = {sorted(neighbors[k])} disagrees with the edges: they give optimal nodes "
+                     f"{sorted(optimal[k])} and reachable nodes {sorted(reachable[k])} at depth {k}")
+
+
+def rbs_item(raw: Any) -> RbSItem:
+    """One decoded RbS item, validated as an official item, then its node indices against RbS's vocabulary and its
+    `neighbor_k` against its edges. Raises ValueError saying what is wrong."""
+    if isinstance(raw, dict) and NEIGHBORS not in raw:
+        raise ValueError(f"missing field {NEIGHBORS!r} (an RbS item holds the official fields and {NEIGHBORS})")
+    item = _check_item(raw)
+    if item.n_nodes > RBS_NODES:
+        raise ValueError(f"node index {RBS_NODES} is outside RbS's vocabulary (node tokens 0..{RBS_NODES - 1}); "
+                         f"this item has {item.n_nodes} nodes")
+    neighbors = _neighbors(raw[NEIGHBORS], item.n_nodes)
+    return RbSItem(item, neighbors, _kind(item, neighbors))
+
+
+def rbs_items_from_json(data: Any, source: str = "<data>") -> RbSFile:
+    """Validate a decoded RbS file; errors name the source and the item index. Raises DataError for a malformed
+    item, or a file whose items are of both kinds."""
+    if not isinstance(data, list):
+        raise DataError(f"{source}: expected a JSON list of RbS items, got {type(data).__name__}")
+    items: list[RbSItem] = []
+    for i, raw in enumerate(data):
+        try:
+            items.append(rbs_item(raw))
+        except ValueError as e:
+            raise DataError(f"{source}: item {i}: {e}") from None
+        if items[-1].kind != items[0].kind:
+            raise DataError(f"{source}: item {i}: its {NEIGHBORS} holds {items[-1].kind} nodes, but item 0's holds "
+                            f"{items[0].kind} nodes; a file holds one kind")
+    if not items:
+        raise DataError(f"{source}: no items")
+    return RbSFile(source, items, items[0].kind)
+
+
+def load_rbs(path: str | os.PathLike, limit: int | None = None) -> RbSFile:
+    """Load and validate a data file in RbS's format (see the module docstring). Raises DataError naming the file
+    (and the item) for a missing or unreadable file, or a malformed item."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a valid JSON file ({e})") from None
+    if isinstance(data, list) and limit is not None:
+        data = data[:limit]
+    return rbs_items_from_json(data, str(path))
+
+
+def to_rbs_json(item: ProsQAItem, kind: Kind = "optimal") -> dict[str, Any]:
+    """An official item written as an RbS item: its fields and `neighbor_k` of the given kind (optimal: depths
+    0..the target's; reachable: 0..4, as the Emergence repository's BFS files hold). Raises DataError for an item
+    with more nodes than RbS's vocabulary holds."""
+    if item.n_nodes > RBS_NODES:
+        raise DataError(f"an item with {item.n_nodes} nodes cannot be written with RbS's {RBS_NODES} node tokens")
+    g = ProsQAGraph.from_item(item)
+    depths = g.target_depth + 1 if kind == "optimal" else 5
+    sets = expected_neighbors(g, kind, depths)
+    return {**item.to_json(), NEIGHBORS: {str(k): sorted(s) for k, s in enumerate(sets)}}
+
