@@ -199,16 +199,20 @@ def item_at(items: Sequence[ProsQAItem], index: int, source: str = "the data", s
 
 def load_items(path: str | os.PathLike, limit: int | None = None) -> list[ProsQAItem]:
     """Load and validate a ProsQA file in the official JSON format."""
+    return items_from_json(read_data_file(path, limit), str(path))
+
+
+def read_data_file(path: str | os.PathLike, limit: int | None = None, what: str = "ProsQA data file") -> Any:
+    """The decoded JSON of a data file (its first `limit` items, where it is a list). Raises DataError naming the
+    file when it is missing or is not JSON."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such ProsQA data file")
+        raise DataError(f"{path}: no such {what}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a valid JSON file ({e})") from None
-    if isinstance(data, list) and limit is not None:
-        data = data[:limit]
-    return items_from_json(data, str(path))
+    return data[:limit] if isinstance(data, list) and limit is not None else data
 
 
 def save_items(items: Iterable[ProsQAItem], path: str | os.PathLike) -> None:

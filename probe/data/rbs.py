@@ -16,14 +16,12 @@ an item with more nodes cannot be written in their layout.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from probe.data.graph import ProsQAGraph
-from probe.data.prosqa import DataError, ProsQAItem, _check_item
+from probe.data.prosqa import DataError, ProsQAItem, _check_item, read_data_file
 
 NEIGHBORS = "neighbor_k"
 RBS_NODES = 31  # node tokens 0..30 in RbS's vocabulary
@@ -133,15 +131,7 @@ def rbs_items_from_json(data: Any, source: str = "<data>") -> RbSFile:
 def load_rbs(path: str | os.PathLike, limit: int | None = None) -> RbSFile:
     """Load and validate a data file in RbS's format (see the module docstring). Raises DataError naming the file
     (and the item) for a missing or unreadable file, or a malformed item."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a valid JSON file ({e})") from None
-    if isinstance(data, list) and limit is not None:
-        data = data[:limit]
+    data = read_data_file(path, limit, "RbS data file")
     return rbs_items_from_json(data, str(path))
 
 
