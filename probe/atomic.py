@@ -69,8 +69,8 @@ def interruptible() -> Iterator[None]:
     limit, `ulimit -f`) is ignored, so that such a write fails with EFBIG instead of killing the process.
     Outside the main thread the block runs as it is."""
     global _raised
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _on_signal:
+        yield  # another thread, or inside an outer interruptible block, whose handlers stay
         return
     wanted = {s: _on_signal for s in INTERRUPTS} | {signal.SIGXFSZ: signal.SIG_IGN}
     previous = {s: signal.signal(s, h) for s, h in wanted.items()}

@@ -389,41 +389,43 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     if not index:
         raise InterventionError("no item has a counterfactual (another person who reaches the other option)")
     a_items = [items[i] for i in index]
-    sa = site(model, tokenizer, a_items, k=k, layer=layer, batch_size=batch_size)
-    sb = site(model, tokenizer, b_items, k=k, layer=layer, batch_size=batch_size)
-    a_answers = [answer_concept(r.prediction) for r in
-                 evaluate(model, tokenizer, a_items, k=k, batch_size=batch_size, progress=False,
-                          prompts=sa.prompts).items]
-    base = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, prompts=sb.prompts)
-    markers = model.config.stage_spec.markers
-    n_layers = architecture(model).n_layers
-    graphs_a = [ProsQAGraph.from_item(it) for it in a_items]
-    follows = lambda preds: float(np.mean([answer_concept(p) == a for p, a in zip(preds, a_answers)]))  # noqa: E731
-    a_roots = [it.name(it.root) for it in a_items]
-    rooted = lambda preds: float(np.mean([p.split()[:1] == [r] for p, r in zip(preds, a_roots)]))  # noqa: E731
-    out = []
-    for steps in tqdm([None] + [[j] for j in range(1, k + 1)], desc=f"patch ({sa.label})", unit="run",
-                      disable=not progress):
-        edit = patch_edit(sa.source, steps, layer=layer, valid=sa.valid & sb.valid, positions=sb.positions)
-        res = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, edit=edit,
-                       prompts=sb.prompts)
-        at = read_after(model.config, steps[0] if steps else None, k, layer=layer, n_layers=n_layers,
-                        all_at=k) if markers else None
-        mass = base_mass = None
-        if at is not None:
-            v0 = node_values(model, tokenizer, b_items, at, batch_size=batch_size, progress=False).numpy()
-            v1 = node_values(model, tokenizer, b_items, at, batch_size=batch_size, progress=False, edit=edit).numpy()
-            base_mass = float(np.nanmean(frontier_mass(v0, graphs_a, at)))
-            mass = float(np.nanmean(frontier_mass(v1, graphs_a, at)))
-        preds, base_preds = [r.prediction for r in res.items], [r.prediction for r in base.items]
-        out.append(PatchResult(
-            site=sa.label, steps="all" if steps is None else str(steps[0]), n=len(b_items),
-            follows_a=follows(preds), baseline_follows_a=follows(base_preds),
-            names_a_root=rooted(preds), baseline_names_a_root=rooted(base_preds),
-            accuracy=res.accuracy, baseline_accuracy=base.accuracy,
-            changed=float(np.mean([p != q for p, q in zip(preds, base_preds)])),
-            values_at=at, a_frontier_mass=mass, baseline_a_frontier_mass=base_mass))
-    return out
+    with rows_are(index):  # an error names the item of the data set, not of its counterfactual pairs
+        sa = site(model, tokenizer, a_items, k=k, layer=layer, batch_size=batch_size)
+        sb = site(model, tokenizer, b_items, k=k, layer=layer, batch_size=batch_size)
+        a_answers = [answer_concept(r.prediction) for r in
+                     evaluate(model, tokenizer, a_items, k=k, batch_size=batch_size, progress=False,
+                              prompts=sa.prompts).items]
+        base = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, prompts=sb.prompts)
+        markers = model.config.stage_spec.markers
+        n_layers = architecture(model).n_layers
+        graphs_a = [ProsQAGraph.from_item(it) for it in a_items]
+        follows = lambda preds: float(np.mean([answer_concept(p) == a for p, a in zip(preds, a_answers)]))  # noqa: E731
+        a_roots = [it.name(it.root) for it in a_items]
+        rooted = lambda preds: float(np.mean([p.split()[:1] == [r] for p, r in zip(preds, a_roots)]))  # noqa: E731
+        out = []
+        for steps in tqdm([None] + [[j] for j in range(1, k + 1)], desc=f"patch ({sa.label})", unit="run",
+                          disable=not progress):
+            edit = patch_edit(sa.source, steps, layer=layer, valid=sa.valid & sb.valid, positions=sb.positions)
+            res = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, edit=edit,
+                           prompts=sb.prompts)
+            at = read_after(model.config, steps[0] if steps else None, k, layer=layer, n_layers=n_layers,
+                            all_at=k) if markers else None
+            mass = base_mass = None
+            if at is not None:
+                v0 = node_values(model, tokenizer, b_items, at, batch_size=batch_size, progress=False).numpy()
+                v1 = node_values(model, tokenizer, b_items, at, batch_size=batch_size, progress=False,
+                                 edit=edit).numpy()
+                base_mass = float(np.nanmean(frontier_mass(v0, graphs_a, at)))
+                mass = float(np.nanmean(frontier_mass(v1, graphs_a, at)))
+            preds, base_preds = [r.prediction for r in res.items], [r.prediction for r in base.items]
+            out.append(PatchResult(
+                site=sa.label, steps="all" if steps is None else str(steps[0]), n=len(b_items),
+                follows_a=follows(preds), baseline_follows_a=follows(base_preds),
+                names_a_root=rooted(preds), baseline_names_a_root=rooted(base_preds),
+                accuracy=res.accuracy, baseline_accuracy=base.accuracy,
+                changed=float(np.mean([p != q for p, q in zip(preds, base_preds)])),
+                values_at=at, a_frontier_mass=mass, baseline_a_frontier_mass=base_mass))
+        return out
 
 
 STEER_KINDS = ("probe", "unembed", "random")
@@ -530,27 +532,31 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     scale = float(s.norm[step - 1])
     at = read_after(model.config, step, k, layer=layer, n_layers=architecture(model).n_layers) \
         if model.config.stage_spec.markers else None
-    base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=prompts)
-    base_value = float("nan")
-    if at is not None:
-        v = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False).numpy()
-        base_value = float(np.mean([v[b, t] for b, t in enumerate(targets)]))
-    out = []
-    plan = [(kind, a) for kind in dirs for a in alphas]
-    for kind, alpha in tqdm(plan, desc=f"steer (layer {layer}, thought {step})", unit="run", disable=not progress):
-        edit = steer_edit(dirs[kind][keep], alpha * scale, step, n=len(items), k=k, layer=layer, positions=positions)
-        res = base if alpha == 0 else evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False,
-                                               edit=edit, prompts=prompts)
-        value = base_value
-        if at is not None and alpha != 0:
-            v = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False, edit=edit).numpy()
-            value = float(np.mean([v[b, t] for b, t in enumerate(targets)]))
-        preds = [r.prediction for r in res.items]
-        out.append(SteerPoint(
-            direction=kind, alpha=float(alpha), n=len(items), value=value,
-            to_option=float(np.mean([answer_concept(p) == o for p, o in zip(preds, option)])), accuracy=res.accuracy,
-            changed=float(np.mean([p != r.prediction for p, r in zip(preds, base.items)]))))
-    return out
+    with rows_are(keep):  # an error names the item of the data set, not of the steerable ones
+        base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=prompts)
+        base_value = float("nan")
+        if at is not None:
+            v = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False).numpy()
+            base_value = float(np.mean([v[b, t] for b, t in enumerate(targets)]))
+        out = []
+        plan = [(kind, a) for kind in dirs for a in alphas]
+        for kind, alpha in tqdm(plan, desc=f"steer (layer {layer}, thought {step})", unit="run",
+                                disable=not progress):
+            edit = steer_edit(dirs[kind][keep], alpha * scale, step, n=len(items), k=k, layer=layer,
+                              positions=positions)
+            res = base if alpha == 0 else evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False,
+                                                   edit=edit, prompts=prompts)
+            value = base_value
+            if at is not None and alpha != 0:
+                v = node_values(model, tokenizer, items, at, batch_size=batch_size, progress=False, edit=edit).numpy()
+                value = float(np.mean([v[b, t] for b, t in enumerate(targets)]))
+            preds = [r.prediction for r in res.items]
+            out.append(SteerPoint(
+                direction=kind, alpha=float(alpha), n=len(items), value=value,
+                to_option=float(np.mean([answer_concept(p) == o for p, o in zip(preds, option)])),
+                accuracy=res.accuracy,
+                changed=float(np.mean([p != r.prediction for p, r in zip(preds, base.items)]))))
+        return out
 
 
 def accuracy_without_thoughts(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int,
@@ -628,9 +634,11 @@ def run_interventions(
             layer_index(layer, n_layers, InterventionError)
     if unknown := sorted(set(parts) - set(PARTS)):
         raise InterventionError(f"unknown part(s) {unknown}; expected some of {', '.join(PARTS)}")
-    if len(items) < 2 and "ablate" in parts and "other" in kinds and sites:
-        raise InterventionError("1 item: the 'other' ablation gives each item another item's thoughts, so it needs "
-                                "at least 2 items; give more, or leave 'other' out (--ablations zero,mean,random)")
+    if "ablate" in parts and "other" in kinds and sites and duplicates(items).n_distinct < 2:
+        held = "1 item" if len(items) == 1 else f"{len(items)} items, all copies of one"
+        raise InterventionError(f"{held}: the 'other' ablation gives each item another item's thoughts, so it needs "
+                                "at least 2 distinct items; give more, or leave 'other' out "
+                                "(--ablations zero,mean,random)")
     if "steer" in parts and probe is None and not _steerable(items, steer_step):
         raise _no_steering_direction(len(items), steer_step)  # before any run, not after the others
     skipped = []

@@ -407,5 +407,6 @@ def fit_tuned_lens(
                                  batch_size=batch_size, progress=progress))
     held, train = sides
     lens = TunedLens.for_model(model).fit(train, epochs=epochs, lr=lr, seed=seed, progress=progress)
-    return TunedLensFit(lens, int((~is_held).sum()), int(is_held.sum()), mean_kl_to_final(held, model),
-                        mean_kl_to_final(held, model, lens), duplicates_merged=dup.merged)
+    with rows_are(np.flatnonzero(is_held)):
+        kl = mean_kl_to_final(held, model), mean_kl_to_final(held, model, lens)
+    return TunedLensFit(lens, int((~is_held).sum()), int(is_held.sum()), *kl, duplicates_merged=dup.merged)

@@ -30,7 +30,7 @@ from probe.artifacts import PROBE_CONFIG, PROBE_WEIGHTS
 from probe.data.graph import ProsQAGraph
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem, duplicates
-from probe.data.splits import content_folds
+from probe.data.splits import check_folds, content_folds
 from probe.finite import check_finite_tensors
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import weights_hash
@@ -430,9 +430,10 @@ def fit_probes(
     items = list(items)
     hook = resid_hook(model, layer)
     k_max = model.config.thought_count(k_max, 1, "k_max", ProbeError, "probes need a thought")
+    groups = duplicates(items).groups
+    check_folds(groups, folds, ProbeError)  # folds past the distinct items: refused before the capture
     trace = capture(model, tokenizer, items, k=k_max, names=[hook], batch_size=batch_size, progress=progress)
     names = name_vocabulary(items)
-    groups = duplicates(items).groups
     kind = "classification" if target in CLASSIFICATION else "regression"
     scores, coefs, biases = {}, [], []
     values = None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import signal
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -34,7 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
 from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
-from probe.atomic import atomic_write_text
+from probe.atomic import atomic_write_text, interruptible
 from probe.data.prosqa import ProsQAItem, load_items
 from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_pool
 from probe.distributed import process_group, rank_device, rank_slice, world
@@ -350,18 +349,10 @@ def train(
         torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
     if size == 1:
         return _train(cfg, resume, device, progress, on_record)
-    # torchrun stops the other ranks of a failed run with SIGTERM: as an exception, so that a checkpoint being
-    # written is removed (atomic_directory), not left half-written.
-    previous = signal.signal(signal.SIGTERM, _stop)
-    try:
-        with process_group(device):
-            return _train(cfg, resume, device, progress, on_record)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _stop(signum, frame) -> None:
-    raise SystemExit(128 + signum)
+    # torchrun stops the other ranks of a failed run with SIGTERM: as an exception (atomic.interruptible, the
+    # CLI's own where it runs), so that a checkpoint being written is removed, never left half-written.
+    with interruptible(), process_group(device):
+        return _train(cfg, resume, device, progress, on_record)
 
 
 def _train(cfg: TrainConfig, resume: bool, device: str, progress: bool,

@@ -234,8 +234,8 @@ def test_every_command_says_why_its_data_holds_too_few_items(short_model, tmp_pa
         (["sae", "train", "--data", one, "--out", out], f"--data {one}: 1 item; an SAE is trained {held}"),
         (["tuned-lens", "--data", one, "--out", out], f"--data {one}: 1 item; a tuned lens is fit {held}"),
         (["intervene", "--ckpt", str(ckpt), "--data", one, "--only", "ablate", "--out", out],
-         "1 item: the 'other' ablation gives each item another item's thoughts, so it needs at least 2 items; give "
-         "more, or leave 'other' out (--ablations zero,mean,random)"),
+         "1 item: the 'other' ablation gives each item another item's thoughts, so it needs at least 2 distinct "
+         "items; give more, or leave 'other' out (--ablations zero,mean,random)"),
         (["intervene", "--ckpt", str(ckpt), "--data", two, "--out", out],
          "steering: the frontier probe fit on these 2 items has no direction for any item's steering target (a parent "
          "of its wrong option; a probe learns a name's direction only if it is in the frontier at thought 1 in some "

@@ -275,6 +275,10 @@ def test_run_interventions_runs_the_parts_it_is_asked_for(tiny_model, word_token
         run_interventions(tiny_model, word_tokenizer, items, k=2, parts=["steering"], progress=False)
     with pytest.raises(InterventionError, match="layer -3 is out of range for a model with 2 layers"):
         run_interventions(tiny_model, word_tokenizer, items, k=2, sites=(None, -3), progress=False)
+    # copies of one item have no other item to give: refused before any run, as one item is
+    with pytest.raises(InterventionError, match="3 items, all copies of one: the 'other' ablation"):
+        run_interventions(tiny_model, word_tokenizer, [items[0]] * 3, k=2, kinds=("other",), parts=["ablate"],
+                          progress=False)
     # a model that answers right after the question (no_thoughts) has its accuracy and nothing else to edit
     from dataclasses import replace
 

@@ -19,7 +19,8 @@ from probe.cli.common import (
 def intervene_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
-    out: Path = typer.Option(..., "--out", help="New directory for report.json and the figures."),
+    out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
+                                           " for report.json and the figures."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     control: list[Path] = typer.Option([], "--control", help="A control checkpoint (pause, CoT) run the same way; "

@@ -28,7 +28,8 @@ def probes_fit(
                               "(copies of an item share a fold)."),
     target: str = typer.Option("frontier", "--target", help="frontier, reachable, value or depth."),
     layer: int = typer.Option(-1, "--layer", help="Residual stream after this layer (negative: from the end)."),
-    out: Path = typer.Option(..., "--out", help="New directory for the probe, report.json and scores.html."),
+    out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
+                                           " for the probe, report.json and scores.html."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     control: Optional[Path] = typer.Option(None, "--control", help="A control checkpoint probed the same way."),
@@ -80,7 +81,8 @@ def probes_fit(
 @one_line_errors
 def probes_halt(
     ckpt: Optional[Path] = CKPT_OPTION,
-    out: Path = typer.Option(..., "--out", help="New directory for the halting probe and report.json."),
+    out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
+                                           " for the halting probe and report.json."),
     overwrite: bool = OVERWRITE_OPTION,
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
     n: int = typer.Option(1000, "--n", min=2, help="Generated items to train on, when no --data."),
@@ -121,7 +123,8 @@ def probes_halt(
 @one_line_errors
 def sae_train(
     ckpt: Optional[Path] = CKPT_OPTION,
-    out: Path = typer.Option(..., "--out", help="New directory: cfg.json + sae_weights.safetensors (SAELens), report."),
+    out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
+                                           ": cfg.json + sae_weights.safetensors (SAELens), report."),
     overwrite: bool = OVERWRITE_OPTION,
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
     n: int = typer.Option(2000, "--n", min=10, help="Generated items, when no --data."),

@@ -81,7 +81,8 @@ def _print_decoded(res) -> None:
 def capture_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
-    out: Path = typer.Option(..., "--out", help="New directory for the safetensors shards and manifest.json."),
+    out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
+                                           " for the safetensors shards and manifest.json."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     hooks: Optional[list[str]] = typer.Option(None, "--hooks", help="Hook-name globs, e.g. '*hook_resid_post' (repeatable)."),
@@ -141,7 +142,8 @@ def capture_cmd(
 def analyze_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
-    out: Path = typer.Option(..., "--out", help="New directory for report.json and one HTML figure per measure."),
+    out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
+                                           " for report.json and one HTML figure per measure."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     control: Optional[Path] = typer.Option(None, "--control",

@@ -20,11 +20,18 @@ def content_folds(groups: np.ndarray, folds: int, seed: int = 0,
     2 <= folds <= the number of distinct items.
     """
     groups = np.asarray(groups)
+    check_folds(groups, folds, error)
+    return list(GroupKFold(folds, shuffle=True, random_state=seed).split(groups, groups=groups))
+
+
+def check_folds(groups: np.ndarray, folds: int, error: type[Exception] = ValueError) -> None:
+    """Refuse (raise `error`) a fold count outside [2, the number of distinct items] (groups: [n_items] int,
+    `Duplicates.groups`): the check `content_folds` makes, for a caller to make before its work."""
+    groups = np.asarray(groups)
     n_groups = len(np.unique(groups))
     if not 2 <= folds <= n_groups:
         copies = f" ({n_groups} distinct)" if n_groups < len(groups) else ""
         raise error(f"folds must be in [2, {n_groups}] for {len(groups)} items{copies}, got {folds}")
-    return list(GroupKFold(folds, shuffle=True, random_state=seed).split(groups, groups=groups))
 
 
 def content_holdout(groups: np.ndarray, fraction: float, seed: int = 0,

@@ -86,7 +86,7 @@ def build_rbs_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def is_rbs_tokenizer(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether a tokenizer holds exactly RbS's vocabulary, id for id (what `--tokenizer rbs` builds)."""
+    """Whether a tokenizer holds exactly RbS's vocabulary, id for id (as build_rbs_tokenizer builds it)."""
     vocab = tokenizer.get_vocab()
     return len(vocab) == len(RBS_VOCABULARY) and all(vocab.get(w) == i for i, w in enumerate(RBS_VOCABULARY))
 
