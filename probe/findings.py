@@ -41,13 +41,17 @@ def _get(d: dict | None, *keys) -> Any:
     return d
 
 
-def _columns(reports: Sequence[dict]) -> dict[str, dict]:
-    """One command's models by column label: the checkpoint's name (`checkpoint_name`, which matches a model across
-    the two reports), or its whole path where two checkpoints of the command share a name (so that neither
-    takes the other's column)."""
+def _shared_names(reports: Sequence[dict]) -> set[str]:
+    """The checkpoint names (`checkpoint_name`) that two different checkpoints of one command's reports share."""
     paths = list(dict.fromkeys(r["checkpoint"] for r in reports))
-    shared = Counter(checkpoint_name(p) for p in paths)
-    return {(r["checkpoint"] if shared[checkpoint_name(r["checkpoint"])] > 1 else checkpoint_name(r["checkpoint"])): r
+    return {name for name, n in Counter(checkpoint_name(p) for p in paths).items() if n > 1}
+
+
+def _columns(reports: Sequence[dict], shared: set[str]) -> dict[str, dict]:
+    """One command's models by column label: the checkpoint's name (`checkpoint_name`, which matches a model across
+    the two reports), or its whole path where the name is in `shared` (two checkpoints of either command share it),
+    so that neither takes the other's column and the same model gets the same label in both reports."""
+    return {(r["checkpoint"] if checkpoint_name(r["checkpoint"]) in shared else checkpoint_name(r["checkpoint"])): r
             for r in reports}
 
 
@@ -72,8 +76,10 @@ def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, 
     """
     if analysis is None and interventions is None:
         raise ValueError("findings need an analysis report, an interventions report, or both")
-    ana = _columns([r for r in (analysis, (analysis or {}).get("control")) if r])
-    ivs = _columns((interventions or {}).get("reports", []))
+    ana_reports = [r for r in (analysis, (analysis or {}).get("control")) if r]
+    iv_reports = (interventions or {}).get("reports", [])
+    shared = _shared_names(ana_reports) | _shared_names(iv_reports)
+    ana, ivs = _columns(ana_reports, shared), _columns(iv_reports, shared)
     names = list(dict.fromkeys([*ivs, *ana]))
     modes = {n: (ivs.get(n) or ana.get(n))["mode"] for n in names}
     k1, k2 = ks

@@ -119,6 +119,15 @@ def test_two_checkpoints_of_one_name_keep_their_own_columns():
     table = findings_markdown(a, None)
     assert table.splitlines()[0] == "| finding | `runs/a/final` (coconut) | `runs/b/final` (pause_as_thought) | papers |"
     assert table_rows(table)["frontier value mass, k = 1 / 2"][:2] == ["0.100 / 0.200", "0.050 / 0.100"]
+    # The name is shared in the analysis only; the interventions report holds one of the two: the same model keeps
+    # one column (labelled by path in both reports), not a path column and a name column.
+    iv = interventions()
+    iv["reports"] = [iv["reports"][0] | {"checkpoint": "runs/a/final"}]
+    table = findings_markdown(a, iv)
+    assert table.splitlines()[0] == "| finding | `runs/a/final` (coconut) | `runs/b/final` (pause_as_thought) | papers |"
+    rows = table_rows(table)
+    assert rows["accuracy (%) after k thoughts, `probe intervene`"][:2] == ["0: 50.0 / 6: 97.5", "-"]
+    assert rows["frontier value mass, k = 1 / 2"][:2] == ["0.100 / 0.200", "0.050 / 0.100"]
 
 
 def test_probe_findings_reads_both_directories_and_names_a_bad_one(tmp_path):
