@@ -169,10 +169,12 @@ class PositionError(RowError):
 class _FiniteWatch:
     """While a run without gradients goes on: for each decoder layer's output (and the first layer's input), which
     columns of each row hold a NaN or inf ([batch, segment] bool per segment, kept on the device: no host sync).
-    Read only when the run's final check finds a non-finite value, to name the first hook point it reached."""
+    Read only when the run's final check finds a non-finite value, to name the first hook point it reached. With
+    last_only (token-by-token decoding, which reads only the step that gave the bad logits) each point keeps only its
+    latest segment."""
 
-    def __init__(self, model: "CoconutModel", on: bool):
-        self.on, self._model = on, model
+    def __init__(self, model: "CoconutModel", on: bool, last_only: bool = False):
+        self.on, self._model, self._last_only = on, model, last_only
         self.flags: dict[str, list[Tensor]] = {}
         self._handles: list[Any] = []
 
@@ -193,6 +195,8 @@ class _FiniteWatch:
         self._handles = []
 
     def _flag(self, name: str, value: Tensor) -> None:
+        if self._last_only:
+            self.flags[name].clear()
         self.flags[name].append(~torch.isfinite(value.detach()).all(-1))
 
     def _post(self, name: str, module, args, out) -> None:
@@ -526,30 +530,32 @@ class CoconutModel(nn.Module):
         budget = torch.full_like(positions, max(max_new_tokens, 0))
         if (limit := self.max_positions) is not None:
             budget = budget.clamp(max=limit - positions).clamp(min=0)
+        budget = budget.tolist()  # the rows' budgets and states are kept on the host: one device sync per step
         logits = out.logits[:, -1]
         tokens: list[list[int]] = [[] for _ in range(len(mask))]
-        done = budget == 0
-        with _FiniteWatch(self, on=True) as watch:
-            for step in range(int(budget.max()) if len(budget) else 0):
+        done = [b == 0 for b in budget]
+        with _FiniteWatch(self, on=True, last_only=True) as watch:
+            for step in range(max(budget, default=0)):
                 nxt = logits.argmax(-1)
-                bad = ~torch.isfinite(logits).all(-1) & ~done  # a row still writing whose logits are not finite
-                if step > 0:
-                    done |= nxt == self.config.eos_id
-                new, flags = torch.stack([nxt, bad.long()]).tolist()  # one device sync per step
-                if any(flags):
-                    row = flags.index(1)
+                new, flags = torch.stack([nxt, (~torch.isfinite(logits).all(-1)).long()]).tolist()  # the one sync
+                if bad := [i for i, (f, d) in enumerate(zip(flags, done)) if f and not d]:  # a row still writing
+                    row = bad[0]
                     last = watch.columns(last=True) if step else {}  # the run that gave these logits
                     if step:
                         last[FINAL] = (~torch.isfinite(h[:, -1:]).all(-1)).cpu()
                     point = next((n for n, f in last.items() if f[row].any()), LOGITS)
                     raise NonFiniteActivation(row, f"answer token {step + 1}", point, self._overflow_advice())
-                for i in torch.nonzero(~done).flatten().tolist():
-                    tokens[i].append(new[i])
-                done |= budget <= step + 1
-                if bool(done.all()):
+                if step > 0:
+                    done = [d or t == self.config.eos_id for d, t in zip(done, new)]
+                for i, (d, t) in enumerate(zip(done, new)):
+                    if not d:
+                        tokens[i].append(t)
+                done = [d or b <= step + 1 for d, b in zip(done, budget)]
+                if all(done):
                     break
-                mask = torch.cat([mask, (~done).to(mask.dtype)[:, None]], dim=1)
-                positions = positions + (~done).long()  # a finished row stays at its last position, inside the limit
+                live = torch.tensor([not d for d in done], device=mask.device)
+                mask = torch.cat([mask, live.to(mask.dtype)[:, None]], dim=1)
+                positions = positions + live.long()  # a finished row stays at its last position, inside the limit
                 h = self._run(self.embed(nxt[:, None]), mask, positions[:, None], cache)
                 logits = self.unembed(h[:, -1])
         return tokens
