@@ -104,10 +104,11 @@ class ThoughtTrace:
             raise CaptureError("this trace holds no answers; capture with max_new_tokens > 0")
         return [[t for t in row if t >= 0] for row in self.answer_ids.tolist()]
 
-    def predictions(self, tokenizer) -> list[str]:
-        """Each item's prediction by the official rule (prompt and answer decoded together, text after '#')."""
+    def predictions(self, tokenizer, fmt: str = "sentences") -> list[str]:
+        """Each item's prediction by the format's rule (prompt and answer decoded together, text after '#'; in RbS's
+        layout after "[A]"): pass the model's config.data_format."""
         prompts = [[t for t in row if t >= 0] for row in self.prompt_ids.tolist()]
-        return [prediction(tokenizer, p, a) for p, a in zip(prompts, self.answers())]
+        return [prediction(tokenizer, p, a, fmt) for p, a in zip(prompts, self.answers())]
 
     def select(self, rows: Tensor | Sequence[int]) -> "ThoughtTrace":
         """The trace of some of its items, in the given order."""
@@ -200,8 +201,8 @@ def capture_batch(
     markers = cfg.stage_spec.markers
     if markers:
         prompts = [render_prompt(t, k, cfg.stage_spec, cfg.special) for t in tok_items]
-        # Steps: the position emitting thought j (question_len + j - 1), then the last prompt position.
-        steps = torch.arange(k)[None] + q_len[:, None]
+        # Steps: the position emitting thought j (thought_origin + j - 1), then the last prompt position.
+        steps = torch.arange(k)[None] + torch.tensor([t.thought_origin for t in tok_items])[:, None]
     else:
         # No latent mode (CoT): "thought" j is the state at the end of gold language step j, the
         # position that names the next step's first node; past an item's last step it repeats.

@@ -94,9 +94,10 @@ def decode_item(
                 float(ro.frontier_mass[0, s, j]),
             ))
         steps.append(reading)
-    pred = trace.predictions(tokenizer)[0]
+    fmt = model.config.data_format
+    pred = trace.predictions(tokenizer, fmt)[0]
     return Decoded(index=index, question=item.question, answer=item.answer, prediction=pred,
-                   correct=is_correct(pred, item), generated=tokenizer.decode(trace.answers()[0], skip_special_tokens=True),
+                   correct=is_correct(pred, item, fmt), generated=tokenizer.decode(trace.answers()[0], skip_special_tokens=True),
                    lens=ro.lens, thoughts=steps[: trace.k],
                    answer_step=steps[trace.k], readout=ro, thought_vectors=trace.thoughts[0],
                    indistinct=indistinct_names(item, tokenizer, model.config.data_format))

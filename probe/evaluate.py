@@ -10,20 +10,22 @@ import torch
 from tqdm.auto import tqdm
 
 from probe.data.prosqa import ProsQAItem
-from probe.data.render import render_prompt, tokenize_item
+from probe.data.render import DataFormat, answer_of, gold_answer, node_names, render_prompt, tokenize_item
 from probe.model.coconut import CoconutModel, ThoughtEdit
 from probe.model.rows import rows_are
 
 MAX_NEW_TOKENS = 128  # the official ProsQA setting
 
 
-def extract_answer(text: str) -> str:
-    """The official prediction: the text after the last '#', commas removed, stripped."""
-    return text.split("#")[-1].replace(",", "").strip()
+def extract_answer(text: str, fmt: DataFormat = "sentences") -> str:
+    """The official prediction: the text after the last '#' (RbS's layout: after the last "[A]"), commas removed,
+    stripped (`probe.data.render.answer_of`)."""
+    return answer_of(text, fmt)
 
 
-def prediction(tokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:
-    """The official prediction of a continuation: prompt and new tokens decoded together, then extract_answer.
+def prediction(tokenizer, prompt: Sequence[int], new: Sequence[int], fmt: DataFormat = "sentences") -> str:
+    """The official prediction of a continuation: prompt and new tokens decoded together, then extract_answer
+    (the format's rule: RbS's reads the one token after "[A]").
 
     A token the tokenizer does not know (its unk token) stays in the text as that token rather than being
     skipped with the other special tokens, so an answer that holds one can never match a gold answer.
@@ -32,8 +34,8 @@ def prediction(tokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is not None and unk in new:
         special = set(tokenizer.all_special_ids) - {unk}
-        return extract_answer(tokenizer.decode([t for t in ids if t not in special], skip_special_tokens=False))
-    return extract_answer(tokenizer.decode(ids, skip_special_tokens=True))
+        return extract_answer(tokenizer.decode([t for t in ids if t not in special], skip_special_tokens=False), fmt)
+    return extract_answer(tokenizer.decode(ids, skip_special_tokens=True), fmt)
 
 
 def _unwritable(names, tokenizer) -> set[str]:
@@ -44,16 +46,18 @@ def _unwritable(names, tokenizer) -> set[str]:
     return {n for n in set(names) if unk in tokenizer.encode(n, add_special_tokens=False)}
 
 
-def unknown_names(item: ProsQAItem, tokenizer) -> list[str]:
-    """The item's node names that the tokenizer cannot write (they map to its unk token): readings of those
-    nodes cannot tell them apart."""
-    bad = _unwritable(item.idx_to_symbol, tokenizer)
-    return [n for n in item.idx_to_symbol if n in bad]
+def unknown_names(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> list[str]:
+    """The item's node names (as the format writes them) that the tokenizer cannot write (they map to its unk
+    token): readings of those nodes cannot tell them apart."""
+    names = node_names(item, fmt)
+    bad = _unwritable(names, tokenizer)
+    return [n for n in names if n in bad]
 
 
-def is_correct(pred: str, item: ProsQAItem) -> bool:
-    """Whether a prediction is the item's answer by the official rule (commas removed, stripped)."""
-    return pred == item.answer.replace(",", "").strip()
+def is_correct(pred: str, item: ProsQAItem, fmt: DataFormat = "sentences") -> bool:
+    """Whether a prediction is the item's answer by the format's rule: the official answer sentence (commas
+    removed, stripped), or in RbS's layout the target's index (`probe.data.render.gold_answer`)."""
+    return pred == gold_answer(item, fmt)
 
 
 @dataclass(frozen=True)
@@ -146,19 +150,20 @@ def evaluate(
         groups[ks[i]].append(i)
     batches = [g[j : j + batch_size] for g in groups.values() for j in range(0, len(g), batch_size)]
     results: dict[int, ItemResult] = {}
-    unwritable = _unwritable((n for it in items for n in it.idx_to_symbol), tokenizer)  # each name once, not per item
+    names = [node_names(it, cfg.data_format) for it in items]
+    unwritable = _unwritable((n for ns in names for n in ns), tokenizer)  # each name once, not per item
     model.eval()
     for batch in tqdm(batches, desc="eval", unit="batch", disable=not progress):
         with rows_are(batch):
             gen = model.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens,
                                  edit=None if edit is None else edit.rows(batch))
         for row, (i, new) in enumerate(zip(batch, gen.tokens)):
-            pred = prediction(tokenizer, prompts[i], new)
+            pred = prediction(tokenizer, prompts[i], new, cfg.data_format)
             results[i] = ItemResult(
-                index=i, prediction=pred, correct=is_correct(pred, items[i]),
+                index=i, prediction=pred, correct=is_correct(pred, items[i], cfg.data_format),
                 n_thoughts=ks[i], n_generated=len(new), text=tokenizer.decode(new, skip_special_tokens=True),
                 thoughts=gen.thoughts[row, : ks[i]].float().cpu(),
-                unknown_names=tuple(n for n in items[i].idx_to_symbol if n in unwritable),
+                unknown_names=tuple(n for n in names[i] if n in unwritable),
             )
     ordered = [results[i] for i in range(len(items))]
     return EvalResult(

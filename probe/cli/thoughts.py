@@ -130,9 +130,10 @@ def capture_cmd(
                f"{size_mb:.1f} MB to {store.path}")
     if max_new_tokens:
         first = store.manifest.get("first_index", 0)
-        right = sum(is_correct(pred, items[int(i) - first])
+        fmt = model.config.data_format
+        right = sum(is_correct(pred, items[int(i) - first], fmt)
                     for tr in (store.shard(s, names=[]) for s in range(store.n_shards))
-                    for i, pred in zip(tr.indices, tr.predictions(tok)))
+                    for i, pred in zip(tr.indices, tr.predictions(tok, fmt)))
         given = "" if model.config.stage_spec.markers or not store.k else f", after the first {store.k} gold steps"
         typer.echo(f"answers (greedy, up to {max_new_tokens} tokens{given}): {right}/{len(store)} correct")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from probe.data.prosqa import ProsQAItem, parse_question
-from probe.data.render import DataFormat, question_text, step_prefix
+from probe.data.render import DataFormat, node_names, question_text, step_prefix, tokenize_item
 
 NONE = -1
 
@@ -48,8 +48,28 @@ def _name_spans(text: str, names: list[str], start: int) -> tuple[list[tuple[int
     return spans, start
 
 
+def _rbs_layout(item: ProsQAItem, tokenizer) -> PromptLayout:
+    """RbS's layout, one token per word: <eos>, then per edge its source, its target and the "|" after it (the last
+    edge has none), then "[Q]", the two options, "[R]" and the root."""
+    n = len(tokenize_item(item, tokenizer, "rbs").question)
+    fact, node = [NONE] * n, [NONE] * n
+    pos = 1
+    for e, (s, t) in enumerate(item.edges):
+        width = 3 if e < len(item.edges) - 1 else 2
+        fact[pos : pos + width] = [e] * width
+        node[pos], node[pos + 1] = s, t
+        pos += width
+    words = question_text(item, "rbs").split()
+    query = (pos + 1, pos + 2, pos + 4)  # "[Q]" a b "[R]" root
+    for p in query:
+        node[p] = int(words[p])
+    return PromptLayout(tuple(fact), tuple(node), query)
+
+
 def prompt_layout(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> PromptLayout:
     """The layout of an item's question as tokenize_item tokenizes it (question + newline)."""
+    if fmt == "rbs":
+        return _rbs_layout(item, tokenizer)
     text = question_text(item, fmt) + "\n"
     enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
@@ -97,7 +117,7 @@ def name_pieces(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> l
     prefix = step_prefix(fmt)
     lead = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
     out = []
-    for name in item.idx_to_symbol:
+    for name in node_names(item, fmt):
         ids = tokenizer.encode(f"{prefix} {name}" if prefix else name, add_special_tokens=False)
         if ids[: len(lead)] != lead or len(ids) == len(lead):
             raise ValueError(f"cannot isolate the tokens of {name!r} after {prefix!r}")
@@ -108,7 +128,7 @@ def name_pieces(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> l
 def name_tokens(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> list[int]:
     """Per node, the first token of its name as a step writes it (a bare-space piece skipped)."""
     out = []
-    for name, pieces in zip(item.idx_to_symbol, name_pieces(item, tokenizer, fmt)):
+    for name, pieces in zip(node_names(item, fmt), name_pieces(item, tokenizer, fmt)):
         # Some BPE vocabularies emit a bare space before a rare word.
         rest = [t for t in pieces if tokenizer.decode([t]).strip()]
         if not rest:

@@ -25,6 +25,9 @@ from probe.data.prosqa import DataError, ProsQAItem, _check_item, read_data_file
 
 NEIGHBORS = "neighbor_k"
 RBS_NODES = 31  # node tokens 0..30 in RbS's vocabulary
+# The words of RbS's layout besides node indices (`probe.data.render`, data format "rbs"): its first token, the edge
+# separator, the markers before the two options, before the root and before the one-token answer.
+RBS_EOS, RBS_EDGE, RBS_QUESTION, RBS_ROOT, RBS_ANSWER = "<eos>", "|", "[Q]", "[R]", "[A]"
 Kind = Literal["optimal", "reachable"]
 KINDS: tuple[str, ...] = ("optimal", "reachable")
 

@@ -11,20 +11,32 @@ Three text formats:
   which is what a thought trained with `supervision: optimal` emits. The answer line is the
   official one.
 
+- "rbs": "Reasoning by Superposition"'s own layout and vocabulary (github Ber666/reasoning-by-superposition,
+  dataset.py; docs/rbs-notes.md, section 3), written with node *indices* for RbS's tokenizer:
+  "<eos> s t | s t | ... | s t [Q] a b [R] root", in the item's edge order, no "|" after the last edge, the two
+  options in an order drawn per item from a fixed seed (`rbs_target_first`); a step is the index of the node it
+  reaches; the answer is the target's index, one token after "[A]" (no eos), and is correct when that token is the
+  target (RbS's answer rule, `answer_of`).
+
 Token layout (Coconut): question, <|start-latent|>, n x <|latent|>, <|end-latent|>, the
 remaining steps, "### " answer, eos. Modes without markers (cot, no_cot, no_thoughts) drop
-the start/end tokens, as the official implementation does.
+the start/end tokens, as the official implementation does. In RbS's layout the thoughts follow the
+root directly (thought 1 is the root's last hidden state) and "[A]" follows them: question,
+n x <|latent|>, "[A]", the answer; without latent mode, question, "[A]", the answer.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Literal
 
-from probe.data.prosqa import ProsQAItem, parse_question
+from probe.data.prosqa import ProsQAItem, item_key, parse_question
+from probe.data.rbs import RBS_ANSWER, RBS_EDGE, RBS_EOS, RBS_NODES, RBS_QUESTION, RBS_ROOT
 
-DataFormat = Literal["sentences", "edges", "graph"]
-DATA_FORMATS: tuple[str, ...] = ("sentences", "edges", "graph")
+DataFormat = Literal["sentences", "edges", "graph", "rbs"]
+DATA_FORMATS: tuple[str, ...] = ("sentences", "edges", "graph", "rbs")
+RBS_OPTION_SEED = 0  # the seed of RbS-layout option orders at evaluation (rbs_target_first)
 Mode = Literal["coconut", "pause_as_thought", "cot", "no_cot", "no_thoughts"]
 MODES: tuple[str, ...] = ("coconut", "pause_as_thought", "cot", "no_cot", "no_thoughts")
 IGNORE_INDEX = -100
@@ -36,16 +48,44 @@ def _check_format(fmt: str) -> None:
 
 
 def step_prefix(fmt: DataFormat) -> str:
-    """The text of a step before its first node name ('Every' in sentences, nothing in edges and graph)."""
+    """The text of a step before its first node name ('Every' in sentences, nothing in the other formats)."""
     _check_format(fmt)
     return "Every" if fmt == "sentences" else ""
 
 
+def node_names(item: ProsQAItem, fmt: DataFormat = "sentences") -> tuple[str, ...]:
+    """How the format writes each node, by index: its name, or in "rbs" its index ("0", "1", ...)."""
+    _check_format(fmt)
+    return tuple(str(v) for v in range(item.n_nodes)) if fmt == "rbs" else item.idx_to_symbol
+
+
+def rbs_target_first(item: ProsQAItem, seed: int = RBS_OPTION_SEED) -> bool:
+    """Whether RbS's layout lists the target before the distractor for this item: drawn once per item from the seed
+    and the item's content (`item_key`), so that an item is written the same way in any file, batch or order. RbS
+    itself draws the order anew at every evaluation (random.random() < 0.5); training views draw theirs per view."""
+    return random.Random(f"rbs-options:{seed}:{item_key(item)}").random() < 0.5
+
+
+def rbs_question(item: ProsQAItem, target_first: bool) -> str:
+    """RbS's prompt before the thoughts, "<eos> s t | ... | s t [Q] a b [R] root", the edges in item.edges order.
+
+    Raises ValueError for an item with more nodes than RbS's node tokens (0..30)."""
+    if item.n_nodes > RBS_NODES:
+        raise ValueError(f"an item of {item.n_nodes} nodes cannot be written in RbS's layout (node tokens "
+                         f"0..{RBS_NODES - 1})")
+    edges = f" {RBS_EDGE} ".join(f"{s} {t}" for s, t in item.edges)
+    a, b = (item.target, item.neg_target) if target_first else (item.neg_target, item.target)
+    return f"{RBS_EOS} {edges} {RBS_QUESTION} {a} {b} {RBS_ROOT} {item.root}"
+
+
 def question_text(item: ProsQAItem, fmt: DataFormat = "sentences") -> str:
-    """The question in the given format (the official text for 'sentences')."""
+    """The question in the given format (the official text for 'sentences'; for 'rbs' the option order of
+    `rbs_target_first`)."""
     _check_format(fmt)
     if fmt == "sentences":
         return item.question
+    if fmt == "rbs":
+        return rbs_question(item, rbs_target_first(item))
     facts, (root, a, b) = parse_question(item.question)
     listed = " ".join(f"{p} {c} |" for p, c in facts)
     return f"{listed} {root} ? {a} {b}" if fmt == "edges" else f"{listed} {a} {b} ? {root}"
@@ -59,31 +99,84 @@ def step_texts(item: ProsQAItem, fmt: DataFormat = "sentences") -> list[str]:
     out = []
     for s in item.steps:
         facts, _ = parse_question(f"{s} Is x a y or z?")
-        out.extend(f"{p} {c}" if fmt == "edges" else c for p, c in facts)
+        out.extend(f"{p} {c}" if fmt == "edges" else str(item.index(c)) if fmt == "rbs" else c for p, c in facts)
     return out
 
 
-def answer_text(item: ProsQAItem) -> str:
-    """The answer line, as the official implementation writes it."""
-    return "### " + item.answer
+def answer_text(item: ProsQAItem, fmt: DataFormat = "sentences") -> str:
+    """The answer line, as the official implementation writes it; in "rbs" the target's index (after "[A]")."""
+    _check_format(fmt)
+    return str(item.target) if fmt == "rbs" else "### " + item.answer
+
+
+def answer_of(text: str, fmt: DataFormat = "sentences") -> str:
+    """The prediction in decoded text (prompt and continuation), by the format's own rule: the official one, the
+    text after the last '#'; RbS's, the text after the last "[A]" (run.py); then commas removed, stripped."""
+    _check_format(fmt)
+    return text.split(RBS_ANSWER if fmt == "rbs" else "#")[-1].replace(",", "").strip()
+
+
+def gold_answer(item: ProsQAItem, fmt: DataFormat = "sentences") -> str:
+    """What a correct prediction equals (`answer_of`): the answer sentence, or in "rbs" the target's index."""
+    _check_format(fmt)
+    return str(item.target) if fmt == "rbs" else item.answer.replace(",", "").strip()
+
+
+def answer_length(fmt: DataFormat) -> int | None:
+    """Tokens an answer may hold: RbS's evaluation writes exactly one after "[A]" (its answer is one token, with no
+    eos after it); None for the other formats (their answers end with eos)."""
+    _check_format(fmt)
+    return 1 if fmt == "rbs" else None
 
 
 @dataclass(frozen=True)
 class TokenizedItem:
-    """Token ids of an item's parts; answer ends with eos."""
+    """Token ids of an item's parts. answer ends with eos, except in RbS's layout, where it is one token written
+    after the cue "[A]" and the thoughts are not marked (they follow the root; `thought_origin`)."""
 
     question: tuple[int, ...]
     steps: tuple[tuple[int, ...], ...]
     answer: tuple[int, ...]
+    cue: tuple[int, ...] = ()  # written before the answer in every mode: RbS's "[A]"
+    marked: bool = True  # the thoughts sit between <|start-latent|> and <|end-latent|>
+
+    @property
+    def thought_origin(self) -> int:
+        """The position whose last hidden state becomes thought 1 (thought j: thought_origin + j - 1): the
+        <|start-latent|> token after the question, or in RbS's layout the root, the question's last token."""
+        return len(self.question) if self.marked else len(self.question) - 1
 
 
-def tokenize_item(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences") -> TokenizedItem:
-    """Tokenize question + newline, each step + newline, and '### ' answer + eos (the official split)."""
+def _one_token(tokenizer, word: str) -> int:
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if len(ids) != 1 or ids[0] == getattr(tokenizer, "unk_token_id", None):
+        raise ValueError(f"data format 'rbs' writes RbS's tokens, but this tokenizer writes {word!r} as {ids}, not "
+                         "as one token of its own; use RbS's tokenizer (--tokenizer rbs)")
+    return ids[0]
+
+
+def tokenize_item(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences", *, question: str | None = None,
+                  ) -> TokenizedItem:
+    """Tokenize question + newline, each step + newline, and '### ' answer + eos (the official split); in "rbs",
+    RbS's words, one token each, with no newline, no eos and "[A]" as the cue.
+
+    question, if given, replaces question_text(item, fmt) (a training view's). Raises ValueError when the format is
+    "rbs" and the tokenizer is not RbS's (a word of the layout is not one token of its own)."""
     enc = tokenizer.encode
+    if fmt == "rbs":
+        _one_token(tokenizer, RBS_QUESTION)
+        words = (question or question_text(item, fmt)).split()
+        return TokenizedItem(
+            question=tuple(_one_token(tokenizer, w) for w in words),
+            steps=tuple((_one_token(tokenizer, s),) for s in step_texts(item, fmt)),
+            answer=(_one_token(tokenizer, answer_text(item, fmt)),),
+            cue=(_one_token(tokenizer, RBS_ANSWER),),
+            marked=False,
+        )
     return TokenizedItem(
-        question=tuple(enc(question_text(item, fmt) + "\n", add_special_tokens=True)),
+        question=tuple(enc((question or question_text(item, fmt)) + "\n", add_special_tokens=True)),
         steps=tuple(tuple(enc(s + "\n", add_special_tokens=False)) for s in step_texts(item, fmt)),
-        answer=tuple(enc(answer_text(item), add_special_tokens=False)) + (tokenizer.eos_token_id,),
+        answer=tuple(enc(answer_text(item, fmt), add_special_tokens=False)) + (tokenizer.eos_token_id,),
     )
 
 
@@ -151,12 +244,24 @@ class Rendered:
         return sorted(labels + list(self.targets))
 
 
+def thought_span(tok: TokenizedItem, n_thoughts: int, spec: StageSpec, special, *, closed: bool = True) -> list[int]:
+    """The tokens between the question and what follows the thoughts: <|start-latent|>, n_thoughts x <|latent|>
+    and (closed) <|end-latent|>; in RbS's layout the latents alone; nothing in a mode without latent mode."""
+    if not spec.markers:
+        return []
+    latents = [special.latent_id] * n_thoughts
+    if not tok.marked:
+        return latents
+    return [special.start_id] + latents + ([special.end_id] if closed else [])
+
+
 def render_stage(tok: TokenizedItem, stage: int, spec: StageSpec, special) -> Rendered:
-    """The training sequence of an item at a curriculum stage (Coconut's layout)."""
+    """The training sequence of an item at a curriculum stage (Coconut's layout). Raises ValueError for RbS's layout,
+    which has no language steps to train (it trains under `supervision: optimal`, probe.data.supervision)."""
+    if not tok.marked:
+        raise ValueError("RbS's layout has no language steps: train it with supervision: optimal")
     n_skip, n_latent = spec.layout(stage, len(tok.steps))
-    prefix = list(tok.question)
-    if spec.markers:
-        prefix += [special.start_id] + [special.latent_id] * n_latent + [special.end_id]
+    prefix = list(tok.question) + thought_span(tok, n_latent, spec, special)
     rest = [t for s in tok.steps[n_skip:] for t in s] + list(tok.answer)
     return Rendered(
         input_ids=tuple(prefix + rest),
@@ -166,14 +271,13 @@ def render_stage(tok: TokenizedItem, stage: int, spec: StageSpec, special) -> Re
 
 
 def render_prompt(tok: TokenizedItem, n_thoughts: int, spec: StageSpec, special) -> list[int]:
-    """An inference prompt: the question, then (with markers) n_thoughts latents between start and end."""
+    """An inference prompt: the question, then (with markers) n_thoughts latents between start and end; in RbS's
+    layout the question, n_thoughts latents and "[A]"."""
     if n_thoughts < 0:
         raise ValueError(f"n_thoughts must be >= 0, got {n_thoughts}")
-    if not spec.markers:
-        if n_thoughts:
-            raise ValueError(f"a {spec.mode} model takes no thoughts, got n_thoughts={n_thoughts}")
-        return list(tok.question)
-    return list(tok.question) + [special.start_id] + [special.latent_id] * n_thoughts + [special.end_id]
+    if not spec.markers and n_thoughts:
+        raise ValueError(f"a {spec.mode} model takes no thoughts, got n_thoughts={n_thoughts}")
+    return list(tok.question) + thought_span(tok, n_thoughts, spec, special) + list(tok.cue)
 
 
 def step_prompt(tok: TokenizedItem, k: int, spec: StageSpec, special) -> list[int] | None:
@@ -187,5 +291,8 @@ def step_prompt(tok: TokenizedItem, k: int, spec: StageSpec, special) -> list[in
 
 
 def full_text(item: ProsQAItem, fmt: DataFormat = "sentences") -> str:
-    """The whole CoT text of an item: question, steps and answer, newline-separated."""
+    """The whole CoT text of an item: question, steps and answer, newline-separated (in "rbs", RbS's tokens:
+    the steps' nodes, then "[A]" and the answer)."""
+    if fmt == "rbs":
+        return " ".join([question_text(item, fmt), *step_texts(item, fmt), RBS_ANSWER, answer_text(item, fmt)])
     return "\n".join([question_text(item, fmt), *step_texts(item, fmt), answer_text(item)])

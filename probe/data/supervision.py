@@ -10,7 +10,9 @@
   s' = min(s, D): with s' < D the sequence ends with s' thoughts (the question, `<|start-latent|>`
   and s' latents) and its newest thought is supervised; with s' = D it is at the answer stage: its
   thoughts (max_latent_stage of them when padded, as at inference), `<|end-latent|>` and the
-  official answer line.
+  official answer line. In RbS's layout (data format "rbs") the thoughts follow the root unmarked, so thought j is
+  emitted at the root's position + j - 1, and the answer stage ends with "[A]" and the target's one token, exactly
+  RbS's training sequences (docs/rbs-notes.md, section 3).
 
   RbS draws one node of optimal_{j+1} at random each time an item is seen; here the loss of a
   thought is the mean negative log-probability over the whole set (a uniform soft target), which
@@ -36,7 +38,7 @@ from typing import Literal
 
 from probe.data.graph import ProsQAGraph
 from probe.data.prosqa import ProsQAItem
-from probe.data.render import IGNORE_INDEX, Rendered, StageSpec, TokenizedItem, render_stage
+from probe.data.render import IGNORE_INDEX, Rendered, StageSpec, TokenizedItem, render_stage, thought_span
 
 Supervision = Literal["language", "optimal"]
 SUPERVISIONS: tuple[str, ...] = ("language", "optimal")
@@ -92,16 +94,18 @@ def render_optimal(item: TrainingItem, stage: int, spec: StageSpec, special, *, 
     question = list(tok.question)
     answer = list(tok.answer)
     if not spec.markers:
-        return Rendered(tuple(question + answer), tuple([IGNORE_INDEX] * len(question) + answer), 0)
+        prefix = question + list(tok.cue)
+        return Rendered(tuple(prefix + answer), tuple([IGNORE_INDEX] * len(prefix) + answer), 0)
     s = min(stage, d)
-    if s < d:  # ends with s thoughts; the position emitting thought j is len(question) + j - 1
+    origin = tok.thought_origin  # the position emitting thought j is origin + j - 1
+    if s < d:  # ends with s thoughts
         first = 1 if thought_loss == "all" else s + 1
-        units = tuple((len(question) + j - 1, item.targets[j - 1]) for j in range(first, s + 2))
-        ids = question + [special.start_id] + [special.latent_id] * s
+        units = tuple((origin + j - 1, item.targets[j - 1]) for j in range(first, s + 2))
+        ids = question + thought_span(tok, s, spec, special, closed=False)
         return Rendered(tuple(ids), tuple([IGNORE_INDEX] * len(ids)), s, units)
     _, n_latent = spec.layout(stage, d)
-    prefix = question + [special.start_id] + [special.latent_id] * n_latent + [special.end_id]
-    units = tuple((len(question) + j - 1, item.targets[j - 1]) for j in range(1, d + 1)) if thought_loss == "all" else ()
+    prefix = question + thought_span(tok, n_latent, spec, special) + list(tok.cue)
+    units = tuple((origin + j - 1, item.targets[j - 1]) for j in range(1, d + 1)) if thought_loss == "all" else ()
     return Rendered(tuple(prefix + answer), tuple([IGNORE_INDEX] * len(prefix) + answer), n_latent, units)
 
 

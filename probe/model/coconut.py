@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
-from probe.data.render import IGNORE_INDEX, MODES, StageSpec
+from probe.data.render import IGNORE_INDEX, MODES, StageSpec, answer_length
 from probe.finite import NonFiniteActivation
 from probe.model.architecture import ArchitectureError, find_architecture
 from probe.model.hook_names import FINAL, RESID, act_name, layer_index
@@ -519,14 +519,17 @@ class CoconutModel(nn.Module):
         """Greedy new tokens after a forward pass over left-padded prompts (its KV cache is extended in place).
 
         out.logits[:, -1] must be the last column's logits (forward with logits_at ending there does).
-        Each row has its own budget: max_new_tokens, or fewer where that row would pass the model's position
-        limit (limit - its last position), so that a row's answer never depends on the other rows of its batch.
+        Each row has its own budget: max_new_tokens (at most the format's answer length: one token in RbS's
+        layout, whose answer has no eos after it), or fewer where that row would pass the model's position limit
+        (limit - its last position), so that a row's answer never depends on the other rows of its batch.
         A row that has finished (eos after its first token, or its budget spent) is fed on, masked out and at
         a position inside the limit, until every row has finished; its tokens are no longer kept.
         Returns the new tokens of each row, eos excluded.
         """
         cache, mask = out.past_key_values, attention_mask
         positions = position_ids_from_mask(mask)[:, -1]  # [batch] the last real position of each row
+        if (most := answer_length(self.config.data_format)) is not None:
+            max_new_tokens = min(max_new_tokens, most)
         budget = torch.full_like(positions, max(max_new_tokens, 0))
         if (limit := self.max_positions) is not None:
             budget = budget.clamp(max=limit - positions).clamp(min=0)

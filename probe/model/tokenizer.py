@@ -10,7 +10,7 @@ from typing import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from probe.data.rbs import RBS_NODES
+from probe.data.rbs import RBS_ANSWER, RBS_EDGE, RBS_EOS, RBS_NODES, RBS_QUESTION, RBS_ROOT
 
 # The official repository adds them in this order, as ordinary (not special) tokens.
 START_LATENT, END_LATENT, LATENT = "<|start-latent|>", "<|end-latent|>", "<|latent|>"
@@ -65,7 +65,6 @@ def build_word_tokenizer(names: Iterable[str]) -> PreTrainedTokenizerFast:
 # "Reasoning by Superposition"'s STokenizer (github Ber666/reasoning-by-superposition, stokenizer.py), id for id:
 # node indices 0..30 as the words "0".."30", then its nine specials in its order. A checkpoint's embedding rows
 # mean these tokens, so the order is the format.
-RBS_EOS, RBS_EDGE, RBS_QUESTION, RBS_ROOT, RBS_ANSWER = "<eos>", "|", "[Q]", "[R]", "[A]"
 RBS_SPECIALS = (START_LATENT, END_LATENT, LATENT, RBS_EDGE, RBS_QUESTION, RBS_ROOT, RBS_ANSWER, RBS_EOS,
                 "<|no-answer|>")
 RBS_VOCABULARY = (*(str(i) for i in range(RBS_NODES)), *RBS_SPECIALS)
