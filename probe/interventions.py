@@ -22,7 +22,7 @@ from probe.data.counterfactual import counterfactual_pairs
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_pieces
 from probe.data.prosqa import ProsQAItem, duplicates
-from probe.data.render import tokenize_item
+from probe.data.render import node_names, tokenize_item
 from probe.evaluate import MAX_NEW_TOKENS, EvalResult, evaluate
 from probe.frontier import frontier_mass
 from probe.model.hook_names import RESID, act_name, layer_index
@@ -400,7 +400,7 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
         n_layers = architecture(model).n_layers
         graphs_a = [ProsQAGraph.from_item(it) for it in a_items]
         follows = lambda preds: float(np.mean([answer_concept(p) == a for p, a in zip(preds, a_answers)]))  # noqa: E731
-        a_roots = [it.name(it.root) for it in a_items]
+        a_roots = [node_names(it, model.config.data_format)[it.root] for it in a_items]
         rooted = lambda preds: float(np.mean([p.split()[:1] == [r] for p, r in zip(preds, a_roots)]))  # noqa: E731
         out = []
         for steps in tqdm([None] + [[j] for j in range(1, k + 1)], desc=f"patch ({sa.label})", unit="run",
@@ -441,9 +441,10 @@ def steer_direction(model: CoconutModel, tokenizer, item: ProsQAItem, node: int,
         if probe is None:
             raise InterventionError("a probe direction needs a saved frontier probe")
         dirs = probe.directions(step)
-        if item.name(node) not in dirs:
-            raise InterventionError(f"the probe has no direction for {item.name(node)!r}")
-        v = torch.as_tensor(dirs[item.name(node)], dtype=torch.float)
+        name = node_names(item, model.config.data_format)[node]
+        if name not in dirs:
+            raise InterventionError(f"the probe has no direction for {name!r}")
+        v = torch.as_tensor(dirs[name], dtype=torch.float)
     elif kind == "unembed":
         piece = name_pieces(item, tokenizer, model.config.data_format)[node][0]
         v = model.base.get_output_embeddings().weight[piece].detach().float().cpu()  # one row, not the matrix
@@ -463,11 +464,12 @@ def steering_directions(model: CoconutModel, tokenizer, items: Sequence[ProsQAIt
     (what the logit lens reads as v); random: a random direction per item.
     """
     items = list(items)
+    fmt = model.config.data_format
     targets = [steer_target(it) for it in items]
-    names = [it.name(v) for it, v in zip(items, targets)]
+    names = [node_names(it, fmt)[v] for it, v in zip(items, targets)]
     if probe is None:
-        vocab = name_vocabulary(items)
-        Y, present = probe_targets(items, step, "frontier", names=vocab)
+        vocab = name_vocabulary(items, fmt)
+        Y, present = probe_targets(items, step, "frontier", names=vocab, fmt=fmt)
         X = s.source[:, step - 1].numpy()
         keep = s.valid[:, step - 1].numpy()
         fitted = LinearProbe("classification").fit(X[keep], Y[keep], present[keep])
@@ -493,14 +495,14 @@ def _no_steering_direction(n: int, step: int, saved: bool = False) -> Interventi
                              "(--probe), or leave steering out (--only k,ablate,patch)")
 
 
-def _steerable(items: Sequence[ProsQAItem], step: int) -> bool:
+def _steerable(items: Sequence[ProsQAItem], step: int, fmt: str = "sentences") -> bool:
     """Whether a frontier probe fit on the items could learn a direction for some item's steering target: its name
     in the frontier at thought `step` in some items that have it and out of it in others (from the graphs alone)."""
-    vocab = name_vocabulary(items)
-    Y, present = probe_targets(items, step, "frontier", names=vocab)
+    vocab = name_vocabulary(items, fmt)
+    Y, present = probe_targets(items, step, "frontier", names=vocab, fmt=fmt)
     col = {n: j for j, n in enumerate(vocab)}
     for it in items:
-        j = col[it.name(steer_target(it))]
+        j = col[node_names(it, fmt)[steer_target(it)]]
         labels = Y[present[:, j], j] > 0.5
         if labels.any() and not labels.all():
             return True
@@ -528,7 +530,7 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     prompts = None if s.prompts is None else [s.prompts[i] for i in keep]
     positions = None if s.positions is None else s.positions[keep]
     targets = [steer_target(it) for it in items]
-    option = [it.name(it.neg_target) for it in items]
+    option = [node_names(it, model.config.data_format)[it.neg_target] for it in items]
     scale = float(s.norm[step - 1])
     at = read_after(model.config, step, k, layer=layer, n_layers=architecture(model).n_layers) \
         if model.config.stage_spec.markers else None
@@ -639,7 +641,7 @@ def run_interventions(
         raise InterventionError(f"{held}: the 'other' ablation gives each item another item's thoughts, so it needs "
                                 "at least 2 distinct items; give more, or leave 'other' out "
                                 "(--ablations zero,mean,random)")
-    if "steer" in parts and probe is None and not _steerable(items, steer_step):
+    if "steer" in parts and probe is None and not _steerable(items, steer_step, model.config.data_format):
         raise _no_steering_direction(len(items), steer_step)  # before any run, not after the others
     skipped = []
     ablations, patching = {}, {}

@@ -30,6 +30,7 @@ from probe.artifacts import PROBE_CONFIG, PROBE_WEIGHTS
 from probe.data.graph import ProsQAGraph
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem, duplicates
+from probe.data.render import node_names
 from probe.data.splits import check_folds, content_folds
 from probe.finite import check_finite_tensors
 from probe.model.hook_names import RESID, act_name, layer_index
@@ -48,13 +49,15 @@ class ProbeError(ValueError):
 # ---------------------------------------------------------------------------- targets
 
 
-def name_vocabulary(items: Sequence[ProsQAItem]) -> list[str]:
-    """Every node name of a data set, sorted: the columns of a probe's targets."""
-    return sorted({n for it in items for n in it.idx_to_symbol})
+def name_vocabulary(items: Sequence[ProsQAItem], fmt: str = "sentences") -> list[str]:
+    """Every node name of a data set as the format writes it (`probe.data.render.node_names`: in RbS's layout the
+    node's index, which is its token), sorted: the columns of a probe's targets."""
+    return sorted({n for it in items for n in node_names(it, fmt)})
 
 
 def probe_targets(
     items: Sequence[ProsQAItem], k: int, target: str, *, names: Sequence[str], values: np.ndarray | None = None,
+    fmt: str = "sentences",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(Y, present), each [n_items, n_names], for one thought k.
 
@@ -72,7 +75,7 @@ def probe_targets(
                   for g in (ProsQAGraph.from_item(it) for it in items))
     for b, it in enumerate(items):
         g = ProsQAGraph.from_item(it)
-        for v, name in enumerate(it.idx_to_symbol):
+        for v, name in enumerate(node_names(it, fmt)):
             if name not in col:
                 raise ProbeError(f"item {b} has the node name {name!r}, which this probe does not know")
             j = col[name]
@@ -433,14 +436,16 @@ def fit_probes(
     groups = duplicates(items).groups
     check_folds(groups, folds, ProbeError)  # folds past the distinct items: refused before the capture
     trace = capture(model, tokenizer, items, k=k_max, names=[hook], batch_size=batch_size, progress=progress)
-    names = name_vocabulary(items)
+    fmt = model.config.data_format
+    names = name_vocabulary(items, fmt)
     kind = "classification" if target in CLASSIFICATION else "regression"
     scores, coefs, biases = {}, [], []
     values = None
     if target == "value":
         values = values_by_k(model, tokenizer, items, k_max, batch_size=batch_size, progress=False)
     for k in range(1, k_max + 1):
-        Y, present = probe_targets(items, k, target, names=names, values=None if values is None else values[:, k - 1])
+        Y, present = probe_targets(items, k, target, names=names, values=None if values is None else values[:, k - 1],
+                                   fmt=fmt)
         X = activations_at(trace, hook, k)
         scores[k] = cross_validate(X, Y, present, kind, k=k, folds=folds, seed=seed, groups=groups, **probe_kw)
         p = LinearProbe(kind, **probe_kw).fit(X, Y, present)

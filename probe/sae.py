@@ -318,6 +318,7 @@ def thought_rows(model, tokenizer, items, *, hook: str | None = None, k_max: int
     from probe.model.hook_names import FINAL
     from probe.data.graph import ProsQAGraph
     from probe.frontier import node_groups
+    from probe.data.render import node_names
     from probe.probes import name_vocabulary, probe_targets
 
     items = list(items)
@@ -325,16 +326,17 @@ def thought_rows(model, tokenizer, items, *, hook: str | None = None, k_max: int
     k_max = model.config.thought_count(k_max, 1, "k_max", SAEError, "an SAE on thoughts needs a thought")
     trace = capture(model, tokenizer, items, k=k_max, names=[hook], batch_size=batch_size, progress=progress)
     X = trace[hook][:, :k_max].float().reshape(len(items) * k_max, -1).numpy()
-    names = name_vocabulary(items)
+    fmt = model.config.data_format
+    names = name_vocabulary(items, fmt)
     col = {n: j for j, n in enumerate(names)}
     frontier = np.zeros((len(items), k_max, len(names)))
     present = np.zeros((len(items), k_max, len(names)), dtype=bool)
     groups = np.full((len(items), k_max, len(names)), -1)
     for k in range(1, k_max + 1):
-        frontier[:, k - 1], present[:, k - 1] = probe_targets(items, k, "frontier", names=names)
+        frontier[:, k - 1], present[:, k - 1] = probe_targets(items, k, "frontier", names=names, fmt=fmt)
         for b, it in enumerate(items):
             g = node_groups(ProsQAGraph.from_item(it), k)
-            groups[b, k - 1, [col[n] for n in it.idx_to_symbol]] = g
+            groups[b, k - 1, [col[n] for n in node_names(it, fmt)]] = g
     flat = lambda a: a.reshape(len(items) * k_max, len(names))  # noqa: E731
     return ThoughtRows(X=X, frontier=flat(frontier), present=flat(present), groups=flat(groups), names=names, hook=hook,
                        k_max=k_max)
