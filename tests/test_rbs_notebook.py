@@ -191,3 +191,32 @@ def test_every_number_equals_the_notebook_computed_by_hand(official_items):
     assert np.ptp(res.attention.mean[1]) > 100 * TOL
     report = res.report()
     assert report["groups"] == list(NOTEBOOK_GROUPS) and set(report["edge_attention"]) == {"0", "1", "2", "3"}
+
+
+def test_the_command_prints_and_writes_the_library_numbers(tmp_path, official_items):
+    import json
+
+    from typer.testing import CliRunner
+
+    from probe.cli import app
+    from probe.data.rbs import to_rbs_json
+    from probe.model.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = save_checkpoint(tiny_rbs_model(), TOK, tmp_path / "ckpt")
+    data = tmp_path / "rbs_valid.json"  # in RbS's file format, neighbor_k and all
+    data.write_text(json.dumps([to_rbs_json(it) for it in official_items[:4]]))
+    out = tmp_path / "nb.json"
+    args = ["rbs-notebook", "--ckpt", str(ckpt), "--data", str(data), "--k", "2", "--batch-size", "3", "--json",
+            str(out)]
+    runner = CliRunner()
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "edge attention (layer 1" in r.stdout and "<thought, node embedding>" in r.stdout
+    model, tok = load_checkpoint(ckpt)
+    want = notebook_measures(model, tok, official_items[:4], k=2, batch_size=3, progress=False)
+    assert json.loads(out.read_text()) == {"ckpt": str(ckpt), "data": str(data), "n": 4, **want.report()}
+    frontier = want.attention.as_dict()["1"]["frontier"]
+    assert f"{frontier['mean']:.3f} ({frontier['count']})" in r.stdout
+    r = runner.invoke(app, args)  # the output exists: refused in one line, before any work
+    assert r.exit_code == 2
+    assert r.stderr.strip() == f"error: --json {out}: already exists; pass --overwrite to replace it, or choose another path"
