@@ -142,8 +142,8 @@ def edge_attention(patterns: Tensor, fact: Tensor, graphs: Sequence[ProsQAGraph]
     `blocks.{l}.attn.hook_pattern`), keys at prompt positions; fact: [n_items, n_keys'] the edge (index into the
     graph's edges) whose fact each prompt position holds, -1 elsewhere (ThoughtTrace.fact); graphs: the items'.
     Attention is summed over heads, then over an edge's positions; the edge whose fact comes last in the prompt is
-    not scored. Values are attention weights summed over 8 heads in the notebook (so up to n_heads per edge).
-    Raises ValueError for an item whose prompt holds no fact.
+    not scored. Values are post-softmax weights summed over heads (the notebook's 8) and over an edge's tokens, so
+    an edge's value lies in [0, n_heads]. Raises ValueError for an item whose prompt holds no fact.
     """
     n_items, n_steps = patterns.shape[:2]
     n_keys = min(patterns.shape[-1], fact.shape[1])

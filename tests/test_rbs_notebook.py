@@ -220,3 +220,12 @@ def test_the_command_prints_and_writes_the_library_numbers(tmp_path, official_it
     r = runner.invoke(app, args)  # the output exists: refused in one line, before any work
     assert r.exit_code == 2
     assert r.stderr.strip() == f"error: --json {out}: already exists; pass --overwrite to replace it, or choose another path"
+
+
+def test_a_model_without_thoughts_or_no_thought_is_refused():
+    model = tiny_rbs_model()
+    with pytest.raises(ValueError, match=r"k must be >= 1 \(thought 1 is the first the notebook measures\), got 0"):
+        notebook_measures(model, TOK, [ITEM], k=0, progress=False)
+    cot = CoconutModel(model.base, CoconutConfig.from_special(special_tokens(TOK), mode="cot", data_format="rbs"))
+    with pytest.raises(ValueError, match="a cot checkpoint has no latent mode"):
+        notebook_measures(cot, TOK, [ITEM], k=2, progress=False)
