@@ -75,6 +75,23 @@ def prompt_by_hand(item, tok, fmt: str, k: int, special) -> list[int]:
     return tok.encode(text + "\n") + [special.start_id] + [special.latent_id] * k + [special.end_id]
 
 
+@torch.no_grad()
+def latent_forward_by_hand(base, ids: list[int], origin: int, k: int, **kw):
+    """A Hugging Face forward over a whole prompt with k thoughts written in by hand, for RbS's layout (and any
+    prompt whose k latents follow position `origin` directly): thought j is the last hidden state (after the final
+    norm, `hidden_states[-1]`) at origin + j - 1, written as the input embedding at origin + j, and the whole
+    sequence is recomputed after each write (no KV cache, no CoconutModel code). kw go to every forward
+    (output_attentions=True on an eager base). Returns (the last forward's output, thoughts [k, d_model])."""
+    embeds = base.get_input_embeddings()(torch.tensor([ids])).clone()
+    thoughts = []
+    for j in range(1, k + 1):
+        out = base(inputs_embeds=embeds, output_hidden_states=True, use_cache=False, **kw)
+        thoughts.append(out.hidden_states[-1][0, origin + j - 1])
+        embeds[0, origin + j] = thoughts[-1]
+    out = base(inputs_embeds=embeds, output_hidden_states=True, use_cache=False, **kw)
+    return out, torch.stack(thoughts) if thoughts else torch.zeros(0, embeds.shape[-1])
+
+
 def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
     """Give every layer norm non-trivial weights (and biases), so a skipped norm shows."""
     g = torch.Generator().manual_seed(seed)

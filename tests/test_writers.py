@@ -138,6 +138,7 @@ def commands(tmp_path: Path, data: Path) -> dict[str, tuple[list[str], str, Path
         "analyze --update-card": (["analyze", *data_, "--ckpt", str(card), "--update-card", "--out", str(d("an2"))],
                                   "--update-card", card / "README.md"),
         "tuned-lens": (["tuned-lens", "--out", str(f("lens.safetensors"))], "--out", f("lens.safetensors")),
+        "rbs-notebook": (["rbs-notebook", *data_, "--json", str(f("notebook.json"))], "--json", f("notebook.json")),
         "intervene": (["intervene", *data_, "--out", str(d("iv"))], "--out", d("iv")),
         "findings": (["findings", "--analysis", str(tmp_path), "--out", str(f("findings.md"))], "--out",
                      f("findings.md")),

@@ -1,4 +1,5 @@
-"""Graph facts of a ProsQA item, as DESIGN.md defines them (depth, frontier, optimal, height)."""
+"""Graph facts of a ProsQA item, as DESIGN.md defines them (depth, frontier, optimal, height), and the walk frontier
+of "Reasoning by Superposition"'s notebook."""
 
 from __future__ import annotations
 
@@ -92,6 +93,16 @@ class ProsQAGraph:
     def frontier(self, k: int) -> list[int]:
         """Nodes with depth == k."""
         return [int(v) for v in np.flatnonzero(self.depth == k)]
+
+    def walk_frontier(self, k: int) -> list[int]:
+        """Nodes at the end of a walk of exactly k edges from the root: what "Reasoning by Superposition"'s notebook
+        calls the frontier (its `current_node_set`; docs/rbs-notes.md, section 5). It differs from frontier(k)
+        where a node is reached at several depths: it is then in the walk frontier of each. Their union over
+        0..k is reachable(k)."""
+        ends = {self.root}
+        for _ in range(k):
+            ends = {c for v in ends for c in self.children[v]}
+        return sorted(ends)
 
     def optimal(self, k: int) -> list[int]:
         """Nodes at depth k on some shortest root -> target path."""
