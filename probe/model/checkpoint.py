@@ -10,7 +10,8 @@ its tokenizer, or a config JSON file with a tokenizer given apart; the latent to
 tokenizer when absent.
 
 RbS's: the same wrapper's state dict over their GPT-2 (docs/rbs-notes.md, section 4), read with their config
-file and RbS's built-in 40-token vocabulary (tokenizer "rbs"), which must match the embedding exactly.
+file and RbS's built-in 40-token vocabulary (tokenizer "rbs"), which must match the embedding exactly. A
+checkpoint of ours in their data format also holds their two files under rbs/ (`rbs_state_dict`, `rbs_config`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from probe.artifacts import COCONUT_CONFIG, HF_CONFIG, HF_WEIGHTS
+from probe.artifacts import COCONUT_CONFIG, HF_CONFIG, HF_WEIGHTS, RBS_CHECKPOINT, RBS_CONFIG, RBS_DIR
 from probe.atomic import atomic_directory
 from probe.finite import check_finite_tensors
 from probe.model.architecture import ArchitectureError
@@ -35,7 +36,7 @@ from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.identity import pin
 from probe.model.placement import parse_device, parse_dtype
 from probe.model.tokenizer import (
-    TOKENIZER_CONFIG, TOKENIZER_FILE, TokenizerError, add_latent_tokens, build_rbs_tokenizer,
+    RBS_VOCABULARY, TOKENIZER_CONFIG, TOKENIZER_FILE, TokenizerError, add_latent_tokens, build_rbs_tokenizer,
     check_json_files, is_rbs_tokenizer, load_tokenizer, special_tokens,
 )
 
@@ -95,13 +96,61 @@ def write_checkpoint(
     """Write our format's files into an existing directory (the caller makes the whole write atomic).
 
     The weights are stored in the model's dtype (a bfloat16 model writes bfloat16); state_dict (the base's
-    weights by name) replaces the model's own, as a sharded run's gathered weights.
+    weights by name) replaces the model's own, as a sharded run's gathered weights. A model in RbS's data format
+    also gets their files, rbs/checkpoint (`rbs_state_dict`, float32) and rbs/config.json (`rbs_config`).
     """
     model.base.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
     meta = {"format_version": FORMAT_VERSION, **model.config.__dict__, "metadata": metadata or {}}
     (directory / COCONUT_CONFIG).write_text(json.dumps(meta, indent=2))
+    if model.config.data_format == "rbs":
+        (directory / RBS_DIR).mkdir()
+        torch.save(rbs_state_dict(model, state_dict), directory / RBS_DIR / RBS_CHECKPOINT)
+        (directory / RBS_DIR / RBS_CONFIG).write_text(json.dumps(rbs_config(model), indent=2, sort_keys=True) + "\n")
     (directory / "README.md").write_text(card or default_card(model, metadata or {}))
+
+
+def rbs_state_dict(model: CoconutModel, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of RbS's Coconut wrapper around this model's base, as their run.py saves it: `base_causallm.`
+    + every key of the base's state dict (the tied lm_head.weight included), then `embedding.weight`, the input
+    embedding again. Each tensor a float32, contiguous copy of its own. state_dict (the base's weights by name, as
+    write_checkpoint takes it) replaces the model's own; a tied key it lacks is read from the embedding. Raises
+    KeyError when it lacks another key of the base's."""
+    own = model.base.state_dict()
+    given = own if state_dict is None else state_dict
+    embedding = _embedding_key(model.base)
+    tied = _tied_keys(model.base)
+    out = {}
+    for key in own:
+        value = given.get(key)
+        if value is None and key in tied:
+            value = given.get(embedding)
+        if value is None:
+            raise KeyError(f"the state dict given holds no {key}")
+        out[OFFICIAL_PREFIX + key] = value.detach().to("cpu", torch.float32).contiguous().clone()
+    out[OFFICIAL_ALIASES[0]] = out[OFFICIAL_PREFIX + embedding].clone()
+    return out
+
+
+def rbs_config(model: CoconutModel) -> dict[str, Any]:
+    """The base's config as RbS's config file holds it (configs/symbol-2layer-8head-768dim.json): every field,
+    `architectures` naming the base's class (GPT2LMHeadModel), no dtype (their file has none; rbs/checkpoint is
+    float32)."""
+    cfg = model.base.config.to_dict()
+    cfg["architectures"] = [type(model.base).__name__]
+    for key in ("dtype", "torch_dtype"):
+        cfg.pop(key, None)
+    return cfg
+
+
+def card_format(model: CoconutModel) -> str:
+    """What a model card says of the checkpoint's data format and vocabulary (default_card, release's card)."""
+    fmt = model.config.data_format
+    if fmt == "rbs":
+        return (f"data format rbs, RbS's {len(RBS_VOCABULARY)}-token vocabulary; {RBS_DIR}/{RBS_CHECKPOINT} loads in "
+                "their code unchanged")
+    rows = model.base.get_input_embeddings().num_embeddings
+    return f"data format {fmt}, a {rows}-token vocabulary of its own (the tokenizer files here)"
 
 
 def default_card(model: CoconutModel, metadata: dict[str, Any]) -> str:
@@ -111,7 +160,7 @@ def default_card(model: CoconutModel, metadata: dict[str, Any]) -> str:
         f"# Coconut checkpoint ({model.config.mode})",
         "",
         f"- base: {cfg.model_type}, {sum(p.numel() for p in model.base.parameters()):,} parameters",
-        f"- data format: {model.config.data_format}; c_thought={model.config.c_thought}, "
+        f"- {card_format(model)}; c_thought={model.config.c_thought}, "
         f"max_latent_stage={model.config.max_latent_stage}, pad_latent_to_max={model.config.pad_latent_to_max}",
     ]
     lines += [f"- {k}: {v}" for k, v in metadata.items()]
