@@ -12,7 +12,8 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, _claim, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION,
-    _fail, InputError, _int_option, _load, _need_items, one_line_errors, OVERWRITE_OPTION, _release_claims, write_html,
+    _fail, InputError, _int_option, _load, _need_items, one_line_errors, OVERWRITE_OPTION, _release_claims,
+    TOKENIZER_OPTION, write_html,
 )
 
 
@@ -153,6 +154,7 @@ def eval_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     k: Optional[str] = typer.Option(None, "--k", help="Thoughts to force: a number, or 'gold' for each item's number "
                                                       "of steps (default: the checkpoint's)."),
     device: str = DEVICE_OPTION,
@@ -178,7 +180,7 @@ def eval_cmd(
         _claim(json_out.with_suffix(".html"), "--json (its figure)", overwrite=overwrite)
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to evaluate", limit)
-    model, tok = _load(ckpt, base, device, dtype)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer)
     if halt is not None:
         from probe.model.identity import weights_hash
         from probe.probes import SavedProbe, halting_eval
