@@ -161,14 +161,16 @@ def eval_cmd(
     dtype: Optional[str] = DTYPE_OPTION,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write per-item predictions here (with --halt: the "
-                                                                 "halting result, and its figure beside it as .html)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write each item's prompt and prediction here "
+                                                                 "(with --halt: the halting result, and its figure "
+                                                                 "beside it as .html)."),
     halt: Optional[Path] = typer.Option(None, "--halt", help="A halting probe (probe probes halt): stop each "
                                                              "item's thoughts when it fires."),
     threshold: float = typer.Option(0.5, "--threshold", help="With --halt: stop when P(right answer) reaches this."),
     overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
-    """Accuracy by the official rule (greedy, at most 128 new tokens, answer after the last '#')."""
+    """Accuracy by the official rule (greedy, at most 128 new tokens, answer after the last '#'; in RbS's layout the
+    token after "[A]"). --json records each item's prompt and prediction."""
     from probe.atomic import atomic_write_text
     from probe.data.prosqa import load_items
     from probe.evaluate import GOLD, evaluate
@@ -181,6 +183,8 @@ def eval_cmd(
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to evaluate", limit)
     model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    if model.config.data_format == "rbs":
+        _rbs_options_note(items)
     if halt is not None:
         from probe.model.identity import weights_hash
         from probe.probes import SavedProbe, halting_eval
@@ -212,6 +216,16 @@ def eval_cmd(
         f"accuracy {res.accuracy:.4f} ({sum(r.correct for r in res.items)}/{res.n}), "
         f"mean generated tokens {res.mean_generated_tokens:.1f}"
     )
+
+
+def _rbs_options_note(items) -> None:
+    """Say how RbS's layout ordered each item's two options: drawn per item from a fixed seed (RbS's own evaluation
+    draws them anew each run), with how many items list the target first."""
+    from probe.data.render import RBS_OPTION_SEED, rbs_target_first
+
+    first = sum(rbs_target_first(it) for it in items)
+    typer.echo(f"options' order: drawn per item from seed probe.data.render.RBS_OPTION_SEED = {RBS_OPTION_SEED}; "
+               f"the target is listed first in {first}/{len(items)} items")
 
 
 @app.command()
