@@ -395,15 +395,15 @@ _MODEL_NAMES = {"gpt2": "GPT-2", "llama": "Llama"}
 
 
 def _official_tokenizer(base: Path, tokenizer: str | os.PathLike | None) -> PreTrainedTokenizerBase:
-    """The tokenizer of an official checkpoint: the base directory's (tokenizer None), RbS's built-in one (the word
-    "rbs"; a directory named so is given as ./rbs) or the one in a tokenizer directory. CheckpointError naming the
-    option when it cannot be read."""
+    """The tokenizer of an official checkpoint: the base directory's (tokenizer None), RbS's built-in one (the str
+    "rbs"; a Path is always a directory, and on the command line a directory of that name is ./rbs) or the one in a
+    tokenizer directory. CheckpointError naming the option when it cannot be read."""
     if tokenizer is None:
         try:
             return load_tokenizer(base)
         except TokenizerError as e:
             raise CheckpointError(f"--base {e}") from None
-    if str(tokenizer) == RBS_TOKENIZER:
+    if isinstance(tokenizer, str) and tokenizer == RBS_TOKENIZER:
         return build_rbs_tokenizer()
     try:
         return load_tokenizer(tokenizer)
