@@ -16,7 +16,9 @@ from probe.cli import app
 from probe.data.rbs import RBS_NODES, to_rbs_json
 from probe.data.render import RBS_OPTION_SEED, rbs_question, rbs_target_first
 from probe.evaluate import evaluate
-from probe.model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
+from probe.model.checkpoint import (
+    DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint, rbs_state_dict, save_checkpoint,
+)
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import build_rbs_tokenizer, special_tokens
 
@@ -177,6 +179,10 @@ def test_ours_in_rbs_format_carries_their_files_which_load_back_bit_for_bit(tmp_
     assert len({v.untyped_storage().data_ptr() for v in state.values()}) == len(state)  # each a tensor of its own
     assert torch.equal(state["embedding.weight"], state["base_causallm.transformer.wte.weight"])
     assert torch.equal(state["base_causallm.lm_head.weight"], state["base_causallm.transformer.wte.weight"])
+    # a sharded run's gathered weights, as save_pretrained keeps them (no tied lm_head): the same file
+    gathered = {k: v.clone() for k, v in model.base.state_dict().items() if k != "lm_head.weight"}
+    again = rbs_state_dict(model, gathered)
+    assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
     raw = json.loads(their_config.read_text())
     assert raw["architectures"] == ["GPT2LMHeadModel"] and raw["vocab_size"] == 40 and "dtype" not in raw
     # their loading (run.py): AutoConfig over the config file, from_config, the wrapper, load_state_dict
