@@ -52,10 +52,12 @@ def drop_if_invalid(key: str, ok) -> None:
 
 
 @st.cache_resource(show_spinner="loading the checkpoint")
-def load_model(path: str, base: str):
+def load_model(path: str, base: str, tokenizer: str):
+    """A checkpoint: ours (base and tokenizer empty), or an official state-dict file with its base (a directory or
+    a config JSON file) and, if the base holds none, its tokenizer ("rbs" or a tokenizer directory)."""
     from probe.model.checkpoint import load_checkpoint
 
-    return load_checkpoint(Path(path), base=Path(base) if base else None)
+    return load_checkpoint(Path(path), base=Path(base) if base else None, tokenizer=tokenizer or None)
 
 
 @st.cache_resource(show_spinner="loading the data")
@@ -66,10 +68,10 @@ def load_split(path: str):
 
 
 @st.cache_resource(show_spinner=False)
-def weights_hash(ckpt: str, base: str) -> str:
+def weights_hash(ckpt: str, base: str, tokenizer: str) -> str:
     from probe.model.identity import weights_hash as model_hash
 
-    return model_hash(load_model(ckpt, base)[0])
+    return model_hash(load_model(ckpt, base, tokenizer)[0])
 
 
 def parse_item(item_json: str):
@@ -79,7 +81,7 @@ def parse_item(item_json: str):
 
 
 @st.cache_data(show_spinner="reading the thoughts", max_entries=64)
-def item_readings(ckpt: str, base: str, item_json: str, lens: str) -> dict:
+def item_readings(ckpt: str, base: str, tokenizer: str, item_json: str, lens: str) -> dict:
     """Lens readout, node values after every k and the answer, for one item (plain data: cacheable)."""
     import torch
 
@@ -90,7 +92,7 @@ def item_readings(ckpt: str, base: str, item_json: str, lens: str) -> dict:
     from probe.superposition import superposition
     from probe.values import readout_of, values_by_k
 
-    model, tok = load_model(ckpt, base)
+    model, tok = load_model(ckpt, base, tokenizer)
     item = parse_item(item_json)
     reader = open_lens(lens, model, Path(ckpt) / TUNED_LENS)
     dec = decode_item(model, tok, item, lens=reader)
@@ -110,20 +112,20 @@ def item_readings(ckpt: str, base: str, item_json: str, lens: str) -> dict:
 
 
 @st.cache_resource(show_spinner="measuring this item", max_entries=32)
-def item_analysis(ckpt: str, base: str, item_json: str):
+def item_analysis(ckpt: str, base: str, tokenizer: str, item_json: str):
     """Every frontier measure of DESIGN.md on this one item (an Analysis of one item)."""
     from probe.analyze import analyze
 
-    model, tok = load_model(ckpt, base)
+    model, tok = load_model(ckpt, base, tokenizer)
     return analyze(model, tok, [parse_item(item_json)], checkpoint=ckpt, progress=False)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def item_activations(ckpt: str, base: str, item_json: str, hook: str, k: int) -> np.ndarray:
+def item_activations(ckpt: str, base: str, tokenizer: str, item_json: str, hook: str, k: int) -> np.ndarray:
     """[k, d] the hook's activation at the positions emitting this item's thoughts."""
     from probe.capture import capture
 
-    model, tok = load_model(ckpt, base)
+    model, tok = load_model(ckpt, base, tokenizer)
     tr = capture(model, tok, [parse_item(item_json)], k=k, names=[hook], progress=False)
     return tr[hook][0, :k].float().numpy()
 
@@ -149,32 +151,32 @@ def load_sae(path: str, model_hash: str):
 
 
 @st.cache_resource(show_spinner="capturing the reference items", max_entries=16)
-def reference_site(ckpt: str, base: str, layer: int | None, k: int):
+def reference_site(ckpt: str, base: str, tokenizer: str, layer: int | None, k: int):
     """What the edit site holds on the first N_REFERENCE validation items: the mean and the other items."""
     from probe.interventions import site
 
-    model, tok = load_model(ckpt, base)
+    model, tok = load_model(ckpt, base, tokenizer)
     return site(model, tok, load_split(str(VALID))[:N_REFERENCE], k=k, layer=layer)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def item_site(ckpt: str, base: str, item_json: str, layer: int | None, k: int):
+def item_site(ckpt: str, base: str, tokenizer: str, item_json: str, layer: int | None, k: int):
     from probe.interventions import site
 
-    model, tok = load_model(ckpt, base)
+    model, tok = load_model(ckpt, base, tokenizer)
     return site(model, tok, [parse_item(item_json)], k=k, layer=layer)
 
 
 @st.cache_data(show_spinner="running the edit", max_entries=128)
-def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, spec: tuple) -> dict:
+def edited_run(ckpt: str, base: str, tokenizer: str, item_json: str, layer: int | None, k: int, spec: tuple) -> dict:
     """The item answered after k thoughts with one edit, and its node values after each thought."""
     from probe.evaluate import evaluate
     from probe.interventions import ablation_edit, steer_direction, steer_edit
     from probe.values import values_by_k
 
-    model, tok = load_model(ckpt, base)
+    model, tok = load_model(ckpt, base, tokenizer)
     item = parse_item(item_json)
-    s = item_site(ckpt, base, item_json, layer, k)
+    s = item_site(ckpt, base, tokenizer, item_json, layer, k)
     if spec[0] == "ablate":
         _, kind, steps, other = spec
         if kind == "other":  # that validation item's thoughts at the same site
@@ -182,10 +184,10 @@ def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, 
             if item_key(donor) == item_key(item):
                 raise ValueError(f"validation item {other} is a copy of this item (same graph, question and options); "
                                  "choose another item for the 'other' ablation")
-            o = item_site(ckpt, base, json.dumps(donor.to_json()), layer, k)
+            o = item_site(ckpt, base, tokenizer, json.dumps(donor.to_json()), layer, k)
             ref, ref_valid = o.source, o.valid
         else:  # the reference items' mean, the edited item left out
-            r = reference_site(ckpt, base, layer, k)
+            r = reference_site(ckpt, base, tokenizer, layer, k)
             keep = [b for b, it in enumerate(load_split(str(VALID))[:N_REFERENCE]) if item_key(it) != item_key(item)]
             ref, ref_valid = r.source[keep], r.valid[keep]
         edit = ablation_edit(s.source, kind, list(steps), layer=layer, valid=s.valid, positions=s.positions,
@@ -197,9 +199,9 @@ def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, 
             path = shipped(ckpt, f"{PROBES_DIR}/frontier")
             if path is None:
                 raise ValueError("this checkpoint ships no frontier probe; steer along unembed or random")
-            probe = load_probe(str(path), weights_hash(ckpt, base))
+            probe = load_probe(str(path), weights_hash(ckpt, base, tokenizer))
         direction = steer_direction(model, tok, item, node, kind=kind, step=step, probe=probe)
-        scale = float(reference_site(ckpt, base, layer, k).norm[step - 1])
+        scale = float(reference_site(ckpt, base, tokenizer, layer, k).norm[step - 1])
         edit = steer_edit(direction, alpha * scale, step, n=1, k=k, layer=layer, positions=s.positions)
     res = evaluate(model, tok, [item], k=k, progress=False, edit=edit, prompts=s.prompts).items[0]
     values = None
@@ -209,11 +211,11 @@ def edited_run(ckpt: str, base: str, item_json: str, layer: int | None, k: int, 
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def dataset_analysis(ckpt: str, base: str, n: int):
+def dataset_analysis(ckpt: str, base: str, tokenizer: str, n: int):
     """The data-set report of the frontier measures on the first n validation items."""
     from probe.analyze import analyze
 
-    model, tok = load_model(ckpt, base)
+    model, tok = load_model(ckpt, base, tokenizer)
     return analyze(model, tok, load_split(str(VALID))[:n], checkpoint=ckpt, progress=False)
 
 
@@ -232,14 +234,15 @@ def checkpoint_choices() -> list[str]:
 # ---------------------------------------------------------------------------- widgets and panels
 
 
-def sidebar() -> tuple[str, str, str, str]:
-    """(checkpoint path, base path, item JSON, lens) from the sidebar widgets."""
+def sidebar() -> tuple[str, str, str, str, str]:
+    """(checkpoint path, base path, tokenizer, item JSON, lens) from the sidebar widgets."""
     sb = st.sidebar
     choice = sb.selectbox("checkpoint", checkpoint_choices() + [OTHER], key="ckpt")
-    base = ""
+    base = tokenizer = ""
     if choice == OTHER:
         ckpt = sb.text_input("checkpoint path (ours, or an official state dict)", key="ckpt_path")
-        base = sb.text_input("base model directory (official checkpoints)", key="base")
+        base = sb.text_input("base model directory or config JSON file (official checkpoints)", key="base")
+        tokenizer = sb.text_input("tokenizer: 'rbs' or a directory (when the base holds none)", key="tokenizer")
     else:
         ckpt = str(ROOT / "checkpoints" / choice)
     source = sb.radio("item", ["validation split", "generated", "pasted JSON"], key="source")
@@ -257,7 +260,7 @@ def sidebar() -> tuple[str, str, str, str]:
     from probe.lens import LENSES
 
     lens = sb.radio("lens", list(LENSES), key="lens", horizontal=True)
-    return ckpt, base, item_json, lens
+    return ckpt, base, tokenizer, item_json, lens
 
 
 def graph_panel(item, r: dict) -> None:
@@ -302,12 +305,12 @@ def lens_panel(r: dict, tok) -> None:
     st.plotly_chart(lens_heatmap(readout, tok, r["k"]), key="lens_heatmap")
 
 
-def superposition_panel(ckpt: str, base: str, item_json: str, item) -> None:
+def superposition_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item) -> None:
     from probe.data.graph import ProsQAGraph
     from probe.frontier import GROUPS, node_groups
     from probe.viz import attention, inner_products, node_heatmap, superposition
 
-    a = item_analysis(ckpt, base, item_json)
+    a = item_analysis(ckpt, base, tokenizer, item_json)
     st.caption("Superposition: the inner product of thought k with each node name's input embedding, by node group "
                "(optimal = the frontier nodes on a path to the answer; frontier; reachable; unreachable), and where "
                "the position emitting thought k attends among the edge facts. A thought holding the frontier in "
@@ -337,7 +340,7 @@ def superposition_panel(ckpt: str, base: str, item_json: str, item) -> None:
         st.dataframe(rows, key="sp_continuations", hide_index=True)
 
 
-def probes_panel(ckpt: str, base: str, item_json: str, item, k: int) -> None:
+def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: int) -> None:
     from probe.viz import item_features, node_heatmap
 
     st.caption("A linear frontier probe reads, from the residual at each thought, the probability that each name is "
@@ -346,14 +349,14 @@ def probes_panel(ckpt: str, base: str, item_json: str, item, k: int) -> None:
     if k == 0:
         st.info("this checkpoint has no latent thoughts to read")
         return
-    model_hash = weights_hash(ckpt, base)
+    model_hash = weights_hash(ckpt, base, tokenizer)
     left, right = st.columns(2)
     with left:
         path = pick_directory("frontier probe", "probe", ckpt, f"{PROBES_DIR}/frontier", "probe probes fit")
         try:
             if path:
                 probe = load_probe(str(path), model_hash)
-                X = item_activations(ckpt, base, item_json, probe.hook, k)
+                X = item_activations(ckpt, base, tokenizer, item_json, probe.hook, k)
                 z = np.full((k, item.n_nodes), np.nan)
                 for j in (j for j in probe.steps if j <= k):
                     z[j - 1] = probe.read(X[j - 1 : j], j, item.idx_to_symbol)[0]
@@ -370,7 +373,7 @@ def probes_panel(ckpt: str, base: str, item_json: str, item, k: int) -> None:
         try:
             if path:
                 sae, labels = load_sae(str(path), model_hash)
-                X = item_activations(ckpt, base, item_json, sae.hook_name_, k)
+                X = item_activations(ckpt, base, tokenizer, item_json, sae.hook_name_, k)
                 st.plotly_chart(item_features(sae.encode(X).numpy(), labels), key="sae_features")
         except ValueError as e:
             st.error(str(e))
@@ -385,7 +388,7 @@ def pick_directory(label: str, key: str, ckpt: str, sub: str, command: str):
     return path or None
 
 
-def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, model) -> None:
+def interventions_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, r: dict, model) -> None:
     from probe.interventions import ABLATIONS, STEER_KINDS, steer_target
     from probe.model.architecture import find_architecture
     from probe.viz import intervention_effect, node_heatmap
@@ -434,7 +437,7 @@ def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, mod
         alpha = s2.slider("alpha (mean residual norms)", 0.0, 8.0, step=0.5, key="iv_alpha")
         spec = ("steer", int(node), kind, int(step), float(alpha))
     try:
-        out = edited_run(ckpt, base, item_json, layer, k, spec)
+        out = edited_run(ckpt, base, tokenizer, item_json, layer, k, spec)
     except ValueError as e:
         st.error(str(e))
         return
@@ -451,7 +454,7 @@ def interventions_panel(ckpt: str, base: str, item_json: str, item, r: dict, mod
                                      colorbar="edited - unedited", zmax=None), key="iv_delta")
 
 
-def dataset_panel(ckpt: str, base: str) -> None:
+def dataset_panel(ckpt: str, base: str, tokenizer: str) -> None:
     from probe.analyze import markdown_summary
     from probe.viz import FIGURES
 
@@ -467,15 +470,15 @@ def dataset_panel(ckpt: str, base: str) -> None:
     c1, c2, c3 = st.columns([2, 1, 1])
     control = c1.selectbox("control", options, key="ds_control")
     n = int(c2.number_input("items", 2, 300, key="ds_n"))
-    wanted = (ckpt, base, control, n)
+    wanted = (ckpt, base, tokenizer, control, n)
     if c3.button("measure", key="ds_run"):
         st.session_state["ds_done"] = wanted
     if st.session_state.get("ds_done") != wanted:
         st.info(f"press measure: about {0.25 * n * (1 + (control != NONE)):.0f} s on 2 CPU cores, then cached")
         return
     with st.spinner(f"measuring {n} items"):
-        a = dataset_analysis(ckpt, base, n)
-        c = None if control == NONE else dataset_analysis(str(ROOT / "checkpoints" / control), "", n)
+        a = dataset_analysis(ckpt, base, tokenizer, n)
+        c = None if control == NONE else dataset_analysis(str(ROOT / "checkpoints" / control), "", "", n)
     fig = st.selectbox("figure", list(FIGURES), key="ds_figure")
     st.plotly_chart(FIGURES[fig](a, c), key="ds_plot")
     report = a.report(per_item=False)
@@ -489,7 +492,7 @@ def main() -> None:
     st.title("coconut-probe explorer")
     keep_widget_state()
     try:
-        ckpt, base, item_json, lens = sidebar()
+        ckpt, base, tokenizer, item_json, lens = sidebar()
         if not ckpt or not item_json.strip():
             st.info("Give a checkpoint path and an item.")
             return
@@ -504,8 +507,8 @@ def main() -> None:
         if st.session_state.get("_item") != item_json:  # a new item: the steering target is its own again
             st.session_state["_item"] = item_json
             st.session_state.pop("iv_node", None)
-        model, tok = load_model(ckpt, base)
-        r = item_readings(ckpt, base, item_json, lens)
+        model, tok = load_model(ckpt, base, tokenizer)
+        r = item_readings(ckpt, base, tokenizer, item_json, lens)
     except (ValueError, OSError) as e:
         st.error(str(e))
         return
@@ -521,10 +524,10 @@ def main() -> None:
     panels = {
         "graph": lambda: graph_panel(item, r),
         "lens": lambda: lens_panel(r, tok),
-        "superposition": lambda: superposition_panel(ckpt, base, item_json, item),
-        "probes & SAE": lambda: probes_panel(ckpt, base, item_json, item, r["k"]),
-        "interventions": lambda: interventions_panel(ckpt, base, item_json, item, r, model),
-        "data set": lambda: dataset_panel(ckpt, base),
+        "superposition": lambda: superposition_panel(ckpt, base, tokenizer, item_json, item),
+        "probes & SAE": lambda: probes_panel(ckpt, base, tokenizer, item_json, item, r["k"]),
+        "interventions": lambda: interventions_panel(ckpt, base, tokenizer, item_json, item, r, model),
+        "data set": lambda: dataset_panel(ckpt, base, tokenizer),
     }
     for name, draw in panels.items():
         if not tabs[name].open:

@@ -2,6 +2,7 @@
 
 A checkpoint directory of ours holds the base model in transformers' own files (HF_CONFIG, HF_WEIGHTS and
 the tokenizer's), COCONUT_CONFIG, and when it comes from training TRAINER_STATE and the optimizer's files;
+one in RbS's data format holds RBS_DIR (RBS_CHECKPOINT and RBS_CONFIG, their own files);
 a released one may also ship its readouts: TUNED_LENS, probes under PROBES_DIR, an SAE under SAE_DIR.
 """
 
@@ -12,6 +13,10 @@ HF_WEIGHTS = "model.safetensors"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_WEIGHTS = "optimizer.safetensors"
 OPTIMIZER_GROUPS = "optimizer.json"
+# a checkpoint in RbS's data format also holds their files, which their code loads (docs/rbs-notes.md, section 4)
+RBS_DIR = "rbs"
+RBS_CHECKPOINT = "checkpoint"  # torch.save of their Coconut wrapper's state dict
+RBS_CONFIG = "config.json"  # their GPT-2's config
 
 # readouts, saved in a checkpoint or anywhere
 TUNED_LENS = "tuned_lens.safetensors"

@@ -68,6 +68,8 @@ class ItemResult:
     n_thoughts: int
     n_generated: int
     text: str  # the generated continuation, special tokens skipped
+    prompt: str  # the prompt fed, as the tokenizer's tokens (special tokens kept): "<eos> 0 1 | ... <|latent|> [A]"
+    prompt_ids: tuple[int, ...] = field(repr=False)  # [prompt_len] its token ids
     thoughts: torch.Tensor = field(repr=False)  # [n_thoughts, d_model] the thoughts fed back
     unknown_names: tuple[str, ...] = ()  # node names the tokenizer cannot write (unknown_names)
 
@@ -80,12 +82,13 @@ class EvalResult:
     items: list[ItemResult] = field(repr=False)
 
     def to_json(self) -> dict:
-        """The `probe eval --json` report."""
+        """The `probe eval --json` report: accuracy, and per item the prompt fed (its tokens' text), the prediction
+        and whether it is correct."""
         return {
             "accuracy": self.accuracy,
             "n": self.n,
             "mean_generated_tokens": self.mean_generated_tokens,
-            "items": [{"index": r.index, "prediction": r.prediction, "correct": r.correct,
+            "items": [{"index": r.index, "prompt": r.prompt, "prediction": r.prediction, "correct": r.correct,
                        **({"unknown_names": list(r.unknown_names)} if r.unknown_names else {})} for r in self.items],
         }
 
@@ -162,6 +165,7 @@ def evaluate(
             results[i] = ItemResult(
                 index=i, prediction=pred, correct=is_correct(pred, items[i], cfg.data_format),
                 n_thoughts=ks[i], n_generated=len(new), text=tokenizer.decode(new, skip_special_tokens=True),
+                prompt=tokenizer.decode(prompts[i], skip_special_tokens=False), prompt_ids=tuple(prompts[i]),
                 thoughts=gen.thoughts[row, : ks[i]].float().cpu(),
                 unknown_names=tuple(n for n in names[i] if n in unwritable),
             )

@@ -17,7 +17,7 @@ import torch
 from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
 from probe.data.prosqa import ProsQAItem, load_items
 from probe.evaluate import GOLD, evaluate
-from probe.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from probe.model.checkpoint import CheckpointError, card_format, load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutModel
 from probe.model.placement import parse_device, parse_dtype
 from probe.train_config import read_options
@@ -230,7 +230,7 @@ def model_card(rel: Release, model: CoconutModel, summary: str = "") -> str:
     lines += [
         f"- mode: `{cfg.mode}`; base: {base.model_type}, {getattr(base, 'n_layer', getattr(base, 'num_hidden_layers', '?'))} "
         f"layers, d_model {model.d_model}, {n_params:,} parameters, trained from scratch by this repository's code",
-        f"- data format: `{cfg.data_format}`; c_thought={cfg.c_thought}, max_latent_stage={cfg.max_latent_stage}, "
+        f"- {card_format(model)}; c_thought={cfg.c_thought}, max_latent_stage={cfg.max_latent_stage}, "
         f"pad_latent_to_max={cfg.pad_latent_to_max}; default thoughts at inference: {ev.default_k}",
         "",
         f"## Accuracy on the official ProsQA validation split ({ev.data}, {ev.n} items)",

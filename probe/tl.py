@@ -170,14 +170,15 @@ class CoconutBridge:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_checkpoint(cls, path, base=None, device: str = "cpu") -> "CoconutBridge":
-        """A checkpoint (ours, or an official state dict with its base directory) opened through a bridge.
+    def from_checkpoint(cls, path, base=None, device: str = "cpu", tokenizer=None) -> "CoconutBridge":
+        """A checkpoint (ours, or an official state dict with its base directory or config file, and tokenizer)
+        opened through a bridge.
 
         Loads it as load_checkpoint does (its errors included), then bridges it; `tokenizer` holds its tokenizer.
         """
         from probe.model.checkpoint import load_checkpoint
 
-        model, tokenizer = load_checkpoint(path, base=base, device=device)
+        model, tokenizer = load_checkpoint(path, base=base, device=device, tokenizer=tokenizer)
         return cls(model, tokenizer)
 
     @torch.no_grad()

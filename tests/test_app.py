@@ -310,3 +310,25 @@ def test_an_official_checkpoint_with_its_base_directory(app, tmp_path):
     assert not app.error and any(m.value.startswith("unedited") for m in app.markdown)
     open_tab(app, "probes & SAE")  # no probe or SAE ships with it
     assert sum("ships with this checkpoint" in i.value for i in app.info) == 2, ([e.value for e in app.error], [i.value for i in app.info])
+
+
+def test_an_rbs_checkpoint_with_its_config_file_and_the_rbs_tokenizer(app, tmp_path, official_items):
+    """RbS's checkpoint file: its config file as the base says that it holds no tokenizer, until 'rbs' is given."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.test_rbs_checkpoint import TheirCoconut
+
+    config = {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 40, "n_positions": 256}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    torch.save(TheirCoconut(GPT2LMHeadModel(GPT2Config(**config))).state_dict(), tmp_path / "checkpoint_300")
+    index = next(i for i, it in enumerate(official_items) if it.n_nodes <= 31)
+    app.number_input(key="index").set_value(index).run()
+    app.selectbox(key="ckpt").set_value("another path...").run()
+    app.text_input(key="ckpt_path").input(str(tmp_path / "checkpoint_300")).run()
+    app.text_input(key="base").input(str(tmp_path / "config.json")).run()
+    assert not app.exception and app.error[0].value == (f"--base {tmp_path / 'config.json'} holds no tokenizer; pass "
+                                                        "--tokenizer rbs or a tokenizer directory")
+    app.text_input(key="tokenizer").input("rbs").run()
+    ok(app)
+    assert app.markdown[1].value.startswith("after 4 thoughts the model answers")  # RbS's max_latent_stage

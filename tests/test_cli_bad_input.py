@@ -65,6 +65,11 @@ def bad_cases(tmp_path, official_path):
          "or came from a diverged run"),
         ("an official file holding a pickled object", {"args": ["--ckpt", str(pickled), "--base", str(base)]},
          f"{pickled}: holds a pickled Python object (test_cli_bad_input._Pickled), not only tensors"),
+        ("a tokenizer for one of our checkpoints", {"args": ["--tokenizer", "rbs"]},
+         f"{DEFAULT_CHECKPOINT}: a tokenizer (--tokenizer) is only for official checkpoint files"),
+        ("a config file for a base, and no tokenizer",
+         {"args": ["--ckpt", str(pickled), "--base", str(base / "config.json")]},
+         f"--base {base / 'config.json'} holds no tokenizer; pass --tokenizer rbs or a tokenizer directory"),
     ]
 
 

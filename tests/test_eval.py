@@ -58,11 +58,13 @@ def test_predictions_equal_an_independent_decode(tiny_model, word_tokenizer, off
         new = naive_generate(tiny_model, prompt, 8)
         assert r.prediction == extract_answer(word_tokenizer.decode(prompt + new, skip_special_tokens=True))
         assert r.n_generated == len(new) and r.n_thoughts == 2
+        assert r.prompt_ids == tuple(prompt) and r.prompt == word_tokenizer.decode(prompt, skip_special_tokens=False)
         _, ref_thoughts = naive_forward(tiny_model, prompt)
         torch.testing.assert_close(r.thoughts, ref_thoughts, atol=1e-5, rtol=0)
     payload = res.to_json()
     assert set(payload) >= {"accuracy", "n", "items"} and payload["n"] == 5
-    assert payload["items"][0].keys() == {"index", "prediction", "correct"}
+    assert payload["items"][0].keys() == {"index", "prompt", "prediction", "correct"}
+    assert payload["items"][0]["prompt"].endswith("<|start-latent|> <|latent|> <|latent|> <|end-latent|>")
 
 
 def test_bad_k(tiny_model, word_tokenizer, official_items):

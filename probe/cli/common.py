@@ -160,13 +160,23 @@ def _default_ckpt(ckpt: Optional[Path]) -> Path:
     return ckpt if ckpt is not None else default_checkpoint()
 
 
-def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Optional[str] = None):
+def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Optional[str] = None,
+          tokenizer: Optional[str] = None):
+    """The model and tokenizer of --ckpt (default: the shipped one), with --base and --tokenizer for an official
+    state-dict file (probe.model.checkpoint.load_checkpoint; its CheckpointError is the command's one line)."""
     from probe.model.checkpoint import load_checkpoint
 
-    return load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype))
+    return load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype),
+                           tokenizer=tokenizer)
 
 
-BASE_OPTION = typer.Option(None, "--base", help="Base model directory, for official checkpoints.")
+BASE_OPTION = typer.Option(None, "--base", help="For an official state-dict file: its base model directory "
+                                                "(config.json and tokenizer), or a config JSON file (then give "
+                                                "--tokenizer).")
+TOKENIZER_OPTION = typer.Option(None, "--tokenizer", help="'rbs' for RbS's built-in vocabulary, or a tokenizer "
+                                                          "directory; for an official state-dict file with --base.")
+CONTROL_BASE_OPTION = typer.Option(None, "--control-base", help="The control's --base.")
+CONTROL_TOKENIZER_OPTION = typer.Option(None, "--control-tokenizer", help="The control's --tokenizer.")
 DTYPE_OPTION = typer.Option(None, "--dtype", help="Model dtype: float32 (the checkpoint's, default), bfloat16 or "
                                                   "float16 (on the GPU; README, 'Precision', states the tolerance).")
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")

@@ -12,7 +12,8 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, _claim, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION,
-    _fail, InputError, _int_option, _load, _need_items, one_line_errors, OVERWRITE_OPTION, _release_claims, write_html,
+    _fail, InputError, _int_option, _load, _need_items, one_line_errors, OVERWRITE_OPTION, _release_claims,
+    TOKENIZER_OPTION, write_html,
 )
 
 
@@ -153,20 +154,23 @@ def eval_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     k: Optional[str] = typer.Option(None, "--k", help="Thoughts to force: a number, or 'gold' for each item's number "
                                                       "of steps (default: the checkpoint's)."),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write per-item predictions here (with --halt: the "
-                                                                 "halting result, and its figure beside it as .html)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write each item's prompt and prediction here "
+                                                                 "(with --halt: the halting result, and its figure "
+                                                                 "beside it as .html)."),
     halt: Optional[Path] = typer.Option(None, "--halt", help="A halting probe (probe probes halt): stop each "
                                                              "item's thoughts when it fires."),
     threshold: float = typer.Option(0.5, "--threshold", help="With --halt: stop when P(right answer) reaches this."),
     overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
-    """Accuracy by the official rule (greedy, at most 128 new tokens, answer after the last '#')."""
+    """Accuracy by the official rule (greedy, at most 128 new tokens, answer after the last '#'; in RbS's layout the
+    token after "[A]"). --json records each item's prompt and prediction."""
     from probe.atomic import atomic_write_text
     from probe.data.prosqa import load_items
     from probe.evaluate import GOLD, evaluate
@@ -178,7 +182,9 @@ def eval_cmd(
         _claim(json_out.with_suffix(".html"), "--json (its figure)", overwrite=overwrite)
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to evaluate", limit)
-    model, tok = _load(ckpt, base, device, dtype)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    if model.config.data_format == "rbs":
+        _rbs_options_note(items)
     if halt is not None:
         from probe.model.identity import weights_hash
         from probe.probes import SavedProbe, halting_eval
@@ -210,6 +216,16 @@ def eval_cmd(
         f"accuracy {res.accuracy:.4f} ({sum(r.correct for r in res.items)}/{res.n}), "
         f"mean generated tokens {res.mean_generated_tokens:.1f}"
     )
+
+
+def _rbs_options_note(items) -> None:
+    """Say how RbS's layout ordered each item's two options: drawn per item from a fixed seed (RbS's own evaluation
+    draws them anew each run), with how many items list the target first."""
+    from probe.data.render import RBS_OPTION_SEED, rbs_target_first
+
+    first = sum(rbs_target_first(it) for it in items)
+    typer.echo(f"options' order: drawn per item from seed probe.data.render.RBS_OPTION_SEED = {RBS_OPTION_SEED}; "
+               f"the target is listed first in {first}/{len(items)} items")
 
 
 @app.command()

@@ -10,7 +10,8 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, CKPT_OPTION, _claim, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail,
-    _float_option, InputError, _int_option, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION, write_html,
+    _float_option, InputError, _int_option, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION,
+    TOKENIZER_OPTION, write_html,
 )
 
 
@@ -23,6 +24,7 @@ def intervene_cmd(
                                            " for report.json and the figures."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     control: list[Path] = typer.Option([], "--control", help="A control checkpoint (pause, CoT) run the same way; "
                                        "repeat for several."),
     k: Optional[int] = typer.Option(None, "--k", min=1, help="Thoughts (default: the checkpoint's)."),
@@ -60,9 +62,9 @@ def intervene_cmd(
     reports = []
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to intervene on", limit)
-    runs = [(_default_ckpt(ckpt), base)] + [(c, None) for c in control]
-    for i, (path, b) in enumerate(runs):
-        model, tok = _load(ckpt if i == 0 else path, b, device, dtype)
+    runs = [(_default_ckpt(ckpt), base, tokenizer)] + [(c, None, None) for c in control]
+    for i, (path, b, t) in enumerate(runs):
+        model, tok = _load(ckpt if i == 0 else path, b, device, dtype, t)
         probe = None
         if probe_dir is not None and i == 0:
             probe = SavedProbe.load(probe_dir, weights_hash(model))

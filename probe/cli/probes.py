@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, _claim, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _items, _load, _need_items, _num,
-    one_line_errors, OVERWRITE_OPTION, write_html,
+    app, BASE_OPTION, CKPT_OPTION, _claim, CONTROL_BASE_OPTION, CONTROL_TOKENIZER_OPTION, _default_ckpt, DEVICE_OPTION,
+    DTYPE_OPTION, _items, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION, TOKENIZER_OPTION, write_html,
 )
 
 
@@ -32,8 +32,10 @@ def probes_fit(
                                            " for the probe, report.json and scores.html."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     control: Optional[Path] = typer.Option(None, "--control", help="A control checkpoint probed the same way."),
-    control_base: Optional[Path] = typer.Option(None, "--control-base"),
+    control_base: Optional[Path] = CONTROL_BASE_OPTION,
+    control_tokenizer: Optional[str] = CONTROL_TOKENIZER_OPTION,
     k_max: Optional[int] = typer.Option(None, "--k-max", min=1, help="Thoughts to probe (default: the checkpoint's)."),
     folds: int = typer.Option(5, "--folds", min=2),
     limit: Optional[int] = typer.Option(None, "--limit", min=2),
@@ -53,11 +55,11 @@ def probes_fit(
     need = items_for_folds(folds)
     _need_items(items, need, data, f"--folds {folds} needs at least {need}: each fold's probe is fit on the other "
                 "folds' items, at least 2 of them (give more items or fewer folds)", limit)
-    model, tok = _load(ckpt, base, device, dtype)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer)
     rep = fit_probes(model, tok, items, target, layer=layer, k_max=k_max, folds=folds, seed=seed)
     report = {"checkpoint": str(_default_ckpt(ckpt)), "data": str(data), "n_items": len(items), **rep.as_dict()}
     if control is not None:
-        c_model, c_tok = _load(control, control_base, device, dtype)
+        c_model, c_tok = _load(control, control_base, device, dtype, control_tokenizer)
         c_rep = fit_probes(c_model, c_tok, items, target, layer=layer, k_max=max(rep.scores), folds=folds,
                            seed=seed)
         report["control"] = {"checkpoint": str(control), **c_rep.as_dict()}
@@ -89,6 +91,7 @@ def probes_halt(
     seed: int = typer.Option(12345, "--seed", help="Seed of the generated items."),
     layer: int = typer.Option(-1, "--layer"),
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     k_max: Optional[int] = typer.Option(None, "--k-max", min=2, help="The most thoughts (default: the checkpoint's)."),
     folds: int = typer.Option(5, "--folds", min=2),
     device: str = DEVICE_OPTION,
@@ -104,7 +107,7 @@ def probes_halt(
     items = _items(data, n, seed)
     _need_items(items, 2, data, "the halting probe is cross-validated with folds over items (one at least held "
                 "out): it needs at least 2")
-    model, tok = _load(ckpt, base, device, dtype)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer)
     saved, scores = fit_halting_probe(model, tok, items, layer=layer, k_max=k_max, folds=folds)
     from probe.analyze import finite
 
@@ -132,6 +135,7 @@ def sae_train(
     layer: Optional[int] = typer.Option(None, "--layer", help="A layer's residual at the thought positions "
                                                                "(default: the thoughts fed back)."),
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     d_sae: int = typer.Option(512, "--d-sae", min=1),
     k: int = typer.Option(8, "--k", min=1, help="Active features per row (TopK)."),
     activation: str = typer.Option("topk", "--activation", help="topk, or relu (with --l1)."),
@@ -156,7 +160,7 @@ def sae_train(
     items = _items(data, n, seed)
     _need_items(items, 2, data, "an SAE is trained on some items and checked on others held out (10%, at least "
                 "one): it needs at least 2")
-    model, tok = _load(ckpt, base, device, dtype)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer)
     run = train_sae(model, tok, items, hook=resid_hook(model, layer) if layer is not None else None, k_max=k_max,
                     d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)
     report = finite({"checkpoint": str(_default_ckpt(ckpt)), **run.report()})

@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, _claim, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail,
-    _item, _items, _layers, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION, write_html,
+    app, BASE_OPTION, CKPT_OPTION, _claim, CONTROL_BASE_OPTION, CONTROL_TOKENIZER_OPTION, DATA_OPTION, _default_ckpt,
+    DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, _item, _items, _layers, _load, _need_items, _num, one_line_errors,
+    OVERWRITE_OPTION, TOKENIZER_OPTION, write_html,
 )
 
 
@@ -21,6 +22,7 @@ def decode(
     data: Path = DATA_OPTION,
     index: int = typer.Option(..., "--index", help="Which item of the file."),
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     lens: str = typer.Option("logit", "--lens", help="logit or tuned."),
     lens_file: Optional[Path] = typer.Option(None, "--lens-file",
                                              help="A tuned lens (default: tuned_lens.safetensors in the checkpoint)."),
@@ -42,7 +44,7 @@ def decode(
         _fail(f"--lens: expected {' or '.join(LENSES)}, got {lens!r}")
     _claim(json_out, "--json", overwrite=overwrite)
     item = _item(data, index)
-    model, tok = _load(ckpt, base, device, dtype)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer)
     reader = open_lens(lens, model, lens_file or _default_ckpt(ckpt) / TUNED_LENS)
     res = decode_item(model, tok, item, index=index, k=k, lens=reader, layers=_layers(layers), top=top)
     _print_decoded(res)
@@ -85,6 +87,7 @@ def capture_cmd(
                                            " for the safetensors shards and manifest.json."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     hooks: Optional[list[str]] = typer.Option(None, "--hooks", help="Hook-name globs, e.g. '*hook_resid_post' (repeatable)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
@@ -116,7 +119,7 @@ def capture_cmd(
     device = rank_device(device)
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to capture", limit)
-    model, tok = _load(ckpt, base, device, dtype)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer)
     names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
     kw = dict(k=k, names=names, dtype=_dtype(store_dtype, "--store-dtype"), batch_size=batch_size, shard_size=shard_size,
               max_new_tokens=max_new_tokens, source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)},
@@ -147,9 +150,11 @@ def analyze_cmd(
                                            " for report.json and one HTML figure per measure."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     control: Optional[Path] = typer.Option(None, "--control",
                                            help="A control checkpoint (pause-as-thought or CoT) measured the same way."),
-    control_base: Optional[Path] = typer.Option(None, "--control-base", help="Base model directory of the control."),
+    control_base: Optional[Path] = CONTROL_BASE_OPTION,
+    control_tokenizer: Optional[str] = CONTROL_TOKENIZER_OPTION,
     k_max: Optional[int] = typer.Option(None, "--k-max", min=1, help="Thoughts to study (default: the checkpoint's)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -173,11 +178,11 @@ def analyze_cmd(
         _claim(card, "--update-card", existing=True)
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to analyze", limit)
-    model, tok = _load(ckpt, base, device, dtype)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer)
     main = analyze(model, tok, items, k_max=k_max, batch_size=batch_size, checkpoint=str(_default_ckpt(ckpt)))
     ctrl = None
     if control is not None:
-        c_model, c_tok = _load(control, control_base, device, dtype)
+        c_model, c_tok = _load(control, control_base, device, dtype, control_tokenizer)
         ctrl = analyze(c_model, c_tok, items, k_max=main.k_max, batch_size=batch_size, checkpoint=str(control))
     report = {"data": str(data), **main.report()}  # the data file, as intervene's report names it (probe findings)
     if ctrl is not None:
@@ -232,6 +237,7 @@ def tuned_lens_cmd(
     n: int = typer.Option(1000, "--n", min=1, help="Generated items to fit on, when no --data."),
     seed: int = typer.Option(12345, "--seed", help="Seed of the generated items."),
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
     epochs: int = typer.Option(20, "--epochs", min=1),
     device: str = DEVICE_OPTION,
@@ -246,7 +252,7 @@ def tuned_lens_cmd(
     items = _items(data, n, seed)
     _need_items(items, 2, data, "a tuned lens is fit on some items and checked on others held out (10%, at least "
                 "one): it needs at least 2")
-    model, tok = _load(ckpt, base, device, dtype)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer)
     fit = fit_tuned_lens(model, tok, items, k=k, epochs=epochs)
     fit.lens.save(out)
     for l, (a, b) in enumerate(zip(fit.kl_logit.tolist(), fit.kl_tuned.tolist())):

@@ -5,8 +5,13 @@ tokenizer files, coconut.json (CoconutConfig plus metadata) and a README.md mode
 
 Official: `torch.save(Coconut(...).state_dict())`: keys `base_causallm.*` (plus
 `embedding.weight`, the wrapper's alias of the input embeddings), embeddings resized to the
-base vocabulary + 3. It needs a base directory holding the base model's config.json and its
-tokenizer; the latent tokens are added to the tokenizer when absent.
+base vocabulary + 3. It needs the base model's config: a base directory holding its config.json and
+its tokenizer, or a config JSON file with a tokenizer given apart; the latent tokens are added to the
+tokenizer when absent.
+
+RbS's: the same wrapper's state dict over their GPT-2 (docs/rbs-notes.md, section 4), read with their config
+file and RbS's built-in 40-token vocabulary (tokenizer "rbs"), which must match the embedding exactly. A
+checkpoint of ours in their data format also holds their two files under rbs/ (`rbs_state_dict`, `rbs_config`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from probe.artifacts import COCONUT_CONFIG, HF_CONFIG, HF_WEIGHTS
+from probe.artifacts import COCONUT_CONFIG, HF_CONFIG, HF_WEIGHTS, RBS_CHECKPOINT, RBS_CONFIG, RBS_DIR
 from probe.atomic import atomic_directory
 from probe.finite import check_finite_tensors
 from probe.model.architecture import ArchitectureError
@@ -31,14 +36,15 @@ from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.identity import pin
 from probe.model.placement import parse_device, parse_dtype
 from probe.model.tokenizer import (
-    TOKENIZER_CONFIG, TOKENIZER_FILE, TokenizerError, add_latent_tokens, check_json_files, load_tokenizer,
-    special_tokens,
+    RBS_VOCABULARY, TOKENIZER_CONFIG, TOKENIZER_FILE, TokenizerError, add_latent_tokens, build_rbs_tokenizer,
+    check_json_files, is_rbs_tokenizer, load_tokenizer, special_tokens,
 )
 
 FORMAT_VERSION = 1
 OFFICIAL_PREFIX = "base_causallm."
 # The official wrapper keeps the input embedding as `self.embedding`, so it is saved twice.
 OFFICIAL_ALIASES = ("embedding.weight",)
+RBS_TOKENIZER = "rbs"  # the tokenizer argument's word for RbS's built-in vocabulary (build_rbs_tokenizer)
 
 
 # What our format's directory must hold beside coconut.json (save_pretrained's files), in the order reported.
@@ -90,13 +96,61 @@ def write_checkpoint(
     """Write our format's files into an existing directory (the caller makes the whole write atomic).
 
     The weights are stored in the model's dtype (a bfloat16 model writes bfloat16); state_dict (the base's
-    weights by name) replaces the model's own, as a sharded run's gathered weights.
+    weights by name) replaces the model's own, as a sharded run's gathered weights. A model in RbS's data format
+    also gets their files, rbs/checkpoint (`rbs_state_dict`, float32) and rbs/config.json (`rbs_config`).
     """
     model.base.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
     meta = {"format_version": FORMAT_VERSION, **model.config.__dict__, "metadata": metadata or {}}
     (directory / COCONUT_CONFIG).write_text(json.dumps(meta, indent=2))
+    if model.config.data_format == "rbs":
+        (directory / RBS_DIR).mkdir()
+        torch.save(rbs_state_dict(model, state_dict), directory / RBS_DIR / RBS_CHECKPOINT)
+        (directory / RBS_DIR / RBS_CONFIG).write_text(json.dumps(rbs_config(model), indent=2, sort_keys=True) + "\n")
     (directory / "README.md").write_text(card or default_card(model, metadata or {}))
+
+
+def rbs_state_dict(model: CoconutModel, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of RbS's Coconut wrapper around this model's base, as their run.py saves it: `base_causallm.`
+    + every key of the base's state dict (the tied lm_head.weight included), then `embedding.weight`, the input
+    embedding again. Each tensor a float32, contiguous copy of its own. state_dict (the base's weights by name, as
+    write_checkpoint takes it) replaces the model's own; a tied key it lacks is read from the embedding. Raises
+    KeyError when it lacks another key of the base's."""
+    own = model.base.state_dict()
+    given = own if state_dict is None else state_dict
+    embedding = _embedding_key(model.base)
+    tied = _tied_keys(model.base)
+    out = {}
+    for key in own:
+        value = given.get(key)
+        if value is None and key in tied:
+            value = given.get(embedding)
+        if value is None:
+            raise KeyError(f"the state dict given holds no {key}")
+        out[OFFICIAL_PREFIX + key] = value.detach().to("cpu", torch.float32).contiguous().clone()
+    out[OFFICIAL_ALIASES[0]] = out[OFFICIAL_PREFIX + embedding].clone()
+    return out
+
+
+def rbs_config(model: CoconutModel) -> dict[str, Any]:
+    """The base's config as RbS's config file holds it (configs/symbol-2layer-8head-768dim.json): every field,
+    `architectures` naming the base's class (GPT2LMHeadModel), no dtype (their file has none; rbs/checkpoint is
+    float32)."""
+    cfg = model.base.config.to_dict()
+    cfg["architectures"] = [type(model.base).__name__]
+    for key in ("dtype", "torch_dtype"):
+        cfg.pop(key, None)
+    return cfg
+
+
+def card_format(model: CoconutModel) -> str:
+    """What a model card says of the checkpoint's data format and vocabulary (default_card, release's card)."""
+    fmt = model.config.data_format
+    if fmt == "rbs":
+        return (f"data format rbs, RbS's {len(RBS_VOCABULARY)}-token vocabulary; {RBS_DIR}/{RBS_CHECKPOINT} loads in "
+                "their code unchanged")
+    rows = model.base.get_input_embeddings().num_embeddings
+    return f"data format {fmt}, a {rows}-token vocabulary of its own (the tokenizer files here)"
 
 
 def default_card(model: CoconutModel, metadata: dict[str, Any]) -> str:
@@ -106,7 +160,7 @@ def default_card(model: CoconutModel, metadata: dict[str, Any]) -> str:
         f"# Coconut checkpoint ({model.config.mode})",
         "",
         f"- base: {cfg.model_type}, {sum(p.numel() for p in model.base.parameters()):,} parameters",
-        f"- data format: {model.config.data_format}; c_thought={model.config.c_thought}, "
+        f"- {card_format(model)}; c_thought={model.config.c_thought}, "
         f"max_latent_stage={model.config.max_latent_stage}, pad_latent_to_max={model.config.pad_latent_to_max}",
     ]
     lines += [f"- {k}: {v}" for k, v in metadata.items()]
@@ -118,14 +172,17 @@ def load_checkpoint(
     base: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
+    tokenizer: str | os.PathLike | None = None,
     **official: Any,
 ) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
-    """Load our directory format, or an official state-dict file given its base directory.
+    """Load our directory format, or an official (or RbS) state-dict file given its base: a base model directory
+    or a config JSON file, and optionally its tokenizer ("rbs" or a tokenizer directory; see load_official).
 
     With a dtype other than float32 the model's identity (probe.model.identity) is pinned first, so
     readouts fit on the stored weights still accept it. device and dtype are read by probe.model.placement
-    (a dtype may be given by name). Raises CheckpointError for a missing or unreadable checkpoint, PlacementError
-    for a device absent here or an unknown dtype.
+    (a dtype may be given by name). Raises CheckpointError for a missing or unreadable checkpoint, or a base or
+    tokenizer given with one of ours (a directory holds its own); PlacementError for a device absent here or an
+    unknown dtype.
     """
     device, dtype = parse_device(device), parse_dtype(dtype)
     path = Path(path)
@@ -135,14 +192,17 @@ def load_checkpoint(
         if base is not None:
             raise CheckpointError(f"{path}: a base model directory (--base) is only for official checkpoint files; "
                                   "this is one of ours (a directory)")
+        if tokenizer is not None:
+            raise CheckpointError(f"{path}: a tokenizer (--tokenizer) is only for official checkpoint files; this is "
+                                  "one of ours (a directory), which holds its own")
         model, tok = _load_ours(path)
     else:
         if base is None:
             raise CheckpointError(
                 f"{path}: an official checkpoint file needs its base model directory (--base DIR), "
-                "with the base model's config and tokenizer"
+                "with the base model's config and tokenizer, or its config file (--base CONFIG.json --tokenizer ...)"
             )
-        model, tok = load_official(path, base, **official)
+        model, tok = load_official(path, base, tokenizer=tokenizer, **official)
     model.base.eval()
     try:
         model.check_computation()
@@ -244,61 +304,111 @@ def load_official(
     path: str | os.PathLike,
     base: str | os.PathLike,
     *,
+    tokenizer: str | os.PathLike | None = None,
     mode: str = "coconut",
     c_thought: int = 1,
-    max_latent_stage: int = 6,
-    pad_latent_to_max: bool = True,
+    max_latent_stage: int | None = None,
+    pad_latent_to_max: bool | None = None,
 ) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
-    """Load a state dict saved by the official implementation, with strict key checking."""
+    """Load a state dict saved by the official implementation (or RbS's), with strict key and shape checking.
+
+    base: a base model directory (its config.json, and its tokenizer unless `tokenizer` is given) or a config JSON
+    file (RbS's configs/symbol-2layer-8head-768dim.json). tokenizer: None for the base directory's, "rbs" for RbS's
+    built-in vocabulary, or a tokenizer directory. A tokenizer of RbS's vocabulary (the word, or a directory holding
+    it) makes the model one of RbS's data format: data_format "rbs", supervision "optimal", max_latent_stage 4 and,
+    as their evaluation runs each item with its own number of hops, pad_latent_to_max False; the embedding must have
+    exactly its 40 rows. Any other tokenizer gets the latent tokens when it lacks them and the embedding is resized
+    to it (data_format "sentences", max_latent_stage 6, pad_latent_to_max True). max_latent_stage and
+    pad_latent_to_max, when given, replace those defaults.
+
+    Raises CheckpointError in one line: a base that is neither a directory nor a config file, a config file without
+    a tokenizer, an unreadable config or tokenizer, a vocabulary the embedding does not fit, the first missing and
+    first unexpected key (with how many), the first tensor whose shape differs (both shapes), an `embedding.weight`
+    that is not the input embedding.
+    """
     path, base = Path(path), Path(base)
-    if not base.is_dir() or not (base / HF_CONFIG).is_file():
+    if base.is_file():
+        config_file = base
+        if tokenizer is None:
+            raise CheckpointError(f"--base {base} holds no tokenizer; pass --tokenizer rbs or a tokenizer directory")
+    elif base.is_dir() and (base / HF_CONFIG).is_file():
+        config_file = base / HF_CONFIG
+    elif not base.exists() and base.suffix == ".json":
+        raise CheckpointError(f"{base}: no such config file; --base takes a config JSON file or a base model "
+                              "directory")
+    else:
         raise CheckpointError(f"{base}: the base directory must hold the base model's config.json and tokenizer")
     state = _read_state_dict(path)
     check_finite_tensors(state.items(), str(path), CheckpointError)
-    check_json_files(base, (HF_CONFIG,), CheckpointError)
-    try:
-        tok = load_tokenizer(base)
-    except TokenizerError as e:
-        raise CheckpointError(f"--base {e}") from None
+    check_json_files(config_file.parent, (config_file.name,), CheckpointError)
+    tok = _official_tokenizer(base, tokenizer)
     try:
         cfg = AutoConfig.from_pretrained(str(base), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{base / HF_CONFIG}: not a model config transformers reads ({e})") from None
-    special = add_latent_tokens(tok)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{config_file}: not a model config transformers reads ({reason})") from None
+    rbs = is_rbs_tokenizer(tok)
+    if rbs and getattr(cfg, "vocab_size", len(tok)) != len(tok):  # checked before a model of that size is built
+        raise CheckpointError(f"{config_file}: vocab_size {cfg.vocab_size}, but RbS's vocabulary has {len(tok)} "
+                              f"tokens; their models' config has vocab_size {len(tok)}, and its embedding rows are "
+                              "these tokens (no resizing)")
     model = AutoModelForCausalLM.from_config(cfg)
-    model.resize_token_embeddings(len(tok))
+    what = f"the {_MODEL_NAMES.get(cfg.model_type, cfg.model_type)} of {base}"
+    if rbs:
+        special = special_tokens(tok)
+    else:
+        special = add_latent_tokens(tok)
+        model.resize_token_embeddings(len(tok))
+        what += f" with the tokenizer's {len(tok)} tokens"
     base_state = {k[len(OFFICIAL_PREFIX):]: v for k, v in state.items() if k.startswith(OFFICIAL_PREFIX)}
     expected = model.state_dict()
     tied = _tied_keys(model)
-    missing = sorted(k for k in expected if k not in base_state and k not in tied)
+    missing = sorted(OFFICIAL_PREFIX + k for k in expected if k not in base_state and k not in tied)
     unexpected = sorted(
         k for k in state if not k.startswith(OFFICIAL_PREFIX) and k not in OFFICIAL_ALIASES
     ) + sorted(OFFICIAL_PREFIX + k for k in base_state if k not in expected)
     if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: state dict does not match {cfg.model_type} from {base}:"
-            + (f"\n  missing keys: {', '.join(OFFICIAL_PREFIX + k for k in missing)}" if missing else "")
-            + (f"\n  unexpected keys: {', '.join(unexpected)}" if unexpected else "")
-        )
-    shapes = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in base_state.items() if tuple(v.shape) != tuple(expected[k].shape)
-    ]
+        raise CheckpointError(f"{path}: state dict does not match {what}: " + "; ".join(
+            f"{name} {keys[0]} ({len(keys)} {name} key{'s' if len(keys) > 1 else ''} in all)"
+            for name, keys in (("missing", missing), ("unexpected", unexpected)) if keys))
+    shapes = [k for k, v in expected.items() if k in base_state and base_state[k].shape != v.shape]
     if shapes:
-        raise CheckpointError(
-            f"{path}: tensor shapes do not match the base model with the tokenizer's {len(tok)} tokens:\n  "
-            + "\n  ".join(shapes)
-        )
+        k = shapes[0]
+        more = f" ({len(shapes)} tensors differ in shape in all)" if len(shapes) > 1 else ""
+        raise CheckpointError(f"{path}: {OFFICIAL_PREFIX}{k} is {list(base_state[k].shape)} in the checkpoint but "
+                              f"{list(expected[k].shape)} in {what}{more}")
     model.load_state_dict(base_state, strict=False)
     for alias in OFFICIAL_ALIASES:  # the wrapper's second name for the input embedding: it must be that tensor
         if alias in state and not torch.equal(state[alias], model.get_input_embeddings().weight.detach()):
             raise CheckpointError(f"{path}: {alias} differs from the base model's input embedding "
                                   f"({OFFICIAL_PREFIX}{_embedding_key(model)}); the file is not one official wrapper's")
-    config = CoconutConfig.from_special(
-        special, mode=mode, c_thought=c_thought, max_latent_stage=max_latent_stage,
-        pad_latent_to_max=pad_latent_to_max, data_format="sentences",
-    )
+    fmt = {"data_format": "rbs", "supervision": "optimal", "max_latent_stage": 4, "pad_latent_to_max": False} if rbs \
+        else {"data_format": "sentences", "max_latent_stage": 6, "pad_latent_to_max": True}
+    given = {"max_latent_stage": max_latent_stage, "pad_latent_to_max": pad_latent_to_max}
+    config = CoconutConfig.from_special(special, mode=mode, c_thought=c_thought,
+                                        **{**fmt, **{k: v for k, v in given.items() if v is not None}})
     return CoconutModel(model, config), tok
+
+
+# how the loader's one-line errors name a base model's architecture (else its model_type)
+_MODEL_NAMES = {"gpt2": "GPT-2", "llama": "Llama"}
+
+
+def _official_tokenizer(base: Path, tokenizer: str | os.PathLike | None) -> PreTrainedTokenizerBase:
+    """The tokenizer of an official checkpoint: the base directory's (tokenizer None), RbS's built-in one (the str
+    "rbs"; a Path is always a directory, and on the command line a directory of that name is ./rbs) or the one in a
+    tokenizer directory. CheckpointError naming the option when it cannot be read."""
+    if tokenizer is None:
+        try:
+            return load_tokenizer(base)
+        except TokenizerError as e:
+            raise CheckpointError(f"--base {e}") from None
+    if isinstance(tokenizer, str) and tokenizer == RBS_TOKENIZER:
+        return build_rbs_tokenizer()
+    try:
+        return load_tokenizer(tokenizer)
+    except TokenizerError as e:
+        raise CheckpointError(f"--tokenizer {e}") from None
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
