@@ -4,6 +4,8 @@ in one line, and ours in RbS's data format written with their two files, which l
 
 from __future__ import annotations
 
+import copy
+
 import json
 
 import pytest
@@ -175,7 +177,8 @@ def test_ours_in_rbs_format_carries_their_files_which_load_back_bit_for_bit(tmp_
     theirs, their_config = path / "rbs" / "checkpoint", path / "rbs" / "config.json"
     state = torch.load(theirs, weights_only=True)
     assert set(state) == THEIR_KEYS
-    assert all(v.dtype == torch.float32 and v.is_contiguous() for v in state.values())
+    assert all(v.dtype == torch.float32 and v.is_contiguous() for v in state.values())  # the model's dtype
+    assert {v.dtype for v in rbs_state_dict(copy.deepcopy(model).to(torch.bfloat16)).values()} == {torch.bfloat16}
     assert len({v.untyped_storage().data_ptr() for v in state.values()}) == len(state)  # each a tensor of its own
     assert torch.equal(state["embedding.weight"], state["base_causallm.transformer.wte.weight"])
     assert torch.equal(state["base_causallm.lm_head.weight"], state["base_causallm.transformer.wte.weight"])

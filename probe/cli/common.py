@@ -182,7 +182,8 @@ DTYPE_OPTION = typer.Option(None, "--dtype", help="Model dtype: float32 (the che
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")
 CKPT_OPTION = typer.Option(None, "--ckpt", help="Our checkpoint directory, or an official state-dict file "
                                                 "(default: the shipped checkpoints/prosqa-coconut).")
-DATA_OPTION = typer.Option(..., "--data", help="ProsQA JSON file (official format).")
+DATA_OPTION = typer.Option(..., "--data", help="ProsQA JSON file: the official format, or RbS's (items with "
+                                               "neighbor_k; told by that field).")
 
 
 def _items(data: Optional[Path], n: int, seed: int, limit: Optional[int] = None):

@@ -267,6 +267,7 @@ def rbs_notebook_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
     base: Optional[Path] = BASE_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
     k: int = typer.Option(4, "--k", min=1, help="Thoughts to run: the measures at n_step 0..k-1, thoughts 1..k "
                                                 "(the notebook's 4)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -286,7 +287,7 @@ def rbs_notebook_cmd(
     _claim(json_out, "--json", overwrite=overwrite)
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to measure", limit)
-    model, tok = _load(ckpt, base, device, dtype)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer)
     res = notebook_measures(model, tok, items, k=k, batch_size=batch_size)
     _print_notebook(res)
     if json_out:

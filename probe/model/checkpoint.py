@@ -97,7 +97,7 @@ def write_checkpoint(
 
     The weights are stored in the model's dtype (a bfloat16 model writes bfloat16); state_dict (the base's
     weights by name) replaces the model's own, as a sharded run's gathered weights. A model in RbS's data format
-    also gets their files, rbs/checkpoint (`rbs_state_dict`, float32) and rbs/config.json (`rbs_config`).
+    also gets their files, rbs/checkpoint (`rbs_state_dict`, in the same dtype) and rbs/config.json (`rbs_config`).
     """
     model.base.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
@@ -113,7 +113,9 @@ def write_checkpoint(
 def rbs_state_dict(model: CoconutModel, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The state dict of RbS's Coconut wrapper around this model's base, as their run.py saves it: `base_causallm.`
     + every key of the base's state dict (the tied lm_head.weight included), then `embedding.weight`, the input
-    embedding again. Each tensor a float32, contiguous copy of its own. state_dict (the base's weights by name, as
+    embedding again. Each tensor a contiguous copy of its own, in the dtype stored (a bfloat16 release writes
+    bfloat16, which keeps the file as small as the safetensors one; their load_state_dict casts it into their float32
+    model). state_dict (the base's weights by name, as
     write_checkpoint takes it) replaces the model's own; a tied key it lacks is read from the embedding. Raises
     KeyError when it lacks another key of the base's."""
     own = model.base.state_dict()
@@ -127,7 +129,7 @@ def rbs_state_dict(model: CoconutModel, state_dict: dict[str, torch.Tensor] | No
             value = given.get(embedding)
         if value is None:
             raise KeyError(f"the state dict given holds no {key}")
-        out[OFFICIAL_PREFIX + key] = value.detach().to("cpu", torch.float32).contiguous().clone()
+        out[OFFICIAL_PREFIX + key] = value.detach().to("cpu").contiguous().clone()
     out[OFFICIAL_ALIASES[0]] = out[OFFICIAL_PREFIX + embedding].clone()
     return out
 
