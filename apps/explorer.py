@@ -17,6 +17,7 @@ import streamlit as st
 
 from probe.artifacts import COCONUT_CONFIG, PROBES_DIR, REPORT, SAE_DIR, TUNED_LENS
 from probe.data.prosqa import item_at, item_key
+from probe.data.render import gold_answer, node_names
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
@@ -103,6 +104,7 @@ def item_readings(ckpt: str, base: str, tokenizer: str, item_json: str, lens: st
     sup = superposition(dec.thought_vectors[None], model.base.get_output_embeddings().weight,
                         [name_tokens(item, tok, model.config.data_format)], [ProsQAGraph.from_item(item)]) if k else None
     return {"k": k, "prediction": dec.prediction, "correct": dec.correct, "generated": dec.generated,
+            "data_format": model.config.data_format,
             "values": values, "readout_kind": readout_of(model.config),
             "coefficients": None if sup is None else sup.coef[0, :, : item.n_nodes],
             "r2": None if sup is None else sup.r2[0], "share": None if sup is None else sup.share[0],
@@ -275,21 +277,21 @@ def graph_panel(item, r: dict) -> None:
                "the logit-lens probability of its name at the last layer.")
     if r["k"] == 0:
         st.info("this checkpoint reasons in language (no latent thoughts): the graph is drawn without values")
-        st.plotly_chart(graph_figure(item, 0), key="graph")
+        st.plotly_chart(graph_figure(item, 0, fmt=r["data_format"]), key="graph")
         return
     drop_if_invalid("k", lambda v: 1 <= v <= r["k"])
     k = st.slider("thought k", 1, r["k"], key="k") if r["k"] > 1 else r["k"]
     colour = st.radio("colour nodes by", ["value after k thoughts", "superposition coefficient", "lens probability"],
                       key="colour", horizontal=True)
     if colour == "superposition coefficient":
-        fig = graph_figure(item, k, coefficients=r["coefficients"][k - 1])
+        fig = graph_figure(item, k, coefficients=r["coefficients"][k - 1], fmt=r["data_format"])
         share = ", ".join(f"{g} {r['share'][k - 1, j]:.0%}" for j, g in enumerate(GROUPS))
         st.markdown(f"thought {k} = a non-negative combination of the item's name rows: R² {r['r2'][k - 1]:.3f}; "
                     f"share of the weight by group at step {k}: {share}")
     elif colour == "lens probability" or r["values"] is None:
-        fig = graph_figure(item, k, lens=r["node_prob"][k - 1])
+        fig = graph_figure(item, k, lens=r["node_prob"][k - 1], fmt=r["data_format"])
     else:
-        fig = graph_figure(item, k, values=r["values"][k - 1])
+        fig = graph_figure(item, k, values=r["values"][k - 1], fmt=r["data_format"])
     st.plotly_chart(fig, key="graph")
 
 
@@ -306,6 +308,9 @@ def lens_panel(r: dict, tok) -> None:
 
 
 def superposition_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item) -> None:
+    from probe.viz import node_labels
+
+    fmt = load_model(ckpt, base, tokenizer)[0].config.data_format
     from probe.data.graph import ProsQAGraph
     from probe.frontier import GROUPS, node_groups
     from probe.viz import attention, inner_products, node_heatmap, superposition
@@ -324,7 +329,7 @@ def superposition_panel(ckpt: str, base: str, tokenizer: str, item_json: str, it
         st.plotly_chart(superposition(a), key="sp_decomposition")
     elif view == "node values":
         st.plotly_chart(node_heatmap(item, a.values[0, :, : item.n_nodes], title="Value of each node after k thoughts",
-                                     colorbar="value"), key="sp_values")
+                                     colorbar="value", fmt=fmt), key="sp_values")
     elif view == "attention":
         st.plotly_chart(attention(a), key="sp_attention")
     else:
@@ -335,7 +340,7 @@ def superposition_panel(ckpt: str, base: str, tokenizer: str, item_json: str, it
             for row in rows:
                 if row["k"] >= 1:
                     v = int(a.emitted_node[0, row["k"] - 1])
-                    row["node thought k emits"] = item.name(v) if v >= 0 else "(a token naming no node)"
+                    row["node thought k emits"] = node_labels(item, fmt)[v] if v >= 0 else "(a token naming no node)"
                     row["emitted node's group"] = GROUPS[int(node_groups(g, row["k"])[v])] if v >= 0 else "unknown"
         st.dataframe(rows, key="sp_continuations", hide_index=True)
 
@@ -358,10 +363,11 @@ def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: 
                 probe = load_probe(str(path), model_hash)
                 X = item_activations(ckpt, base, tokenizer, item_json, probe.hook, k)
                 z = np.full((k, item.n_nodes), np.nan)
+                fmt = load_model(ckpt, base, tokenizer)[0].config.data_format
                 for j in (j for j in probe.steps if j <= k):
-                    z[j - 1] = probe.read(X[j - 1 : j], j, item.idx_to_symbol)[0]
+                    z[j - 1] = probe.read(X[j - 1 : j], j, node_names(item, fmt))[0]
                 st.plotly_chart(node_heatmap(item, z, title=f"{probe.target} probe on {probe.hook}",
-                                             colorbar="probe p"),
+                                             colorbar="probe p", fmt=fmt),
                                 key="probe_readout")
                 cv = {s: v["auroc"] for s, v in probe.metrics.items() if isinstance(v, dict) and "auroc" in v}
                 if cv:
@@ -451,7 +457,7 @@ def interventions_panel(ckpt: str, base: str, tokenizer: str, item_json: str, it
         st.plotly_chart(intervention_effect(item, r["values"], out["values"], node), key="iv_effect")
         st.plotly_chart(node_heatmap(item, out["values"] - r["values"],
                                      title="Change in each node's value after k thoughts",
-                                     colorbar="edited - unedited", zmax=None), key="iv_delta")
+                                     colorbar="edited - unedited", zmax=None, fmt=r["data_format"]), key="iv_delta")
 
 
 def dataset_panel(ckpt: str, base: str, tokenizer: str) -> None:
@@ -517,8 +523,10 @@ def main() -> None:
         return
     st.markdown(f"**{item.question}**")
     verdict = "right" if r["correct"] else "wrong"
+    gold = gold_answer(item, r["data_format"])  # RbS's format answers with the target's index: its name beside it
+    answer = f"*{gold}*" + ("" if gold == item.answer.replace(",", "").strip() else f", {item.answer}")
     st.markdown(f"after {r['k']} thoughts the model answers **{r['prediction']}** ({verdict}; "
-                f"the answer is *{item.answer}*)")
+                f"the answer is {answer})")
     # tracked tabs rerun on a switch, and only the open one is computed
     tabs = dict(zip(TABS, st.tabs(TABS, key="tab", on_change="rerun")))
     panels = {

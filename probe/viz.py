@@ -390,11 +390,19 @@ def graph_positions(graph: ProsQAGraph) -> np.ndarray:
     return pos
 
 
+def node_labels(item, fmt: str = "sentences") -> list[str]:
+    """Each node's label in figures: its name; for a model in RbS's format, its token (the node index, which is all
+    the model reads) and then its name, "16 lempus"."""
+    return [f"{v} {name}" for v, name in enumerate(item.idx_to_symbol)] if fmt == "rbs" else list(item.idx_to_symbol)
+
+
 def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.ndarray | None = None,
-                 coefficients: np.ndarray | None = None, title: str = "") -> go.Figure:
+                 coefficients: np.ndarray | None = None, title: str = "", fmt: str = "sentences") -> go.Figure:
     """The item's DAG, root to leaves: frontier_k outlined, the optimal path drawn thick, node colour the value
     after k thoughts, else the superposition coefficient of each node in thought k (probe.superposition), else the
-    lens probability ([n_nodes] each); the hover shows every one given."""
+    lens probability ([n_nodes] each); the hover shows every one given. Nodes are labelled by `node_labels` of the
+    model's data format fmt."""
+    labels = node_labels(item, fmt)
     graph = ProsQAGraph.from_item(item)
     pos = graph_positions(graph)
     shortest = graph.shortest_paths()[0]
@@ -416,7 +424,7 @@ def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.nda
     hover = []
     for v in range(graph.n_nodes):
         d = "unreachable" if not np.isfinite(graph.depth[v]) else f"depth {int(graph.depth[v])}"
-        parts = [f"<b>{item.name(v)}</b>", d + (", frontier" if v in frontier else "")]
+        parts = [f"<b>{labels[v]}</b>", d + (", frontier" if v in frontier else "")]
         if values is not None:
             parts.append(f"value {values[v]:.3f}")
         if lens is not None:
@@ -425,7 +433,7 @@ def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.nda
             parts.append(f"coefficient {coefficients[v]:.3f}")
         hover.append("<br>".join(parts))
     fig.add_scatter(
-        x=pos[:, 0], y=pos[:, 1], mode="markers+text", text=list(item.idx_to_symbol), textposition="top center",
+        x=pos[:, 0], y=pos[:, 1], mode="markers+text", text=labels, textposition="top center",
         hovertext=hover, hoverinfo="text", name="nodes", showlegend=False,
         marker=dict(size=[22 if v in frontier else 14 for v in range(graph.n_nodes)],
                     color=None if colour is None else np.asarray(colour, dtype=float), colorscale="Reds",
@@ -466,20 +474,23 @@ def node_order(graph: ProsQAGraph) -> list[int]:
     return sorted(range(graph.n_nodes), key=lambda v: (not np.isfinite(graph.depth[v]), int(graph.layer[v]), v))
 
 
-def node_heatmap(item, z: np.ndarray, *, title: str, colorbar: str, zmax: float | None = 1.0) -> go.Figure:
-    """Nodes x thoughts heatmap of z [k, n_nodes] for one item; cells of frontier_k marked, nodes root to leaves."""
+def node_heatmap(item, z: np.ndarray, *, title: str, colorbar: str, zmax: float | None = 1.0,
+                 fmt: str = "sentences") -> go.Figure:
+    """Nodes x thoughts heatmap of z [k, n_nodes] for one item; cells of frontier_k marked, nodes root to leaves,
+    labelled by `node_labels` of the model's data format fmt."""
     graph = ProsQAGraph.from_item(item)
     order = node_order(graph)
+    labels = node_labels(item, fmt)
     k = z.shape[0]
     cols = [f"thought {j}" for j in range(1, k + 1)]
-    rows = [item.name(v) for v in order]
+    rows = [labels[v] for v in order]
     frontiers = [set(graph.frontier(j)) for j in range(1, k + 1)]
     mark = [["frontier" if v in f else "" for f in frontiers] for v in order]
     fig = go.Figure(go.Heatmap(
         z=np.asarray(z, dtype=float)[:, order].T, x=cols, y=rows, zmin=0 if zmax is not None else None, zmax=zmax,
         colorscale="Reds", colorbar=dict(title=colorbar), customdata=mark,
         hovertemplate="%{y}, %{x}<br>" + colorbar + " %{z:.3f}<br>%{customdata}<extra></extra>"))
-    fx, fy = zip(*[(col, item.name(v)) for col, f in zip(cols, frontiers) for v in sorted(f)]) or ((), ())
+    fx, fy = zip(*[(col, labels[v]) for col, f in zip(cols, frontiers) for v in sorted(f)]) or ((), ())
     fig.add_scatter(x=list(fx), y=list(fy), mode="markers", name="frontier node",
                     marker=dict(symbol="square-open", size=14, color="#1f77b4", line=dict(width=2)))
     fig.update_layout(title=title, template="plotly_white", height=max(360, 18 * len(rows) + 140),

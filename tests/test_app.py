@@ -332,3 +332,8 @@ def test_an_rbs_checkpoint_with_its_config_file_and_the_rbs_tokenizer(app, tmp_p
     app.text_input(key="tokenizer").input("rbs").run()
     ok(app)
     assert app.markdown[1].value.startswith("after 4 thoughts the model answers")  # RbS's max_latent_stage
+    item = official_items[index]  # RbS's answer is the target's index; its sentence beside it
+    assert app.markdown[1].value.endswith(f"the answer is *{item.target}*, {item.answer})")
+    graph = json.loads(app.get("plotly_chart")[0].proto.spec)
+    nodes = next(t for t in graph["data"] if t.get("name") == "nodes")
+    assert nodes["text"][item.target] == f"{item.target} {item.name(item.target)}"  # the token, then the name
