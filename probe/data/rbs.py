@@ -8,10 +8,11 @@ indices. It means one of two things, told apart here from the edges (docs/rbs-no
   path, for k = 0..the target's depth. After j thoughts, thought j + 1 is trained toward one of them.
 - "reachable" (`*_bfs*` files): `neighbor_k[k]` is reachable_k, every node within k edges of the root, root
   included. It is the target of the Emergence paper's BFS loss: a model trained on it is told the search,
-  so such a file never trains a default model (whose search must be learned).
+  so such a file never trains (`load_training_items`).
 
-A node index is also a token of RbS's vocabulary (`probe.model.tokenizer.RBS_VOCABULARY`: node tokens 0..30), so
-an item with more nodes cannot be written in their layout.
+Training views an item as RbS and the Emergence paper do (`rbs_view`). A node index is also a token of RbS's
+vocabulary (`probe.model.tokenizer.RBS_VOCABULARY`: node tokens 0..30), so an item with more nodes cannot be written
+in their layout.
 """
 
 from __future__ import annotations
