@@ -112,8 +112,8 @@ def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel,
     """The starting Coconut model and tokenizer of a run: a checkpoint, a local base directory, or from scratch."""
     if cfg.load_model_path:
         model, tok = load_checkpoint(cfg.load_model_path)
-        # The run's mode and curriculum replace the checkpoint's (a CoT model continued as Coconut or pause).
         _check_tokenizer(cfg, tok, f"the tokenizer of {cfg.load_model_path}")
+        # The run's mode and curriculum replace the checkpoint's (a CoT model continued as Coconut or pause).
         model.config = replace(
             model.config, mode=cfg.mode, c_thought=0 if cfg.mode == "no_thoughts" else cfg.c_thought,
             max_latent_stage=cfg.max_latent_stage, pad_latent_to_max=cfg.pad_latent_to_max, data_format=cfg.data_format,
