@@ -34,7 +34,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
 from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
 from probe.atomic import atomic_write_text, interruptible
-from probe.data.prosqa import ProsQAItem, load_items
+from probe.data.prosqa import DataError, ProsQAItem, load_items
+from probe.data.rbs import load_training_items
+from probe.data.render import question_text
 from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_pool
 from probe.distributed import process_group, rank_device, rank_slice, world
 from probe.analyze import search_summary
@@ -43,7 +45,8 @@ from probe.model.architecture import find_architecture
 from probe.model.checkpoint import check_weights, load_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.placement import parse_device
-from probe.model.tokenizer import add_latent_tokens, build_word_tokenizer, load_tokenizer
+from probe.model.tokenizer import (add_latent_tokens, build_rbs_tokenizer, build_word_tokenizer, is_rbs_tokenizer,
+                                   load_tokenizer)
 from probe.run_state import Plan, RunState, latest_checkpoint, load_optimizer, prune, read_optimizer
 from probe.train_config import ConfigError, TrainConfig
 
@@ -109,6 +112,7 @@ def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel,
     """The starting Coconut model and tokenizer of a run: a checkpoint, a local base directory, or from scratch."""
     if cfg.load_model_path:
         model, tok = load_checkpoint(cfg.load_model_path)
+        _check_tokenizer(cfg, tok, f"the tokenizer of {cfg.load_model_path}")
         # The run's mode and curriculum replace the checkpoint's (a CoT model continued as Coconut or pause).
         model.config = replace(
             model.config, mode=cfg.mode, c_thought=0 if cfg.mode == "no_thoughts" else cfg.c_thought,
@@ -118,8 +122,11 @@ def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel,
         return model, tok
     if cfg.tokenizer == "word":
         tok = build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES, *extra_names])
+    elif cfg.tokenizer == "rbs":
+        tok = build_rbs_tokenizer()
     else:
         tok = load_tokenizer(cfg.tokenizer if cfg.tokenizer != "base" else cfg.base)
+    _check_tokenizer(cfg, tok, cfg.tokenizer)
     special = add_latent_tokens(tok)
     if cfg.base:
         base = AutoModelForCausalLM.from_pretrained(cfg.base, local_files_only=True)
@@ -147,6 +154,29 @@ def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel,
     model = CoconutModel(base, config)
     model.check_computation()
     return model, tok
+
+
+def _check_tokenizer(cfg: TrainConfig, tok, what: str) -> None:
+    """RbS's tokenizer writes RbS's layout only, and that layout only RbS's tokenizer (TrainConfig checks the names;
+    this, the tokenizer a checkpoint or a directory brings). Raises ConfigError."""
+    if is_rbs_tokenizer(tok) and cfg.data_format != "rbs":
+        raise ConfigError(f"{what} is RbS's, which writes only RbS's layout: data_format must be rbs, got "
+                          f"{cfg.data_format!r}")
+    if cfg.data_format == "rbs" and not is_rbs_tokenizer(tok):
+        raise ConfigError(f"data_format rbs is written in RbS's tokens, and {what} is not RbS's tokenizer")
+
+
+def _load_data(cfg: TrainConfig, path: str, limit: int | None, train: bool) -> list[ProsQAItem]:
+    """A run's training or validation items, each checked to render in the run's data format (RbS's layout holds
+    31 node indices) so that no item fails in the middle of the run. A training file of RbS's reachable sets is
+    refused (`rbs.load_training_items`). Raises DataError naming the file and the item."""
+    items = load_training_items(path, limit) if train else load_items(path, limit=limit)
+    for i, it in enumerate(items):
+        try:
+            question_text(it, cfg.data_format)
+        except ValueError as e:
+            raise DataError(f"{path}: item {i}: {e}") from None
+    return items
 
 
 # ---------------------------------------------------------------------------- setup
@@ -188,10 +218,10 @@ def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
         raise ConfigError(f"{run_dir}: nothing to resume (no epoch-* checkpoint)")
     if last is None and run_dir.exists() and any(run_dir.glob("epoch-*")):
         raise ConfigError(f"{run_dir}: holds checkpoints already; pass resume, or choose another out_dir")
-    val_items = load_items(cfg.val_data, limit=cfg.val_size) if cfg.val_data else []
+    val_items = _load_data(cfg, cfg.val_data, cfg.val_size, train=False) if cfg.val_data else []
     # The pool before the model: its worker processes fork before anything touches a GPU.
     if cfg.train_data:
-        pool = load_items(cfg.train_data, limit=cfg.train_size)
+        pool = _load_data(cfg, cfg.train_data, cfg.train_size, train=True)
     elif not cfg.fresh_data_every_epoch:
         pool = generate_pool(cfg.train_size, cfg.seed, workers=cfg.num_workers)
     else:
@@ -256,7 +286,7 @@ def _stream(run: _Run, plan: Plan) -> BatchStream:
         stages=tuple(cfg.stage(e) for e in range(cfg.num_epochs)), stage_spec=cfg.stage_spec,
         special=run.model.config.special, data_format=cfg.data_format, supervision=cfg.supervision,
         thought_loss=cfg.thought_loss, uniform_prob=cfg.uniform_prob, train_size=len(run.pool or []) or cfg.train_size,
-        fresh_data_every_epoch=cfg.fresh_data_every_epoch,
+        fresh_data_every_epoch=cfg.fresh_data_every_epoch, shuffle_nodes=cfg.shuffle_nodes,
     )
     return BatchStream(spec, run.tok, run.pool, (run.state.epoch, run.state.batch), cfg.num_epochs)
 

@@ -34,19 +34,24 @@ class TrainConfig:
     load_model_path: str | None = None
     base: str | None = None
     model: dict[str, Any] = field(default_factory=lambda: {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4})
-    tokenizer: str = "word"  # 'word' (one token per name) or a tokenizer directory
-    data_format: str = "sentences"  # sentences | edges | graph (probe.data.render)
+    # 'word' (one token per name), 'rbs' (RbS's 40 tokens: node indices 0..30 and its markers), 'base' (the base's)
+    # or a tokenizer directory
+    tokenizer: str = "word"
+    data_format: str = "sentences"  # sentences | edges | graph | rbs (probe.data.render); rbs goes with tokenizer rbs
     # What the loss reads (probe.data.supervision): language steps (Coconut), or each thought read
     # through the unembedding toward its optimal nodes (Reasoning by Superposition).
     supervision: str = "language"  # language | optimal
     thought_loss: str = "all"  # with optimal: every thought up to the stage (all), or only the newest
-    # Data: a file in the official format, or a pool of train_size generated items (generated anew
-    # every epoch if asked); an epoch is epoch_items views of the pool (default: one pass), each
+    # Data: a file in the official format (or RbS's, with optimal sets), or a pool of train_size generated items
+    # (generated anew every epoch if asked); an epoch is epoch_items views of the pool (default: one pass), each
     # with its facts and options reshuffled.
     train_data: str | None = None
     train_size: int = 20000
     fresh_data_every_epoch: bool = False
     epoch_items: int | None = None
+    # data_format rbs only: every view also permutes the item's node indices ("Emergence of Superposition",
+    # shuffle_nodes; probe.data.rbs.rbs_view), so that no id means anything across items.
+    shuffle_nodes: bool = False
     val_data: str | None = None
     val_size: int | None = None
     # Curriculum (the official names).
@@ -116,6 +121,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}: unknown {getattr(self, name)!r}; expected one of {allowed}")
+        self._check_rbs()
         if self.supervision == "optimal" and self.mode == "cot":
             raise ConfigError("mode cot trains language steps; it needs supervision: language")
         if self.supervision == "optimal" and self.c_thought != 1:
@@ -134,6 +140,26 @@ class TrainConfig:
                               "train_size; use a fixed pool (fresh_data_every_epoch: false)")
         if self.fresh_data_every_epoch and self.epoch_items not in (None, self.train_size):
             raise ConfigError("with fresh_data_every_epoch an epoch is its pool: leave epoch_items unset")
+
+    def _check_rbs(self) -> None:
+        """RbS's layout and tokenizer go together: its tokens are node indices and its markers, and its layout has no
+        language steps (docs/rbs-notes.md, sections 2-3). Raises ConfigError naming the field."""
+        if self.tokenizer == "rbs" and self.data_format != "rbs":
+            raise ConfigError(f"tokenizer rbs writes only RbS's layout: data_format must be rbs, got "
+                              f"{self.data_format!r}")
+        if self.data_format == "rbs":
+            if self.tokenizer != "rbs":
+                raise ConfigError(f"data_format rbs is written in RbS's tokens: tokenizer must be rbs, got "
+                                  f"{self.tokenizer!r}")
+            if self.mode == "cot":
+                raise ConfigError("mode cot trains language steps, which data_format rbs does not have: choose "
+                                  "coconut, pause_as_thought, no_thoughts or no_cot")
+            if self.supervision != "optimal":
+                raise ConfigError(f"data_format rbs has no language steps to supervise: supervision must be optimal, "
+                                  f"got {self.supervision!r}")
+        if self.shuffle_nodes and self.data_format != "rbs":
+            raise ConfigError(f"shuffle_nodes permutes node indices, which only data_format rbs writes; got "
+                              f"data_format {self.data_format!r}")
 
     @property
     def run_dir(self) -> Path:

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from probe.data.prosqa import load_items
 from probe.evaluate import evaluate
 from probe.model.checkpoint import load_checkpoint
+from probe.model.tokenizer import is_rbs_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # a model and data small enough that two runs share 2 CPU cores within the budget; one evaluation, at the end
@@ -60,7 +61,7 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
     with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
     model, tok = load_checkpoint(ckpt)
-    assert model.config.supervision == "optimal" and model.config.data_format == "graph"
+    assert model.config.supervision == "optimal" and model.config.data_format == "rbs" and is_rbs_tokenizer(tok)
     assert model.config.default_thoughts == 6
     res = evaluate(model, tok, load_items(data), progress=False)  # an independent measurement of the card
     assert res.accuracy == runs[best]["accuracy"]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from typer.testing import CliRunner
 
-from probe.data.prosqa import DataError
+import probe.data.generate as generate
+from probe.cli import app
+from probe.data.prosqa import DataError, item_from_json, load_items
 from probe.data.rbs import load_rbs, to_rbs_json
 
 # Validation item 0 by hand (docs/rbs-notes.md, section 1): Tom -> terpus -> brimpus -> lempus is its only
@@ -67,3 +70,34 @@ def test_a_file_of_both_kinds_and_an_item_past_the_vocabulary_are_refused(tmp_pa
     big["question"] = big["question"].replace(" Is ", f" Every {big['idx_to_symbol'][0]} is a {extra[-1]}. Is ", 1)
     with pytest.raises(DataError, match="outside RbS's vocabulary"):
         load_rbs(_write(tmp_path, [big], "big.json"))
+
+
+def test_generated_items_written_in_rbs_format(tmp_path, monkeypatch):
+    runner = CliRunner()
+    out = tmp_path / "gen_rbs.json"
+    r = runner.invoke(app, ["data", "generate", "--n", "12", "--seed", "3", "--format", "rbs", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    f = load_rbs(out)
+    assert f.kind == "optimal" and len(f.items) == 12
+    official = tmp_path / "gen.json"
+    assert runner.invoke(app, ["data", "generate", "--n", "12", "--seed", "3", "--out", str(official)]).exit_code == 0
+    assert f.prosqa_items == load_items(official)  # the same items, plus neighbor_k
+    assert all("neighbor_k" not in raw for raw in json.loads(official.read_text()))
+    # an item past RbS's node tokens: one line naming the file and the item, nothing written
+    items = load_items(official)[:3]
+    big = items[2].to_json()
+    extra = [f"zz{i}" for i in range(32 - len(big["idx_to_symbol"]))]
+    big["idx_to_symbol"] += extra
+    for name in extra:
+        big["edges"].append([big["root"], big["idx_to_symbol"].index(name)])
+        big["question"] = big["question"].replace(" Is ", f" {big['idx_to_symbol'][big['root']]} is a {name}. Is ", 1)
+    items[2] = item_from_json(big)
+    monkeypatch.setattr(generate, "generate_items", lambda n, seed, progress=False: items)
+    bad = tmp_path / "big.json"
+    r = runner.invoke(app, ["data", "generate", "--n", "3", "--format", "rbs", "--out", str(bad)])
+    assert r.exit_code == 2 and r.stderr.strip().count("\n") == 0
+    assert r.stderr.strip() == (f"error: {bad}: item 2: an item with 32 nodes cannot be written with RbS's 31 node "
+                                f"tokens")
+    assert not bad.exists()
+    r = runner.invoke(app, ["data", "generate", "--n", "3", "--format", "bfs", "--out", str(bad)])
+    assert r.exit_code == 2 and r.stderr.strip() == "error: --format 'bfs': expected official or rbs"

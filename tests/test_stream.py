@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from probe.data.prosqa import parse_question
@@ -24,8 +25,9 @@ def _equal(a: dict, b: dict) -> bool:
                                         for k in a)
 
 
-def test_a_batch_is_a_function_of_its_position(tmp_path):
-    run = _setup(tiny(tmp_path), False, "cpu")
+@pytest.mark.parametrize("layout", [{}, dict(tokenizer="rbs", data_format="rbs", shuffle_nodes=True)])
+def test_a_batch_is_a_function_of_its_position(tmp_path, layout):
+    run = _setup(tiny(tmp_path, **layout), False, "cpu")
     one, two = _stream(run, run.state.plan), _stream(run, run.state.plan)
     assert _equal(one.batch(1, 2), two.batch(1, 2))
     assert not torch.equal(one.batch(1, 1)["input_ids"][:1], one.batch(1, 2)["input_ids"][:1])

@@ -268,6 +268,23 @@ def test_the_recipe_learns_its_training_items(tmp_path, official_path):
     assert res.accuracy == 1.0, [r.text for r in res.items]
 
 
+def test_the_recipe_learns_its_training_items_in_rbs_layout(tmp_path, official_path):
+    """The twin of the test above in RbS's layout, tokenizer and answer rule (the token after "[A]" is the target's
+    index): trained at the last stage on eight items (edges and option order drawn anew at every view, node ids
+    kept), evaluated as `probe eval` evaluates them, every one right."""
+    data = tmp_path / "eight.json"
+    data.write_text(json.dumps(json.loads(official_path.read_text())[:8]))
+    cfg = graph_config(tmp_path, model={"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4},
+                       tokenizer="rbs", data_format="rbs", shuffle_nodes=False,
+                       train_data=str(data), train_size=8, batch_size=8, epochs_per_stage=1, max_latent_stage=6,
+                       start_epoch=7, num_epochs=107, uniform_prob=0.0, lr=3e-3, warmup_steps=10, keep_checkpoints=1)
+    model, tok = load_checkpoint(train(cfg, progress=False).last_checkpoint)
+    assert model.config.data_format == "rbs"
+    res = evaluate(model, tok, load_items(data), progress=False)
+    assert [r.n_thoughts for r in res.items] == [6] * 8 and [r.n_generated for r in res.items] == [1] * 8
+    assert res.accuracy == 1.0, [r.text for r in res.items]
+
+
 def test_every_evaluation_logs_the_search_summary_of_the_model_it_evaluated(tmp_path, official_path):
     """search_items: each record that evaluates carries analyze.search_summary of the model at that point (the
     last one equals a summary recomputed on the saved checkpoint); a mode without thoughts logs none."""

@@ -22,16 +22,24 @@ from probe.cli.common import (
 def data_generate(
     n: int = typer.Option(..., "--n", min=1, help="Number of items."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    out: Path = typer.Option(..., "--out", help="Output JSON file (official ProsQA format)."),
+    out: Path = typer.Option(..., "--out", help="Output JSON file."),
+    fmt: str = typer.Option("official", "--format", help="official (the ProsQA fields) or rbs (RbS's data files: "
+                            "the same fields and neighbor_k, the optimal nodes at each depth; at most 31 nodes)."),
     overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Generate ProsQA items with the paper's construction."""
     from probe.data.generate import dataset_stats, generate_items
     from probe.data.prosqa import save_items
+    from probe.data.rbs import save_rbs_items
 
+    if fmt not in ("official", "rbs"):
+        _fail(f"--format {fmt!r}: expected official or rbs")
     _claim(out, overwrite=overwrite)
     items = generate_items(n, seed=seed, progress=True)
-    save_items(items, out)
+    if fmt == "rbs":
+        save_rbs_items(items, out)
+    else:
+        save_items(items, out)
     s = dataset_stats(items)
     typer.echo(f"wrote {n} items to {out}: mean nodes {s.mean_nodes:.2f}, edges {s.mean_edges:.2f}, steps {s.mean_steps:.2f}")
 

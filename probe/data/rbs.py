@@ -8,20 +8,24 @@ indices. It means one of two things, told apart here from the edges (docs/rbs-no
   path, for k = 0..the target's depth. After j thoughts, thought j + 1 is trained toward one of them.
 - "reachable" (`*_bfs*` files): `neighbor_k[k]` is reachable_k, every node within k edges of the root, root
   included. It is the target of the Emergence paper's BFS loss: a model trained on it is told the search,
-  so such a file never trains a default model (whose search must be learned).
+  so such a file never trains (`load_training_items`).
 
-A node index is also a token of RbS's vocabulary (`probe.model.tokenizer.RBS_VOCABULARY`: node tokens 0..30), so
-an item with more nodes cannot be written in their layout.
+Training views an item as RbS and the Emergence paper do (`rbs_view`). A node index is also a token of RbS's
+vocabulary (`probe.model.tokenizer.RBS_VOCABULARY`: node tokens 0..30), so an item with more nodes cannot be written
+in their layout.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+import random
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Literal, Sequence
 
+from probe.atomic import atomic_write_text
 from probe.data.graph import ProsQAGraph
-from probe.data.prosqa import DataError, ProsQAItem, _check_item, read_data_file
+from probe.data.prosqa import DataError, ProsQAItem, _check_item, items_from_json, read_data_file
 
 NEIGHBORS = "neighbor_k"
 RBS_NODES = 31  # node tokens 0..30 in RbS's vocabulary
@@ -149,3 +153,84 @@ def to_rbs_json(item: ProsQAItem, kind: Kind = "optimal") -> dict[str, Any]:
     sets = expected_neighbors(g, kind, depths)
     return {**item.to_json(), NEIGHBORS: {str(k): sorted(s) for k, s in enumerate(sets)}}
 
+
+
+def save_rbs_items(items: Iterable[ProsQAItem], path: str | os.PathLike, kind: Kind = "optimal") -> None:
+    """Write items as an RbS data file (`to_rbs_json` of each, atomically). Raises DataError naming the first item
+    (by index) that RbS's vocabulary cannot write; nothing is written then."""
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(to_rbs_json(item, kind))
+        except DataError as e:
+            raise DataError(f"{path}: item {i}: {e}") from None
+    atomic_write_text(path, json.dumps(out, indent=1))
+
+
+def load_training_items(path: str | os.PathLike, limit: int | None = None) -> list[ProsQAItem]:
+    """The items of a file a model trains on: an official file, or an RbS file whose `neighbor_k` holds optimal sets.
+
+    Raises DataError naming the file for an RbS file of kind "reachable" (the `*_bfs*` files): its `neighbor_k` is
+    the whole reachable set, the target of the Emergence paper's BFS loss, and a model trained toward it is told the
+    search that this toolkit then claims to find. (Our trainer computes its targets from the edges and would not read
+    `neighbor_k` at all; such a file is refused because it is meant for that loss.) Other errors as `load_items`."""
+    data = read_data_file(path, limit)
+    if not is_rbs_data(data):
+        return items_from_json(data, str(path))
+    f = rbs_items_from_json(data, str(path))
+    if f.kind == "reachable":
+        raise DataError(f"{path}: its {NEIGHBORS} holds reachable sets (a BFS file, the target of the Emergence "
+                        "paper's BFS loss): a model trained on it is told the search that this toolkit then claims "
+                        "to find, so it never trains; use the optimal-set (*_coconut*) file of the split")
+    return f.prosqa_items
+
+
+@dataclass(frozen=True)
+class RbSView:
+    """One training view of an item in RbS's layout: the item with its edges in the view's order and (with node
+    shuffling) its node ids permuted, and the order of the two options."""
+
+    item: ProsQAItem
+    target_first: bool  # the target is the first option after "[Q]"
+    permutation: tuple[int, ...]  # [n_nodes] the view's id of each original node id (the identity without shuffling)
+
+
+def permute_nodes(item: ProsQAItem, permutation: Sequence[int]) -> ProsQAItem:
+    """The item with node v renamed permutation[v] in edges, root, target and neg_target, and idx_to_symbol
+    re-indexed so that every id still names the same symbol; question, steps and answer (written with names) are
+    unchanged, so the result is the same item by content (`item_key`). Raises ValueError for a permutation that is
+    not a bijection on 0..n_nodes - 1."""
+    n = item.n_nodes
+    if sorted(permutation) != list(range(n)):
+        raise ValueError(f"not a permutation of 0..{n - 1}: {list(permutation)}")
+    symbols = [""] * n
+    for old, new in enumerate(permutation):
+        symbols[new] = item.idx_to_symbol[old]
+    return replace(item, idx_to_symbol=tuple(symbols),
+                   edges=tuple((permutation[s], permutation[t]) for s, t in item.edges), root=permutation[item.root],
+                   target=permutation[item.target], neg_target=permutation[item.neg_target])
+
+
+def rbs_view(item: ProsQAItem, rng: random.Random, shuffle_nodes: bool = False) -> RbSView:
+    """A view of an item as RbS's and the Emergence paper's training draw one each time an item is seen (EoS
+    dataset.py, expand_data and its get_prefix; RbS dataset.py, get_prefix), in their order of draws:
+
+    1. with shuffle_nodes (Emergence only): the sorted ids that appear in edges, shuffled (`rng.shuffle` of a copy),
+       map old -> new by position (`permute_nodes`). Ids that appear in no edge keep theirs (EoS assumes there are
+       none: every node of their files is in an edge);
+    2. the edges in a new random order (`rng.shuffle`);
+    3. the target listed first with probability 1/2 (`rng.random() < 0.5`).
+    """
+    n = item.n_nodes
+    permutation = list(range(n))
+    if shuffle_nodes:
+        old = sorted({v for e in item.edges for v in e})
+        new = old.copy()
+        rng.shuffle(new)
+        for o, w in zip(old, new):
+            permutation[o] = w
+        item = permute_nodes(item, permutation)
+    edges = list(item.edges)
+    rng.shuffle(edges)
+    target_first = rng.random() < 0.5
+    return RbSView(replace(item, edges=tuple(edges)), target_first, tuple(permutation))

@@ -155,6 +155,16 @@ def _one_token(tokenizer, word: str) -> int:
     return ids[0]
 
 
+def _one_token_each(tokenizer, words: list[str]) -> tuple[int, ...]:
+    """The token of each word (`_one_token`), in one call of the tokenizer when its tokens are the words themselves
+    (RbS's: a training view is tokenized per view, so this is the stream's cost); otherwise word by word, which
+    raises ValueError naming the first word that is not one token of its own."""
+    ids = tokenizer.encode(" ".join(words), add_special_tokens=False)
+    if tokenizer.convert_ids_to_tokens(ids) == words:
+        return tuple(ids)
+    return tuple(_one_token(tokenizer, w) for w in words)
+
+
 def tokenize_item(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences", *, question: str | None = None,
                   ) -> TokenizedItem:
     """Tokenize question + newline, each step + newline, and '### ' answer + eos (the official split); in "rbs",
@@ -165,10 +175,9 @@ def tokenize_item(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences", *,
     enc = tokenizer.encode
     if fmt == "rbs":
         _one_token(tokenizer, RBS_QUESTION)
-        words = (question or question_text(item, fmt)).split()
         return TokenizedItem(
-            question=tuple(_one_token(tokenizer, w) for w in words),
-            steps=tuple((_one_token(tokenizer, s),) for s in step_texts(item, fmt)),
+            question=_one_token_each(tokenizer, (question or question_text(item, fmt)).split()),
+            steps=tuple((t,) for t in _one_token_each(tokenizer, step_texts(item, fmt))),
             answer=(_one_token(tokenizer, answer_text(item, fmt)),),
             cue=(_one_token(tokenizer, RBS_ANSWER),),
             marked=False,

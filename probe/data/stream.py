@@ -8,7 +8,9 @@ speed only.
 Items come from a pool: a data file, or `train_size` generated items (generated once, in chunks
 whose seeds do not depend on the number of workers; or anew every epoch with
 `fresh_data_every_epoch`). An epoch is `epoch_items` item views: the pool is walked in a new
-random order on each pass, and each view is reshuffled (facts and options) as it is drawn.
+random order on each pass, and each view is reshuffled (facts and options) as it is drawn; in RbS's
+layout (data format "rbs") a view is RbS's (`probe.data.rbs.rbs_view`: the edges reshuffled, the
+option order drawn, and with `shuffle_nodes` the node indices permuted, as the Emergence paper trains).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from probe.data.generate import generate_items
 from probe.data.layout import name_tokens
 from probe.data.prosqa import ProsQAItem
-from probe.data.render import IGNORE_INDEX, Rendered, StageSpec, question_text, tokenize_item
+from probe.data.rbs import rbs_view
+from probe.data.render import (IGNORE_INDEX, Rendered, StageSpec, TokenizedItem, question_text, rbs_question,
+                               tokenize_item)
 from probe.data.supervision import TrainingItem, optimal_targets, render_training
 
 POOL_CHUNK = 1024  # items per generator seed, so that a pool does not depend on the number of processes
@@ -106,6 +110,7 @@ class StreamSpec:
     uniform_prob: float
     train_size: int
     fresh_data_every_epoch: bool
+    shuffle_nodes: bool = False  # data format rbs: every view permutes the item's node indices
 
     @property
     def batches_per_epoch(self) -> int:
@@ -120,6 +125,16 @@ class StreamSpec:
         return rng.randint(0, top)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """What a pool item's views share: its tokens (the question replaced per view), its thought targets per depth
+    (`optimal_targets`) and the first name token of each node (`name_tokens`), under supervision optimal."""
+
+    tokens: TokenizedItem
+    targets: tuple[tuple[int, ...], ...]
+    names: list[int]
+
+
 class BatchStream(IterableDataset):
     """Collated batches from (epoch, batch) = start up to the end of epoch `stop` (exclusive), in order.
 
@@ -131,7 +146,7 @@ class BatchStream(IterableDataset):
     def __init__(self, spec: StreamSpec, tokenizer, pool: list[ProsQAItem] | None, start: tuple[int, int], stop: int):
         self.spec, self.tokenizer, self.pool, self.start, self.stop = spec, tokenizer, pool, start, stop
         self._pools: dict[int, list[ProsQAItem]] = {}
-        self._prepared: dict[tuple[int, int], tuple[Any, ...]] = {}
+        self._prepared: dict[tuple[int, int], _Prepared] = {}
         self._order: tuple[int, list[int]] | None = None
 
     def positions(self) -> Iterator[tuple[int, int]]:
@@ -181,7 +196,7 @@ class BatchStream(IterableDataset):
             out.append((key, self._order[1][pos]))
         return out
 
-    def _item(self, key: int, index: int) -> tuple[ProsQAItem, Any]:
+    def _item(self, key: int, index: int) -> tuple[ProsQAItem, _Prepared]:
         """A pool item and what never changes between its views: the answer, steps and thought targets."""
         pool = self.pool if key == 0 else self._pools[key - 1]
         it = pool[index]
@@ -189,23 +204,37 @@ class BatchStream(IterableDataset):
             if len(self._prepared) > 4 * len(pool):
                 self._prepared.clear()
             tok = tokenize_item(it, self.tokenizer, self.spec.data_format)
-            targets = ()
+            names, targets = [], ()
             if self.spec.supervision == "optimal":
-                targets = optimal_targets(it, name_tokens(it, self.tokenizer, self.spec.data_format))
-            self._prepared[(key, index)] = (tok, targets)
+                names = name_tokens(it, self.tokenizer, self.spec.data_format)
+                targets = optimal_targets(it, names)
+            self._prepared[(key, index)] = _Prepared(tok, targets, names)
         return it, self._prepared[(key, index)]
+
+    def _view(self, it: ProsQAItem, prep: _Prepared, rng: random.Random) -> TrainingItem:
+        """One view of a pool item, drawn from rng: its facts and options reshuffled, or in RbS's layout RbS's view
+        (`rbs_view`), whose permuted node ids change the steps, the answer and the thought targets."""
+        s = self.spec
+        if s.data_format != "rbs":
+            text = question_text(it.reshuffled(rng), s.data_format) + "\n"
+            question = tuple(self.tokenizer.encode(text, add_special_tokens=True))
+            return TrainingItem(replace(prep.tokens, question=question), prep.targets)
+        view = rbs_view(it, rng, s.shuffle_nodes)
+        tok = tokenize_item(view.item, self.tokenizer, "rbs", question=rbs_question(view.item, view.target_first))
+        if not s.shuffle_nodes or s.supervision != "optimal":
+            return TrainingItem(tok, prep.targets)
+        # Node v is written "v" in every view (names are indices), so the item's name tokens are the view's.
+        return TrainingItem(tok, optimal_targets(view.item, prep.names))
 
     def batch(self, epoch: int, b: int) -> dict[str, Any]:
         """Batch b of an epoch: the same tensors whoever builds it."""
         s = self.spec
         rng = random.Random(f"{s.seed}:batch:{epoch}:{b}")
-        enc = self.tokenizer.encode
         seqs = []
         for key, index in self._views(epoch, b):
-            it, (tok, targets) = self._item(key, index)
-            question = tuple(enc(question_text(it.reshuffled(rng), s.data_format) + "\n", add_special_tokens=True))
-            item = TrainingItem(replace(tok, question=question), targets)
-            n_steps = item.n_steps if s.supervision == "optimal" else len(tok.steps)
+            it, prep = self._item(key, index)
+            item = self._view(it, prep, rng)
+            n_steps = item.n_steps if s.supervision == "optimal" else len(item.tokens.steps)
             stage = s.draw_stage(s.stages[epoch], n_steps, rng)
             seqs.append(render_training(item, stage, s.stage_spec, s.special, supervision=s.supervision,
                                         thought_loss=s.thought_loss))
