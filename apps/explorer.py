@@ -17,7 +17,7 @@ import streamlit as st
 
 from probe.artifacts import COCONUT_CONFIG, PROBES_DIR, REPORT, SAE_DIR, TUNED_LENS
 from probe.data.prosqa import item_at, item_key
-from probe.data.render import gold_answer, node_names
+from probe.data.render import gold_answer, node_labels, node_names
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
@@ -308,8 +308,6 @@ def lens_panel(r: dict, tok) -> None:
 
 
 def superposition_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item) -> None:
-    from probe.viz import node_labels
-
     fmt = load_model(ckpt, base, tokenizer)[0].config.data_format
     from probe.data.graph import ProsQAGraph
     from probe.frontier import GROUPS, node_groups

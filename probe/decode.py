@@ -11,6 +11,7 @@ from probe.capture import architecture, capture_batch
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import indistinct_names
 from probe.data.prosqa import ProsQAItem
+from probe.data.render import gold_answer, node_labels
 from probe.evaluate import MAX_NEW_TOKENS, is_correct
 from probe.lens import Lens, LensReadout, read_lens
 from probe.model.hook_names import RESID, select_hooks
@@ -46,7 +47,7 @@ class Decoded:
 
     index: int
     question: str
-    answer: str
+    answer: str  # what a correct prediction equals (render.gold_answer: in RbS's format, the target's index)
     prediction: str
     correct: bool
     generated: str
@@ -81,11 +82,13 @@ def decode_item(
     trace = capture_batch(model, tokenizer, [item], k=k, names=names, indices=[index], max_new_tokens=MAX_NEW_TOKENS)
     ro = read_lens(trace, model, tokenizer, [item], layers=layers, lens=lens, top=top)
     g = ProsQAGraph.from_item(item)
+    fmt = model.config.data_format
+    labels = node_labels(item, fmt)
     steps = []
     for s, depth in enumerate(ro.frontier_depth(trace.k)):
         reading = StepReading(
             k=depth, is_answer=s == trace.k,
-            frontier=[item.name(v) for v in g.frontier(depth)], reachable=[item.name(v) for v in g.reachable(depth)],
+            frontier=[labels[v] for v in g.frontier(depth)], reachable=[labels[v] for v in g.reachable(depth)],
         )
         for j, layer in enumerate(ro.layers):
             toks = [_shown(tokenizer.decode([t])) for t in ro.top_ids[0, s, j].tolist()]
@@ -94,9 +97,8 @@ def decode_item(
                 float(ro.frontier_mass[0, s, j]),
             ))
         steps.append(reading)
-    fmt = model.config.data_format
     pred = trace.predictions(tokenizer, fmt)[0]
-    return Decoded(index=index, question=item.question, answer=item.answer, prediction=pred,
+    return Decoded(index=index, question=item.question, answer=gold_answer(item, fmt), prediction=pred,
                    correct=is_correct(pred, item, fmt), generated=tokenizer.decode(trace.answers()[0], skip_special_tokens=True),
                    lens=ro.lens, thoughts=steps[: trace.k],
                    answer_step=steps[trace.k], readout=ro, thought_vectors=trace.thoughts[0],

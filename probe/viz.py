@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 
 from probe.analyze import Analysis, last_layer
 from probe.data.graph import ProsQAGraph
+from probe.data.render import node_labels
 from probe.frontier import CATEGORIES, GROUPS, GroupMeans, nanmean_items
 from probe.frontier import frontier_mass as mass_on_frontier
 
@@ -388,12 +389,6 @@ def graph_positions(graph: ProsQAGraph) -> np.ndarray:
             pos[nodes, 0] = x
             pos[nodes, 1] = sign * (np.arange(len(nodes)) + 1)
     return pos
-
-
-def node_labels(item, fmt: str = "sentences") -> list[str]:
-    """Each node's label in figures: its name; for a model in RbS's format, its token (the node index, which is all
-    the model reads) and then its name, "16 lempus"."""
-    return [f"{v} {name}" for v, name in enumerate(item.idx_to_symbol)] if fmt == "rbs" else list(item.idx_to_symbol)
 
 
 def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.ndarray | None = None,

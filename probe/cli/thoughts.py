@@ -111,6 +111,8 @@ def capture_cmd(
     from probe.model.hook_names import select_hooks
     from probe.data.prosqa import load_items
     from probe.distributed import capture_distributed, rank_device, world
+    from probe.data.rbs import RBS_ANSWER
+    from probe.data.render import answer_length
     from probe.evaluate import is_correct
 
     rank, size, _ = world()
@@ -138,7 +140,9 @@ def capture_cmd(
                     for tr in (store.shard(s, names=[]) for s in range(store.n_shards))
                     for i, pred in zip(tr.indices, tr.predictions(tok, fmt)))
         given = "" if model.config.stage_spec.markers or not store.k else f", after the first {store.k} gold steps"
-        typer.echo(f"answers (greedy, up to {max_new_tokens} tokens{given}): {right}/{len(store)} correct")
+        most = answer_length(fmt)
+        up_to = f"the one token after {RBS_ANSWER}" if most == 1 else f"up to {max_new_tokens} tokens"
+        typer.echo(f"answers (greedy, {up_to}{given}): {right}/{len(store)} correct")
 
 
 @app.command("analyze")

@@ -59,6 +59,13 @@ def node_names(item: ProsQAItem, fmt: DataFormat = "sentences") -> tuple[str, ..
     return tuple(str(v) for v in range(item.n_nodes)) if fmt == "rbs" else item.idx_to_symbol
 
 
+def node_labels(item: ProsQAItem, fmt: DataFormat = "sentences") -> list[str]:
+    """Each node as figures and tables show it: its name; in "rbs" its token (the node index, all the model reads)
+    and then its name, "16 lempus"."""
+    _check_format(fmt)
+    return [f"{v} {name}" for v, name in enumerate(item.idx_to_symbol)] if fmt == "rbs" else list(item.idx_to_symbol)
+
+
 def rbs_target_first(item: ProsQAItem, seed: int = RBS_OPTION_SEED) -> bool:
     """Whether RbS's layout lists the target before the distractor for this item: drawn once per item from the seed
     and the item's content (`item_key`), so that an item is written the same way in any file, batch or order. RbS
