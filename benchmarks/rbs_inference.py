@@ -6,7 +6,8 @@ measured side by side in one run.
 Two random GPT-2s of the same shape (default: "Reasoning by Superposition"'s, 2 layers, d768, 8 heads): one in
 RbS's format (its 40-token vocabulary, data format "rbs": "<eos> s t | ... [Q] a b [R] root", thoughts from the
 root, one answer token after "[A]"), one in ours (the word tokenizer, data format "graph", answers up to the
-official 128 tokens, here capped at --max-new-tokens for both). Both run `probe.evaluate.evaluate` on the same
+official 128 tokens, here capped at --max-new-tokens; and again at one token, so that only the latent loop and
+the prompts differ). Both run `probe.evaluate.evaluate` on the same
 validation items at the same k. Prints items/s and latent positions/s of each and the ratio (goal: RbS's format at
 least as fast as ours, ratio >= 1.0 within the machine's noise), then evaluates RbS's model one item at a time and
 says whether every prediction and every thought is the same as batched (they must be: the batch never changes an
@@ -52,11 +53,12 @@ def main() -> None:
     ours = random_model(a.size, words, CoconutConfig.from_special(
         special_tokens(words), data_format="graph", supervision="optimal"))
 
-    def run(model, tok, batch: int = a.batch):
-        return evaluate(model, tok, items, k=k, batch_size=batch, max_new_tokens=a.max_new_tokens, progress=False)
+    def run(model, tok, batch: int = a.batch, max_new_tokens: int = a.max_new_tokens):
+        return evaluate(model, tok, items, k=k, batch_size=batch, max_new_tokens=max_new_tokens, progress=False)
 
     run(rbs, rbs_tok), run(ours, words)  # warm-up
-    t = side_by_side({"rbs": lambda: run(rbs, rbs_tok), "ours": lambda: run(ours, words)}, a.repeat)
+    t = side_by_side({"rbs": lambda: run(rbs, rbs_tok), "ours": lambda: run(ours, words),
+                      "ours_one": lambda: run(ours, words, max_new_tokens=1)}, a.repeat)
     r_rbs, r_ours = run(rbs, rbs_tok), run(ours, words)
     n = len(items)
     thoughts = sum(r.n_thoughts for r in r_rbs.items)
@@ -66,6 +68,8 @@ def main() -> None:
           f"{r_rbs.mean_generated_tokens:.1f} answer tokens/item) | ours (graph): {n / t['ours']:7.1f} items/s "
           f"({r_ours.mean_generated_tokens:.1f} answer tokens/item) | ratio {t['ours'] / t['rbs']:.2f}x "
           f"(goal >= 1.0)")
+    print(f"  the same with one answer token for ours too (the latent loop alone): ours {n / t['ours_one']:7.1f} "
+          f"items/s | ratio {t['ours_one'] / t['rbs']:.2f}x (goal >= 1.0)")
     one = run(rbs, rbs_tok, batch=1)
     same = sum(x.prediction == y.prediction for x, y in zip(one.items, r_rbs.items))
     gap = max(float((x.thoughts - y.thoughts).abs().max()) if x.n_thoughts else 0.0
