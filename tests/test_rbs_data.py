@@ -101,3 +101,18 @@ def test_generated_items_written_in_rbs_format(tmp_path, monkeypatch):
     assert not bad.exists()
     r = runner.invoke(app, ["data", "generate", "--n", "3", "--format", "bfs", "--out", str(bad)])
     assert r.exit_code == 2 and r.stderr.strip() == "error: --format 'bfs': expected official or rbs"
+
+
+@pytest.mark.parametrize("kind", ["optimal", "reachable"])
+def test_data_stats_says_the_format_and_what_its_neighbor_k_holds(tmp_path, official_items, kind):
+    from typer.testing import CliRunner
+
+    from probe.cli import app
+
+    path = _write(tmp_path, [to_rbs_json(it, kind) for it in official_items[:5]])
+    r = CliRunner().invoke(app, ["data", "stats", str(path)])
+    stats = json.loads(r.stdout)
+    assert r.exit_code == 0 and (stats["format"], stats["neighbor_k"], stats["n"]) == ("rbs", kind, 5)
+    assert ("refused for training" in stats["neighbor_k_means"]) == (kind == "reachable")
+    official = _write(tmp_path, [it.to_json() for it in official_items[:5]], "official.json")
+    assert json.loads(CliRunner().invoke(app, ["data", "stats", str(official)]).stdout)["format"] == "official"

@@ -49,14 +49,17 @@ def data_generate(
 def data_stats(path: Path = typer.Argument(..., help="A ProsQA JSON file.")) -> None:
     """Validate a ProsQA file and print its statistics, with its duplicates (items of the same content, item_key)."""
     from probe.data.generate import dataset_stats
-    from probe.data.prosqa import duplicates, load_items
+    from probe.data.prosqa import duplicates
+    from probe.data.rbs import KIND_MEANING, read_items
 
-    items = load_items(path)
+    items, rbs = read_items(path)
     if not items:
         _fail(f"{path}: no items; there is nothing to describe")
     s = dataset_stats(items)
     dup = duplicates(items)
-    typer.echo(json.dumps({"n": len(items), "distinct_items": dup.n_distinct, "items_with_a_copy": dup.with_copy,
+    fmt = {"format": "official"} if rbs is None else \
+        {"format": "rbs", "neighbor_k": rbs.kind, "neighbor_k_means": KIND_MEANING[rbs.kind]}
+    typer.echo(json.dumps({**fmt, "n": len(items), "distinct_items": dup.n_distinct, "items_with_a_copy": dup.with_copy,
                            **{k: v for k, v in vars(s).items()}}, indent=1, default=str))
     if dup.with_copy:
         typer.secho(f"warning: {dup.with_copy} of {len(items)} items have a copy in {path} (same graph, question and "

@@ -200,12 +200,9 @@ def item_at(items: Sequence[ProsQAItem], index: int, source: str = "the data", s
 def load_items(path: str | os.PathLike, limit: int | None = None) -> list[ProsQAItem]:
     """Load and validate a ProsQA file: the official JSON format, or RbS's (its items carry `neighbor_k`; told by
     that field and validated with it, `probe.data.rbs.load_rbs`). Raises DataError naming the file and the item."""
-    from probe.data.rbs import is_rbs_data, rbs_items_from_json
+    from probe.data.rbs import read_items
 
-    data = read_data_file(path, limit)
-    if is_rbs_data(data):
-        return rbs_items_from_json(data, str(path)).prosqa_items
-    return items_from_json(data, str(path))
+    return read_items(path, limit)[0]
 
 
 def read_data_file(path: str | os.PathLike, limit: int | None = None, what: str = "ProsQA data file") -> Any:

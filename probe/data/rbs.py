@@ -135,6 +135,27 @@ def rbs_items_from_json(data: Any, source: str = "<data>") -> RbSFile:
     return RbSFile(source, items, items[0].kind)
 
 
+KIND_MEANING = {
+    "optimal": "neighbor_k[k] is optimal_k, the nodes at depth k on a shortest root -> target path (RbS's *_coconut* "
+               "files: thought k's training targets)",
+    "reachable": "neighbor_k[k] is reachable_k, every node within k edges of the root (the *_bfs* files: the targets "
+                 "of the Emergence paper's BFS loss; refused for training)",
+}
+
+
+def read_items(path: str | os.PathLike, limit: int | None = None) -> tuple[list[ProsQAItem], RbSFile | None]:
+    """The items of a data file in either format, told apart by their fields (RbS's items carry neighbor_k), and
+    the RbS file when it is one (its kind: what its neighbor_k holds), else None. The one reader behind
+    `probe.data.prosqa.load_items`. Raises DataError naming the file and the item."""
+    from probe.data.prosqa import items_from_json
+
+    data = read_data_file(path, limit)
+    if is_rbs_data(data):
+        f = rbs_items_from_json(data, str(path))
+        return f.prosqa_items, f
+    return items_from_json(data, str(path)), None
+
+
 def load_rbs(path: str | os.PathLike, limit: int | None = None) -> RbSFile:
     """Load and validate a data file in RbS's format (see the module docstring). Raises DataError naming the file
     (and the item) for a missing or unreadable file, or a malformed item."""
