@@ -52,8 +52,10 @@ NAMES=()
 for name in prosqa-coconut prosqa-pause prosqa-no-thoughts; do
   [ -f "$GPU_OUT/$name.tar" ] || continue
   tar -C "$STAGE" -xf "$GPU_OUT/$name.tar"
-  "$PYTHON" -c "import sys; from probe.model.checkpoint import load_checkpoint; load_checkpoint(sys.argv[1])" \
-    "$STAGE/$name"
+  # loads, and a model in RbS's format gets its rbs/ files again (left out of the tar), in the stored bfloat16
+  "$PYTHON" -c "import sys; from probe.model.checkpoint import load_checkpoint, write_rbs_files
+m, _ = load_checkpoint(sys.argv[1], dtype='bfloat16')
+if m.config.data_format == 'rbs': write_rbs_files(m, sys.argv[1])" "$STAGE/$name"
   NAMES+=("$name")
 done
 echo "loaded: ${NAMES[*]}"

@@ -112,9 +112,9 @@ print(json.dumps({r: {k: v for k, v in s.items() if k != "learning_curve"} for r
 print(f"best Coconut run: {best}; shipped as {ship}")
 PY
 
-for dir in "$OUT"/release/*/; do
+for dir in "$OUT"/release/*/; do  # rbs/ (RbS's copy of the weights) stays here: ship_default.sh writes it again
   name=$(basename "$dir")
-  tar -C "$OUT/release" -cf "$OUT/$name.tar" "$name"
+  tar -C "$OUT/release" --exclude "$name/rbs" -cf "$OUT/$name.tar" "$name"
 done
 tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs
 END=$(date +%s)

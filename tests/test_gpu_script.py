@@ -9,6 +9,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from probe.data.prosqa import load_items
@@ -60,6 +61,7 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
     ckpt = tmp_path / "unpacked" / "prosqa-coconut"
     with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    assert not (ckpt / "rbs").exists()  # RbS's copy of the weights stays behind: ship_default.sh writes it again
     model, tok = load_checkpoint(ckpt)
     assert model.config.supervision == "optimal" and model.config.data_format == "rbs" and is_rbs_tokenizer(tok)
     assert model.config.default_thoughts == 6
@@ -91,6 +93,8 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
     shipped = ckpts / "prosqa-coconut"
     assert not (shipped / "old.txt").exists()
     model, tok = load_checkpoint(shipped)
+    theirs, _ = load_checkpoint(shipped / "rbs" / "checkpoint", base=shipped / "rbs" / "config.json", tokenizer="rbs")
+    assert all(torch.equal(a, b) for a, b in zip(theirs.base.state_dict().values(), model.base.state_dict().values()))
     TunedLens.load(shipped / "tuned_lens.safetensors", model)
     SavedProbe.load(shipped / "probes" / "frontier", weights_hash(model))
     SparseAutoencoder.load(shipped / "sae", weights_hash(model))

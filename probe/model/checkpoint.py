@@ -104,10 +104,21 @@ def write_checkpoint(
     meta = {"format_version": FORMAT_VERSION, **model.config.__dict__, "metadata": metadata or {}}
     (directory / COCONUT_CONFIG).write_text(json.dumps(meta, indent=2))
     if model.config.data_format == "rbs":
-        (directory / RBS_DIR).mkdir()
-        torch.save(rbs_state_dict(model, state_dict), directory / RBS_DIR / RBS_CHECKPOINT)
-        (directory / RBS_DIR / RBS_CONFIG).write_text(json.dumps(rbs_config(model), indent=2, sort_keys=True) + "\n")
+        write_rbs_files(model, directory, state_dict)
     (directory / "README.md").write_text(card or default_card(model, metadata or {}))
+
+
+def write_rbs_files(model: CoconutModel, directory: str | os.PathLike,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write RbS's two files of a model into directory/rbs (made if absent, files replaced): `rbs/checkpoint`
+    (`rbs_state_dict`) and `rbs/config.json` (`rbs_config`), as their run.py loads them. write_checkpoint calls it
+    for a model in data format rbs; scripts/ship_default.sh calls it again after a trip that left rbs/ out (it
+    doubles the weights). Returns the rbs directory."""
+    out = Path(directory) / RBS_DIR
+    out.mkdir(exist_ok=True)
+    torch.save(rbs_state_dict(model, state_dict), out / RBS_CHECKPOINT)
+    (out / RBS_CONFIG).write_text(json.dumps(rbs_config(model), indent=2, sort_keys=True) + "\n")
+    return out
 
 
 def rbs_state_dict(model: CoconutModel, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
