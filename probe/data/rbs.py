@@ -147,8 +147,6 @@ def read_items(path: str | os.PathLike, limit: int | None = None) -> tuple[list[
     """The items of a data file in either format, told apart by their fields (RbS's items carry neighbor_k), and
     the RbS file when it is one (its kind: what its neighbor_k holds), else None. The one reader behind
     `probe.data.prosqa.load_items`. Raises DataError naming the file and the item."""
-    from probe.data.prosqa import items_from_json
-
     data = read_data_file(path, limit)
     if is_rbs_data(data):
         f = rbs_items_from_json(data, str(path))
@@ -195,15 +193,12 @@ def load_training_items(path: str | os.PathLike, limit: int | None = None) -> li
     the whole reachable set, the target of the Emergence paper's BFS loss, and a model trained toward it is told the
     search that this toolkit then claims to find. (Our trainer computes its targets from the edges and would not read
     `neighbor_k` at all; such a file is refused because it is meant for that loss.) Other errors as `load_items`."""
-    data = read_data_file(path, limit)
-    if not is_rbs_data(data):
-        return items_from_json(data, str(path))
-    f = rbs_items_from_json(data, str(path))
-    if f.kind == "reachable":
+    items, f = read_items(path, limit)
+    if f is not None and f.kind == "reachable":
         raise DataError(f"{path}: its {NEIGHBORS} holds reachable sets (a BFS file, the target of the Emergence "
                         "paper's BFS loss): a model trained on it is told the search that this toolkit then claims "
                         "to find, so it never trains; use the optimal-set (*_coconut*) file of the split")
-    return f.prosqa_items
+    return items
 
 
 @dataclass(frozen=True)
