@@ -120,9 +120,14 @@ class _Pool:
         self.rows: dict[str, list[int]] = {g: [] for g in NOTEBOOK_GROUPS}
         self.n_items = 0
 
-    def add(self, group: str, row: int, value: float) -> None:
-        self.values[group].append(value)
-        self.rows[group].append(row)
+    def add(self, row: int, value: float, *, reachable: bool, frontier: bool, optimal: bool) -> None:
+        """One value into the notebook's nested groups: not reachable, or reachable and, within it, frontier and,
+        within that, optimal."""
+        groups = ("reachable", *(("frontier",) if frontier else ()), *(("optimal",) if frontier and optimal else ())) \
+            if reachable else ("not_reachable",)
+        for group in groups:
+            self.values[group].append(value)
+            self.rows[group].append(row)
 
 
 def _pooled(measure: str, pools: list[_Pool]) -> PooledGroups:
@@ -166,15 +171,8 @@ def edge_attention(patterns: Tensor, fact: Tensor, graphs: Sequence[ProsQAGraph]
             for e, (s, t) in enumerate(g.edges):
                 if e == last:
                     continue
-                value = float(per_edge[n, e])
-                if s not in now.reachable:
-                    pools[n].add("not_reachable", b, value)
-                    continue
-                pools[n].add("reachable", b, value)
-                if s in now.frontier:
-                    pools[n].add("frontier", b, value)
-                    if t in after:
-                        pools[n].add("optimal", b, value)
+                pools[n].add(b, float(per_edge[n, e]), reachable=s in now.reachable, frontier=s in now.frontier,
+                             optimal=t in after)
     return _pooled("edge_attention", pools)
 
 
@@ -198,15 +196,8 @@ def thought_inner_products(thoughts: Tensor, embeddings: Tensor, name_ids: Seque
             pools[n].n_items += 1
             sets = walk_sets(g, n + 1)
             for v in nodes:
-                value = float(products[n, v])
-                if v not in sets.reachable:
-                    pools[n].add("not_reachable", b, value)
-                    continue
-                pools[n].add("reachable", b, value)
-                if v in sets.frontier:
-                    pools[n].add("frontier", b, value)
-                    if v in sets.optimal:
-                        pools[n].add("optimal", b, value)
+                pools[n].add(b, float(products[n, v]), reachable=v in sets.reachable, frontier=v in sets.frontier,
+                             optimal=v in sets.optimal)
     return _pooled("inner_product", pools)
 
 
