@@ -32,7 +32,11 @@ run: setup
 		--data $(DATA) --out runs/analysis --overwrite
 	$(BIN)/probe intervene --data $(DATA) --limit 40 --sites thought,1 --ablations mean,other \
 		--control checkpoints/prosqa-pause --control checkpoints/prosqa-cot --out runs/interventions --overwrite
-	$(BIN)/probe findings --analysis runs/analysis --interventions runs/interventions --out runs/findings.md \
+	$(BIN)/probe analyze --ckpt checkpoints/prosqa-planted --data $(DATA) --out runs/analysis-planted --overwrite
+	$(BIN)/probe intervene --ckpt checkpoints/prosqa-planted --data $(DATA) --limit 40 --sites thought,1 \
+		--ablations mean,other --out runs/interventions-planted --overwrite
+	$(BIN)/probe findings --analysis runs/analysis --analysis runs/analysis-planted \
+		--interventions runs/interventions --interventions runs/interventions-planted --out runs/findings.md \
 		--overwrite
 
 # Train a small Coconut model through the whole curriculum in about two minutes, then evaluate it.

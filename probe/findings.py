@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 from probe.analyze import checkpoint_name, last_layer
 from probe.frontier import GROUPS
@@ -55,29 +55,39 @@ def _columns(reports: Sequence[dict], shared: set[str]) -> dict[str, dict]:
             for r in reports}
 
 
-def _items_line(command: str, models: dict[str, dict], data: str | None) -> str:
-    """`probe analyze` 300 of prosqa_valid.json: one command's item count(s) and data file."""
+def _items_line(command: str, models: dict[str, dict], data: str | None, runs: int = 1) -> str:
+    """`probe analyze` 300 of prosqa_valid.json: one command's item count(s) and (its first run's) data file."""
     ns = {label: r["n"] for label, r in models.items()}
     count = str(next(iter(ns.values()))) if len(set(ns.values())) == 1 else \
         ", ".join(f"`{label}` {n}" for label, n in ns.items())
-    return f"`probe {command}` {count} of {Path(data).name if data else 'a data file the report does not name'}"
+    runs_said = f" ({runs} runs)" if runs > 1 else ""
+    return (f"`probe {command}`{runs_said} {count} of "
+            f"{Path(data).name if data else 'a data file the report does not name'}")
 
 
-def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, Any] | None, *,
-                      ks: Sequence[int] = (1, 2)) -> str:
+Reports = Union[dict[str, Any], Sequence[dict[str, Any]], None]
+
+
+def _reports(given: Any) -> list[dict[str, Any]]:
+    """One report, several (each command run once per group of models), or none, as a list."""
+    return [] if given is None else [given] if isinstance(given, dict) else list(given)
+
+
+def findings_markdown(analysis: Reports, interventions: Reports, *, ks: Sequence[int] = (1, 2)) -> str:
     """A markdown table: one column per model (the models of both reports, matched by checkpoint name), one row
     per finding of the reports given (each row from one command), the papers' figure in the last column, and
     under it each command's item count and data file.
 
-    analysis: `probe analyze`'s report.json (its "control", if any, is one more model); interventions: `probe
-    intervene`'s report.json ({"data", "reports": [...]}). Either may be None: its rows are left out. Accuracies
-    are in %; values and masses are probabilities; the steering row is at the largest alpha. Raises ValueError
-    when both are None.
+    analysis: `probe analyze`'s report.json (its "control", if any, is one more model), or several (their models
+    side by side); interventions: `probe intervene`'s report.json ({"data", "reports": [...]}), or several. Either
+    may be None: its rows are left out. Accuracies are in %; values and masses are probabilities; the steering row
+    is at the largest alpha. Raises ValueError when both are None.
     """
-    if analysis is None and interventions is None:
+    analyses, iv_files = _reports(analysis), _reports(interventions)
+    if not analyses and not iv_files:
         raise ValueError("findings need an analysis report, an interventions report, or both")
-    ana_reports = [r for r in (analysis, (analysis or {}).get("control")) if r]
-    iv_reports = (interventions or {}).get("reports", [])
+    ana_reports = [r for a in analyses for r in (a, a.get("control")) if r]
+    iv_reports = [r for i in iv_files for r in i.get("reports", [])]
     shared = _shared_names(ana_reports) | _shared_names(iv_reports)
     ana, ivs = _columns(ana_reports, shared), _columns(iv_reports, shared)
     names = list(dict.fromkeys([*ivs, *ana]))
@@ -104,7 +114,7 @@ def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, 
         return by_k(acc)
 
     row("analyze", "accuracy (%) after k forced thoughts (a CoT model: k gold steps), `probe analyze`",
-        lambda a, i: by_k(_get(a, "accuracy_by_k")), "" if interventions is not None else PAPERS["accuracy"])
+        lambda a, i: by_k(_get(a, "accuracy_by_k")), "" if iv_files else PAPERS["accuracy"])
     row("intervene", "accuracy (%) after k thoughts, `probe intervene`", own_accuracy, PAPERS["accuracy"])
     row("analyze", f"frontier value mass, k = {k1} / {k2}",
         lambda a, i: joined([_get(a, "frontier_value_mass", str(k)) for k in ks]), PAPERS["mass"])
@@ -166,13 +176,14 @@ def findings_markdown(analysis: dict[str, Any] | None, interventions: dict[str, 
 
     row("intervene", "steering thought 1 toward v: value(v) / answers naming v's option", steer)
 
-    given = {"analyze": analysis is not None, "intervene": interventions is not None}
+    given = {"analyze": bool(analyses), "intervene": bool(iv_files)}
     header = ["finding", *[f"`{n}` ({modes[n]})" for n in names], "papers"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for cmd, label, cell, paper in rows:
         if given[cmd]:
             lines.append("| " + " | ".join([label, *[cell(ana.get(n), ivs.get(n)) for n in names], paper]) + " |")
-    counts = ([_items_line("analyze", ana, analysis.get("data"))] if analysis is not None else []) + \
-        ([_items_line("intervene", ivs, interventions.get("data"))] if interventions is not None else [])
+    counts = [_items_line(cmd, models, f.get("data"), len(files))
+              for cmd, models, files in (("analyze", ana, analyses), ("intervene", ivs, iv_files))
+              for f in files[:1]]
     lines += ["", f"Items: {'; '.join(counts)}. A dash: not measured for that model."]
     return "\n".join(lines) + "\n"

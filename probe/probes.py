@@ -134,6 +134,10 @@ class LinearProbe(BaseEstimator):
         if present.shape != Y.shape:
             raise ProbeError(f"present must have Y's shape {list(Y.shape)}, got {list(present.shape)}")
         scaler = StandardScaler().fit(X)
+        # A column that varies only by float rounding is constant: standardising it would turn that rounding into
+        # z-scores of millions on held-out rows (StandardScaler leaves only exactly constant columns unscaled).
+        tiny = scaler.scale_ < 1e-5 * np.sqrt(np.mean(np.square(X)))
+        scaler.scale_ = np.where(tiny, 1.0, scaler.scale_)
         Z = scaler.transform(X)
         W = np.zeros((Y.shape[1], X.shape[1]))
         b = np.zeros(Y.shape[1])

@@ -27,11 +27,19 @@ def _load(name: str):
 
 
 def check_01(printed: str) -> None:
-    """The decoded answer of item 0, as the library decodes it."""
+    """The decoded answer of item 0, as the library decodes it; first the planted model's, right, with thought k's
+    top tokens all within k edges of the root (its construction)."""
+    from probe.data.graph import ProsQAGraph
     from probe.decode import decode_item
 
-    model, tok = _load("prosqa-coconut")
     it = _items(1)[0]
+    assert f"planted model: {it.target} | right answer: {it.target} | correct: True" in printed
+    g = ProsQAGraph.from_item(it)
+    for k in (1, 2, 3):
+        line = next(x for x in printed.splitlines() if x.startswith(f"thought {k}: "))
+        assert f"{len(g.reachable(k))} nodes within {k} edges" in line
+        assert all(int(tok) in g.reachable(k) for tok in line.split("top tokens ")[1].split()[::2])
+    model, tok = _load("prosqa-coconut")
     dec = decode_item(model, tok, it)
     assert f"model: {dec.prediction} | right answer: {it.answer} | correct: {dec.correct}" in printed
 

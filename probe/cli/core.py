@@ -12,7 +12,8 @@ import typer
 
 from probe.cli.common import (
     app, BASE_OPTION, _claim, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION,
-    _fail, InputError, _int_option, _load, _need_items, one_line_errors, OVERWRITE_OPTION, _release_claims,
+    _fail, _float_option, InputError, _int_option, _items, _load, _need_items, one_line_errors, OVERWRITE_OPTION,
+    _release_claims,
     TOKENIZER_OPTION, write_html,
 )
 
@@ -237,6 +238,48 @@ def _rbs_options_note(items) -> None:
     first = sum(rbs_target_first(it) for it in items)
     typer.echo(f"options' order: drawn per item from seed probe.data.render.RBS_OPTION_SEED = {RBS_OPTION_SEED}; "
                f"the target is listed first in {first}/{len(items)} items")
+
+
+@app.command()
+@one_line_errors
+def plant(
+    out: Path = typer.Option(..., "--out", help="Directory to write the planted checkpoint to."),
+    noise: float = typer.Option(0.0, "--noise", min=0.0, help="S: every weight times 1 + S e, e ~ N(0, 1) (0: the "
+                                                             "exact construction)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
+    data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON for the card's readings (default: --n "
+                                                             "generated items)."),
+    n: int = typer.Option(300, "--n", min=10, help="Generated items for the card's readings, when no --data."),
+    grades: str = typer.Option("0.05,0.1,0.2", "--grades", help="Noise levels read beside S = 0 in the card's table "
+                                                                "('' for none)."),
+    store_dtype: str = typer.Option("bfloat16", "--store-dtype", help="dtype of the written weights."),
+    overwrite: bool = OVERWRITE_OPTION,
+) -> None:
+    """Write the planted Coconut: "Reasoning by Superposition"'s construction compiled into a GPT-2 (nothing
+    trained), with a card of every instrument's reading at S = 0 and at each --grades level."""
+    from probe.artifacts import COCONUT_CONFIG
+    from probe.known_answers import instrument_readings, planted_card
+    from probe.model.checkpoint import save_checkpoint
+    from probe.model.planted import planted_model
+
+    levels = [0.0] + [_float_option("--grades", g) for g in grades.split(",") if g.strip()]
+    if any(g < 0 for g in levels):
+        _fail(f"--grades {grades!r}: noise levels must be >= 0")
+    _claim(out, overwrite=overwrite, directory=True, markers=(COCONUT_CONFIG,))
+    items = _items(data, n, seed=12345)
+    _need_items(items, 10, data, "the card's probe readings need 10 items (5 folds)")
+    rows = {}
+    for level in dict.fromkeys(levels + [noise]):
+        model, tok = planted_model(level, seed)
+        rows[level] = instrument_readings(model, tok, items, progress=False)
+        typer.echo(f"S = {level:g}: accuracy {rows[level].accuracy_gold:.3f} at the gold depth, "
+                   f"{rows[level].accuracy_k6:.3f} at k = 6")
+    model, tok = planted_model(noise, seed)
+    label = f"{len(items)} items of {data.name}" if data else f"{len(items)} generated items (seed 12345)"
+    card = planted_card(noise, seed, rows, label)
+    save_checkpoint(model.to(dtype=_dtype(store_dtype, "--store-dtype")), tok, out, card=card,
+                    metadata={"planted": {"noise": noise, "seed": seed}})
+    typer.echo(f"wrote {out}")
 
 
 @app.command()

@@ -137,9 +137,10 @@ def _report(path: Optional[Path], option: str, command: str, key: str) -> Option
 @app.command("findings")
 @one_line_errors
 def findings_cmd(
-    analysis: Optional[Path] = typer.Option(None, "--analysis", help="The directory `probe analyze` wrote."),
-    interventions: Optional[Path] = typer.Option(None, "--interventions",
-                                                 help="The directory `probe intervene` wrote."),
+    analysis: Optional[list[Path]] = typer.Option(None, "--analysis", help="The directory `probe analyze` wrote "
+                                                                           "(repeat it: their models side by side)."),
+    interventions: Optional[list[Path]] = typer.Option(None, "--interventions",
+                                                       help="The directory `probe intervene` wrote (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table to this markdown file."),
     overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
@@ -148,8 +149,8 @@ def findings_cmd(
     from probe.findings import findings_markdown
 
     _claim(out, overwrite=overwrite)
-    table = findings_markdown(_report(analysis, "--analysis", "analyze", "frontier_value_mass"),
-                              _report(interventions, "--interventions", "intervene", "reports"))
+    table = findings_markdown([_report(p, "--analysis", "analyze", "frontier_value_mass") for p in analysis or []],
+                              [_report(p, "--interventions", "intervene", "reports") for p in interventions or []])
     typer.echo(table)
     if out is not None:
         atomic_write_text(out, table)

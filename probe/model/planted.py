@@ -13,9 +13,11 @@ the nominal scale (`_Layout.sigma`), so that a norm's output reads as its input 
 
 - OWN (31 features): the node content the model reasons over. A node token v writes 2 at OWN[v]; a thought holds 2
   at each node of its set. The tied unembedding reads OWN: logit(v) = 4 * OWN[v] at the final norm's output.
-- TOK (31): a node token v also writes 1 at TOK[v]. Thoughts never do (the final norm keeps OWN only), so that the
+- TOK (31): a node token v also writes TOK_LEVEL = 0.1 at TOK[v] (small: a node's embedding row is then its OWN
+  part to within 0.25% of its square norm, so that a thought decomposes over the rows with R^2 > 0.99). Thoughts never do (the final norm keeps OWN only), so that the
   copies below hold tokens, never thoughts.
-- P1, P2 (31 each) and the flags Q1, Q2: what layer 1 copies from one and two positions back (TOK, and the "[Q]"
+- P1, P2 (31 each) and the flags Q1, Q2: what layer 1 copies from one and two positions back (TOK / TOK_LEVEL, and
+  the "[Q]"
   flag). On an edge's "|", P2 holds its source and P1 its target (on "[Q]" for the last edge, which RbS's layout
   writes without "|"); on an option, Q1 or Q2 says that "[Q]" precedes it.
 - Flags EOS, BAR, Q, A (1 each): written by "<eos>", "|", "[Q]" and "[A]".
@@ -25,7 +27,8 @@ the nominal scale (`_Layout.sigma`), so that a norm's output reads as its input 
   the position limit (`FREQUENCIES`, chosen by a seeded search for the widest gap).
 
 Layer 1 (attention only; its MLP is zero): head 0 attends one position back, head 1 two positions back (by the
-rotated positions), each copying TOK and the Q flag into P1 and Q1, or P2 and Q2.
+rotated positions), each copying TOK and the Q flag into P1 and Q1, or P2 and Q2. Idle heads (layer 1: 2..5,
+layer 2: 3..5) rest on "<eos>".
 
 Layer 2:
 - head 0, the search: its query is the node set in OWN, its keys the sources in P2, plus a bonus on "|" and "[Q]"
@@ -71,18 +74,21 @@ from probe.model.tokenizer import RBS_VOCABULARY, build_rbs_tokenizer, special_t
 
 # Rotation frequencies (radians per position) of the position code: a seeded search (numpy default_rng(0), 4000
 # draws of 16 uniform in [0.05, pi]) for the widest gap between the kernel's peak (16) and its largest value at any
-# other offset in -2..400; the gap is 9.99 (tests/test_planted.py checks >= 9 over the position limit).
-FREQUENCIES = (0.2309, 0.2549, 0.2703, 0.3806, 0.4296, 1.2884, 1.4814, 1.6974, 1.8968, 2.2334, 2.3768, 2.6633,
-               2.7387, 2.7463, 2.7993, 3.1339)
+# other offset in -2..N_POSITIONS; the gap is 9.87 (tests/test_planted.py checks >= 9 over the position limit).
+FREQUENCIES = (0.126, 0.1337, 0.5633, 0.5983, 0.7048, 0.708, 0.7684, 0.9825, 1.1173, 1.1918, 1.911, 1.9821, 2.637,
+               2.6457, 2.9516, 2.9889)
 R_POS = 1000.0  # each position coordinate's scale (and BIAS): the norm's scale hardly moves with the content
 D_MODEL, N_HEAD, N_POSITIONS = 384, 6, 512
 NODE_LEVEL = 2.0  # OWN at a node token and at each node of a thought
+TOK_LEVEL = 0.1  # TOK at a node token: small, so that a node's embedding row is nearly its OWN part alone
 POS_SCORE = 3.0  # logits per unit of the position kernel: the peak beats any other offset by 3 * 9 = 27
 SEARCH_MATCH, SEARCH_BAR = 20.0, 20.0
 SINK_WEIGHT = 1024  # the search's sink outweighs the edges by this: each of m edges gets 1 / (m + 1024) or so
 SEARCH_SINK = SEARCH_MATCH + SEARCH_BAR + math.log(SINK_WEIGHT)
 SEARCH_GAIN = NODE_LEVEL * (SINK_WEIGHT + 64)  # a target of one of m <= 64 edges leaving the set gets >= 2
-OPTION_SCORE, GATE_SINK = 30.0, 60.0
+# the sink key ("<eos>" at position 0) carries the position code too: a lag head's score there is the gate plus up to
+# POS_SCORE * 16 = 48, so the gate must beat 48 + 48 to hold at every position
+OPTION_SCORE, GATE_SINK = 30.0, 100.0
 STEP_AT, STEP_SHARPNESS = 1.5, 8.0
 
 
@@ -165,6 +171,15 @@ def _lag_query_key(q: torch.Tensor, k: torch.Tensor, col: int, lag: int, score: 
         _read(k, sin_f, col + 2 * i + 1, 1.0 / R_POS)
 
 
+def _rest_on_sink(q: torch.Tensor, k: torch.Tensor, heads: range) -> None:
+    """Idle heads (value 0) attend to "<eos>" alone, as idle heads of trained models do, rather than uniformly
+    (which would put attention on every edge in the attention measures)."""
+    for head in heads:
+        col = head * (D_MODEL // N_HEAD)
+        _read(q, L.bias, col, GATE_SINK * math.sqrt(D_MODEL // N_HEAD) / R_POS)
+        _read(k, L.eos, col, 1.0)
+
+
 def _construct() -> GPT2LMHeadModel:
     cfg = planted_config()
     model = GPT2LMHeadModel(cfg)
@@ -183,7 +198,7 @@ def _construct() -> GPT2LMHeadModel:
     ids = {w: i for i, w in enumerate(RBS_VOCABULARY)}
     for v in range(RBS_NODES):
         _put(wte[v], L.own + v, NODE_LEVEL)
-        _put(wte[v], L.tok + v, 1.0)
+        _put(wte[v], L.tok + v, TOK_LEVEL)
     for word, flag in ((RBS_EOS, L.eos), (RBS_EDGE, L.bar), (RBS_QUESTION, L.q), (RBS_ANSWER, L.a)):
         _put(wte[ids[word]], flag, 1.0)
     code = _position_code(torch.arange(N_POSITIONS))
@@ -199,10 +214,11 @@ def _construct() -> GPT2LMHeadModel:
         col = head * hd
         _lag_query_key(q, k, col, lag, POS_SCORE)
         for n in range(RBS_NODES):
-            _read(v, L.tok + n, col + n, 1.0)
+            _read(v, L.tok + n, col + n, 1.0 / TOK_LEVEL)
             _write(o, col + n, dest + n, 1.0)
         _read(v, L.q, col + RBS_NODES, 1.0)
         _write(o, col + RBS_NODES, qdest, 1.0)
+    _rest_on_sink(q, k, range(2, N_HEAD))
     sd["transformer.h.0.attn.c_attn.weight"] = torch.cat([q, k, v], dim=1)
     sd["transformer.h.0.attn.c_proj.weight"] = o
 
@@ -231,7 +247,7 @@ def _construct() -> GPT2LMHeadModel:
     _read(q, L.a, col + 1, -OPTION_SCORE * root_hd)
     _read(k, L.eos, col + 1, 1.0)
     for n in range(RBS_NODES):
-        _read(v, L.tok + n, col + 2 + n, 1.0)
+        _read(v, L.tok + n, col + 2 + n, 1.0 / TOK_LEVEL)
         _write(o, col + 2 + n, L.own + n, 2.0)  # two options at weight 1/2 each: 1 at each
     # head 2: the last thought, one position back from "[A]"
     col = 2 * hd
@@ -242,6 +258,7 @@ def _construct() -> GPT2LMHeadModel:
     for n in range(RBS_NODES):
         _read(v, L.own + n, col + 2 * len(FREQUENCIES) + 1 + n, 1.0)
         _write(o, col + 2 * len(FREQUENCIES) + 1 + n, L.own + n, 1.0 / NODE_LEVEL)
+    _rest_on_sink(q, k, range(3, N_HEAD))
     sd["transformer.h.1.attn.c_attn.weight"] = torch.cat([q, k, v], dim=1)
     sd["transformer.h.1.attn.c_proj.weight"] = o
 
@@ -271,17 +288,16 @@ def _construct() -> GPT2LMHeadModel:
 
 def planted_model(noise: float = 0.0, seed: int = 0) -> tuple[CoconutModel, object]:
     """The planted Coconut (module docstring) and RbS's tokenizer: a CoconutModel in data format "rbs", supervision
-    "optimal", six thoughts by default. noise S >= 0 adds to every weight tensor Gaussian noise of S times its root
-    mean square (seeded). Raises ValueError for a negative noise."""
+    "optimal", six thoughts by default. noise S >= 0 multiplies every weight by 1 + S e, e ~ N(0, 1) (seeded; module
+    docstring). Raises ValueError for a negative noise."""
     if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     base = _construct()
     if noise:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for name, p in base.named_parameters():
-                rms = p.pow(2).mean().sqrt()
-                p.add_(noise * rms * torch.randn(p.shape, generator=g))
+            for p in base.parameters():
+                p.mul_(1 + noise * torch.randn(p.shape, generator=g))
     tok = build_rbs_tokenizer()
     config = CoconutConfig.from_special(special_tokens(tok), mode="coconut", data_format="rbs", supervision="optimal",
                                         max_latent_stage=6, pad_latent_to_max=True)

@@ -1,0 +1,196 @@
+"""What each instrument reads on a model whose answer is known: the planted Coconut (probe.model.planted), whose thought
+k is by construction the indicator of reachable(<= k), and its graded (noisy) versions.
+
+`instrument_readings` runs the toolkit's own instruments on a data set and condenses each to the one number the
+construction predicts (in brackets, at noise 0):
+
+- accuracy at the gold depth and at k = 6 [1.0, 1.0], and at k = 0 (the no-thought level: all logits tie);
+- node values (the emitted readout, `values.values_by_k`): the share of thought k's node mass on reachable(<= k)
+  [1.0] and the largest deviation of a reachable node's share from 1 / |reachable(<= k)| [0.0];
+- the superposition decomposition (`superposition.superposition`, NNLS over the item's node rows): mean R^2 [1.0];
+- edge attention by the RbS notebook's groups (`rbs_notebook.notebook_measures`): the share of the last layer's
+  edge attention, from the position emitting thought n + 1, on edges whose source is reachable in n steps [1.0];
+- a linear probe for "reachable by thought k" (`probes.fit_probes`): cross-validated AUROC [1.0] and its control
+  task's [~0.5];
+- ablation (`probe intervene`'s zero ablation): the accuracy with thought 1 zeroed [the k = 0 level];
+- counterfactual patching (`probe intervene`'s patch, every thought): the share of answers that follow the source
+  item's, the same graph asked from the other person [1.0].
+
+Each number is a mean over items and thoughts 1..k_max (k_max = 4: every validation item has at least 3 hops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from probe.data.graph import ProsQAGraph
+from probe.data.layout import name_tokens
+from probe.data.prosqa import ProsQAItem
+from probe.model.coconut import CoconutModel
+
+K_MAX = 4
+
+
+@dataclass(frozen=True)
+class InstrumentReadings:
+    """One model's readings (module docstring); a plain record for the card's table."""
+
+    accuracy_gold: float
+    accuracy_k6: float
+    accuracy_k0: float
+    value_mass_reachable: float
+    value_share_error: float
+    decomposition_r2: float
+    attention_on_reachable_edges: float
+    probe_auroc: float
+    probe_control_auroc: float
+    ablated_thought1_accuracy: float
+    patch_follows_source: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+# (field, column title, what the construction gives at noise 0)
+COLUMNS = (
+    ("accuracy_gold", "accuracy, gold k", "1"),
+    ("accuracy_k6", "accuracy, k = 6", "1"),
+    ("accuracy_k0", "accuracy, k = 0", "no-thought level"),
+    ("value_mass_reachable", "value mass on reachable(<= k)", "1"),
+    ("value_share_error", "largest share error", "0"),
+    ("decomposition_r2", "NNLS R^2", "1"),
+    ("attention_on_reachable_edges", "edge attention on reachable sources", "1"),
+    ("probe_auroc", "probe AUROC (reachable)", "1"),
+    ("probe_control_auroc", "control AUROC", "~0.5"),
+    ("ablated_thought1_accuracy", "accuracy, thought 1 zeroed", "= k = 0"),
+    ("patch_follows_source", "patched answers following the source", "1"),
+)
+
+
+def _value_readings(values: np.ndarray, graphs: Sequence[ProsQAGraph]) -> tuple[float, float]:
+    """(mean share of node mass on reachable(<= k), largest |share - 1 / |reachable||) from values [n, k, nodes]."""
+    shares, errors = [], []
+    for b, g in enumerate(graphs):
+        for j in range(values.shape[1]):
+            row = values[b, j, : g.n_nodes]
+            reach = sorted(g.reachable(j + 1))
+            total = row.sum()
+            shares.append(row[reach].sum() / total if total > 0 else 0.0)
+            if total > 0:
+                errors.append(np.abs(row[reach] / total - 1 / len(reach)).max())
+    return float(np.mean(shares)), float(np.max(errors)) if errors else float("nan")
+
+
+def instrument_readings(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, batch_size: int = 64,
+                        progress: bool = False) -> InstrumentReadings:
+    """Every instrument's reading of a model on items (module docstring). items: at least 10 (the probe's folds),
+    each with at least K_MAX hops. Raises ValueError otherwise."""
+    from probe.capture import capture
+    from probe.evaluate import evaluate
+    from probe.probes import fit_probes
+    from probe.rbs_notebook import notebook_measures
+    from probe.superposition import superposition
+    from probe.values import values_by_k
+
+    items = list(items)
+    graphs = [ProsQAGraph.from_item(it) for it in items]
+    if len(items) < 10 or min(g.target_depth for g in graphs) < K_MAX - 1:
+        raise ValueError(f"instrument_readings needs >= 10 items of >= {K_MAX - 1} hops")
+    fmt = model.config.data_format
+    acc = {k: evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=progress).accuracy
+           for k in ("gold", 6, 0)}
+    values = values_by_k(model, tokenizer, items, K_MAX, batch_size=batch_size, progress=progress)
+    mass, share_error = _value_readings(np.asarray(values), graphs)
+    trace = capture(model, tokenizer, items, k=K_MAX, names=[], batch_size=batch_size, progress=progress)
+    sup = superposition(trace.thoughts[:, :K_MAX], model.base.get_output_embeddings().weight,
+                        [name_tokens(it, tokenizer, fmt) for it in items], graphs)
+    nb = notebook_measures(model, tokenizer, items, k=K_MAX, batch_size=batch_size, progress=progress)
+    att = nb.attention
+    on = sum(att.values[n]["reachable"].sum() for n in range(len(att.values)))
+    off = sum(att.values[n]["not_reachable"].sum() for n in range(len(att.values)))
+    probes = fit_probes(model, tokenizer, items, "reachable", layer=-1, k_max=K_MAX, folds=5, batch_size=batch_size,
+                        progress=progress)
+    zeroed, follows = _causal_readings(model, tokenizer, items, k=6, batch_size=batch_size)
+    return InstrumentReadings(
+        accuracy_gold=acc["gold"], accuracy_k6=acc[6], accuracy_k0=acc[0],
+        value_mass_reachable=mass, value_share_error=share_error,
+        decomposition_r2=float(np.nanmean(sup.r2)),
+        attention_on_reachable_edges=float(on / (on + off)) if on + off > 0 else float("nan"),
+        probe_auroc=float(np.mean([s.score for s in probes.scores.values()])),
+        probe_control_auroc=float(np.mean([s.control for s in probes.scores.values()])),
+        ablated_thought1_accuracy=zeroed, patch_follows_source=follows,
+    )
+
+
+def _causal_readings(model: CoconutModel, tokenizer, items: list[ProsQAItem], *, k: int,
+                     batch_size: int) -> tuple[float, float]:
+    """(accuracy with thought 1 zeroed, share of counterfactual items whose answer follows the source's when all
+    the source's thoughts are patched in), each at k thoughts, with `probe intervene`'s own edits."""
+    from probe.data.counterfactual import counterfactual_pairs
+    from probe.evaluate import evaluate
+    from probe.interventions import ablation_edit, answer_concept, patch_edit, site
+
+    s = site(model, tokenizer, items, k=k, batch_size=batch_size)
+    zero = ablation_edit(s.source, "zero", [1], valid=s.valid, positions=s.positions)
+    zeroed = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, edit=zero,
+                      prompts=s.prompts).accuracy
+    index, b_items = counterfactual_pairs(items)
+    if not index:
+        return zeroed, float("nan")
+    a_items = [items[i] for i in index]
+    sa = site(model, tokenizer, a_items, k=k, batch_size=batch_size)
+    sb = site(model, tokenizer, b_items, k=k, batch_size=batch_size)
+    a_answers = [answer_concept(r.prediction) for r in
+                 evaluate(model, tokenizer, a_items, k=k, batch_size=batch_size, progress=False, prompts=sa.prompts).items]
+    edit = patch_edit(sa.source, None, valid=sa.valid & sb.valid, positions=sb.positions)
+    patched = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, edit=edit,
+                       prompts=sb.prompts)
+    return zeroed, float(np.mean([answer_concept(r.prediction) == a for r, a in zip(patched.items, a_answers)]))
+
+
+def readings_table(rows: dict[float, InstrumentReadings]) -> str:
+    """A markdown table: one row per noise level S, one column per reading, the construction's value first."""
+    head = "| noise S | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    rule = "|---" * (len(COLUMNS) + 1) + "|"
+    want = "| construction | " + " | ".join(w for _, _, w in COLUMNS) + " |"
+    body = ["| " + f"{s:g}" + " | " + " | ".join(f"{getattr(r, f):.3f}" for f, _, _ in COLUMNS) + " |"
+            for s, r in rows.items()]
+    return "\n".join([head, rule, want, *body])
+
+
+def planted_card(noise: float, seed: int, rows: dict[float, InstrumentReadings], data: str) -> str:
+    """The model card of a planted checkpoint: what it is, what it is for, and the readings table (`readings_table`,
+    measured on `data`)."""
+    from probe.model.planted import D_MODEL, N_HEAD, planted_config
+
+    cfg = planted_config()
+    grade = "the exact construction" if noise == 0 else f"the construction with noise S = {noise:g} (seed {seed})"
+    return "\n".join([
+        "# prosqa-planted",
+        "",
+        f"A planted Coconut: {grade}. Its search is **planted, not learned**: every weight of this 2-layer GPT-2 "
+        "is set by hand (probe/model/planted.py) so that thought k holds exactly the nodes reachable from the root "
+        "within k edges (2 at each, 0 elsewhere), and at `[A]` the option that lies in the last thought wins. "
+        "Nothing was trained.",
+        "",
+        "What it is good for: checking instruments against a known answer (as tracr and InterpBench do for "
+        "circuits). A lens, a probe, an attention measure or an intervention that does not find the search here is "
+        "broken. What it is not: evidence about trained Coconut models; whether they search this way is what the "
+        "instruments are for.",
+        "",
+        f"- format: data format rbs, RbS's 40-token vocabulary (`probe eval --ckpt checkpoints/prosqa-planted --data "
+        f"FILE --k 6` needs no other option); rbs/checkpoint and rbs/config.json load in their code unchanged",
+        f"- size: d_model {D_MODEL}, {N_HEAD} heads of {D_MODEL // N_HEAD}, MLP {4 * D_MODEL}, 2 layers, "
+        f"{cfg.n_positions} positions, gelu_new, tied embedding",
+        "- graded versions: `probe plant --noise S` multiplies every weight by 1 + S e, e ~ N(0, 1)",
+        "",
+        f"## Every instrument's reading ({data})",
+        "",
+        "Means over items and thoughts 1..4 (probe.known_answers); the first row is what the construction gives.",
+        "",
+        readings_table(rows),
+        "",
+    ])
