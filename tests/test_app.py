@@ -54,6 +54,23 @@ def test_moving_the_slider_and_switching_colour_and_lens_raise_nothing(app):
     assert app.slider(key="k").max == 6
 
 
+def test_the_planted_model_is_offered_and_lights_up_what_it_reaches(app, official_items):
+    """checkpoints/prosqa-planted (planted, not trained): right on item 0, and its graph's value after k thoughts is
+    1/|reachable(<= k)| on each node within k edges of the root and 0 elsewhere (its construction, read through
+    the app)."""
+    from probe.data.graph import ProsQAGraph
+
+    app.selectbox(key="ckpt").set_value("prosqa-planted").run()
+    ok(app)
+    it = official_items[0]
+    assert f"answers **{it.target}** (right; the answer is *{it.target}*, {it.answer})" in app.markdown[1].value
+    app.slider(key="k").set_value(2).run()
+    ok(app)
+    reach = ProsQAGraph.from_item(it).reachable(2)
+    values = nodes_trace(app)["marker"]["color"]
+    assert all(abs(v - (1 / len(reach) if n in reach else 0)) < 0.02 for n, v in enumerate(values)), values
+
+
 def nodes_trace(at) -> dict:
     fig = json.loads(charts(at)[0].proto.spec)
     return next(t for t in fig["data"] if t.get("name") == "nodes")

@@ -245,12 +245,13 @@ def _rbs_options_note(items) -> None:
 def plant(
     out: Path = typer.Option(..., "--out", help="Directory to write the planted checkpoint to."),
     noise: float = typer.Option(0.0, "--noise", min=0.0, help="S: every weight times 1 + S e, e ~ N(0, 1) (0: the "
-                                                             "exact construction)."),
+                                                             "exact construction; it is brittle: 0.002 breaks most "
+                                                             "answers)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON for the card's readings (default: --n "
                                                              "generated items)."),
     n: int = typer.Option(300, "--n", min=10, help="Generated items for the card's readings, when no --data."),
-    grades: str = typer.Option("0.05,0.1,0.2", "--grades", help="Noise levels read beside S = 0 in the card's table "
+    grades: str = typer.Option("0.001,0.002,0.005", "--grades", help="Noise levels read beside S = 0 in the card's table "
                                                                 "('' for none)."),
     store_dtype: str = typer.Option("bfloat16", "--store-dtype", help="dtype of the written weights."),
     overwrite: bool = OVERWRITE_OPTION,

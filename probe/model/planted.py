@@ -7,7 +7,8 @@ children). At "[A]" the option that lies in the last thought fed in wins. It is 
 instrument is checked (as tracr and InterpBench do for circuits); it is never evidence about trained models.
 
 The construction, subspace by subspace. Every feature f of the residual has two coordinates, +x and -x ("mirrored"),
-so that the residual always has mean zero and each LayerNorm only rescales; a large position part of constant norm
+so that the residual always has mean zero and each LayerNorm only rescales (and every reader reads (+x - (-x)) / 2, so
+that a mean that noise leaves is cancelled); a large position part of constant norm
 (R_POS per coordinate) makes that scale the same at every position to within 0.1%. Every gain of every LayerNorm is
 the nominal scale (`_Layout.sigma`), so that a norm's output reads as its input in the units below.
 
@@ -129,8 +130,10 @@ def _put(vec: torch.Tensor, feature: int, value: float) -> None:
 
 
 def _read(mat: torch.Tensor, feature: int, column: int, weight: float) -> None:
-    """Make `column` of a [d_model, n] reading matrix read a feature (from its +x coordinate)."""
-    mat[2 * feature, column] += weight
+    """Make `column` of a [d_model, n] reading matrix read a feature as (+x - (-x)) / 2: a shift common to every
+    coordinate (a residual whose mean is not quite zero, under noise) cancels."""
+    mat[2 * feature, column] += weight / 2
+    mat[2 * feature + 1, column] -= weight / 2
 
 
 def _write(mat: torch.Tensor, row: int, feature: int, weight: float) -> None:
