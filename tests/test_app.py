@@ -67,7 +67,8 @@ def test_the_planted_model_is_offered_and_lights_up_what_it_reaches(app, officia
     app.slider(key="k").set_value(2).run()
     ok(app)
     reach = ProsQAGraph.from_item(it).reachable(2)
-    values = nodes_trace(app)["marker"]["color"]
+    hover = nodes_trace(app)["hovertext"]  # "<b>16 lempus</b><br>depth 3<br>value 0.333"
+    values = [float(h.split("value ")[1].split("<")[0]) for h in hover]
     assert all(abs(v - (1 / len(reach) if n in reach else 0)) < 0.02 for n, v in enumerate(values)), values
 
 

@@ -44,3 +44,27 @@ def test_the_default_checkpoint_is_the_shipped_coconut_model_with_its_tuned_lens
     model, _ = load_checkpoint(DEFAULT_CHECKPOINT)
     lens = TunedLens.load(DEFAULT_CHECKPOINT / "tuned_lens.safetensors", model)
     assert len(lens.translators) == 4
+
+
+def test_the_shipped_planted_checkpoint_is_the_construction_and_says_so(official_path):
+    """checkpoints/prosqa-planted: small, its weights the construction's (stored in bfloat16), its card saying it is
+    planted and holding the readings table, right on every item it is asked, and the same through RbS's files."""
+    import torch
+
+    from probe.model.planted import planted_model
+
+    path = CHECKPOINTS / "prosqa-planted"
+    files = [f for f in path.rglob("*") if f.is_file()]
+    assert max(f.stat().st_size for f in files) <= 16 * 2**20 and sum(f.stat().st_size for f in files) < 32 * 2**20
+    card = (path / "README.md").read_text()
+    assert "**planted, not learned**" in card and "| construction |" in card and "| 0 | 1.000 | 1.000 |" in card
+    model, tok = load_checkpoint(path)
+    built, _ = planted_model()
+    stored = {k: v for k, v in model.base.state_dict().items()}
+    assert all(torch.equal(stored[k], v.to(torch.bfloat16).float()) for k, v in built.base.state_dict().items())
+    items = load_items(official_path, limit=50)
+    res = evaluate(model, tok, items, k=6, progress=False)
+    assert res.accuracy == 1.0
+    theirs, their_tok = load_checkpoint(path / "rbs" / "checkpoint", base=path / "rbs" / "config.json", tokenizer="rbs")
+    again = evaluate(theirs, their_tok, items, k="gold", progress=False)
+    assert again.accuracy == 1.0
