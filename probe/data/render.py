@@ -181,14 +181,11 @@ def tokenize_item(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences", *,
     "rbs" and the tokenizer is not RbS's (a word of the layout is not one token of its own)."""
     enc = tokenizer.encode
     if fmt == "rbs":
-        _one_token(tokenizer, RBS_QUESTION)
-        return TokenizedItem(
-            question=_one_token_each(tokenizer, (question or question_text(item, fmt)).split()),
-            steps=tuple((t,) for t in _one_token_each(tokenizer, step_texts(item, fmt))),
-            answer=(_one_token(tokenizer, answer_text(item, fmt)),),
-            cue=(_one_token(tokenizer, RBS_ANSWER),),
-            marked=False,
-        )
+        words = (question or question_text(item, fmt)).split()
+        steps = step_texts(item, fmt)
+        ids = _one_token_each(tokenizer, [*words, *steps, answer_text(item, fmt), RBS_ANSWER])
+        return TokenizedItem(question=ids[: len(words)], steps=tuple((t,) for t in ids[len(words) : -2]),
+                             answer=ids[-2:-1], cue=ids[-1:], marked=False)
     return TokenizedItem(
         question=tuple(enc((question or question_text(item, fmt)) + "\n", add_special_tokens=True)),
         steps=tuple(tuple(enc(s + "\n", add_special_tokens=False)) for s in step_texts(item, fmt)),

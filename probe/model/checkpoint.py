@@ -147,8 +147,8 @@ def rbs_state_dict(model: CoconutModel, state_dict: dict[str, torch.Tensor] | No
 
 def rbs_config(model: CoconutModel) -> dict[str, Any]:
     """The base's config as RbS's config file holds it (configs/symbol-2layer-8head-768dim.json): every field,
-    `architectures` naming the base's class (GPT2LMHeadModel), no dtype (their file has none; rbs/checkpoint is
-    float32)."""
+    `architectures` naming the base's class (GPT2LMHeadModel), no dtype (their file has none; their loading casts
+    rbs/checkpoint into the float32 model it builds)."""
     cfg = model.base.config.to_dict()
     cfg["architectures"] = [type(model.base).__name__]
     for key in ("dtype", "torch_dtype"):
