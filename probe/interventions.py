@@ -346,12 +346,18 @@ def steer_target(item: ProsQAItem) -> int:
     return parents[0]
 
 
+def _each_step(k: int, which: Sequence[int | None] | None) -> list[list[int] | None]:
+    """The edits of a run, in order: all thoughts (None), then thought j alone for each j in 1..k; or those named
+    in `which` (None for all, j for thought j alone)."""
+    return [None, *[[j] for j in range(1, k + 1)]] if which is None else [None if j is None else [j] for j in which]
+
+
 def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int, s: Site,
                   kinds: Sequence[str] = ABLATIONS, values: bool = True, batch_size: int = 32, seed: int = 0,
-                  progress: bool = True) -> list[InterventionResult]:
-    """Each ablation of all thoughts, then of each thought alone, beside one shared unedited run; the frontier
-    mass at the first read of what the ablated thought became (`values.read_after`; with all thoughts ablated,
-    after thought 1), where the model has latents."""
+                  progress: bool = True, which: Sequence[int | None] | None = None) -> list[InterventionResult]:
+    """Each ablation of all thoughts, then of each thought alone (or those named in `which`: None for all, j for
+    thought j), beside one shared unedited run; the frontier mass at the first read of what the ablated thought
+    became (`values.read_after`; with all thoughts ablated, after thought 1), where the model has latents."""
     from probe.capture import architecture
     from probe.values import node_values, read_after
 
@@ -361,7 +367,7 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
     n_layers = architecture(model).n_layers
     base = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, prompts=s.prompts)
     base_values = {}
-    plan = [(kind, None) for kind in kinds] + [(kind, [j]) for j in range(1, k + 1) for kind in kinds]
+    plan = [(kind, step) for step in _each_step(k, which) for kind in kinds]
     out = []
     for kind, steps in tqdm(plan, desc=f"ablate ({s.label})", unit="run", disable=not progress):
         at = read_after(model.config, steps[0] if steps else None, k, layer=s.layer, n_layers=n_layers,
@@ -377,10 +383,12 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
 
 
 def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int, layer: int | None = None,
-               batch_size: int = 32, progress: bool = True) -> list[PatchResult]:
+               batch_size: int = 32, progress: bool = True,
+               which: Sequence[int | None] | None = None) -> list[PatchResult]:
     """Counterfactual pairs (A, B = A asked about another root): A's thoughts into B, all at once and one
-    thought at a time; does B's answer (and frontier) follow A's? The frontier is read where the patched
-    thoughts are first read (`values.read_after`; with all thoughts patched, after k)."""
+    thought at a time (or those named in `which`: None for all, j for thought j); does B's answer (and frontier)
+    follow A's? The frontier is read where the patched thoughts are first read (`values.read_after`; with all
+    thoughts patched, after k)."""
     from probe.capture import architecture
     from probe.values import node_values, read_after
 
@@ -403,8 +411,7 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
         a_roots = [node_names(it, model.config.data_format)[it.root] for it in a_items]
         rooted = lambda preds: float(np.mean([p.split()[:1] == [r] for p, r in zip(preds, a_roots)]))  # noqa: E731
         out = []
-        for steps in tqdm([None] + [[j] for j in range(1, k + 1)], desc=f"patch ({sa.label})", unit="run",
-                          disable=not progress):
+        for steps in tqdm(_each_step(k, which), desc=f"patch ({sa.label})", unit="run", disable=not progress):
             edit = patch_edit(sa.source, steps, layer=layer, valid=sa.valid & sb.valid, positions=sb.positions)
             res = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, edit=edit,
                            prompts=sb.prompts)

@@ -128,27 +128,17 @@ def instrument_readings(model: CoconutModel, tokenizer, items: Sequence[ProsQAIt
 def _causal_readings(model: CoconutModel, tokenizer, items: list[ProsQAItem], *, k: int,
                      batch_size: int) -> tuple[float, float]:
     """(accuracy with thought 1 zeroed, share of counterfactual items whose answer follows the source's when all
-    the source's thoughts are patched in), each at k thoughts, with `probe intervene`'s own edits."""
+    the source's thoughts are patched in), each at k thoughts: `probe intervene`'s own runs, those two alone."""
     from probe.data.counterfactual import counterfactual_pairs
-    from probe.evaluate import evaluate
-    from probe.interventions import ablation_edit, answer_concept, patch_edit, site
+    from probe.interventions import ablation_runs, patch_runs, site
 
     s = site(model, tokenizer, items, k=k, batch_size=batch_size)
-    zero = ablation_edit(s.source, "zero", [1], valid=s.valid, positions=s.positions)
-    zeroed = evaluate(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, edit=zero,
-                      prompts=s.prompts).accuracy
-    index, b_items = counterfactual_pairs(items)
-    if not index:
+    zeroed = ablation_runs(model, tokenizer, items, k=k, s=s, kinds=("zero",), values=False, batch_size=batch_size,
+                           progress=False, which=[1])[0].accuracy
+    if not counterfactual_pairs(items)[0]:  # no item has another person who reaches the other option
         return zeroed, float("nan")
-    a_items = [items[i] for i in index]
-    sa = site(model, tokenizer, a_items, k=k, batch_size=batch_size)
-    sb = site(model, tokenizer, b_items, k=k, batch_size=batch_size)
-    a_answers = [answer_concept(r.prediction) for r in
-                 evaluate(model, tokenizer, a_items, k=k, batch_size=batch_size, progress=False, prompts=sa.prompts).items]
-    edit = patch_edit(sa.source, None, valid=sa.valid & sb.valid, positions=sb.positions)
-    patched = evaluate(model, tokenizer, b_items, k=k, batch_size=batch_size, progress=False, edit=edit,
-                       prompts=sb.prompts)
-    return zeroed, float(np.mean([answer_concept(r.prediction) == a for r, a in zip(patched.items, a_answers)]))
+    patched = patch_runs(model, tokenizer, items, k=k, batch_size=batch_size, progress=False, which=[None])[0]
+    return zeroed, patched.follows_a
 
 
 def readings_table(rows: dict[float, InstrumentReadings]) -> str:
