@@ -36,6 +36,7 @@ from probe.finite import check_finite_tensors
 from probe.saelens_files import TENSORS, SAEError, read_cfg, read_weights
 
 SAE_LENS_VERSION = "6.5.0"  # the SAELens file format these files follow
+RESCALE_VERSION = "6.14.0"  # the first SAELens with rescale_acts_by_decoder_norm (topk)
 ACTIVATIONS = ("topk", "relu")  # what fit trains
 # activation (our name) -> SAELens architecture; jumprelu and gated SAEs are read from SAELens files, not trained
 ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "gated": "gated"}
@@ -277,7 +278,9 @@ class SparseAutoencoder:
         }
         if self.activation == "topk":
             cfg["k"] = self.k
-            cfg["rescale_acts_by_decoder_norm"] = self.rescale_acts_by_decoder_norm
+        if self.rescale_acts_by_decoder_norm:  # a SAELens 6.14 field: older SAELens would drop it and misread
+            cfg["rescale_acts_by_decoder_norm"] = True
+            cfg["metadata"]["sae_lens_version"] = RESCALE_VERSION
         ours = {"activation": self.activation, "k": self.k, "l1_coeff": self.l1_coeff, "lr": self.lr,
                 "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed, **(extra or {})}
         save_file({k: v.contiguous() for k, v in p.items()}, str(directory / SAE_WEIGHTS))

@@ -9,13 +9,14 @@ same cases through SAELens itself.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import torch
 
 from probe.sae import SAEError, SparseAutoencoder
-from saelens.format_cases import CASES, D_IN, HOOK, Case, E, inputs, v2, v5, v6
+from saelens.format_cases import CASES, D_IN, HOOK, TOPK, Case, E, inputs, v2, v5, v6
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -233,6 +234,12 @@ def test_a_read_sae_round_trips_through_our_files(tmp_path):
         back.fit(x)
     with pytest.raises(SAEError, match="fit trains float32 SAEs"):
         SparseAutoencoder(d_sae=6, k=2, dtype="bfloat16").fit(x)
+    rescaled = SparseAutoencoder.load(Case("x", v6(**TOPK, rescale_acts_by_decoder_norm=True), arch="topk")
+                                      .write(tmp_path / "rescaled"))
+    rescaled.save(tmp_path / "o3", hook_name=HOOK)
+    cfg = json.loads((tmp_path / "o3" / "cfg.json").read_text())
+    assert cfg["rescale_acts_by_decoder_norm"] is True and cfg["metadata"]["sae_lens_version"] == "6.14.0"
+    torch.testing.assert_close(SparseAutoencoder.load(tmp_path / "o3").encode(x), rescaled.encode(x), atol=0, rtol=0)
     v5_scaled = Case("x", v5(finetuning_scaling_factor=True), edit={"scaling_factor": torch.full((6,), 2.0)})
     with pytest.raises(SAEError, match="SAELens 6 files cannot hold"):
         SparseAutoencoder.load(v5_scaled.write(tmp_path / "scaled")).save(tmp_path / "o2", hook_name=HOOK)
