@@ -377,7 +377,7 @@ def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: 
         try:
             if path:
                 sae, labels = load_sae(str(path), model_hash)
-                X = item_activations(ckpt, base, tokenizer, item_json, sae.hook_name_, k)
+                X = item_activations(ckpt, base, tokenizer, item_json, sae.hook_point(), k)
                 st.plotly_chart(item_features(sae.encode(X).numpy(), labels), key="sae_features")
         except ValueError as e:
             st.error(str(e))

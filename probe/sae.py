@@ -8,6 +8,11 @@ sae_lens_version) and sae_weights.safetensors (W_enc [d_in, d_sae], W_dec [d_sae
 b_dec); what SAELens has no field for (our training record, the model hash) goes in
 coconut_probe.json beside them. As in SAELens, encode(x) = act((x - b_dec) @ W_enc + b_enc)
 and decode(f) = f @ W_dec + b_dec.
+
+`load` reads any SAE directory SAELens's load_from_disk reads, in each of its layouts, the way SAELens reads it
+(probe.saelens_files, docs/formats.md): standard, topk, jumprelu and gated SAEs, with their dtype,
+apply_b_dec_to_input, normalize_activations, rescale_acts_by_decoder_norm and finetuning scaling factor; what it
+cannot read faithfully it refuses in one line naming the field.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,19 +33,43 @@ from tqdm.auto import tqdm
 from probe.artifacts import SAE_CFG, SAE_EXTRA, SAE_WEIGHTS
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.finite import check_finite_tensors
+from probe.saelens_files import TENSORS, SAEError, read_cfg, read_weights
 
 SAE_LENS_VERSION = "6.5.0"  # the SAELens file format these files follow
-ACTIVATIONS = ("topk", "relu")
+RESCALE_VERSION = "6.14.0"  # the first SAELens with rescale_acts_by_decoder_norm (topk)
+ACTIVATIONS = ("topk", "relu")  # what fit trains
+# activation (our name) -> SAELens architecture; jumprelu and gated SAEs are read from SAELens files, not trained
+ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "gated": "gated"}
+LN_EPS = 1e-5  # SAELens's layer_norm normalisation: (x - mean) / (std + 1e-5)
+Undo = Callable[[Tensor], Tensor] | None  # what undoes the input's normalisation on the reconstruction
 
 
-# SAELens cfg.json fields that change the computation and that this toolkit does not apply: the values that
-# leave it unchanged (the first is SAELens's default)
-UNSUPPORTED_CFG = {"normalize_activations": ("none", None), "reshape_activations": ("none", None),
-                   "hook_head_index": (None,), "apply_finetuning_scaling_factor": (False, None)}
+# Encoders, as SAELens's SAE classes compute them from sae_in (the input, normalised, less b_dec when
+# apply_b_dec_to_input): [n, d_in] -> [n, d_sae].
+def _encode_relu(sae: "SparseAutoencoder", x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    return torch.relu(x @ p["W_enc"] + p["b_enc"])
 
 
-class SAEError(ValueError):
-    """An SAE that cannot be trained, used or loaded (bad settings, shapes, file or model)."""
+def _encode_topk(sae: "SparseAutoencoder", x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    pre = x @ p["W_enc"] + p["b_enc"]
+    if sae.rescale_acts_by_decoder_norm:
+        pre = pre * p["W_dec"].norm(dim=-1)
+    top = pre.topk(sae.k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+
+def _encode_jumprelu(sae: "SparseAutoencoder", x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    pre = x @ p["W_enc"] + p["b_enc"]
+    return torch.relu(pre) * (pre > p["threshold"]).to(pre.dtype)
+
+
+def _encode_gated(sae: "SparseAutoencoder", x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    active = (x @ p["W_enc"] + p["b_gate"] > 0).to(x.dtype)
+    return active * torch.relu(x @ (p["W_enc"] * p["r_mag"].exp()) + p["b_mag"])
+
+
+ENCODERS: dict[str, Callable[["SparseAutoencoder", Tensor, dict[str, Tensor]], Tensor]] = {
+    "relu": _encode_relu, "topk": _encode_topk, "jumprelu": _encode_jumprelu, "gated": _encode_gated}
 
 
 @dataclass(frozen=True)
@@ -56,26 +85,44 @@ class SAEMetrics:
 
 
 class SparseAutoencoder:
-    """A TopK (or ReLU + L1) sparse autoencoder trained with Adam on [n, d_in] activations."""
+    """A TopK (or ReLU + L1) sparse autoencoder trained with Adam on [n, d_in] activations.
+
+    The settings after apply_b_dec_to_input are SAELens's, for SAEs read from SAELens files (fit trains
+    topk or relu SAEs in float32 without them): activation "jumprelu" or "gated", normalize_activations
+    "constant_norm_rescale" or "layer_norm", rescale_acts_by_decoder_norm (topk), dtype (the weights and the
+    arithmetic, as SAELens casts both to its cfg dtype).
+    """
 
     def __init__(self, d_sae: int = 512, k: int = 8, activation: str = "topk", l1_coeff: float = 0.0,
                  lr: float = 1e-3, epochs: int = 50, batch_size: int = 256, seed: int = 0, device: str = "cpu",
-                 progress: bool = True, apply_b_dec_to_input: bool = True):
+                 progress: bool = True, apply_b_dec_to_input: bool = True, normalize_activations: str = "none",
+                 rescale_acts_by_decoder_norm: bool = False, dtype: str = "float32"):
         self.d_sae, self.k, self.activation, self.l1_coeff = d_sae, k, activation, l1_coeff
         self.lr, self.epochs, self.batch_size, self.seed, self.device, self.progress = \
             lr, epochs, batch_size, seed, device, progress
         self.apply_b_dec_to_input = apply_b_dec_to_input  # SAELens's field: encode x - b_dec (True) or x
+        self.normalize_activations, self.rescale_acts_by_decoder_norm, self.dtype = \
+            normalize_activations, rescale_acts_by_decoder_norm, dtype
 
     def _check(self) -> None:
         if self.activation not in ACTIVATIONS:
-            raise SAEError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+            raise SAEError(f"activation must be one of {ACTIVATIONS} to train, got {self.activation!r}")
         if self.activation == "topk" and not 0 < self.k <= self.d_sae:
             raise SAEError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
         if self.d_sae < 1 or self.epochs < 1 or self.batch_size < 1:
             raise SAEError("d_sae, epochs and batch_size must be >= 1")
+        if (self.normalize_activations, self.rescale_acts_by_decoder_norm, self.dtype) != ("none", False, "float32"):
+            raise SAEError("fit trains float32 SAEs with normalize_activations 'none' and no "
+                           "rescale_acts_by_decoder_norm; those settings are for SAEs read from SAELens files")
+
+    @property
+    def architecture(self) -> str:
+        """SAELens's name for this SAE's architecture (standard, topk, jumprelu, gated)."""
+        return ARCHITECTURE[self.activation]
 
     def _rows(self, X) -> Tensor:
-        X = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X).float()
+        X = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X)
+        X = X if X.is_floating_point() else X.float()  # cast once to the SAE's dtype, as SAELens does
         if X.ndim != 2:
             raise SAEError(f"activations must be [n, d_in], got {list(X.shape)}")
         if hasattr(self, "W_enc_") and X.shape[1] != self.W_enc_.shape[0]:
@@ -85,7 +132,7 @@ class SparseAutoencoder:
     def fit(self, X) -> "SparseAutoencoder":
         """Train on activations X [n, d_in]: MSE (+ L1 for ReLU), decoder rows kept at unit norm."""
         self._check()
-        X = self._rows(X).to(self.device)
+        X = self._rows(X).float().to(self.device)
         n, d = X.shape
         g = torch.Generator().manual_seed(self.seed)
         W_dec = torch.randn(self.d_sae, d, generator=g)
@@ -125,35 +172,71 @@ class SparseAutoencoder:
         return self
 
     def _encode(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
-        pre = ((x - p["b_dec"]) if self.apply_b_dec_to_input else x) @ p["W_enc"] + p["b_enc"]
-        if self.activation == "relu":
-            return torch.relu(pre)
-        top = pre.topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        """sae_in -> features, for input already normalised (SAELens's process_sae_in, then the encoder)."""
+        return ENCODERS[self.activation](self, (x - p["b_dec"]) if self.apply_b_dec_to_input else x, p)
+
+    def _normalize_in(self, x: Tensor) -> tuple[Tensor, Undo]:
+        """SAELens's run_time_activation_norm_fn_in: the input normalised, and its norm_fn_out for the output."""
+        if self.normalize_activations == "constant_norm_rescale":
+            coeff = (x.shape[-1] ** 0.5) / x.norm(dim=-1, keepdim=True)
+            return x * coeff, lambda out: out / coeff
+        if self.normalize_activations == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            x = x - mu
+            std = x.std(dim=-1, keepdim=True)
+            return x / (std + LN_EPS), lambda out: out * std + mu
+        return x, None
 
     def _params(self) -> dict[str, Tensor]:
         if not hasattr(self, "W_enc_"):
             raise SAEError("this SAE is not fitted; call fit first")
-        return {"W_enc": self.W_enc_, "W_dec": self.W_dec_, "b_enc": self.b_enc_, "b_dec": self.b_dec_}
+        return {name: getattr(self, f"{name}_") for name in TENSORS[self.architecture]}
+
+    def _out(self, t: Tensor) -> Tensor:
+        return t.to(torch.promote_types(t.dtype, torch.float32))
+
+    def _encode_rows(self, X) -> tuple[Tensor, Undo]:
+        p = self._params()
+        x, undo = self._normalize_in(self._rows(X).to(p["W_enc"].dtype))
+        return self._encode(x, p), undo
+
+    def _decode(self, F: Tensor, undo: Undo) -> Tensor:
+        p = self._params()
+        f = F.to(p["W_dec"].dtype)
+        if self.rescale_acts_by_decoder_norm:
+            f = f * (1 / p["W_dec"].norm(dim=-1))  # SAELens 6.54 multiplies by the reciprocal
+        if getattr(self, "finetuning_scaling_factor_", None) is not None:
+            f = f * self.finetuning_scaling_factor_
+        out = f @ p["W_dec"] + p["b_dec"]
+        return self._out(out if undo is None else undo(out))
 
     @torch.no_grad()
     def encode(self, X) -> Tensor:
-        """[n, d_in] -> [n, d_sae] feature activations."""
-        return self._encode(self._rows(X), self._params())
+        """[n, d_in] -> [n, d_sae] feature activations (float32; float64 for a float64 SAE)."""
+        return self._out(self._encode_rows(X)[0])
 
     transform = encode
 
     @torch.no_grad()
     def decode(self, F: Tensor) -> Tensor:
-        """[n, d_sae] -> [n, d_in] reconstruction."""
-        p = self._params()
-        return F @ p["W_dec"] + p["b_dec"]
+        """[n, d_sae] -> [n, d_in] reconstruction. An SAE that normalises its input needs that input's norm:
+        use reconstruct(X) (SAELens keeps it from the last encode)."""
+        if self.normalize_activations != "none":
+            raise SAEError(f"this SAE's normalize_activations={self.normalize_activations!r} undoes the input's "
+                           "normalisation in decode, so decode needs the input: use reconstruct(X)")
+        return self._decode(torch.as_tensor(F), None)
+
+    @torch.no_grad()
+    def reconstruct(self, X) -> Tensor:
+        """[n, d_in] -> [n, d_in]: decode(encode(X)), with the input's normalisation undone as SAELens does."""
+        F, undo = self._encode_rows(X)
+        return self._decode(F, undo)
 
     def metrics(self, X) -> SAEMetrics:
         """FVU, L0 and the fraction of dead features on X."""
         X = self._rows(X)
         F = self.encode(X)
-        resid = (X - self.decode(F)).pow(2).sum()
+        resid = (X - self.reconstruct(X)).pow(2).sum()
         total = (X - X.mean(0)).pow(2).sum()
         fired = (F > 0).any(0)
         return SAEMetrics(float(resid / total), float((F > 0).sum(-1).float().mean()), float(1 - fired.float().mean()))
@@ -161,6 +244,15 @@ class SparseAutoencoder:
     def score(self, X, y=None) -> float:
         """1 - FVU (higher is better, as scikit-learn expects)."""
         return 1.0 - self.metrics(X).fvu
+
+    def hook_point(self) -> str:
+        """The hook whose activations this SAE reads (its cfg.json's hook name). Raises SAEError in one line when
+        the file names none (or the SAE was fitted here and never saved or loaded)."""
+        hook = getattr(self, "hook_name_", None)
+        if hook:
+            return hook
+        raise SAEError(getattr(self, "no_hook_", "") or "this SAE names no hook point (it was not loaded from "
+                       "files); pass the hook its activations came from")
 
     # ------------------------------------------------------------------------ files
 
@@ -171,19 +263,24 @@ class SparseAutoencoder:
         return Path(path)
 
     def write_into(self, directory: Path, hook_name: str, model_name: str = "", extra: dict | None = None) -> None:
-        """The SAE's files, into an existing directory."""
+        """The SAE's files, into an existing directory (SAELens 6's layout)."""
         p = self._params()
+        if getattr(self, "finetuning_scaling_factor_", None) is not None:
+            raise SAEError("this SAE decodes with a finetuning scaling factor, which SAELens 6 files cannot hold; "
+                           "fold it into W_dec first")
         d_in = p["W_enc"].shape[0]
         cfg = {
-            "architecture": "topk" if self.activation == "topk" else "standard",
-            "d_in": d_in, "d_sae": self.d_sae, "dtype": "float32", "device": "cpu",
-            "apply_b_dec_to_input": self.apply_b_dec_to_input, "normalize_activations": "none",
-            "reshape_activations": "none",
+            "architecture": self.architecture, "d_in": d_in, "d_sae": self.d_sae, "dtype": self.dtype,
+            "device": "cpu", "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": self.normalize_activations, "reshape_activations": "none",
             "metadata": {"model_name": model_name, "hook_name": hook_name, "sae_lens_version": SAE_LENS_VERSION,
                          "sae_lens_training_version": SAE_LENS_VERSION, "prepend_bos": False},
         }
         if self.activation == "topk":
             cfg["k"] = self.k
+        if self.rescale_acts_by_decoder_norm:  # a SAELens 6.14 field: older SAELens would drop it and misread
+            cfg["rescale_acts_by_decoder_norm"] = True
+            cfg["metadata"]["sae_lens_version"] = RESCALE_VERSION
         ours = {"activation": self.activation, "k": self.k, "l1_coeff": self.l1_coeff, "lr": self.lr,
                 "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed, **(extra or {})}
         save_file({k: v.contiguous() for k, v in p.items()}, str(directory / SAE_WEIGHTS))
@@ -192,49 +289,43 @@ class SparseAutoencoder:
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> "SparseAutoencoder":
-        """Read an SAE in SAELens's format (ours, or any topk/standard SAELens SAE).
+        """Read an SAE directory (ours, or any SAELens one) the way SAELens's load_from_disk reads it.
 
-        With model_hash (probe.model.identity.weights_hash of the model it will read), refuse one trained
-        on another model or recording no model (an SAE from SAELens itself: load it without model_hash).
+        Sets the weights (W_enc_ [d_in, d_sae], W_dec_ [d_sae, d_in], b_dec_ [d_in] and the architecture's
+        others, [d_sae]), hook_name_ (None when the file names none: hook_point() then refuses, naming why),
+        metadata_ (model_name, prepend_bos, ...: kept, not applied) and notes_ (one line per default taken, old
+        field renamed or dtype cast). With model_hash (probe.model.identity.weights_hash of the model it will
+        read), refuse one trained on another model or recording no model (an SAE from SAELens itself: load it
+        without model_hash). Raises SAEError in one line naming the file and field for anything it cannot read
+        faithfully (docs/formats.md).
         """
         path = Path(path)
         cfg_file, weights = path / SAE_CFG, path / SAE_WEIGHTS
         if not cfg_file.is_file() or not weights.is_file():
-            raise SAEError(f"{path}: not an SAE directory (needs cfg.json and sae_weights.safetensors)")
+            raise SAEError(f"{path}: not an SAE directory (needs cfg.json and sae_weights.safetensors; SAELens "
+                           "before 0.2 saved a .pt file, which this toolkit does not read)")
         try:
             cfg = json.loads(cfg_file.read_text())
-            tensors = load_file(str(weights))
+            raw = load_file(str(weights))
             ours = json.loads((path / SAE_EXTRA).read_text()) if (path / SAE_EXTRA).is_file() else {}
         except Exception as e:  # json or safetensors errors
             raise SAEError(f"{path}: cannot read the SAE ({type(e).__name__}: {e})") from None
-        arch = cfg.get("architecture")
-        if arch not in ("topk", "standard"):
-            raise SAEError(f"{cfg_file}: architecture {arch!r} is not supported (topk or standard)")
-        # Every SAELens field that changes what the SAE computes is applied (apply_b_dec_to_input) or refused.
-        for name, plain in UNSUPPORTED_CFG.items():
-            if cfg.get(name, plain[0]) not in plain:
-                raise SAEError(f"{cfg_file}: {name}={cfg[name]!r} changes the computation in a way this toolkit does "
-                               f"not apply (it supports {plain[0]!r})")
-        if arch == "standard" and cfg.get("activation_fn", "relu") != "relu":
-            raise SAEError(f"{cfg_file}: activation_fn={cfg['activation_fn']!r} is not supported (relu)")
-        missing = sorted({"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors))
-        if missing:
-            raise SAEError(f"{weights}: missing tensor(s) {missing}")
-        check_finite_tensors(tensors.items(), str(weights), SAEError)
-        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
-        shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
-        for name, shape in shapes.items():
-            if tuple(tensors[name].shape) != shape:
-                raise SAEError(f"{weights}: {name} has shape {list(tensors[name].shape)}, cfg.json says {list(shape)}")
+        c = read_cfg(cfg, str(cfg_file))
+        check_finite_tensors(raw.items(), str(weights), SAEError)
+        tensors, notes = read_weights(raw, c, str(weights), str(cfg_file))
         if model_hash is not None and ours.get("model_hash") != model_hash:
             why = "records no model hash" if not ours.get("model_hash") else "was trained on another model's activations"
             raise SAEError(f"{path}: this SAE {why}; refit it (probe sae train)")
-        sae = cls(d_sae=d_sae, k=int(cfg.get("k", 1)), activation="topk" if arch == "topk" else "relu",
-                  apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-                  **{k: ours[k] for k in ("l1_coeff", "lr", "epochs", "batch_size", "seed") if k in ours})
-        for name in shapes:
-            setattr(sae, f"{name}_", tensors[name].float())
-        sae.hook_name_ = cfg.get("metadata", {}).get("hook_name", "")
+        activation = next(a for a, arch in ARCHITECTURE.items() if arch == c.architecture)
+        k = c.k if c.k is not None else ours.get("k", 8)
+        sae = cls(d_sae=c.d_sae, k=k, activation=activation, apply_b_dec_to_input=c.apply_b_dec_to_input,
+                  normalize_activations=c.normalize_activations,
+                  rescale_acts_by_decoder_norm=c.rescale_acts_by_decoder_norm, dtype=c.dtype,
+                  **{key: ours[key] for key in ("l1_coeff", "lr", "epochs", "batch_size", "seed") if key in ours})
+        for name, t in tensors.items():
+            setattr(sae, f"{name}_", t)
+        sae.hook_name_, sae.no_hook_ = c.hook_name, c.no_hook
+        sae.metadata_, sae.layout_, sae.notes_ = c.metadata, c.layout, [*c.notes, *notes]
         return sae
 
 

@@ -149,7 +149,7 @@ def test_saelens_fields_that_change_the_computation_are_applied_or_refused(tmp_p
     for field, value in (("normalize_activations", "expected_average_only_in"), ("hook_head_index", 3),
                          ("reshape_activations", "hook_z")):
         (tmp_path / "cfg.json").write_text(json.dumps({**cfg, field: value}))
-        with pytest.raises(SAEError, match=rf"cfg.json: {field}=.* changes the computation"):
+        with pytest.raises(SAEError, match=rf"cfg.json: {field}="):
             SparseAutoencoder.load(tmp_path)
 
 
