@@ -251,7 +251,9 @@ def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
         config = CoconutConfig.from_dict(meta)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_file}: {e}") from None
-    missing = [name for name in OUR_FILES if not (path / name).is_file()]
+    # save_pretrained writes weights past its max_shard_size as shards, with their index in place of model.safetensors
+    missing = [name for name in OUR_FILES if not (path / name).is_file()
+               and not (name == HF_WEIGHTS and (path / WEIGHT_INDEXES[0]).is_file())]
     if missing:
         raise CheckpointError(f"{path}: the checkpoint is incomplete: missing {', '.join(missing)} (a checkpoint "
                               f"holds {', '.join((COCONUT_CONFIG, *OUR_FILES))}); copy the whole directory again")
