@@ -255,10 +255,10 @@ def test_a_tied_embedding_may_be_saved_under_any_of_its_names(made, tmp_path, ke
     assert_same(model, original)
 
 
-def test_an_untied_head_in_a_config_that_ties_it_is_refused_then_loads_untied(made, tmp_path):
-    """transformers and the official code would load such a file and silently keep the embedding as the head (the last
-    of the three names written wins in run.py's load_state_dict). It is refused; with the tie switched off in the
-    base's config, as the message says, the model is the checkpoint's."""
+def test_an_untied_head_in_a_config_that_ties_it_is_read_untied_with_a_note(made, tmp_path):
+    """transformers 5 reads such a file untied and warns to set tie_word_embeddings false; the official run.py's
+    load_state_dict would overwrite the head with the embedding (the last of the three names it copies), losing it.
+    The model is the checkpoint's, with a note; with the tie switched off in the base's config, without one."""
     from transformers import GPT2LMHeadModel
 
     made_base, _, original = made["gpt2"]
@@ -270,19 +270,23 @@ def test_an_untied_head_in_a_config_that_ties_it_is_refused_then_loads_untied(ma
     head = state["base_causallm.lm_head.weight"].clone()
     head[5] += 1
     state["base_causallm.lm_head.weight"] = head
-    f = saved(tmp_path / "checkpoint_50", state)
-    assert refusal(f, base) == (
-        f"{f}: base_causallm.lm_head.weight differs from the input embedding base_causallm.transformer.wte.weight, but "
-        "the config of --base ties the two (tie_word_embeddings); the checkpoint's model has an output head of its "
-        f"own: set \"tie_word_embeddings\": false in {base / 'config.json'}")
+    f = saved(tmp_path / "checkpoint_50", {"module." + k: v for k, v in state.items()})
+    untied = GPT2LMHeadModel(type(original.config)(**{**original.config.to_dict(), "tie_word_embeddings": False}))
+    untied.load_state_dict({**original.state_dict(), "lm_head.weight": head})
+    model, notes = load(f, base)
+    assert notes == [
+        f"{f}: {DDP_NOTE}; module.base_causallm.lm_head.weight differs from the input embedding "
+        "module.base_causallm.transformer.wte.weight, though the config of --base ties the two (tie_word_embeddings): "
+        "read with an output head of its own, as transformers reads such a file (set \"tie_word_embeddings\": false "
+        f"in {base / 'config.json'} to say so)"]
+    assert not model.base.config.tie_word_embeddings
+    assert model.base.lm_head.weight is not model.base.transformer.wte.weight
+    assert_same(model, untied)
     cfg = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": False}))
     model, notes = load(f, base)
-    assert notes == []
-    untied = GPT2LMHeadModel(model.base.config)
-    untied.load_state_dict({**original.state_dict(), "lm_head.weight": head})
+    assert notes == [f"{f}: {DDP_NOTE}"]
     assert_same(model, untied)
-    assert not torch.equal(model.base.lm_head.weight, model.base.transformer.wte.weight)
 
 
 def test_an_untied_config_without_its_head_says_the_checkpoint_ties_it(made, tmp_path):

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from probe.artifacts import (
     COCONUT_CONFIG, DCP_METADATA, DCP_SUFFIX, HF_CONFIG, HF_WEIGHTS, RBS_CHECKPOINT, RBS_CONFIG, RBS_DIR,
@@ -326,9 +326,10 @@ def load_official(
 
     The file is a torch.save or safetensors file of the wrapper's state dict, as saved in the wild: its keys may
     carry a wrapper's names (DDP's `module.`, torch.compile's `_orig_mod.`, ...) or a prefix all share, or be the
-    bare base model's; its tied embedding may be saved under any of its names; its tensors in any float dtype (read
-    into the float32 model). probe.model.state_dicts reads it; docs/formats.md lists each kind. What was done to the
-    keys is told once: appended to `notes` when given, else a CheckpointNote warning.
+    bare base model's; its tied embedding may be saved under any of its names, and an output head other than the
+    embedding in a config that ties them makes the model untied (as transformers reads such a file); its tensors may
+    be in any float dtype (read into the float32 model). probe.model.state_dicts reads it; docs/formats.md lists each
+    kind. What was done to read it is told once: appended to `notes` when given, else a CheckpointNote warning.
 
     base: a base model directory (its config.json, and its tokenizer unless `tokenizer` is given) or a config JSON
     file (RbS's configs/symbol-2layer-8head-768dim.json). tokenizer: None for the base directory's, "rbs" for RbS's
@@ -342,8 +343,7 @@ def load_official(
     Raises CheckpointError in one line: a base that is neither a directory nor a config file, a config file without
     a tokenizer, an unreadable config or tokenizer, a file that is not a state dict of tensors (a sharded one among
     them), a vocabulary the embedding does not fit, the first tensor whose shape differs (both shapes), an
-    `embedding.weight` that is not the input embedding, an output head that differs from the embedding in a config
-    that ties them; in at most three lines keys missing or unexpected (how many, the first few, the likely cause)
+    `embedding.weight` that is not the input embedding; in at most three lines keys missing or unexpected (how many, the first few, the likely cause)
     and another model size.
     """
     path, base = Path(path), Path(base)
@@ -372,24 +372,34 @@ def load_official(
         raise CheckpointError(f"{config_file}: vocab_size {cfg.vocab_size}, but RbS's vocabulary has {len(tok)} "
                               f"tokens; their models' config has vocab_size {len(tok)}, and its embedding rows are "
                               "these tokens (no resizing)")
-    model = AutoModelForCausalLM.from_config(cfg)
     what = f"the {model_name(cfg.model_type)} of {base}"
     if rbs:
-        special = special_tokens(tok)
+        special, rows = special_tokens(tok), None
     else:
-        special = add_latent_tokens(tok)
-        model.resize_token_embeddings(len(tok))
+        special, rows = add_latent_tokens(tok), len(tok)
         what += f" with the tokenizer's {len(tok)} tokens"
-    base_state, note = fit_state_dict(path, state, Target.of(model, what, config_file))
-    model.load_state_dict(base_state, strict=False)
+    model = _base_model(cfg, rows)
+    fitted = fit_state_dict(path, state, Target.of(model, what, config_file))
+    if fitted.untied:  # its head is not its embedding: built with a head of its own, as transformers builds it
+        cfg.tie_word_embeddings = False
+        model = _base_model(cfg, rows)
+    model.load_state_dict(fitted.base, strict=False)
     fmt = {"data_format": "rbs", "supervision": "optimal", "max_latent_stage": 4, "pad_latent_to_max": False} if rbs \
         else {"data_format": "sentences", "max_latent_stage": 6, "pad_latent_to_max": True}
     given = {"max_latent_stage": max_latent_stage, "pad_latent_to_max": pad_latent_to_max}
     config = CoconutConfig.from_special(special, mode=mode, c_thought=c_thought,
                                         **{**fmt, **{k: v for k, v in given.items() if v is not None}})
-    if note:
-        _tell(f"{path}: {note}", notes)
+    if fitted.note:
+        _tell(f"{path}: {fitted.note}", notes)
     return CoconutModel(model, config), tok
+
+
+def _base_model(cfg: PretrainedConfig, rows: int | None) -> PreTrainedModel:
+    """A randomly initialised model of the config, its embedding resized to `rows` (None: the config's size)."""
+    model = AutoModelForCausalLM.from_config(cfg)
+    if rows is not None:
+        model.resize_token_embeddings(rows)
+    return model
 
 
 def _tell(note: str, notes: list[str] | None) -> None:

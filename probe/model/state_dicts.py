@@ -189,8 +189,9 @@ class Named:
     """A state dict's tensors by the Coconut wrapper's names: the base model's (by its own keys) and the aliases.
 
     other: the keys that are neither, as the file writes them; original: a key of base or aliases -> the file's key;
-    bare: the file holds the base model's keys without `base_causallm.`; note: what was dropped or added to read
-    the keys, for the user (None when the file's keys are the wrapper's own)."""
+    bare: the file holds the base model's keys without `base_causallm.`; note: what was done to read the file, for
+    the user (None when its keys are the wrapper's own); untied: its output head is not its input embedding, though
+    the config ties them (tie_embedding)."""
 
     base: dict[str, torch.Tensor]
     aliases: dict[str, torch.Tensor]
@@ -198,14 +199,14 @@ class Named:
     original: dict[str, str]
     bare: bool
     note: str | None
+    untied: bool = False
 
 
-def fit_state_dict(path: Path, state: Mapping[str, torch.Tensor],
-                   target: Target) -> tuple[dict[str, torch.Tensor], str | None]:
-    """The tensors of a Coconut state dict by the base model's own keys (for load_state_dict), and the note to show
-    the user (None when the keys needed no renaming). Raises CheckpointError when it does not fit the target: in at
-    most three lines for keys missing or unexpected and for another model size, in one for another vocabulary, two
-    names of the embedding that differ, or an untied output head in a config that ties it."""
+def fit_state_dict(path: Path, state: Mapping[str, torch.Tensor], target: Target) -> Named:
+    """A Coconut state dict's tensors by the base model's own keys (`.base`, for load_state_dict), the note to show
+    the user (`.note`) and whether the model must be built with an output head of its own (`.untied`). Raises
+    CheckpointError when it does not fit the target: in at most three lines for keys missing or unexpected and for
+    another model size, in one for another vocabulary or an `embedding.weight` other than the embedding."""
     named = name_keys(path, state, target.expected)
     held = set(named.base) | ({target.embedding} if embedding_copies(named, target) else set())
     missing = [k for k in target.expected if k not in held and k not in target.tied]
@@ -233,7 +234,7 @@ def fit_state_dict(path: Path, state: Mapping[str, torch.Tensor],
         latent = ("; its embedding lacks the 3 latent tokens' rows: a model before Coconut training (a CoT stage), not "
                   "a Coconut model") if k == target.embedding and rows[0] + 3 == rows[1] else ""
         raise CheckpointError(f"{path}: {first} {list(target.expected[k].shape)} in {target.what}{more}{latent}")
-    return named.base, named.note
+    return named
 
 
 def name_keys(path: Path, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Named:
@@ -303,10 +304,10 @@ def _shared_prefix(keys: list[str], own: Mapping[str, torch.Tensor]) -> tuple[st
 
 def tie_embedding(path: Path, named: Named, target: Target) -> None:
     """The input embedding from any of the names a state dict may save it under: its own key, a tied output head
-    (safetensors' save_model keeps only `lm_head.weight` of the three names), `embedding.weight`. Those present must be
-    equal. Raises CheckpointError when `embedding.weight` differs (not the wrapper's alias), or a head differs in a
-    config that ties it (the checkpoint's model had a head of its own: transformers and the official code would drop it
-    silently for the embedding)."""
+    (safetensors' save_model keeps only `lm_head.weight` of the three names), `embedding.weight`. A head that differs
+    from the embedding, in a config that ties them, is the checkpoint's own: `named.untied`, with a note (transformers
+    reads such a file untied too, and warns; the official run.py's load_state_dict would keep the embedding as the
+    head, losing it). Raises CheckpointError when `embedding.weight` differs (the file is not the wrapper's)."""
     present = embedding_copies(named, target)
     if not present:
         return
@@ -317,10 +318,11 @@ def tie_embedding(path: Path, named: Named, target: Target) -> None:
         if key in OFFICIAL_ALIASES:
             raise CheckpointError(f"{path}: {named.original[key]} differs from the base model's input embedding "
                                   f"({named.original[first]}); the file is not one official wrapper's")
-        raise CheckpointError(f"{path}: {named.original[key]} differs from the input embedding "
-                              f"{named.original[first]}, but the config of --base ties the two (tie_word_embeddings); "
-                              f"the checkpoint's model has an output head of its own: set \"tie_word_embeddings\": "
-                              f"false in {target.config_file}")
+        named.untied = True
+        untied = (f"{named.original[key]} differs from the input embedding {named.original[first]}, though the config "
+                  "of --base ties the two (tie_word_embeddings): read with an output head of its own, as transformers "
+                  f"reads such a file (set \"tie_word_embeddings\": false in {target.config_file} to say so)")
+        named.note = f"{named.note}; {untied}" if named.note else untied
     named.base.setdefault(target.embedding, tensor)
 
 
