@@ -333,8 +333,8 @@ def test_the_wrong_base_is_named(made, tmp_path):
         "  missing 19 keys: base_causallm.model.layers.0.self_attn.q_proj.weight, "
         "base_causallm.model.layers.0.self_attn.k_proj.weight, base_causallm.model.layers.0.self_attn.v_proj.weight "
         "and 16 more\n"
-        "  unexpected 28 keys: module.base_causallm.transformer.wte.weight, module.base_causallm.transformer.wpe.weight, "
-        "module.base_causallm.transformer.h.0.ln_1.weight and 25 more")
+        "  unexpected 28 keys: module.base_causallm.transformer.wte.weight, "
+        "module.base_causallm.transformer.wpe.weight, module.base_causallm.transformer.h.0.ln_1.weight and 25 more")
 
 
 @pytest.mark.parametrize("size", ["n_layer", "n_embd"])
@@ -423,8 +423,8 @@ def test_sharded_state_dicts_are_refused_with_how_to_save_the_whole(made, tmp_pa
         "ShardedTensor": "FSDP's sharded tensors (ShardedTensor, from its SHARDED_STATE_DICT or LOCAL_STATE_DICT: each "
                          "rank's own shard of the weights); save the full state dict on rank 0: under "
                          f"FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT), {SAVE}",
-        "DTensor": "DTensors (FSDP2's fully_shard or tensor parallelism: each rank's own shard of the weights); save the "
-                   "full state dict on rank 0: torch.save(get_model_state_dict(model, options=StateDictOptions("
+        "DTensor": "DTensors (FSDP2's fully_shard or tensor parallelism: each rank's own shard of the weights); save "
+                   "the full state dict on rank 0: torch.save(get_model_state_dict(model, options=StateDictOptions("
                    "full_state_dict=True, cpu_offload=True)), FILE), from torch.distributed.checkpoint.state_dict",
     }[kind]
 

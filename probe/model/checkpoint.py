@@ -343,8 +343,8 @@ def load_official(
     Raises CheckpointError in one line: a base that is neither a directory nor a config file, a config file without
     a tokenizer, an unreadable config or tokenizer, a file that is not a state dict of tensors (a sharded one among
     them), a vocabulary the embedding does not fit, the first tensor whose shape differs (both shapes), an
-    `embedding.weight` that is not the input embedding; in at most three lines keys missing or unexpected (how many, the first few, the likely cause)
-    and another model size.
+    `embedding.weight` that is not the input embedding; in at most three lines keys missing or unexpected (how
+    many, the first few, the likely cause) and another model size.
     """
     path, base = Path(path), Path(base)
     if base.is_file():
