@@ -18,6 +18,10 @@ RBS_DIR = "rbs"
 RBS_CHECKPOINT = "checkpoint"  # torch.save of their Coconut wrapper's state dict
 RBS_CONFIG = "config.json"  # their GPT-2's config
 
+# a torch.distributed.checkpoint directory (FSDP's sharded state dict), which the loader refuses by name
+DCP_METADATA = ".metadata"
+DCP_SUFFIX = ".distcp"
+
 # readouts, saved in a checkpoint or anywhere
 TUNED_LENS = "tuned_lens.safetensors"
 PROBES_DIR = "probes"

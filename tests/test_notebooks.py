@@ -93,10 +93,11 @@ def check_05(printed: str) -> None:
     lines = printed.splitlines()
     at = [i for i, line in enumerate(lines) if line.startswith("CheckpointError:")]
     assert len(at) == 2, lines
-    # the broken state dict, in its one line: the extra key, and nothing missing (GPT-2 ties lm_head)
-    assert "state dict does not match the GPT-2 of" in lines[at[0]]
-    assert lines[at[0]].endswith(": unexpected base_causallm.extra.weight (1 unexpected key in all)")
-    assert at[1] == at[0] + 1
+    # the broken state dict in two lines, its likely cause and the extra key, nothing missing (GPT-2 ties lm_head)
+    assert "the state dict does not fit the GPT-2 of" in lines[at[0]]
+    assert lines[at[0]].endswith("; likely cause: the file holds more than the model (or the wrong --base)")
+    assert lines[at[0] + 1] == "  unexpected 1 key: base_causallm.extra.weight"
+    assert at[1] == at[0] + 2
     assert lines[at[1]].endswith("nowhere: the base directory must hold the base model's config.json and tokenizer")
 
 

@@ -163,11 +163,17 @@ def _default_ckpt(ckpt: Optional[Path]) -> Path:
 def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Optional[str] = None,
           tokenizer: Optional[str] = None):
     """The model and tokenizer of --ckpt (default: the shipped one), with --base and --tokenizer for an official
-    state-dict file (probe.model.checkpoint.load_checkpoint; its CheckpointError is the command's one line)."""
+    state-dict file (probe.model.checkpoint.load_checkpoint; its CheckpointError is the command's error, in one
+    line or, for a state dict that does not fit, at most three). What the loader did to read another tool's file
+    (a wrapper prefix dropped) is said once on stderr, as a `note:` line."""
     from probe.model.checkpoint import load_checkpoint
 
-    return load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype),
-                           tokenizer=tokenizer)
+    notes: list[str] = []
+    loaded = load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype),
+                             tokenizer=tokenizer, notes=notes)
+    for note in notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    return loaded
 
 
 BASE_OPTION = typer.Option(None, "--base", help="For an official state-dict file: its base model directory "

@@ -18,32 +18,33 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from probe.artifacts import COCONUT_CONFIG, HF_CONFIG, HF_WEIGHTS, RBS_CHECKPOINT, RBS_CONFIG, RBS_DIR
+from probe.artifacts import (
+    COCONUT_CONFIG, DCP_METADATA, DCP_SUFFIX, HF_CONFIG, HF_WEIGHTS, RBS_CHECKPOINT, RBS_CONFIG, RBS_DIR,
+)
 from probe.atomic import atomic_directory
 from probe.finite import check_finite_tensors
 from probe.model.architecture import ArchitectureError
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.identity import pin
 from probe.model.placement import parse_device, parse_dtype
+from probe.model.state_dicts import (
+    OFFICIAL_ALIASES, OFFICIAL_PREFIX, CheckpointError, Target, embedding_key, fit_state_dict, model_name,
+    read_state_dict, tied_keys,
+)
 from probe.model.tokenizer import (
     RBS_VOCABULARY, TOKENIZER_CONFIG, TOKENIZER_FILE, TokenizerError, add_latent_tokens, build_rbs_tokenizer,
     check_json_files, is_rbs_tokenizer, load_tokenizer, special_tokens,
 )
 
 FORMAT_VERSION = 1
-OFFICIAL_PREFIX = "base_causallm."
-# The official wrapper keeps the input embedding as `self.embedding`, so it is saved twice.
-OFFICIAL_ALIASES = ("embedding.weight",)
 RBS_TOKENIZER = "rbs"  # the tokenizer argument's word for RbS's built-in vocabulary (build_rbs_tokenizer)
 
 
@@ -57,8 +58,8 @@ WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "prosqa-coconut"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt, or does not match its tokenizer."""
+class CheckpointNote(UserWarning):
+    """What a loader did to read a file another tool wrote, for the user to know (a wrapper prefix it dropped)."""
 
 
 def default_checkpoint() -> Path:
@@ -131,8 +132,8 @@ def rbs_state_dict(model: CoconutModel, state_dict: dict[str, torch.Tensor] | No
     KeyError when it lacks another key of the base's."""
     own = model.base.state_dict()
     given = own if state_dict is None else state_dict
-    embedding = _embedding_key(model.base)
-    tied = _tied_keys(model.base)
+    embedding = embedding_key(model.base)
+    tied = tied_keys(model.base)
     out = {}
     for key in own:
         value = given.get(key)
@@ -186,10 +187,12 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     tokenizer: str | os.PathLike | None = None,
+    notes: list[str] | None = None,
     **official: Any,
 ) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
     """Load our directory format, or an official (or RbS) state-dict file given its base: a base model directory
-    or a config JSON file, and optionally its tokenizer ("rbs" or a tokenizer directory; see load_official).
+    or a config JSON file, and optionally its tokenizer ("rbs" or a tokenizer directory; see load_official). notes:
+    a list that receives what the loader did to read another tool's file (see load_official).
 
     With a dtype other than float32 the model's identity (probe.model.identity) is pinned first, so
     readouts fit on the stored weights still accept it. device and dtype are read by probe.model.placement
@@ -215,7 +218,7 @@ def load_checkpoint(
                 f"{path}: an official checkpoint file needs its base model directory (--base DIR), "
                 "with the base model's config and tokenizer, or its config file (--base CONFIG.json --tokenizer ...)"
             )
-        model, tok = load_official(path, base, tokenizer=tokenizer, **official)
+        model, tok = load_official(path, base, tokenizer=tokenizer, notes=notes, **official)
     model.base.eval()
     try:
         model.check_computation()
@@ -229,6 +232,12 @@ def load_checkpoint(
 
 def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
     meta_file = path / COCONUT_CONFIG
+    if (path / DCP_METADATA).is_file() and any(path.glob(f"*{DCP_SUFFIX}")):
+        raise CheckpointError(f"{path}: a torch.distributed.checkpoint directory (FSDP's sharded state dict, or "
+                              f"accelerate's), whose {DCP_METADATA} is a pickle that could run any code, so it is not "
+                              "read here; convert it where you trust it (python -m "
+                              f"torch.distributed.checkpoint.format_utils dcp_to_torch {path} FILE) and pass FILE with "
+                              "--base")
     if not meta_file.is_file():
         raise CheckpointError(f"{path}: not a coconut-probe checkpoint (no coconut.json); --ckpt takes a directory "
                               "that `probe train` or `probe release` wrote, or an official state-dict file with --base")
@@ -242,7 +251,9 @@ def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
         config = CoconutConfig.from_dict(meta)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_file}: {e}") from None
-    missing = [name for name in OUR_FILES if not (path / name).is_file()]
+    # save_pretrained writes weights past its max_shard_size as shards, with their index in place of model.safetensors
+    missing = [name for name in OUR_FILES if not (path / name).is_file()
+               and not (name == HF_WEIGHTS and (path / WEIGHT_INDEXES[0]).is_file())]
     if missing:
         raise CheckpointError(f"{path}: the checkpoint is incomplete: missing {', '.join(missing)} (a checkpoint "
                               f"holds {', '.join((COCONUT_CONFIG, *OUR_FILES))}); copy the whole directory again")
@@ -300,19 +311,6 @@ def _check_match(path: Path, base: PreTrainedModel, tok: PreTrainedTokenizerBase
             )
 
 
-def _tied_keys(model: PreTrainedModel) -> set[str]:
-    """Parameters that alias another (a tied output head), which a state dict may omit."""
-    if not getattr(model.config, "tie_word_embeddings", False):
-        return set()
-    keys = getattr(model, "_tied_weights_keys", None) or []
-    return set(keys.keys() if isinstance(keys, dict) else keys)
-
-
-def _embedding_key(model: PreTrainedModel) -> str:
-    weight = model.get_input_embeddings().weight
-    return next(k for k, v in model.state_dict(keep_vars=True).items() if v is weight)
-
-
 def load_official(
     path: str | os.PathLike,
     base: str | os.PathLike,
@@ -322,8 +320,16 @@ def load_official(
     c_thought: int = 1,
     max_latent_stage: int | None = None,
     pad_latent_to_max: bool | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
     """Load a state dict saved by the official implementation (or RbS's), with strict key and shape checking.
+
+    The file is a torch.save or safetensors file of the wrapper's state dict, as saved in the wild: its keys may
+    carry a wrapper's names (DDP's `module.`, torch.compile's `_orig_mod.`, ...) or a prefix all share, or be the
+    bare base model's; its tied embedding may be saved under any of its names, and an output head other than the
+    embedding in a config that ties them makes the model untied (as transformers reads such a file); its tensors may
+    be in any float dtype (read into the float32 model). probe.model.state_dicts reads it; docs/formats.md lists each
+    kind. What was done to read it is told once: appended to `notes` when given, else a CheckpointNote warning.
 
     base: a base model directory (its config.json, and its tokenizer unless `tokenizer` is given) or a config JSON
     file (RbS's configs/symbol-2layer-8head-768dim.json). tokenizer: None for the base directory's, "rbs" for RbS's
@@ -335,9 +341,10 @@ def load_official(
     pad_latent_to_max, when given, replace those defaults.
 
     Raises CheckpointError in one line: a base that is neither a directory nor a config file, a config file without
-    a tokenizer, an unreadable config or tokenizer, a vocabulary the embedding does not fit, the first missing and
-    first unexpected key (with how many), the first tensor whose shape differs (both shapes), an `embedding.weight`
-    that is not the input embedding.
+    a tokenizer, an unreadable config or tokenizer, a file that is not a state dict of tensors (a sharded one among
+    them), a vocabulary the embedding does not fit, the first tensor whose shape differs (both shapes), an
+    `embedding.weight` that is not the input embedding; in at most three lines keys missing or unexpected (how
+    many, the first few, the likely cause) and another model size.
     """
     path, base = Path(path), Path(base)
     if base.is_file():
@@ -351,7 +358,7 @@ def load_official(
                               "directory")
     else:
         raise CheckpointError(f"{base}: the base directory must hold the base model's config.json and tokenizer")
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     check_finite_tensors(state.items(), str(path), CheckpointError)
     check_json_files(config_file.parent, (config_file.name,), CheckpointError)
     tok = _official_tokenizer(base, tokenizer)
@@ -365,46 +372,43 @@ def load_official(
         raise CheckpointError(f"{config_file}: vocab_size {cfg.vocab_size}, but RbS's vocabulary has {len(tok)} "
                               f"tokens; their models' config has vocab_size {len(tok)}, and its embedding rows are "
                               "these tokens (no resizing)")
-    model = AutoModelForCausalLM.from_config(cfg)
-    what = f"the {_MODEL_NAMES.get(cfg.model_type, cfg.model_type)} of {base}"
+    what = f"the {model_name(cfg.model_type)} of {base}"
     if rbs:
-        special = special_tokens(tok)
+        special, rows = special_tokens(tok), None
     else:
-        special = add_latent_tokens(tok)
-        model.resize_token_embeddings(len(tok))
+        special, rows = add_latent_tokens(tok), len(tok)
         what += f" with the tokenizer's {len(tok)} tokens"
-    base_state = {k[len(OFFICIAL_PREFIX):]: v for k, v in state.items() if k.startswith(OFFICIAL_PREFIX)}
-    expected = model.state_dict()
-    tied = _tied_keys(model)
-    missing = sorted(OFFICIAL_PREFIX + k for k in expected if k not in base_state and k not in tied)
-    unexpected = sorted(
-        k for k in state if not k.startswith(OFFICIAL_PREFIX) and k not in OFFICIAL_ALIASES
-    ) + sorted(OFFICIAL_PREFIX + k for k in base_state if k not in expected)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: state dict does not match {what}: " + "; ".join(
-            f"{name} {keys[0]} ({len(keys)} {name} key{'s' if len(keys) > 1 else ''} in all)"
-            for name, keys in (("missing", missing), ("unexpected", unexpected)) if keys))
-    shapes = [k for k, v in expected.items() if k in base_state and base_state[k].shape != v.shape]
-    if shapes:
-        k = shapes[0]
-        more = f" ({len(shapes)} tensors differ in shape in all)" if len(shapes) > 1 else ""
-        raise CheckpointError(f"{path}: {OFFICIAL_PREFIX}{k} is {list(base_state[k].shape)} in the checkpoint but "
-                              f"{list(expected[k].shape)} in {what}{more}")
-    model.load_state_dict(base_state, strict=False)
-    for alias in OFFICIAL_ALIASES:  # the wrapper's second name for the input embedding: it must be that tensor
-        if alias in state and not torch.equal(state[alias], model.get_input_embeddings().weight.detach()):
-            raise CheckpointError(f"{path}: {alias} differs from the base model's input embedding "
-                                  f"({OFFICIAL_PREFIX}{_embedding_key(model)}); the file is not one official wrapper's")
+    model = _base_model(cfg, rows)
+    fitted = fit_state_dict(path, state, Target.of(model, what, config_file))
+    if fitted.untied:  # its head is not its embedding: built with a head of its own, as transformers builds it
+        cfg.tie_word_embeddings = False
+        model = _base_model(cfg, rows)
+    model.load_state_dict(fitted.base, strict=False)
     fmt = {"data_format": "rbs", "supervision": "optimal", "max_latent_stage": 4, "pad_latent_to_max": False} if rbs \
         else {"data_format": "sentences", "max_latent_stage": 6, "pad_latent_to_max": True}
     given = {"max_latent_stage": max_latent_stage, "pad_latent_to_max": pad_latent_to_max}
     config = CoconutConfig.from_special(special, mode=mode, c_thought=c_thought,
                                         **{**fmt, **{k: v for k, v in given.items() if v is not None}})
+    if fitted.note:
+        _tell(f"{path}: {fitted.note}", notes)
     return CoconutModel(model, config), tok
 
 
-# how the loader's one-line errors name a base model's architecture (else its model_type)
-_MODEL_NAMES = {"gpt2": "GPT-2", "llama": "Llama"}
+def _base_model(cfg: PretrainedConfig, rows: int | None) -> PreTrainedModel:
+    """A randomly initialised model of the config, its embedding resized to `rows` (None: the config's size)."""
+    model = AutoModelForCausalLM.from_config(cfg)
+    if rows is not None:
+        model.resize_token_embeddings(rows)
+    return model
+
+
+def _tell(note: str, notes: list[str] | None) -> None:
+    """A note for the user: into `notes` when the caller collects them (the CLI prints each as a `note:` line), else a
+    CheckpointNote warning."""
+    if notes is None:
+        warnings.warn(note, CheckpointNote, stacklevel=4)
+    else:
+        notes.append(note)
 
 
 def _official_tokenizer(base: Path, tokenizer: str | os.PathLike | None) -> PreTrainedTokenizerBase:
@@ -422,46 +426,3 @@ def _official_tokenizer(base: Path, tokenizer: str | os.PathLike | None) -> PreT
         return load_tokenizer(tokenizer)
     except TokenizerError as e:
         raise CheckpointError(f"--tokenizer {e}") from None
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict in a torch.save file, read without unpickling code (weights_only); CheckpointError in one
-    line saying what the file holds instead and how to make the file this loader reads."""
-    save = "torch.save(model.state_dict(), FILE)"
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file; pass the file that {save} wrote")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and plain containers
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found or zipfile.is_zipfile(path):  # torch.save's archive, holding something besides tensors
-            what = f" ({found.group(1)})" if found else ""
-            raise CheckpointError(f"{path}: holds a pickled Python object{what}, not only tensors, and unpickling it "
-                                  f"could run any code; save the model's state dict alone ({save}) and pass that "
-                                  "file") from None
-        raise CheckpointError(f"{path}: not a readable torch.save state dict (not a file torch.save wrote); pass the "
-                              f"file that {save} wrote") from None
-    except Exception as e:  # torch raises zip, runtime and OS errors for a damaged file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if zipfile.is_zipfile(path) and ("archive" in reason or "PytorchStreamReader" in reason):
-            raise CheckpointError(f"{path}: a zip archive, but not one torch.save wrote ({reason}); pass the file that "
-                                  f"{save} wrote") from None
-        raise CheckpointError(f"{path}: not a readable torch.save state dict ({type(e).__name__}: {reason}); the file "
-                              "is damaged or truncated: copy it again") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict of tensors (a dict from names to tensors), found a "
-                              f"{type(state).__name__}; pass the file that {save} wrote")
-    if not state:
-        raise CheckpointError(f"{path}: expected a state dict of tensors, found an empty dict; pass the file that "
-                              f"{save} wrote")
-    others = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if others:
-        nested = [k for k in others if isinstance(state[k], dict) and state[k]
-                  and all(isinstance(v, torch.Tensor) for v in state[k].values())]
-        if nested:
-            raise CheckpointError(f"{path}: expected a state dict of tensors, found a dict whose {nested[0]!r} entry "
-                                  f"holds the tensors (a training checkpoint?); save that entry alone "
-                                  f"(torch.save(checkpoint[{nested[0]!r}], FILE)) and pass that file")
-        raise CheckpointError(f"{path}: expected a state dict of tensors, but entry {others[0]!r} is a "
-                              f"{type(state[others[0]]).__name__}; pass the file that {save} wrote")
-    return state
