@@ -49,6 +49,31 @@ def drop_if_invalid(key: str, ok) -> None:
         del st.session_state[key]
 
 
+LOSSY_BOX = "allow a lossy tokenizer"
+LOSSY_OVERRIDE = f"tick '{LOSSY_BOX}' in the sidebar"
+
+
+def check_writes(items, tok, fmt: str, source: str, first_index: int | None = 0, whose: str = "the tokenizer") -> None:
+    """The toolkit's one check that a tokenizer writes the data before a model runs over it (check_tokenizer_writes):
+    its refusal raised (every panel shows a ValueError as st.error), or with the sidebar's box ticked its warning."""
+    from probe.data.render import check_tokenizer_writes
+
+    warning = check_tokenizer_writes(items, tok, fmt, source=source, override=LOSSY_OVERRIDE, whose=whose,
+                                     allow_lossy=bool(st.session_state.get("allow_lossy")), first_index=first_index)
+    if warning:
+        st.warning(warning)
+
+
+def item_source() -> tuple[str, int | None]:
+    """How a refusal names the sidebar's item, and its index in the validation split (None for another item)."""
+    source = st.session_state.get("source", "validation split")
+    if source == "validation split":
+        return VALID.name, int(st.session_state.get("index", 0))
+    if source == "generated":
+        return f"the generated item (seed {int(st.session_state.get('seed', 0))})", None
+    return "the pasted item", None
+
+
 # ---------------------------------------------------------------------------- cached loading and computing
 
 
@@ -262,6 +287,9 @@ def sidebar() -> tuple[str, str, str, str, str]:
     from probe.lens import LENSES
 
     lens = sb.radio("lens", list(LENSES), key="lens", horizontal=True)
+    sb.checkbox(LOSSY_BOX, key="allow_lossy", help="Run even where the tokenizer cannot write the item's or the "
+                "validation split's words (it loses or changes one), which is refused otherwise: for those who know "
+                "what they do.")
     return ckpt, base, tokenizer, item_json, lens
 
 
@@ -440,7 +468,9 @@ def interventions_panel(ckpt: str, base: str, tokenizer: str, item_json: str, it
         step = s1.number_input(f"at thought (1..{k})", 1, k, key="iv_step")
         alpha = s2.slider("alpha (mean residual norms)", 0.0, 8.0, step=0.5, key="iv_alpha")
         spec = ("steer", int(node), kind, int(step), float(alpha))
-    try:
+    try:  # the reference items (the mean, the steering norm, the 'other' item) are validation items
+        check_writes(load_split(str(VALID))[:N_REFERENCE], load_model(ckpt, base, tokenizer)[1],
+                     model.config.data_format, VALID.name)
         out = edited_run(ckpt, base, tokenizer, item_json, layer, k, spec)
     except ValueError as e:
         st.error(str(e))
@@ -480,6 +510,11 @@ def dataset_panel(ckpt: str, base: str, tokenizer: str) -> None:
     if st.session_state.get("ds_done") != wanted:
         st.info(f"press measure: about {0.25 * n * (1 + (control != NONE)):.0f} s on 2 CPU cores, then cached")
         return
+    split = load_split(str(VALID))[:n]
+    for path, b, t, whose in [(ckpt, base, tokenizer, "the tokenizer")] + \
+            ([] if control == NONE else [(str(ROOT / "checkpoints" / control), "", "", "the control's tokenizer")]):
+        c_model, c_tok = load_model(path, b, t)
+        check_writes(split, c_tok, c_model.config.data_format, VALID.name, whose=whose)
     with st.spinner(f"measuring {n} items"):
         a = dataset_analysis(ckpt, base, tokenizer, n)
         c = None if control == NONE else dataset_analysis(str(ROOT / "checkpoints" / control), "", "", n)
@@ -512,6 +547,7 @@ def main() -> None:
             st.session_state["_item"] = item_json
             st.session_state.pop("iv_node", None)
         model, tok = load_model(ckpt, base, tokenizer)
+        check_writes([item], tok, model.config.data_format, *item_source())
         r = item_readings(ckpt, base, tokenizer, item_json, lens)
     except (ValueError, OSError) as e:
         st.error(str(e))

@@ -8,6 +8,7 @@ metadata holds the measured accuracies (`evaluation`) and the training record of
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +17,7 @@ import torch
 
 from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
 from probe.data.prosqa import ProsQAItem, load_items
+from probe.data.render import check_tokenizer_writes
 from probe.evaluate import GOLD, evaluate
 from probe.model.checkpoint import CheckpointError, card_format, load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutModel
@@ -126,13 +128,14 @@ def evaluate_by_k(
 def release(
     ckpt: str | Path, out: str | Path, data: str | Path, config_paths: Sequence[str | Path],
     *, name: str | None = None, summary: str = "", progress: bool = True, device: str = "cpu",
-    store_dtype: str | torch.dtype = "float32",
+    store_dtype: str | torch.dtype = "float32", allow_lossy_tokenizer: bool = False,
 ) -> Release:
     """Evaluate a training checkpoint (in float32) and write it, without optimizer state, with its model card.
 
     store_dtype: the dtype of the written weights (bfloat16 halves the files; loading casts back to
     float32). Raises CheckpointError for a checkpoint without a training record, PlacementError for an
-    unknown store_dtype or an absent device.
+    unknown store_dtype or an absent device, LossyTokenizerError for a tokenizer that cannot write the data (before
+    any evaluation; with allow_lossy_tokenizer, a warning on stderr).
     """
     stored = parse_dtype(store_dtype, "store dtype")
     device = parse_device(device)
@@ -140,6 +143,10 @@ def release(
     phases = lineage(ckpt, config_paths)
     items = load_items(data)
     model, tok = load_checkpoint(ckpt, device=device)
+    warning = check_tokenizer_writes(items, tok, model.config.data_format, source=f"--data {data}",
+                                     allow_lossy=allow_lossy_tokenizer)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     evaluation = evaluate_by_k(model, tok, items, data=Path(data).name, progress=progress)
     rel = Release(out, name or out.name, evaluation, phases)
     meta = {"evaluation": asdict(evaluation), "training": [asdict(p) for p in phases],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -32,11 +33,11 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
-from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES
+from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES, generate_items
 from probe.atomic import atomic_write_text, interruptible
 from probe.data.prosqa import DataError, ProsQAItem, load_items
 from probe.data.rbs import load_training_items
-from probe.data.render import question_text
+from probe.data.render import ROUND_TRIP_ITEMS, check_tokenizer_writes, question_text
 from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_pool
 from probe.distributed import process_group, rank_device, rank_slice, world
 from probe.analyze import search_summary
@@ -179,6 +180,27 @@ def _load_data(cfg: TrainConfig, path: str, limit: int | None, train: bool) -> l
     return items
 
 
+def _check_data(cfg: TrainConfig, tok, fmt: str, pool: list[ProsQAItem] | None, val_items: list[ProsQAItem],
+                rank: int) -> None:
+    """Refuse, before any step, a tokenizer that cannot write the run's training or validation data
+    (check_tokenizer_writes; generated items when the pool is drawn anew every epoch), unless allow_lossy_tokenizer;
+    then rank 0 warns on stderr. Raises LossyTokenizerError (a ValueError) naming the data option."""
+    if pool is None:
+        pool, train_source = generate_items(ROUND_TRIP_ITEMS, seed=cfg.seed), "the generated training items"
+    else:
+        train_source = f"train_data {cfg.train_data}" if cfg.train_data else "the generated training pool"
+    for items, source in ((pool, train_source), (val_items, f"val_data {cfg.val_data}")):
+        if not items:
+            continue
+        warning = check_tokenizer_writes(items, tok, fmt, source=source, allow_lossy=cfg.allow_lossy_tokenizer,
+                                         override=LOSSY_OVERRIDE)
+        if warning and rank == 0:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
+LOSSY_OVERRIDE = "set allow_lossy_tokenizer: true (probe train --allow-lossy-tokenizer)"
+
+
 # ---------------------------------------------------------------------------- setup
 
 
@@ -231,13 +253,15 @@ def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
         state = RunState.load(last)
     else:
         torch.manual_seed(cfg.seed)
-        model, tok = build_model(cfg, sorted({s for it in val_items for s in it.idx_to_symbol}))
+        # a word tokenizer writes every name of the run's data (the generator's names and those of its files)
+        model, tok = build_model(cfg, sorted({s for it in [*val_items, *(pool or [])] for s in it.idx_to_symbol}))
         model.to(device)
         init = {"path": cfg.load_model_path, **_run_record(Path(cfg.load_model_path))} if cfg.load_model_path else None
         plan = Plan(cfg.epoch_items or cfg.train_size, cfg.batch_size, cfg.gradient_accumulation_steps,
                     cfg.num_epochs, cfg.start_epoch)
         state = RunState(asdict(cfg), plan, epoch=cfg.start_epoch, init=init)
     rank, size, _ = world()
+    _check_data(cfg, tok, model.config.data_format, pool, val_items, rank)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
@@ -369,7 +393,8 @@ def train(
     local rank; gloo on the CPU, nccl on GPUs).
 
     Raises ConfigError for a run that cannot start (nothing to resume, a used out_dir, a budget too small,
-    a batch smaller than the number of ranks), PlacementError for a device absent here.
+    a batch smaller than the number of ranks), PlacementError for a device absent here, LossyTokenizerError for a
+    tokenizer that cannot write the training or validation data (without allow_lossy_tokenizer).
     """
     _, size, _ = world()
     device = parse_device(rank_device(device))

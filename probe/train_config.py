@@ -54,6 +54,9 @@ class TrainConfig:
     shuffle_nodes: bool = False
     val_data: str | None = None
     val_size: int | None = None
+    # Train and evaluate even where the tokenizer cannot write the data (a word it loses or changes, refused
+    # before any step by probe.data.render.check_tokenizer_writes): for those who know what they do.
+    allow_lossy_tokenizer: bool = False
     # Curriculum (the official names).
     c_thought: int = 1
     start_epoch: int = 0  # the official `resume`: begin the curriculum here (epochs_per_stage skips stage 0)
@@ -103,6 +106,8 @@ class TrainConfig:
                     raise ConfigError(f"{name} must be a number, got {v!r}") from None
         if self.mode not in MODES:
             raise ConfigError(f"mode: unknown {self.mode!r}; expected one of {MODES}")
+        if not isinstance(self.allow_lossy_tokenizer, bool):
+            raise ConfigError(f"allow_lossy_tokenizer must be true or false, got {self.allow_lossy_tokenizer!r}")
         if self.data_format not in DATA_FORMATS:
             raise ConfigError(f"data_format: unknown {self.data_format!r}; expected one of {DATA_FORMATS}")
         if self.schedule not in ("constant", "cosine"):

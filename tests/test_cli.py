@@ -107,6 +107,8 @@ def test_eval_warns_about_names_the_tokenizer_cannot_write(tmp_path, official_pa
     data = tmp_path / "two.json"
     data.write_text(json.dumps([json.loads(text), raw[1]]))
     r = runner.invoke(app, ["eval", "--data", str(data), "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 2 and "cannot write the word 'zzpus' of item 0" in r.output  # refused before any work
+    r = runner.invoke(app, ["eval", "--data", str(data), "--json", str(tmp_path / "e.json"), "--allow-lossy-tokenizer"])
     assert r.exit_code == 0, r.output
     assert "warning: 1 item(s) name nodes the tokenizer cannot write (zzpus)" in r.stderr
     items = json.loads((tmp_path / "e.json").read_text())["items"]
@@ -125,7 +127,8 @@ def test_decode_says_which_names_the_lens_cannot_tell_apart(tmp_path, official_p
         text = text.replace(f'"{old}"', f'"{new}"').replace(f" {old} ", f" {new} ").replace(f" {old}.", f" {new}.")
     data = tmp_path / "one.json"
     data.write_text(f"[{text}]")
-    r = runner.invoke(app, ["decode", "--data", str(data), "--index", "0", "--json", str(tmp_path / "d.json")])
+    r = runner.invoke(app, ["decode", "--data", str(data), "--index", "0", "--json", str(tmp_path / "d.json"),
+                            "--allow-lossy-tokenizer"])  # refused without it (tests/test_lossy_tokenizer.py)
     assert r.exit_code == 0, r.output
     assert "warning: the lens cannot tell these names apart" in r.stderr and "zzpus = qqpus" in r.stderr.replace("\n", "")
     assert json.loads((tmp_path / "d.json").read_text())["indistinct_names"] == [["zzpus", "qqpus"]]

@@ -6,8 +6,9 @@ import functools
 import math
 import sys
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import typer
 
@@ -160,20 +161,43 @@ def _default_ckpt(ckpt: Optional[Path]) -> Path:
     return ckpt if ckpt is not None else default_checkpoint()
 
 
-def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Optional[str] = None,
-          tokenizer: Optional[str] = None):
+@dataclass(frozen=True)
+class _Data:
+    """The items a command runs a model over: how its one line names them (`_source`), the index of the first in
+    its file, and whether a tokenizer that cannot write them may run anyway (--allow-lossy-tokenizer)."""
+
+    items: Sequence
+    source: str
+    allow_lossy: bool = False
+    first_index: int = 0
+
+
+def _source(data: Optional[Path], n: Optional[int] = None) -> str:
+    """How one line names a command's items: "--data FILE", or "--n N (generated items)"."""
+    return f"--data {data}" if data is not None else f"--n {n} (generated items)"
+
+
+def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Optional[str], tokenizer: Optional[str],
+          data: _Data, whose: str = "the tokenizer"):
     """The model and tokenizer of --ckpt (default: the shipped one), with --base and --tokenizer for an official
     state-dict file (probe.model.checkpoint.load_checkpoint; its CheckpointError is the command's error, in one
-    line or, for a state dict that does not fit, at most three). What the loader did to read another tool's file
-    (a wrapper prefix dropped) is said once on stderr, as a `note:` line."""
+    line or, for a state dict that does not fit, at most three), checked to write the data before any forward
+    (probe.data.render.check_tokenizer_writes: refused in one line, or with --allow-lossy-tokenizer a warning);
+    `whose` names the tokenizer in that line ("the tokenizer of --control DIR"). What the loader did to read
+    another tool's file (a wrapper prefix dropped) is said once on stderr, as a `note:` line."""
+    from probe.data.render import check_tokenizer_writes
     from probe.model.checkpoint import load_checkpoint
 
     notes: list[str] = []
-    loaded = load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype),
-                             tokenizer=tokenizer, notes=notes)
+    model, tok = load_checkpoint(_default_ckpt(ckpt), base=base, device=_device(device), dtype=_dtype(dtype),
+                                 tokenizer=tokenizer, notes=notes)
     for note in notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-    return loaded
+    warning = check_tokenizer_writes(data.items, tok, model.config.data_format, source=data.source,
+                                     allow_lossy=data.allow_lossy, whose=whose, first_index=data.first_index)
+    if warning:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    return model, tok
 
 
 BASE_OPTION = typer.Option(None, "--base", help="For an official state-dict file: its base model directory "
@@ -188,6 +212,9 @@ DTYPE_OPTION = typer.Option(None, "--dtype", help="Model dtype: float32 (the che
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")
 CKPT_OPTION = typer.Option(None, "--ckpt", help="Our checkpoint directory, or an official state-dict file "
                                                 "(default: the shipped checkpoints/prosqa-coconut).")
+ALLOW_LOSSY_OPTION = typer.Option(False, "--allow-lossy-tokenizer", help="Run even where the tokenizer cannot write "
+                                  "the data (it loses or changes a word: an unknown token, lowercasing, a stripped "
+                                  "accent), which is refused before any work: for those who know what they do.")
 DATA_OPTION = typer.Option(..., "--data", help="ProsQA JSON file: the official format, or RbS's (items with "
                                                "neighbor_k; told by that field).")
 
@@ -205,8 +232,7 @@ def _need_items(items, need: int, data: Optional[Path], why: str, limit: Optiona
     --limit, or the generated items' --n), how many items it holds and why `need` are needed."""
     if len(items) >= need:
         return
-    source = f"--n {len(items)} (generated items)" if data is None else \
-        f"--data {data}" + (f" --limit {limit}" if limit is not None else "")
+    source = _source(data, len(items)) + (f" --limit {limit}" if data is not None and limit is not None else "")
     held = f"{len(items)} item{'' if len(items) == 1 else 's'}" if items else "no items"
     _fail(f"{source}: {held}; {why}")
 

@@ -11,10 +11,9 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, _claim, CKPT_OPTION, DATA_OPTION, data_app, _device, DEVICE_OPTION, _dtype, DTYPE_OPTION,
-    _fail, _float_option, InputError, _int_option, _items, _load, _need_items, one_line_errors, OVERWRITE_OPTION,
-    _release_claims,
-    TOKENIZER_OPTION, write_html,
+    ALLOW_LOSSY_OPTION, app, BASE_OPTION, _claim, CKPT_OPTION, _Data, DATA_OPTION, data_app, _device, DEVICE_OPTION,
+    _dtype, DTYPE_OPTION, _fail, _float_option, InputError, _int_option, _items, _load, _need_items, one_line_errors,
+    OVERWRITE_OPTION, _release_claims, _source, TOKENIZER_OPTION, write_html,
 )
 
 
@@ -80,6 +79,7 @@ def train(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write the run here (overrides out_dir)."),
     set_: list[str] = typer.Option([], "--set", help="Override one config option, as OPTION=VALUE with a YAML value "
                                    "(repeatable): --set lr=3e-4 --set model.n_layer=1."),
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,  # sets the config's allow_lossy_tokenizer
 ) -> None:
     """Train a Coconut model (or a baseline) with the multi-stage curriculum.
 
@@ -92,6 +92,8 @@ def train(
 
     overrides = parse_overrides(set_)
     overrides.update({k: v for k, v in {"max_minutes": max_minutes, "out_dir": out_dir}.items() if v is not None})
+    if allow_lossy:
+        overrides["allow_lossy_tokenizer"] = True
     cfg = TrainConfig.from_yaml(config, **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
     rank, size, _ = world()
     if rank == 0:  # under torchrun, rank 0 writes the run
@@ -180,6 +182,7 @@ def eval_cmd(
                                                              "item's thoughts when it fires."),
     threshold: float = typer.Option(0.5, "--threshold", help="With --halt: stop when P(right answer) reaches this."),
     overwrite: bool = OVERWRITE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Accuracy by the official rule (greedy, at most 128 new tokens, answer after the last '#'; in RbS's layout the
     token after "[A]"). --json records each item's prompt and prediction."""
@@ -194,7 +197,7 @@ def eval_cmd(
         _claim(json_out.with_suffix(".html"), "--json (its figure)", overwrite=overwrite)
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to evaluate", limit)
-    model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer, _Data(items, _source(data), allow_lossy))
     if model.config.data_format == "rbs":
         _rbs_options_note(items)
     if halt is not None:
@@ -296,6 +299,7 @@ def release(
     store_dtype: str = typer.Option("float32", "--store-dtype", help="dtype of the written weights: float32, "
                                     "bfloat16 or float16 (evaluation runs in float32; loading casts back)."),
     overwrite: bool = OVERWRITE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Evaluate a trained checkpoint at every forced k and at the gold depth; write it without optimizer state,
     with its model card."""
@@ -304,7 +308,7 @@ def release(
 
     _claim(out, overwrite=overwrite, directory=True, markers=(COCONUT_CONFIG,))
     rel = run(ckpt, out, data, config, name=name, summary=summary, device=_device(device),
-              store_dtype=_dtype(store_dtype, "--store-dtype"))
+              store_dtype=_dtype(store_dtype, "--store-dtype"), allow_lossy_tokenizer=allow_lossy)
     ev = rel.evaluation
     accs = ", ".join(f"k={k}: {a:.3f}" for k, a in ev.accuracy_by_k.items())
     gold = f", gold depth: {ev.gold_accuracy:.3f}" if ev.gold_accuracy is not None else ""

@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, _claim, DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _fail,
-    _float_option, InputError, _int_option, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION,
-    TOKENIZER_OPTION, write_html,
+    ALLOW_LOSSY_OPTION, app, BASE_OPTION, CKPT_OPTION, _claim, _Data, DATA_OPTION, _default_ckpt, DEVICE_OPTION,
+    DTYPE_OPTION, _fail, _float_option, InputError, _int_option, _load, _need_items, _num, one_line_errors,
+    OVERWRITE_OPTION, _source, TOKENIZER_OPTION, write_html,
 )
 
 
@@ -43,6 +43,7 @@ def intervene_cmd(
     seed: int = typer.Option(0, "--seed"),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Causal tests of the thoughts: fewer thoughts, ablation, counterfactual patching, steering; beside controls."""
     from probe.artifacts import REPORT
@@ -63,8 +64,12 @@ def intervene_cmd(
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to intervene on", limit)
     runs = [(_default_ckpt(ckpt), base, tokenizer)] + [(c, None, None) for c in control]
-    for i, (path, b, t) in enumerate(runs):
-        model, tok = _load(ckpt if i == 0 else path, b, device, dtype, t)
+    on = _Data(items, _source(data), allow_lossy)
+    # every model loaded, and its tokenizer checked against the data, before any work
+    loaded = [_load(ckpt if i == 0 else path, b, device, dtype, t, on,
+                    whose="the tokenizer" if i == 0 else f"the tokenizer of --control {path}")
+              for i, (path, b, t) in enumerate(runs)]
+    for i, ((path, b, t), (model, tok)) in enumerate(zip(runs, loaded)):
         probe = None
         if probe_dir is not None and i == 0:
             probe = SavedProbe.load(probe_dir, weights_hash(model))

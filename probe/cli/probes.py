@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, _claim, CONTROL_BASE_OPTION, CONTROL_TOKENIZER_OPTION, _default_ckpt, DEVICE_OPTION,
-    DTYPE_OPTION, _items, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION, TOKENIZER_OPTION, write_html,
+    ALLOW_LOSSY_OPTION, app, BASE_OPTION, CKPT_OPTION, _claim, CONTROL_BASE_OPTION, CONTROL_TOKENIZER_OPTION, _Data,
+    _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _items, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION,
+    _source, TOKENIZER_OPTION, write_html,
 )
 
 
@@ -42,6 +43,7 @@ def probes_fit(
     seed: int = typer.Option(0, "--seed"),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Cross-validated linear probes (and their control task) for every thought k at one layer."""
     from probe.artifacts import PROBE_CONFIG, REPORT
@@ -55,11 +57,14 @@ def probes_fit(
     need = items_for_folds(folds)
     _need_items(items, need, data, f"--folds {folds} needs at least {need}: each fold's probe is fit on the other "
                 "folds' items, at least 2 of them (give more items or fewer folds)", limit)
-    model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    on = _Data(items, _source(data), allow_lossy)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer, on)
+    if control is not None:  # loaded (and its tokenizer checked) before any work
+        c_model, c_tok = _load(control, control_base, device, dtype, control_tokenizer, on,
+                               whose=f"the tokenizer of --control {control}")
     rep = fit_probes(model, tok, items, target, layer=layer, k_max=k_max, folds=folds, seed=seed)
     report = {"checkpoint": str(_default_ckpt(ckpt)), "data": str(data), "n_items": len(items), **rep.as_dict()}
     if control is not None:
-        c_model, c_tok = _load(control, control_base, device, dtype, control_tokenizer)
         c_rep = fit_probes(c_model, c_tok, items, target, layer=layer, k_max=max(rep.scores), folds=folds,
                            seed=seed)
         report["control"] = {"checkpoint": str(control), **c_rep.as_dict()}
@@ -96,6 +101,7 @@ def probes_halt(
     folds: int = typer.Option(5, "--folds", min=2),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
     from probe.artifacts import PROBE_CONFIG, REPORT
@@ -107,7 +113,7 @@ def probes_halt(
     items = _items(data, n, seed)
     _need_items(items, 2, data, "the halting probe is cross-validated with folds over items (one at least held "
                 "out): it needs at least 2")
-    model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer, _Data(items, _source(data, n), allow_lossy))
     saved, scores = fit_halting_probe(model, tok, items, layer=layer, k_max=k_max, folds=folds)
     from probe.analyze import finite
 
@@ -144,6 +150,7 @@ def sae_train(
     k_max: Optional[int] = typer.Option(None, "--k-max", min=1),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires.
     10% of the distinct items (with every copy of them) are held out."""
@@ -160,7 +167,7 @@ def sae_train(
     items = _items(data, n, seed)
     _need_items(items, 2, data, "an SAE is trained on some items and checked on others held out (10%, at least "
                 "one): it needs at least 2")
-    model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer, _Data(items, _source(data, n), allow_lossy))
     run = train_sae(model, tok, items, hook=resid_hook(model, layer) if layer is not None else None, k_max=k_max,
                     d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)
     report = finite({"checkpoint": str(_default_ckpt(ckpt)), **run.report()})

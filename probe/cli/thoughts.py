@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 
 from probe.cli.common import (
-    app, BASE_OPTION, CKPT_OPTION, _claim, CONTROL_BASE_OPTION, CONTROL_TOKENIZER_OPTION, DATA_OPTION, _default_ckpt,
-    DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, _item, _items, _layers, _load, _need_items, _num, one_line_errors,
-    OVERWRITE_OPTION, TOKENIZER_OPTION, write_html,
+    ALLOW_LOSSY_OPTION, app, BASE_OPTION, CKPT_OPTION, _claim, CONTROL_BASE_OPTION, CONTROL_TOKENIZER_OPTION, _Data,
+    DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, _item, _items, _layers, _load, _need_items,
+    _num, one_line_errors, OVERWRITE_OPTION, _source, TOKENIZER_OPTION, write_html,
 )
 
 
@@ -31,6 +31,7 @@ def decode(
     top: int = typer.Option(5, "--top", min=1, help="Top tokens per layer."),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the readings as JSON here."),
     overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
@@ -44,7 +45,7 @@ def decode(
         _fail(f"--lens: expected {' or '.join(LENSES)}, got {lens!r}")
     _claim(json_out, "--json", overwrite=overwrite)
     item = _item(data, index)
-    model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer, _Data([item], _source(data), allow_lossy, index))
     reader = open_lens(lens, model, lens_file or _default_ckpt(ckpt) / TUNED_LENS)
     res = decode_item(model, tok, item, index=index, k=k, lens=reader, layers=_layers(layers), top=top)
     _print_decoded(res)
@@ -100,6 +101,7 @@ def capture_cmd(
                                             "(0: thoughts only)."),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Stream every thought of a data set, at every layer, to disk (safetensors shards + manifest).
 
@@ -121,7 +123,7 @@ def capture_cmd(
     device = rank_device(device)
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to capture", limit)
-    model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer, _Data(items, _source(data), allow_lossy))
     names = select_hooks(architecture(model).n_layers, hooks, _layers(layers))
     kw = dict(k=k, names=names, dtype=_dtype(store_dtype, "--store-dtype"), batch_size=batch_size, shard_size=shard_size,
               max_new_tokens=max_new_tokens, source={"ckpt": str(_default_ckpt(ckpt)), "data": str(data)},
@@ -164,6 +166,7 @@ def analyze_cmd(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
     update_card: bool = typer.Option(False, "--update-card",
                                      help="Also write the summary into the checkpoint's model card (README.md)."),
 ) -> None:
@@ -182,11 +185,14 @@ def analyze_cmd(
         _claim(card, "--update-card", existing=True)
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to analyze", limit)
-    model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    on = _Data(items, _source(data), allow_lossy)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer, on)
+    if control is not None:  # loaded (and its tokenizer checked) before any work
+        c_model, c_tok = _load(control, control_base, device, dtype, control_tokenizer, on,
+                               whose=f"the tokenizer of --control {control}")
     main = analyze(model, tok, items, k_max=k_max, batch_size=batch_size, checkpoint=str(_default_ckpt(ckpt)))
     ctrl = None
     if control is not None:
-        c_model, c_tok = _load(control, control_base, device, dtype, control_tokenizer)
         ctrl = analyze(c_model, c_tok, items, k_max=main.k_max, batch_size=batch_size, checkpoint=str(control))
     report = {"data": str(data), **main.report()}  # the data file, as intervene's report names it (probe findings)
     if ctrl is not None:
@@ -246,6 +252,7 @@ def tuned_lens_cmd(
     epochs: int = typer.Option(20, "--epochs", min=1),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Fit a tuned lens (one affine translator per layer) to a checkpoint's thoughts; 10% of the distinct items (with
     every copy of them) are held out."""
@@ -256,7 +263,7 @@ def tuned_lens_cmd(
     items = _items(data, n, seed)
     _need_items(items, 2, data, "a tuned lens is fit on some items and checked on others held out (10%, at least "
                 "one): it needs at least 2")
-    model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer, _Data(items, _source(data, n), allow_lossy))
     fit = fit_tuned_lens(model, tok, items, k=k, epochs=epochs)
     fit.lens.save(out)
     for l, (a, b) in enumerate(zip(fit.kl_logit.tolist(), fit.kl_tuned.tolist())):
@@ -278,6 +285,7 @@ def rbs_notebook_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
+    allow_lossy: bool = ALLOW_LOSSY_OPTION,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the pooled means and counts as JSON here."),
     overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
@@ -291,7 +299,7 @@ def rbs_notebook_cmd(
     _claim(json_out, "--json", overwrite=overwrite)
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to measure", limit)
-    model, tok = _load(ckpt, base, device, dtype, tokenizer)
+    model, tok = _load(ckpt, base, device, dtype, tokenizer, _Data(items, _source(data), allow_lossy))
     res = notebook_measures(model, tok, items, k=k, batch_size=batch_size)
     _print_notebook(res)
     if json_out:

@@ -28,8 +28,8 @@ n x <|latent|>, "[A]", the answer; without latent mode, question, "[A]", the ans
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Literal, Sequence
 
 from probe.data.prosqa import ProsQAItem, item_key, parse_question
 from probe.data.rbs import RBS_ANSWER, RBS_EDGE, RBS_EOS, RBS_NODES, RBS_QUESTION, RBS_ROOT
@@ -154,18 +154,74 @@ class TokenizedItem:
         return len(self.question) if self.marked else len(self.question) - 1
 
 
+OVERRIDE = "pass --allow-lossy-tokenizer"  # how a refusal says to run anyway (the CLI's; train and the app say theirs)
+
+
+def tokenizer_name(tokenizer) -> str:
+    """A tokenizer's class; for transformers' generic class (a tokenizer built from a tokenizers object, as ours are),
+    with its model's kind: "TokenizersBackend: WordLevel"."""
+    name = type(tokenizer).__name__
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    return f"{name}: {type(model).__name__}" if name in ("TokenizersBackend", "PreTrainedTokenizerFast") and model \
+        is not None else name
+
+
+class LossyTokenizerError(ValueError):
+    """A tokenizer that cannot write a data set: `lost` is the first word it loses (`LostWord`)."""
+
+    def __init__(self, message: str, lost: "LostWord") -> None:
+        super().__init__(message)
+        self.lost = lost
+
+
+@dataclass(frozen=True)
+class LostWord:
+    """The first word of a data set that a tokenizer cannot write: `reads_back` is what decoding what it wrote gives
+    back there; `error` where encoding fails; `ids` where a layout that needs one token per word (RbS's) gets
+    several or the unknown token (no override can help: the layout cannot be built)."""
+
+    word: str
+    item: int | None = None  # the item's index in the data set (None: the data set is one item, named by the source)
+    kind: str = "word"  # "word", or "node name" (a name checked as a reasoning step writes it)
+    reads_back: str = ""
+    error: str | None = None
+    ids: tuple[int, ...] | None = None
+
+    @property
+    def layout(self) -> bool:
+        """Whether the format's layout itself cannot be written (refused even with the override)."""
+        return self.ids is not None
+
+    def message(self, tokenizer, source: str | None = None, *, override: str = OVERRIDE, whose: str = "the tokenizer",
+                allowed: bool = False) -> str:
+        """The one-line refusal: the source, the tokenizer's class, the word, what it becomes, and what to do (the
+        override: how to run anyway); with allowed, the warning of a run that goes on."""
+        where = f"{source}: " if source else ""
+        of = f" of item {self.item}" if self.item is not None else ""
+        head = f"{where}{whose} ({tokenizer_name(tokenizer)}) cannot write the {self.kind} {self.word!r}{of}"
+        if self.layout:
+            return (f"{head} as one token of its own (it writes it as {list(self.ids)}); data format 'rbs' writes "
+                    "RbS's tokens: use RbS's tokenizer (--tokenizer rbs)")
+        back = f"encoding it fails: {self.error}" if self.error is not None else f"it reads back {self.reads_back!r}"
+        if allowed:
+            return (f"{head} ({back}): the model reads other words than the data's, and its answers and readings may "
+                    "be garbage (going on: a lossy tokenizer is allowed)")
+        return (f"{head} ({back}): the model would read other words than the data's, and its answers and readings "
+                f"would be garbage; use a tokenizer that writes the data (the model's own), or {override}")
+
+
 def _one_token(tokenizer, word: str) -> int:
     ids = tokenizer.encode(word, add_special_tokens=False)
     if len(ids) != 1 or ids[0] == getattr(tokenizer, "unk_token_id", None):
-        raise ValueError(f"data format 'rbs' writes RbS's tokens, but this tokenizer writes {word!r} as {ids}, not "
-                         "as one token of its own; use RbS's tokenizer (--tokenizer rbs)")
+        lost = LostWord(word, ids=tuple(ids))
+        raise LossyTokenizerError(lost.message(tokenizer), lost)
     return ids[0]
 
 
 def _one_token_each(tokenizer, words: list[str]) -> tuple[int, ...]:
     """The token of each word (`_one_token`), in one call of the tokenizer when its tokens are the words themselves
     (RbS's: a training view is tokenized per view, so this is the stream's cost); otherwise word by word, which
-    raises ValueError naming the first word that is not one token of its own."""
+    raises LossyTokenizerError naming the first word that is not one token of its own."""
     ids = tokenizer.encode(" ".join(words), add_special_tokens=False)
     if tokenizer.convert_ids_to_tokens(ids) == words:
         return tuple(ids)
@@ -177,8 +233,9 @@ def tokenize_item(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences", *,
     """Tokenize question + newline, each step + newline, and '### ' answer + eos (the official split); in "rbs",
     RbS's words, one token each, with no newline, no eos and "[A]" as the cue.
 
-    question, if given, replaces question_text(item, fmt) (a training view's). Raises ValueError when the format is
-    "rbs" and the tokenizer is not RbS's (a word of the layout is not one token of its own)."""
+    question, if given, replaces question_text(item, fmt) (a training view's). Raises LossyTokenizerError (a
+    ValueError) when the format is "rbs" and a word of the layout is not one token of its own: the rule
+    `check_tokenizer_writes` applies to a whole data set."""
     enc = tokenizer.encode
     if fmt == "rbs":
         words = (question or question_text(item, fmt)).split()
@@ -191,6 +248,152 @@ def tokenize_item(item: ProsQAItem, tokenizer, fmt: DataFormat = "sentences", *,
         steps=tuple(tuple(enc(s + "\n", add_special_tokens=False)) for s in step_texts(item, fmt)),
         answer=tuple(enc(answer_text(item, fmt), add_special_tokens=False)) + (tokenizer.eos_token_id,),
     )
+
+
+ROUND_TRIP_ITEMS = 16  # items whose whole text check_tokenizer_writes round-trips (every item's names are checked)
+
+
+def read_back(tokenizer, ids: Sequence[int]) -> str:
+    """Token ids decoded as the model reads them: special tokens (a BOS, BERT's [CLS]) dropped, except the unknown
+    token, which stays in the text."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special = set(tokenizer.all_special_ids) - {unk}
+    return tokenizer.decode([t for t in ids if t not in special], skip_special_tokens=False)
+
+
+def _offsets(text: str) -> list[tuple[str, int]]:
+    """Each whitespace-separated word of text with its offset in text with the whitespace removed."""
+    out, n = [], 0
+    for w in text.split():
+        out.append((w, n))
+        n += len(w)
+    return out
+
+
+def _first_loss(text: str, back: str) -> tuple[str, str] | None:
+    """The first word of text that its round trip `back` does not give back, compared up to whitespace, with what
+    back holds from where that word starts to the end of back's word there; None when they agree."""
+    a, b = "".join(text.split()), "".join(back.split())
+    if a == b:
+        return None
+    p = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    word, start = next((w, o) for w, o in reversed(_offsets(text)) if o <= min(p, len(a) - 1))
+    there = next((w[start - o :] for w, o in _offsets(back) if o <= start < o + len(w)), "")
+    # the punctuation both keep after it ('yumpus.' and '<|unk|>.') is not what is lost
+    while len(word) > 1 and there and word[-1] == there[-1] and not word[-1].isalnum():
+        word, there = word[:-1], there[:-1]
+    return word, there if len(there) <= len(word) + 16 else there[: len(word) + 16] + "..."
+
+
+def _unencodable(tokenizer, texts: Sequence[str], error: Exception) -> "LostWord":
+    """The first word of texts whose encoding fails (a tokenizer without an unknown token, RbS's, raises on a word
+    outside its vocabulary); the error itself when every word encodes alone."""
+    for text in texts:
+        for word in text.split():
+            try:
+                tokenizer.encode(word, add_special_tokens=False)
+            except Exception as e:  # noqa: BLE001 - tokenizers raise a bare Exception
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                return LostWord(word, error=first)
+    raise error
+
+
+def _lost_in_item(item: ProsQAItem, tokenizer, fmt: DataFormat) -> "LostWord | None":
+    """The first word of an item's text (question, steps, answer) that tokenize_item's tokens do not give back."""
+    texts = [question_text(item, fmt), *step_texts(item, fmt), answer_text(item, fmt)]
+    try:
+        tok = tokenize_item(item, tokenizer, fmt)
+    except LossyTokenizerError as e:
+        return e.lost
+    except Exception as e:  # noqa: BLE001 - a tokenizer that cannot encode a word raises (RbS's, on other data)
+        return _unencodable(tokenizer, texts, e)
+    if fmt == "rbs":  # RbS's words are its tokens, specials ("<eos>") included
+        backs = [tokenizer.decode(list(ids), skip_special_tokens=False) for ids in (tok.question, *tok.steps,
+                                                                                    tok.answer)]
+    else:  # the answer's last token is eos
+        backs = [read_back(tokenizer, ids) for ids in (tok.question, *tok.steps, tok.answer[:-1])]
+    for text, back in zip(texts, backs):
+        loss = _first_loss(text, back)
+        if loss is not None:
+            return LostWord(loss[0], reads_back=loss[1])
+    return None
+
+
+def _lost_name(items: Sequence[ProsQAItem], tokenizer, fmt: DataFormat) -> tuple[int, "LostWord"] | None:
+    """The first node name of the data set (by the first item naming it) that the tokenizer cannot write as a
+    reasoning step writes it ("Every X" in sentences): (that item's position in items, the word lost)."""
+    first: dict[str, int] = {}
+    for i, it in enumerate(items):
+        for name in node_names(it, fmt):
+            first.setdefault(name, i)
+    if fmt == "rbs":
+        for name, i in first.items():
+            try:
+                _one_token(tokenizer, name)
+            except LossyTokenizerError as e:
+                return i, replace(e.lost, kind="node name")
+        return None
+    prefix = step_prefix(fmt)
+    texts = [f"{prefix} {name}" if prefix else name for name in first]
+    try:
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    except Exception as e:  # noqa: BLE001 - as in _lost_in_item
+        for text, (name, i) in zip(texts, first.items()):
+            try:
+                tokenizer.encode(text, add_special_tokens=False)
+            except Exception:  # noqa: BLE001
+                return i, _unencodable(tokenizer, [text], e)
+        raise
+    for text, ids, (name, i) in zip(texts, encoded, first.items()):
+        loss = _first_loss(text, read_back(tokenizer, ids))
+        if loss is not None:
+            return i, LostWord(loss[0], kind="node name" if loss[0] == name else "word", reads_back=loss[1])
+    return None
+
+
+def lost_word(items: Sequence[ProsQAItem], tokenizer, fmt: DataFormat = "sentences", *, first_index: int | None = 0,
+              sample: int = ROUND_TRIP_ITEMS) -> LostWord | None:
+    """The first word of a data set that the tokenizer cannot write, or None.
+
+    The first `sample` items are tokenized as every command tokenizes them (`tokenize_item`), and each part
+    (question, steps, answer) decoded back (special tokens dropped but the unknown token) and compared with its text
+    up to whitespace; every distinct node name of every item is round-tripped as a reasoning step writes it. In
+    RbS's layout each word must also be one token of its own (`_one_token`). The word's item is its index in the
+    data set: first_index + its position in items (None: not named). Raises only what the format raises for an
+    item it cannot write (RbS's layout holds 31 nodes) and a tokenizer's own error where no single word fails."""
+    def at(i: int) -> int | None:
+        return None if first_index is None else first_index + i
+
+    found = None
+    for i, item in enumerate(items[:sample]):
+        lost = _lost_in_item(item, tokenizer, fmt)
+        if lost is not None:
+            found = (i, replace(lost, item=at(i)))
+            break
+    name = _lost_name(items, tokenizer, fmt)
+    if name is not None and (found is None or name[0] < found[0]):
+        found = (name[0], replace(name[1], item=at(name[0])))
+    return None if found is None else found[1]
+
+
+def check_tokenizer_writes(items: Sequence[ProsQAItem], tokenizer, fmt: DataFormat = "sentences", *,
+                           source: str | None = None, allow_lossy: bool = False, override: str = OVERRIDE,
+                           whose: str = "the tokenizer", first_index: int | None = 0) -> str | None:
+    """The one check, before a model runs over a data set, that its tokenizer writes the data (`lost_word`): every
+    command that tokenizes items for a model calls it once per data set, before any forward.
+
+    Returns None when it does; with allow_lossy, a warning line for the caller to show (the run goes on). source
+    names the data in the line ("--data FILE"), override how to run anyway ("pass --allow-lossy-tokenizer"), whose
+    the tokenizer ("the tokenizer of --control DIR"), first_index the index of items[0] in its file (None: name no
+    item). Raises LossyTokenizerError (a ValueError) in one line naming the first word lost, its item, what the
+    tokenizer reads back, the tokenizer's class and the override; in RbS's layout a word that is not one token of its
+    own is refused even with allow_lossy (the layout cannot be built)."""
+    lost = lost_word(items, tokenizer, fmt, first_index=first_index)
+    if lost is None:
+        return None
+    if lost.layout or not allow_lossy:
+        raise LossyTokenizerError(lost.message(tokenizer, source, override=override, whose=whose), lost)
+    return lost.message(tokenizer, source, override=override, whose=whose, allowed=True)
 
 
 @dataclass(frozen=True)
