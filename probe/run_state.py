@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from probe.artifacts import OPTIMIZER_GROUPS, OPTIMIZER_WEIGHTS, TRAINER_STATE
 from probe.atomic import atomic_directory, remove_directory
 from probe.data.stream import batches_per_epoch
+from probe.formats import read_json_object
 from probe.model.checkpoint import CheckpointError, write_checkpoint
 
 
@@ -101,12 +102,12 @@ class RunState:
         file = Path(path) / TRAINER_STATE
         if not file.is_file():
             raise CheckpointError(f"{path}: no {TRAINER_STATE} (not a checkpoint written by `probe train`)")
+        raw = read_json_object(file, CheckpointError, TRAINER_STATE)
         try:
-            raw = json.loads(file.read_text())
             raw["plan"] = Plan(**raw["plan"])
             raw["pending"] = {**cls.empty_pending(), **raw.get("pending", {})}  # a state written before a sum existed
             return cls(**raw)
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise CheckpointError(f"{file}: not a readable run state ({type(e).__name__}: {e})") from None
 
 
