@@ -6,7 +6,7 @@ rule, and a field checked by one rule, each refusal one line that names the file
   per line (JSON Lines, as `datasets.Dataset.to_json` writes) reads as the list of its lines' objects.
 - `check_version`: an integer version up to the reader's own is read; a larger one was written by a newer
   coconut-probe and is refused as such; a missing or non-integer one is refused.
-- `field`: one field of a decoded object, of the kind wanted, or a refusal naming the field and what it holds.
+- `read_field`: one field of a decoded object, of the kind wanted, or a refusal naming the field and what it holds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-REQUIRED = object()  # `field`'s default: the field must be there
+REQUIRED = object()  # `read_field`'s default: the field must be there
 
 
 def read_json(path: str | os.PathLike, error: type[Exception] = ValueError, what: str = "file", *,
@@ -84,7 +84,7 @@ _KINDS = {int: "an integer", str: "a string", bool: "true or false", float: "a n
 _PLURAL = {int: "integers", str: "strings", bool: "booleans", float: "numbers", list: "lists", dict: "objects"}
 
 
-def field(d: dict, key: str, kind: type, source: str, error: type[Exception] = ValueError, *,
+def read_field(d: dict, key: str, kind: type, source: str, error: type[Exception] = ValueError, *,
           default: Any = REQUIRED, minimum: float | None = None, choices: Sequence[Any] | None = None,
           items: type | None = None) -> Any:
     """d[key], checked: of `kind` (int excludes bool; float accepts an int), at least `minimum`, one of `choices`,

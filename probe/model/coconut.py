@@ -61,19 +61,21 @@ class CoconutConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "the config") -> "CoconutConfig":
-        """The config as coconut.json (format_version 1) holds it: every field, each checked (probe.formats.field);
-        `supervision`, which came later, defaults to "language", the only supervision before it. Other keys are
-        not the config's (format_version, metadata). Raises ValueError naming the source and the field."""
+        """The config as coconut.json (format_version 1) holds it: every field, each checked
+        (probe.formats.read_field); `supervision`, which came later, defaults to "language", the only supervision
+        before it. Other keys are not the config's (format_version, metadata). Raises ValueError naming the source
+        and the field."""
         from probe.data.supervision import SUPERVISIONS
-        from probe.formats import field
+        from probe.formats import read_field
 
-        kw: dict[str, Any] = {k: field(d, k, int, source, minimum=0) for k in asdict(SpecialTokens(0, 0, 0, 0, 0))}
-        kw |= {"mode": field(d, "mode", str, source, choices=MODES),
-               "c_thought": field(d, "c_thought", int, source, minimum=1),
-               "max_latent_stage": field(d, "max_latent_stage", int, source, minimum=0),
-               "pad_latent_to_max": field(d, "pad_latent_to_max", bool, source),
-               "data_format": field(d, "data_format", str, source, choices=DATA_FORMATS),
-               "supervision": field(d, "supervision", str, source, default="language", choices=SUPERVISIONS)}
+        ids = asdict(SpecialTokens(0, 0, 0, 0, 0))
+        kw: dict[str, Any] = {k: read_field(d, k, int, source, minimum=0) for k in ids}
+        kw |= {"mode": read_field(d, "mode", str, source, choices=MODES),
+               "c_thought": read_field(d, "c_thought", int, source, minimum=1),
+               "max_latent_stage": read_field(d, "max_latent_stage", int, source, minimum=0),
+               "pad_latent_to_max": read_field(d, "pad_latent_to_max", bool, source),
+               "data_format": read_field(d, "data_format", str, source, choices=DATA_FORMATS),
+               "supervision": read_field(d, "supervision", str, source, default="language", choices=SUPERVISIONS)}
         return cls(**kw)
 
     @property
