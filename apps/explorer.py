@@ -133,10 +133,10 @@ def item_activations(ckpt: str, base: str, tokenizer: str, item_json: str, hook:
 
 
 @st.cache_resource(show_spinner=False)
-def load_probe(path: str, model_hash: str):
+def load_probe(path: str, model_hash: str, target: str | None = None):
     from probe.probes import SavedProbe
 
-    return SavedProbe.load(path, model_hash=model_hash)
+    return SavedProbe.load(path, model_hash=model_hash, target=target)
 
 
 @st.cache_resource(show_spinner=False)
@@ -201,7 +201,7 @@ def edited_run(ckpt: str, base: str, tokenizer: str, item_json: str, layer: int 
             path = shipped(ckpt, f"{PROBES_DIR}/frontier")
             if path is None:
                 raise ValueError("this checkpoint ships no frontier probe; steer along unembed or random")
-            probe = load_probe(str(path), weights_hash(ckpt, base, tokenizer))
+            probe = load_probe(str(path), weights_hash(ckpt, base, tokenizer), "frontier")
         direction = steer_direction(model, tok, item, node, kind=kind, step=step, probe=probe)
         scale = float(reference_site(ckpt, base, tokenizer, layer, k).norm[step - 1])
         edit = steer_edit(direction, alpha * scale, step, n=1, k=k, layer=layer, positions=s.positions)

@@ -67,7 +67,7 @@ def intervene_cmd(
         model, tok = _load(ckpt if i == 0 else path, b, device, dtype, t)
         probe = None
         if probe_dir is not None and i == 0:
-            probe = SavedProbe.load(probe_dir, weights_hash(model))
+            probe = SavedProbe.load(probe_dir, weights_hash(model), "frontier")
         typer.echo(f"{path}:")
         rep = run_interventions(model, tok, items, k=k if i == 0 else reports[0].k, sites=site_list, kinds=kind_list,
                                 steer_step=steer_step, steer_layer=steer_layer, alphas=alpha_list, probe=probe,
