@@ -146,9 +146,14 @@ def load_sae(path: str, model_hash: str):
     sae = SparseAutoencoder.load(path, model_hash=model_hash)
     report = Path(path) / REPORT
     labels = {}
-    if report.is_file():
-        for f in json.loads(report.read_text()).get("features", []):
-            labels[int(f["feature"])] = f"{f['best_name']} (AUROC {f['best_auroc']:.2f})"
+    if report.is_file():  # `probe sae train`'s: its best-ranked features, each named by a node
+        from probe.formats import read_field, read_json_object
+
+        for i, f in enumerate(read_field(read_json_object(report, what=REPORT), "features", list, str(report),
+                                         default=[], items=dict)):
+            at = f"{report}: features[{i}]"
+            labels[read_field(f, "feature", int, at, minimum=0)] = \
+                f"{read_field(f, 'best_name', str, at)} (AUROC {read_field(f, 'best_auroc', float, at):.2f})"
     return sae, labels
 
 
