@@ -31,8 +31,9 @@ PAPERS = {
 NUMBER = "a number or null"
 _BY_K = "k"
 MODEL = {"checkpoint!": str, "mode!": str, "n!": int, "accuracy_by_k": (_BY_K, NUMBER)}
-ANALYSIS_MODEL = {**MODEL, "frontier_value_mass": (_BY_K, NUMBER), "value_by_group": (_BY_K, {g: NUMBER for g in GROUPS}),
-                  "parallelism": (_BY_K, {"top1": NUMBER}), "inner_product": (_BY_K, {g: NUMBER for g in GROUPS}),
+ANALYSIS_MODEL = {**MODEL, "frontier_value_mass": (_BY_K, NUMBER),
+                  "value_by_group": (_BY_K, {g: NUMBER for g in GROUPS}), "parallelism": (_BY_K, {"top1": NUMBER}),
+                  "inner_product": (_BY_K, {g: NUMBER for g in GROUPS}),
                   "superposition": (_BY_K, {"frontier_share": NUMBER, "r2": NUMBER}),
                   "attention_frontier_gap": (_BY_K, (_BY_K, NUMBER))}
 INTERVENE_MODEL = {**MODEL,

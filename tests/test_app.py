@@ -230,7 +230,8 @@ def test_probes_and_sae_panel_reads_the_shipped_probe_and_sae(app, official_item
     del report["features"][0]["best_name"]
     (tmp_path / "sae" / "report.json").write_text(json.dumps(report))
     app.text_input(key="sae_path").input(str(tmp_path / "sae")).run()
-    assert not app.exception and app.error[1].value == f"{tmp_path / 'sae' / 'report.json'}: features[0]: no field 'best_name'"
+    assert not app.exception and \
+        app.error[1].value == f"{tmp_path / 'sae' / 'report.json'}: features[0]: no field 'best_name'"
     app.selectbox(key="ckpt").set_value("prosqa-pause").run()
     app.radio(key="probe_src").set_value(app.radio(key="probe_src").options[0]).run()
     assert not app.exception and any("no frontier probe ships with this checkpoint" in i.value for i in app.info)
