@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 from probe.analyze import checkpoint_name, last_layer
+from probe.formats import short_repr
 from probe.frontier import GROUPS
 
 # What the papers report for each row (their models solve ProsQA; the figures are theirs, not re-measured here).
@@ -65,7 +66,7 @@ def check_report(report: Any, command: str, source: str) -> dict[str, Any]:
 
 def _check(v: Any, spec: Any, path: str, source: str) -> None:
     def fail(what: str) -> None:
-        raise ValueError(f"{source}: {path or 'the report'} must be {what}, got {_short(v)}")
+        raise ValueError(f"{source}: {path or 'the report'} must be {what}, got {short_repr(v)}")
 
     if spec == NUMBER:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
@@ -97,11 +98,6 @@ def _check(v: Any, spec: Any, path: str, source: str) -> None:
                    isinstance(v, (int, float) if t is float else t) for t in kinds):
             fail(" or ".join({str: "a string", int: "an integer", float: "a number", type(None): "null"}[t]
                              for t in kinds))
-
-
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _num(v: Any, pct: bool = False) -> str:

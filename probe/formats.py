@@ -100,7 +100,7 @@ def read_field(d: dict, key: str, kind: type, source: str, error: type[Exception
         ok = all(isinstance(x, items) and not (isinstance(x, bool) and items is not bool) for x in v)
     if not ok:
         what = _KINDS[kind] + (f" of {_PLURAL[items]}" if items is not None else "")
-        raise error(f"{source}: field {key!r} must be {what}, got {_short(v)}")
+        raise error(f"{source}: field {key!r} must be {what}, got {short_repr(v)}")
     if minimum is not None and v < minimum:
         raise error(f"{source}: field {key!r} must be at least {minimum}, got {v!r}")
     if choices is not None and v not in choices:
@@ -113,6 +113,7 @@ def _json_type(v: Any) -> str:
         type(v), "number")
 
 
-def _short(v: Any) -> str:
+def short_repr(v: Any) -> str:
+    """A value as a refusal quotes it: its repr, cut at 60 characters."""
     text = repr(v)
     return text if len(text) <= 60 else f"{text[:57]}..."
