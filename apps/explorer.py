@@ -158,10 +158,10 @@ def item_activations(ckpt: str, base: str, tokenizer: str, item_json: str, hook:
 
 
 @st.cache_resource(show_spinner=False)
-def load_probe(path: str, model_hash: str):
+def load_probe(path: str, model_hash: str, target: str | None = None):
     from probe.probes import SavedProbe
 
-    return SavedProbe.load(path, model_hash=model_hash)
+    return SavedProbe.load(path, model_hash=model_hash, target=target)
 
 
 @st.cache_resource(show_spinner=False)
@@ -171,9 +171,14 @@ def load_sae(path: str, model_hash: str):
     sae = SparseAutoencoder.load(path, model_hash=model_hash)
     report = Path(path) / REPORT
     labels = {}
-    if report.is_file():
-        for f in json.loads(report.read_text()).get("features", []):
-            labels[int(f["feature"])] = f"{f['best_name']} (AUROC {f['best_auroc']:.2f})"
+    if report.is_file():  # `probe sae train`'s: its best-ranked features, each named by a node
+        from probe.formats import read_field, read_json_object
+
+        for i, f in enumerate(read_field(read_json_object(report, what=REPORT), "features", list, str(report),
+                                         default=[], items=dict)):
+            at = f"{report}: features[{i}]"
+            labels[read_field(f, "feature", int, at, minimum=0)] = \
+                f"{read_field(f, 'best_name', str, at)} (AUROC {read_field(f, 'best_auroc', float, at):.2f})"
     return sae, labels
 
 
@@ -226,7 +231,7 @@ def edited_run(ckpt: str, base: str, tokenizer: str, item_json: str, layer: int 
             path = shipped(ckpt, f"{PROBES_DIR}/frontier")
             if path is None:
                 raise ValueError("this checkpoint ships no frontier probe; steer along unembed or random")
-            probe = load_probe(str(path), weights_hash(ckpt, base, tokenizer))
+            probe = load_probe(str(path), weights_hash(ckpt, base, tokenizer), "frontier")
         direction = steer_direction(model, tok, item, node, kind=kind, step=step, probe=probe)
         scale = float(reference_site(ckpt, base, tokenizer, layer, k).norm[step - 1])
         edit = steer_edit(direction, alpha * scale, step, n=1, k=k, layer=layer, positions=s.positions)

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from probe.artifacts import TRACE_MANIFEST
+from probe.formats import check_version, read_field, read_json_object
 from probe.data.layout import NONE, prompt_layout
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.data.prosqa import ProsQAItem
@@ -370,13 +371,22 @@ class TraceStore:
         mf = self.path / TRACE_MANIFEST
         if not mf.is_file():
             raise CaptureError(f"{self.path}: not a trace store (no {TRACE_MANIFEST})")
-        try:
-            self.manifest = json.loads(mf.read_text())
-        except json.JSONDecodeError as e:
-            raise CaptureError(f"{mf}: not valid JSON ({e})") from None
-        if self.manifest.get("format") != TRACE_FORMAT:
-            raise CaptureError(f"{mf}: trace format {self.manifest.get('format')!r}, this toolkit reads {TRACE_FORMAT}")
-        missing = [s["file"] for s in self.manifest["shards"] if not (self.path / s["file"]).is_file()]
+        self.manifest = m = read_json_object(mf, CaptureError, "trace store manifest")
+        check_version(m.get("format"), TRACE_FORMAT, str(mf), "format", CaptureError)
+        source = str(mf)
+        read_field(m, "k", int, source, CaptureError, minimum=0)
+        read_field(m, "names", list, source, CaptureError, items=str)
+        n_items = read_field(m, "n_items", int, source, CaptureError, minimum=1)
+        for i, shard in enumerate(read_field(m, "shards", list, source, CaptureError, items=dict)):
+            where = f"{mf}: shards[{i}]"
+            file = Path(read_field(shard, "file", str, where, CaptureError))
+            read_field(shard, "n", int, where, CaptureError, minimum=1)
+            if file.is_absolute() or ".." in file.parts:
+                raise CaptureError(f"{where} names {str(file)!r}, outside the store; a store's shards lie inside it")
+        if (held := sum(s["n"] for s in m["shards"])) != n_items:
+            raise CaptureError(f"{mf}: n_items is {n_items} but its shards hold {held}; the manifest was edited or "
+                               "belongs to other shards: capture the data again")
+        missing = [s["file"] for s in m["shards"] if not (self.path / s["file"]).is_file()]
         if missing:
             raise CaptureError(f"{self.path}: missing shard file(s) {missing}")
 
@@ -407,9 +417,18 @@ class TraceStore:
             with safe_open(str(file), framework="pt") as f:
                 tensors = {n: f.get_tensor(n) for n in f.keys() if n.startswith("trace.") or keep is None or n in keep}
         except Exception as e:  # safetensors raises its own error types for a corrupt file
-            raise CaptureError(f"{file}: cannot read the shard ({type(e).__name__}: {e})") from None
+            raise CaptureError(f"{file}: cannot read the shard ({type(e).__name__}: {e}); the file is damaged or "
+                               "truncated: copy the store again or capture the data again") from None
+        wanted = [f"trace.{n}" for n in _FIELDS] + sorted(keep if keep is not None else self.names)
+        if absent := [n for n in wanted if n not in tensors]:
+            raise CaptureError(f"{file}: the shard holds no tensor {absent[0]} ({len(absent)} missing); it is not "
+                               "this store's shard, or was damaged: capture the data again")
         check_finite_tensors(tensors.items(), str(file), CaptureError)
-        return ThoughtTrace.from_tensors(self.k, tensors)
+        trace = ThoughtTrace.from_tensors(self.k, tensors)
+        if len(trace) != (n := self.manifest["shards"][i]["n"]):
+            raise CaptureError(f"{file}: the shard holds {len(trace)} items but the manifest says {n}; it is not this "
+                               "store's shard: capture the data again")
+        return trace
 
     def __iter__(self) -> Iterator[ThoughtTrace]:
         for i in range(self.n_shards):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 from probe.analyze import checkpoint_name, last_layer
+from probe.formats import short_repr
 from probe.frontier import GROUPS
 
 # What the papers report for each row (their models solve ProsQA; the figures are theirs, not re-measured here).
@@ -22,6 +23,81 @@ PAPERS = {
     "inner": "6.4-6.8 / 5.1-5.4 / 3.6-3.7 / about -0.3 (Zhu et al. 2025, Table 5)",
     "attention": "frontier edges get more attention (Zhu et al. 2025, Emergence of Superposition)",
 }
+
+
+# What the table reads of each report, checked before a row is made (`check_report`): NUMBER is a number or null (a
+# measure that was undefined), ("k", spec) an object keyed by decimal strings (thoughts, layers) of spec, [spec] a
+# list of spec, {key: spec} an object whose keys are optional unless they end in "!". Only what the table reads is
+# checked: a measure a report lacks (an older coconut-probe measured less) is a dash, as for a model not measured.
+NUMBER = "a number or null"
+_BY_K = "k"
+MODEL = {"checkpoint!": str, "mode!": str, "n!": int, "accuracy_by_k": (_BY_K, NUMBER)}
+ANALYSIS_MODEL = {**MODEL, "frontier_value_mass": (_BY_K, NUMBER),
+                  "value_by_group": (_BY_K, {g: NUMBER for g in GROUPS}), "parallelism": (_BY_K, {"top1": NUMBER}),
+                  "inner_product": (_BY_K, {g: NUMBER for g in GROUPS}),
+                  "superposition": (_BY_K, {"frontier_share": NUMBER, "r2": NUMBER}),
+                  "attention_frontier_gap": (_BY_K, (_BY_K, NUMBER))}
+INTERVENE_MODEL = {**MODEL,
+                   "ablations": {"thought": [{"name!": str, "accuracy": NUMBER, "baseline_accuracy": NUMBER}]},
+                   "patching": {"thought": [{"steps!": str, **{f"{b}{m}": NUMBER for b in ("", "baseline_") for m in (
+                       "names_a_root", "follows_a", "a_frontier_mass")}, "values_at": (int, type(None))}]},
+                   "steering": {"points": [{"direction!": str, "alpha!": float, "value": NUMBER, "to_option": NUMBER}]}}
+REPORTS = {  # command: (the key that tells its report, the report's schema)
+    "analyze": ("frontier_value_mass", {**ANALYSIS_MODEL, "data": str, "control": ANALYSIS_MODEL}),
+    "intervene": ("reports", {"data": str, "reports!": [INTERVENE_MODEL]}),
+}
+
+
+def check_report(report: Any, command: str, source: str) -> dict[str, Any]:
+    """A decoded report.json of `probe analyze` or `probe intervene` (command), checked to be that command's and to
+    hold what the table reads, each of its kind. Returns it; raises ValueError naming the source and the first
+    field (by its path in the report) that is missing or of another kind, or an interventions report of no model."""
+    key, schema = REPORTS[command]
+    if not isinstance(report, dict) or key not in report:
+        raise ValueError(f"{source}: not the report of probe {command} (no {key!r})")
+    try:
+        _check(report, schema, "", source)
+    except ValueError as e:
+        raise ValueError(f"{e}; the file was edited or damaged: run `probe {command}` again") from None
+    if command == "intervene" and not report["reports"]:
+        raise ValueError(f"{source}: its 'reports' list is empty: no model was run")
+    return report
+
+
+def _check(v: Any, spec: Any, path: str, source: str) -> None:
+    def fail(what: str) -> None:
+        raise ValueError(f"{source}: {path or 'the report'} must be {what}, got {short_repr(v)}")
+
+    if spec == NUMBER:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            fail(NUMBER)
+    elif isinstance(spec, tuple) and spec and spec[0] == _BY_K:
+        if not isinstance(v, dict):
+            fail("an object keyed by thought or layer")
+        for k, sub in v.items():
+            if not k.lstrip("-").isdigit():
+                raise ValueError(f"{source}: {path} has the key {k!r}, not a thought or layer number")
+            _check(sub, spec[1], f"{path}.{k}", source)
+    elif isinstance(spec, list):
+        if not isinstance(v, list):
+            fail("a list")
+        for i, sub in enumerate(v):
+            _check(sub, spec[0], f"{path}[{i}]", source)
+    elif isinstance(spec, dict):
+        if not isinstance(v, dict):
+            fail("an object")
+        for key, sub in spec.items():
+            name = key.rstrip("!")
+            if name in v:
+                _check(v[name], sub, f"{path}.{name}" if path else name, source)
+            elif key.endswith("!"):
+                raise ValueError(f"{source}: {path + ' ' if path else ''}has no field {name!r}")
+    else:
+        kinds = spec if isinstance(spec, tuple) else (spec,)
+        if not any(v is None if t is type(None) else not isinstance(v, bool) and
+                   isinstance(v, (int, float) if t is float else t) for t in kinds):
+            fail(" or ".join({str: "a string", int: "an integer", float: "a number", type(None): "null"}[t]
+                             for t in kinds))
 
 
 def _num(v: Any, pct: bool = False) -> str:
@@ -138,7 +214,7 @@ def findings_markdown(analysis: Reports, interventions: Reports, *, ks: Sequence
             runs = {r["name"]: r for r in _get(i, "ablations", site) or []}
             if not runs:
                 return "-"
-            base = next(iter(runs.values()))["baseline_accuracy"]
+            base = next(iter(runs.values())).get("baseline_accuracy")
             return joined([_get(runs, f"{kind} {which}", "accuracy") for kind in ("mean", "other")], True) + \
                 f" (unedited {_num(base, True)})"
         return cell
@@ -150,8 +226,8 @@ def findings_markdown(analysis: Reports, interventions: Reports, *, ks: Sequence
         p = next((r for r in _get(i, "patching", "thought") or [] if r["steps"] == "all"), None)
         if p is None:
             return "-"
-        return (f"{_num(p['names_a_root'], True)} / {_num(p['follows_a'], True)} (unpatched "
-                f"{_num(p['baseline_names_a_root'], True)} / {_num(p['baseline_follows_a'], True)})")
+        return (f"{_num(p.get('names_a_root'), True)} / {_num(p.get('follows_a'), True)} (unpatched "
+                f"{_num(p.get('baseline_names_a_root'), True)} / {_num(p.get('baseline_follows_a'), True)})")
 
     row("intervene", "all thoughts patched A -> B (%): B names A's person / A's concept", patch)
 
@@ -159,8 +235,8 @@ def findings_markdown(analysis: Reports, interventions: Reports, *, ks: Sequence
         p = next((r for r in _get(i, "patching", "thought") or [] if r["steps"] == "1"), None)
         if p is None or p.get("a_frontier_mass") is None:
             return "-"
-        return f"{_num(p['a_frontier_mass'])} (unpatched {_num(p['baseline_a_frontier_mass'])}), read at k = " \
-               f"{p['values_at']}"
+        return f"{_num(p['a_frontier_mass'])} (unpatched {_num(p.get('baseline_a_frontier_mass'))}), read at k = " \
+               f"{p.get('values_at')}"
 
     row("intervene", "thought 1 patched A -> B: B's value mass on A's frontier", patch_one)
 
@@ -171,8 +247,8 @@ def findings_markdown(analysis: Reports, interventions: Reports, *, ks: Sequence
         top = max(p["alpha"] for p in points)
         at = {p["direction"]: p for p in points if p["alpha"] == top}
         base = next((p for p in points if p["alpha"] == 0), None)
-        cells = [f"{d} {_num(at[d]['value'])} / {_num(at[d]['to_option'], True)}%" for d in at]
-        return f"alpha {top:g}: " + ", ".join(cells) + (f" (alpha 0: {_num(base['value'])})" if base else "")
+        cells = [f"{d} {_num(at[d].get('value'))} / {_num(at[d].get('to_option'), True)}%" for d in at]
+        return f"alpha {top:g}: " + ", ".join(cells) + (f" (alpha 0: {_num(base.get('value'))})" if base else "")
 
     row("intervene", "steering thought 1 toward v: value(v) / answers naming v's option", steer)
 

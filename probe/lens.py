@@ -25,12 +25,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from probe.artifacts import TUNED_LENS
 from probe.atomic import atomic_path
 from probe.capture import ThoughtTrace, TraceStore, architecture
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_pieces
 from probe.data.prosqa import ProsQAItem
 from probe.finite import NonFiniteActivation, check_finite_tensors
+from probe.formats import check_version
 from probe.model.coconut import CoconutModel
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import readout_hash
@@ -88,9 +90,13 @@ class TunedLensConfig:
 
     @classmethod
     def from_header(cls, meta: dict[str, str], source: str) -> "TunedLensConfig":
-        """The config in a lens file's safetensors header (format 2, or the separate strings of format 1)."""
+        """The config in a lens file's safetensors header (format 2, or the separate strings of format 1; a newer
+        format is refused by probe.formats.check_version)."""
         if not meta.get("format", "").startswith(FORMAT):
             raise LensError(f"{source}: not a coconut-probe tuned lens")
+        version = meta["format"][len(FORMAT):].strip()
+        check_version(int(version) if version.isdigit() else version or None, FORMAT_VERSION, source,
+                      "tuned lens format", LensError)
         try:
             raw = json.loads(meta["config"]) if "config" in meta else \
                 {k: meta[k] for k in ("n_layers", "d_model")} | {"model_hash": meta.get("model_hash", "")}
@@ -191,6 +197,14 @@ class TunedLens(Lens):
     def load(cls, path: str | os.PathLike, model: CoconutModel) -> "TunedLens":
         """Read a saved lens for `model`; refuse a missing or corrupt file, or one fit to another model."""
         path = Path(path)
+        if (theirs := tuned_lens_library_lens(path)) is not None:
+            raise LensError(f"{path}: {theirs}, not read: its unembed_hash (the unembedding as numpy prints it: its "
+                            "corners, to one decimal) cannot tell this model from one fine-tuned from it, where "
+                            "coconut-probe ties a lens to the exact final norm and unembedding; fit a lens for this "
+                            "checkpoint with `probe tuned-lens --ckpt CHECKPOINT --out FILE.safetensors`")
+        if path.is_dir():
+            inside = f" (a checkpoint's is {path / TUNED_LENS})" if (path / TUNED_LENS).is_file() else ""
+            raise LensError(f"{path}: is a directory; give the tuned lens file itself{inside}")
         if not path.is_file():
             raise LensError(f"{path}: no such tuned lens file; fit one with "
                             f"`probe tuned-lens --ckpt CHECKPOINT --out {path}`")
@@ -205,9 +219,44 @@ class TunedLens(Lens):
             lens = cls(model, TunedLensConfig.from_header(meta, str(path)))
         except LensError as e:
             raise LensError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
+        d, n = lens.config.d_model, lens.config.n_layers
+        shapes = {f"{l}.{k}": [d, d] if k == "weight" else [d] for l in range(n) for k in ("weight", "bias")}
+        if missing := [k for k in shapes if k not in tensors]:
+            raise LensError(f"{path}: holds no tensor {missing[0]} ({len(missing)} missing of the {2 * n} its "
+                            f"{n} layers need); the file is damaged: fit the lens again")
+        if extra := sorted(set(tensors) - set(shapes)):
+            raise LensError(f"{path}: holds tensor {extra[0]}, which none of its {n} layers has; the file was "
+                            "edited or damaged: fit the lens again")
+        if wrong := [k for k, shape in shapes.items() if list(tensors[k].shape) != shape]:
+            raise LensError(f"{path}: tensor {wrong[0]} has shape {list(tensors[wrong[0]].shape)}, but the lens's "
+                            f"d_model {d} needs {shapes[wrong[0]]}; the file is damaged: fit the lens again")
         for l, t in enumerate(lens.translators):
             t.load_state_dict({"weight": tensors[f"{l}.weight"], "bias": tensors[f"{l}.bias"]})
         return lens
+
+
+TUNED_LENS_LIBRARY = ("config.json", "params.pt")  # what AlignmentResearch/tuned-lens's TunedLens.save writes
+
+
+def tuned_lens_library_lens(path: Path) -> str | None:
+    """What the tuned-lens library (AlignmentResearch/tuned-lens) wrote at path, when it did: a directory holding
+    config.json and params.pt (TunedLens.save), or one of those two files. Its version is told by its config's keys:
+    0.0.x (num_layers, include_input; params.pt holds the readout too), 0.1.0 (the key misspelt unemebd_hash) or
+    later (unembed_hash). None for anything else."""
+    folder = path if path.is_dir() else path.parent
+    if not (path.is_dir() or path.name in TUNED_LENS_LIBRARY) or \
+            not all((folder / name).is_file() for name in TUNED_LENS_LIBRARY):
+        return None
+    try:
+        config = json.loads((folder / TUNED_LENS_LIBRARY[0]).read_text())
+    except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict):
+        return "a directory of config.json and params.pt, as the tuned-lens library writes a lens"
+    version = "tuned-lens 0.0.x" if "num_layers" in config or "include_input" in config else \
+        "tuned-lens 0.1.0" if "unemebd_hash" in config else "tuned-lens 0.1.1 or later"
+    about = ", ".join(f"{k} {config[k]!r}" for k in ("lens_type", "base_model_name_or_path") if k in config)
+    return f"a lens written by the tuned-lens library ({version}{', ' + about if about else ''})"
 
 
 def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:

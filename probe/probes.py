@@ -33,11 +33,13 @@ from probe.data.prosqa import ProsQAItem, duplicates
 from probe.data.render import node_names
 from probe.data.splits import check_folds, content_folds
 from probe.finite import check_finite_tensors
+from probe.formats import check_version, read_field, read_json_object
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import weights_hash
 
 TARGETS = ("frontier", "reachable", "value", "depth")
 CLASSIFICATION = ("frontier", "reachable")
+KINDS = ("classification", "regression")  # LinearProbe's kinds
 PROBE_FORMAT = 1
 RIDGE_ALPHAS = tuple(np.logspace(-2, 4, 13))
 
@@ -128,7 +130,7 @@ class LinearProbe(BaseEstimator):
     def fit(self, X: np.ndarray, Y: np.ndarray, present: np.ndarray | None = None) -> "LinearProbe":
         """Fit each column on the rows where it is present (default: all rows)."""
         X, Y = _check_xy(X, Y)
-        if self.kind not in ("classification", "regression"):
+        if self.kind not in KINDS:
             raise ProbeError(f"kind must be 'classification' or 'regression', got {self.kind!r}")
         present = np.ones(Y.shape, bool) if present is None else np.asarray(present, bool)
         if present.shape != Y.shape:
@@ -353,24 +355,44 @@ class SavedProbe:
         atomic_write_text(directory / PROBE_CONFIG, json.dumps({"format": PROBE_FORMAT, **meta}, indent=1))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> "SavedProbe":
-        """Read a saved probe; with model_hash, refuse one fit on another model."""
+    def load(cls, path: str | os.PathLike, model_hash: str | None = None, target: str | None = None) -> "SavedProbe":
+        """Read a saved probe (probe.json: format by probe.formats.check_version, every field checked; the tensors'
+        shapes against it); with model_hash, refuse one fit on another model; with target, one of another target
+        (the halting probe's is "halt")."""
         path = Path(path)
         meta_file, weights = path / PROBE_CONFIG, path / PROBE_WEIGHTS
         if not meta_file.is_file() or not weights.is_file():
             raise ProbeError(f"{path}: not a saved probe (needs probe.json and probe.safetensors)")
+        meta = read_json_object(meta_file, ProbeError, PROBE_CONFIG)
+        check_version(meta.get("format"), PROBE_FORMAT, str(meta_file), "format", ProbeError)
+        src = str(meta_file)
+        fields = {"target": read_field(meta, "target", str, src, ProbeError, choices=(*TARGETS, "halt")),
+                  "kind": read_field(meta, "kind", str, src, ProbeError, choices=KINDS),
+                  "hook": read_field(meta, "hook", str, src, ProbeError),
+                  "steps": read_field(meta, "steps", list, src, ProbeError, items=int),
+                  "names": read_field(meta, "names", list, src, ProbeError, items=str),
+                  "model_hash": read_field(meta, "model_hash", str, src, ProbeError),
+                  "metrics": read_field(meta, "metrics", dict, src, ProbeError, default={})}
         try:
-            meta = json.loads(meta_file.read_text())
             tensors = load_file(str(weights))
-        except Exception as e:  # json or safetensors errors
+        except Exception as e:  # safetensors raises its own error types for a corrupt file
             raise ProbeError(f"{path}: cannot read the probe ({type(e).__name__}: {e})") from None
-        if meta.pop("format", None) != PROBE_FORMAT:
-            raise ProbeError(f"{meta_file}: not probe format {PROBE_FORMAT}")
+        if missing := [k for k in ("coef", "intercept") if k not in tensors]:
+            raise ProbeError(f"{weights}: holds no tensor {missing[0]!r}; the file is damaged: fit the probe again")
+        if target is not None and fields["target"] != target:
+            wrote = "`probe probes halt`" if target == "halt" else f"`probe probes fit --target {target}`"
+            raise ProbeError(f"{meta_file}: a {fields['target']!r} probe, not the {target!r} probe asked for; give "
+                             f"one that {wrote} wrote")
         check_finite_tensors(tensors.items(), str(weights), ProbeError)
-        probe = cls(coef=tensors["coef"].astype(np.float64), intercept=tensors["intercept"].astype(np.float64), **meta)
-        if probe.coef.shape[:2] != (len(probe.steps), len(probe.names)):
-            raise ProbeError(f"{weights}: coef has shape {list(probe.coef.shape)}, expected "
-                             f"[{len(probe.steps)}, {len(probe.names)}, d_model]")
+        probe = cls(coef=tensors["coef"].astype(np.float64), intercept=tensors["intercept"].astype(np.float64),
+                    **fields)
+        shape = [len(probe.steps), len(probe.names)]
+        if probe.coef.ndim != 3 or list(probe.coef.shape[:2]) != shape:
+            raise ProbeError(f"{weights}: coef has shape {list(probe.coef.shape)}, expected [{shape[0]}, {shape[1]}, "
+                             "d_model] (one row per thought and name of probe.json)")
+        if list(probe.intercept.shape) != shape:
+            raise ProbeError(f"{weights}: intercept has shape {list(probe.intercept.shape)}, expected {shape} (one "
+                             "per thought and name of probe.json)")
         if model_hash is not None and probe.model_hash != model_hash:
             raise ProbeError(f"{path}: this probe was fit on another model (weights hash {probe.model_hash[:12]}..., "
                              f"this model {model_hash[:12]}...)")

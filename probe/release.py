@@ -7,7 +7,6 @@ metadata holds the measured accuracies (`evaluation`) and the training record of
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,11 +14,12 @@ from typing import Any, Sequence
 
 import torch
 
-from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
+from probe.artifacts import TRAINER_STATE
 from probe.data.prosqa import ProsQAItem, load_items
 from probe.data.render import check_tokenizer_writes
 from probe.evaluate import GOLD, evaluate
-from probe.model.checkpoint import CheckpointError, card_format, load_checkpoint, save_checkpoint
+from probe.formats import read_json_object
+from probe.model.checkpoint import CheckpointError, card_format, load_checkpoint, read_meta, save_checkpoint
 from probe.model.coconut import CoconutModel
 from probe.model.placement import parse_device, parse_dtype
 from probe.train_config import read_options
@@ -79,7 +79,7 @@ def lineage(ckpt: Path, config_paths: Sequence[str | Path]) -> list[Phase]:
     state_file = ckpt / TRAINER_STATE
     if not state_file.is_file():
         raise CheckpointError(f"{ckpt}: no trainer_state.json; release needs a checkpoint written by `probe train`")
-    state = json.loads(state_file.read_text())
+    state = read_json_object(state_file, CheckpointError, TRAINER_STATE)
     histories = []
     node: dict[str, Any] | None = state
     while node:
@@ -158,7 +158,7 @@ def release(
 
 def read_evaluation(path: str | Path) -> Evaluation:
     """The evaluation a released checkpoint's coconut.json records."""
-    meta = json.loads((Path(path) / COCONUT_CONFIG).read_text())
+    meta = read_meta(path)
     ev = meta.get("metadata", {}).get("evaluation")
     if ev is None:
         raise CheckpointError(f"{path}: coconut.json records no evaluation (not a released checkpoint)")

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from probe.artifacts import OPTIMIZER_GROUPS, OPTIMIZER_WEIGHTS, TRAINER_STATE
 from probe.atomic import atomic_directory, remove_directory
 from probe.data.stream import batches_per_epoch
+from probe.formats import read_field, read_json_object
 from probe.model.checkpoint import CheckpointError, write_checkpoint
 
 
@@ -101,23 +102,34 @@ class RunState:
         file = Path(path) / TRAINER_STATE
         if not file.is_file():
             raise CheckpointError(f"{path}: no {TRAINER_STATE} (not a checkpoint written by `probe train`)")
+        raw = read_json_object(file, CheckpointError, TRAINER_STATE)
+        if "plan" not in raw and "global_step" in raw:  # the state `probe train` wrote before a run could resume
+            raise CheckpointError(f"{file}: written by a coconut-probe from before runs could resume (global_step, no "
+                                  "plan): the checkpoint loads and `probe release` reads its history, but no run goes "
+                                  f"on from it; start a new run from it (config `load_model_path: {path}`)")
         try:
-            raw = json.loads(file.read_text())
             raw["plan"] = Plan(**raw["plan"])
             raw["pending"] = {**cls.empty_pending(), **raw.get("pending", {})}  # a state written before a sum existed
             return cls(**raw)
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise CheckpointError(f"{file}: not a readable run state ({type(e).__name__}: {e})") from None
 
 
 def read_optimizer(path: Path) -> dict[str, Any]:
-    """A run checkpoint's optimizer state_dict (state by parameter index, and param_groups)."""
-    tensors = load_file(str(path / OPTIMIZER_WEIGHTS))
+    """A run checkpoint's optimizer state_dict (state by parameter index, and param_groups). Raises CheckpointError
+    naming a file that is missing or unreadable."""
+    try:
+        tensors = load_file(str(path / OPTIMIZER_WEIGHTS))
+    except Exception as e:  # a missing file, or safetensors' own error types for a corrupt one
+        raise CheckpointError(f"{path / OPTIMIZER_WEIGHTS}: cannot read the optimizer state ({type(e).__name__}: "
+                              f"{e}); the run cannot be resumed from this checkpoint") from None
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = v
-    return {"state": state, "param_groups": json.loads((path / OPTIMIZER_GROUPS).read_text())["param_groups"]}
+    groups = path / OPTIMIZER_GROUPS
+    return {"state": state, "param_groups": read_field(read_json_object(groups, CheckpointError, OPTIMIZER_GROUPS),
+                                                       "param_groups", list, str(groups), CheckpointError)}
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:

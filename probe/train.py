@@ -16,7 +16,6 @@ epochs so that the whole curriculum, its learning-rate schedule and a final eval
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import sys
@@ -43,7 +42,8 @@ from probe.distributed import process_group, rank_device, rank_slice, world
 from probe.analyze import search_summary
 from probe.evaluate import evaluate
 from probe.model.architecture import find_architecture
-from probe.model.checkpoint import check_weights, load_checkpoint
+from probe.formats import read_json_object
+from probe.model.checkpoint import CheckpointError, check_weights, load_checkpoint, read_meta
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.placement import parse_device
 from probe.model.tokenizer import (add_latent_tokens, build_rbs_tokenizer, build_word_tokenizer, is_rbs_tokenizer,
@@ -632,12 +632,11 @@ def _run_record(ckpt: Path) -> dict[str, Any]:
     or for a released checkpoint the phases in its coconut.json, rebuilt as the same chain of inits."""
     state = ckpt / TRAINER_STATE
     if state.is_file():
-        rec = json.loads(state.read_text())
+        rec = read_json_object(state, CheckpointError, TRAINER_STATE)
         return {"history": rec.get("history", []), "init": rec.get("init")}
-    meta = ckpt / COCONUT_CONFIG
-    if not meta.is_file():
+    if not (ckpt / COCONUT_CONFIG).is_file():
         return {}
     rec: dict[str, Any] = {}
-    for phase in json.loads(meta.read_text()).get("metadata", {}).get("training", []):  # oldest first
+    for phase in read_meta(ckpt).get("metadata", {}).get("training", []):  # oldest first
         rec = {"history": phase.get("history", []), "init": rec or None}
     return rec

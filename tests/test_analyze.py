@@ -18,6 +18,7 @@ from probe.data.layout import name_tokens
 from probe.data.prosqa import ProsQAItem
 from probe.data.render import tokenize_item
 from probe.evaluate import evaluate
+from probe.findings import check_report
 from probe.frontier import CATEGORIES, GROUPS, node_groups
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import special_tokens
@@ -180,6 +181,7 @@ def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, off
                                 "--out", str(tmp_path_factory.mktemp("alone") / "an")])
     assert alone.exit_code == 0 and "frontier measures by thought k" in alone.output and "control" not in alone.output
     rep = json.loads((out / "report.json").read_text())
+    assert check_report(rep, "analyze", "report.json") is rep  # what probe findings reads of it is there
     from probe.model.checkpoint import load_checkpoint
 
     items = official_items[:6]

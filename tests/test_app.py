@@ -194,7 +194,7 @@ def test_superposition_panel_every_view(app, official_items):
     assert list(table["continuation"]) == texts
 
 
-def test_probes_and_sae_panel_reads_the_shipped_probe_and_sae(app, official_items):
+def test_probes_and_sae_panel_reads_the_shipped_probe_and_sae(app, official_items, tmp_path):
     from probe.capture import capture
     from probe.model.checkpoint import load_checkpoint
     from probe.probes import SavedProbe
@@ -222,6 +222,16 @@ def test_probes_and_sae_panel_reads_the_shipped_probe_and_sae(app, official_item
     app.radio(key="sae_src").set_value("a path").run()
     app.text_input(key="sae_path").input("/nowhere").run()
     assert not app.exception and "/nowhere: not an SAE directory" in app.error[1].value
+    # the shipped SAE beside a report.json whose first feature lost its name: named, not a KeyError
+    (tmp_path / "sae").mkdir()
+    for f in (ckpt / "sae").iterdir():
+        (tmp_path / "sae" / f.name).write_bytes(f.read_bytes())
+    report = json.loads((tmp_path / "sae" / "report.json").read_text())
+    del report["features"][0]["best_name"]
+    (tmp_path / "sae" / "report.json").write_text(json.dumps(report))
+    app.text_input(key="sae_path").input(str(tmp_path / "sae")).run()
+    assert not app.exception and \
+        app.error[1].value == f"{tmp_path / 'sae' / 'report.json'}: features[0]: no field 'best_name'"
     app.selectbox(key="ckpt").set_value("prosqa-pause").run()
     app.radio(key="probe_src").set_value(app.radio(key="probe_src").options[0]).run()
     assert not app.exception and any("no frontier probe ships with this checkpoint" in i.value for i in app.info)

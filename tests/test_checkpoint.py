@@ -66,6 +66,10 @@ def test_missing_and_corrupt_checkpoints(tmp_path, saved):
         assert str(e.value) == (f"{weights}: not a readable safetensors file (Error while deserializing header: "
                                 f"{why}); the file is damaged or truncated: copy the checkpoint again")
     (saved / "coconut.json").unlink()
+    with pytest.raises(CheckpointError, match=r"ckpt: a Hugging Face model directory without coconut.json: a base "
+                                              r"model, not a Coconut checkpoint; give it as --base"):
+        load_checkpoint(saved)
+    (saved / "config.json").unlink()
     with pytest.raises(CheckpointError, match=r"ckpt: not a coconut-probe checkpoint \(no coconut.json\); --ckpt "
                                               r"takes a directory that `probe train` or `probe release` wrote"):
         load_checkpoint(saved)

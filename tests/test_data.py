@@ -127,7 +127,8 @@ def test_malformed_and_missing_files(tmp_path):
     with pytest.raises(DataError, match=r"broken.json: not a valid JSON file"):
         load_items(path)
     path.write_text('{"question": "x"}')
-    with pytest.raises(DataError, match=r"broken.json: expected a JSON list of ProsQA items, got dict"):
+    with pytest.raises(DataError, match=r"broken.json: expected a JSON list of ProsQA items, got one item \(an object "
+                                        r"with field 'question'\); the official format"):
         load_items(path)
     with pytest.raises(DataError, match=r"nothere.json: no such ProsQA data file"):
         load_items(tmp_path / "nothere.json")

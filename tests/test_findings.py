@@ -143,7 +143,7 @@ def test_probe_findings_reads_both_directories_and_names_a_bad_one(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     for args, words in ((["--analysis", str(tmp_path / "nowhere")], "--analysis " + str(tmp_path / "nowhere") +
                          ": no report.json there"),
-                        (["--interventions", str(tmp_path / "bad.json")], "not JSON"),
+                        (["--interventions", str(tmp_path / "bad.json")], "bad.json: not a valid JSON file"),
                         (["--analysis", str(tmp_path / "iv")], "not the report of probe analyze"),
                         ([], "need an analysis report"),
                         (["--analysis", str(tmp_path / "an"), "--out", str(tmp_path)], "is a directory")):

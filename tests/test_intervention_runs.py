@@ -21,6 +21,7 @@ from probe.cli import app
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_pieces
 from probe.evaluate import evaluate
+from probe.findings import check_report
 from probe.interventions import (InterventionError, ablation_edit, ablation_runs, accuracy_without_thoughts, own_chains,
                                  patch_runs, site, steer_direction, steer_runs, steer_target, steering_directions)
 from probe.model.checkpoint import load_checkpoint
@@ -210,6 +211,7 @@ def test_probe_intervene_end_to_end_and_its_errors(tmp_path, official_path):
     res = runner.invoke(app, [*args, "--out", str(out)])
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
+    assert check_report(rep, "intervene", "report.json") is rep  # what probe findings reads of it is there
     main, pause, cot = rep["reports"]
     assert main["mode"] == "coconut" and pause["mode"] == "pause_as_thought" and cot["mode"] == "cot"
     assert set(main["ablations"]) == {"thought", "layer -1"} and set(cot["ablations"]) == {"layer -1"}

@@ -72,7 +72,7 @@ def intervene_cmd(
     for i, ((path, b, t), (model, tok)) in enumerate(zip(runs, loaded)):
         probe = None
         if probe_dir is not None and i == 0:
-            probe = SavedProbe.load(probe_dir, weights_hash(model))
+            probe = SavedProbe.load(probe_dir, weights_hash(model), "frontier")
         typer.echo(f"{path}:")
         rep = run_interventions(model, tok, items, k=k if i == 0 else reports[0].k, sites=site_list, kinds=kind_list,
                                 steer_step=steer_step, steer_layer=steer_layer, alphas=alpha_list, probe=probe,
@@ -121,9 +121,12 @@ def _print_interventions(reports: list[dict]) -> None:
         console.print(table)
 
 
-def _report(path: Optional[Path], option: str, command: str, key: str) -> Optional[dict]:
-    """A command's report.json (the directory it wrote, or the file), checked to be that command's."""
+def _report(path: Optional[Path], option: str, command: str) -> Optional[dict]:
+    """A command's report.json (the directory it wrote, or the file), checked to be that command's and to hold what
+    the findings table reads (probe.findings.check_report)."""
     from probe.artifacts import REPORT
+    from probe.findings import check_report
+    from probe.formats import read_json
 
     if path is None:
         return None
@@ -131,12 +134,9 @@ def _report(path: Optional[Path], option: str, command: str, key: str) -> Option
     if not file.is_file():
         raise InputError(f"{option} {path}: no {REPORT} there")
     try:
-        report = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{option} {file}: not JSON ({e})") from None
-    if not isinstance(report, dict) or key not in report:
-        raise InputError(f"{option} {file}: not the report of probe {command} (no {key!r})")
-    return report
+        return check_report(read_json(file, what=REPORT), command, str(file))
+    except ValueError as e:
+        raise InputError(f"{option} {e}") from None
 
 
 @app.command("findings")
@@ -154,8 +154,8 @@ def findings_cmd(
     from probe.findings import findings_markdown
 
     _claim(out, overwrite=overwrite)
-    table = findings_markdown([_report(p, "--analysis", "analyze", "frontier_value_mass") for p in analysis or []],
-                              [_report(p, "--interventions", "intervene", "reports") for p in interventions or []])
+    table = findings_markdown([_report(p, "--analysis", "analyze") for p in analysis or []],
+                              [_report(p, "--interventions", "intervene") for p in interventions or []])
     typer.echo(table)
     if out is not None:
         atomic_write_text(out, table)

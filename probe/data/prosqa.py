@@ -8,13 +8,13 @@ import os
 import random
 import re
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import networkx as nx
 import numpy as np
 
 from probe.atomic import atomic_write_text
+from probe.formats import read_json
 
 REQUIRED_FIELDS = ("question", "steps", "answer", "idx_to_symbol", "edges", "root", "target", "neg_target")
 
@@ -99,11 +99,21 @@ def parse_question(question: str) -> tuple[list[tuple[str, str]], tuple[str, str
     return facts, (m["root"], m["a"], m["b"])
 
 
+# The fields of an item of Coconut's other data sets (GSM8K, ProntoQA: facebookresearch/coconut's README, "Data").
+COCONUT_FIELDS = ("question", "steps", "answer")
+
+
 def _check_item(raw: Any) -> ProsQAItem:
-    """Build an item from a decoded JSON object, raising ValueError with what is wrong."""
+    """Build an item from a decoded JSON object, raising ValueError with what is wrong. Fields beyond the official
+    ones are ignored (RbS's neighbor_k is read by probe.data.rbs)."""
     if not isinstance(raw, dict):
         raise ValueError(f"expected an object, got {type(raw).__name__}")
     missing = [k for k in REQUIRED_FIELDS if k not in raw]
+    if missing and all(k in raw for k in COCONUT_FIELDS) and set(missing) == set(REQUIRED_FIELDS) - set(COCONUT_FIELDS):
+        raise ValueError("holds only question, steps and answer, as the items of Coconut's other data sets (GSM8K, "
+                         "ProntoQA) do: not a ProsQA item, which also names its graph (idx_to_symbol, edges, root, "
+                         "target, neg_target); give a ProsQA file (facebookresearch/coconut's data/prosqa_*.json, or "
+                         "`probe data generate`)")
     if missing:
         raise ValueError(f"missing field(s) {', '.join(missing)}")
     for k in ("question", "answer"):
@@ -121,7 +131,7 @@ def _check_item(raw: Any) -> ProsQAItem:
     for k in ("root", "target", "neg_target"):
         v = raw[k]
         if not isinstance(v, int) or isinstance(v, bool):
-            raise ValueError(f"field {k!r} must be an integer")
+            raise ValueError(f"field {k!r} must be an integer, got {v!r}")
         if not 0 <= v < n:
             raise ValueError(f"{k} index {v} is out of range for {n} symbols")
     edges = raw["edges"]
@@ -172,10 +182,30 @@ def item_from_json(raw: Any, source: str = "<item>") -> ProsQAItem:
         raise DataError(f"{source}: {e}") from None
 
 
+def item_list(data: Any, source: str = "<data>") -> list:
+    """A decoded data file as its list of items (both formats hold a JSON list); raises DataError naming the source
+    and saying what it holds instead: one item, an object that wraps the list, or other JSON."""
+    if isinstance(data, list):
+        return data
+    said = "expected a JSON list of ProsQA items, got"
+    official = "the official format, facebookresearch/coconut's data/prosqa_*.json, is a JSON list of items"
+    if isinstance(data, dict):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if "question" in data:
+            raise DataError(f"{source}: {said} one item (an object with field 'question'); {official}: write it "
+                            "as [item]")
+        if len(data) == 1 and lists:
+            raise DataError(f"{source}: {said} an object holding a list under {lists[0]!r}; {official}: write that "
+                            "list alone as the file")
+        keys = ", ".join(repr(k) for k in list(data)[:5]) + (", ..." if len(data) > 5 else "")
+        raise DataError(f"{source}: {said} an object (keys {keys or 'none'}); {official}")
+    kind = {str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+    raise DataError(f"{source}: {said} {kind}; {official}")
+
+
 def items_from_json(data: Any, source: str = "<data>") -> list[ProsQAItem]:
     """Validate a decoded official-format list; errors name the source and the item index."""
-    if not isinstance(data, list):
-        raise DataError(f"{source}: expected a JSON list of ProsQA items, got {type(data).__name__}")
+    data = item_list(data, source)
     items = []
     for i, raw in enumerate(data):
         try:
@@ -206,15 +236,11 @@ def load_items(path: str | os.PathLike, limit: int | None = None) -> list[ProsQA
 
 
 def read_data_file(path: str | os.PathLike, limit: int | None = None, what: str = "ProsQA data file") -> Any:
-    """The decoded JSON of a data file (its first `limit` items, where it is a list). Raises DataError naming the
-    file when it is missing or is not JSON."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such {what}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a valid JSON file ({e})") from None
+    """The decoded JSON of a data file (its first `limit` items, where it is a list): a JSON list as the official
+    repository writes it, in UTF-8 (a byte-order mark allowed) or UTF-16/32, or JSON Lines (one item per line, as
+    `datasets.Dataset.to_json` writes; read as the list of its lines). Raises DataError naming the file when it is
+    missing or is not JSON (probe.formats.read_json)."""
+    data = read_json(path, DataError, what, json_lines=True)
     return data[:limit] if isinstance(data, list) and limit is not None else data
 
 

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from probe.atomic import atomic_write_text
 from probe.data.graph import ProsQAGraph
-from probe.data.prosqa import DataError, ProsQAItem, _check_item, items_from_json, read_data_file
+from probe.data.prosqa import DataError, ProsQAItem, _check_item, item_list, items_from_json, read_data_file
 
 NEIGHBORS = "neighbor_k"
 RBS_NODES = 31  # node tokens 0..30 in RbS's vocabulary
@@ -119,8 +119,7 @@ def rbs_item(raw: Any) -> RbSItem:
 def rbs_items_from_json(data: Any, source: str = "<data>") -> RbSFile:
     """Validate a decoded RbS file; errors name the source and the item index. Raises DataError for a malformed
     item, or a file whose items are of both kinds."""
-    if not isinstance(data, list):
-        raise DataError(f"{source}: expected a JSON list of RbS items, got {type(data).__name__}")
+    data = item_list(data, source)
     items: list[RbSItem] = []
     for i, raw in enumerate(data):
         try:
@@ -147,7 +146,13 @@ def read_items(path: str | os.PathLike, limit: int | None = None) -> tuple[list[
     """The items of a data file in either format, told apart by their fields (RbS's items carry neighbor_k), and
     the RbS file when it is one (its kind: what its neighbor_k holds), else None. The one reader behind
     `probe.data.prosqa.load_items`. Raises DataError naming the file and the item."""
-    data = read_data_file(path, limit)
+    data = item_list(read_data_file(path, limit), str(path))
+    carries = [isinstance(raw, dict) and NEIGHBORS in raw for raw in data]
+    if any(carries) and not all(carries):
+        i = carries.index(not carries[0])
+        raise DataError(f"{path}: item {i} {'carries' if carries[i] else 'lacks'} {NEIGHBORS} but item 0 "
+                        f"{'does not' if carries[i] else 'carries it'}; a file holds one format, the official one "
+                        f"(no item carries {NEIGHBORS}) or RbS's (every item does)")
     if is_rbs_data(data):
         f = rbs_items_from_json(data, str(path))
         return f.prosqa_items, f

@@ -31,6 +31,7 @@ from probe.artifacts import (
 )
 from probe.atomic import atomic_directory
 from probe.finite import check_finite_tensors
+from probe.formats import check_version, read_json_object
 from probe.model.architecture import ArchitectureError
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.identity import pin
@@ -230,6 +231,15 @@ def load_checkpoint(
     return model, tok
 
 
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The coconut.json of one of our checkpoint directories, decoded, its format_version checked (probe.formats:
+    up to FORMAT_VERSION; newer is refused as a newer coconut-probe's). Raises CheckpointError naming the file."""
+    meta_file = Path(path) / COCONUT_CONFIG
+    meta = read_json_object(meta_file, CheckpointError, COCONUT_CONFIG)
+    check_version(meta.get("format_version"), FORMAT_VERSION, str(meta_file), error=CheckpointError)
+    return meta
+
+
 def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
     meta_file = path / COCONUT_CONFIG
     if (path / DCP_METADATA).is_file() and any(path.glob(f"*{DCP_SUFFIX}")):
@@ -239,18 +249,17 @@ def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
                               f"torch.distributed.checkpoint.format_utils dcp_to_torch {path} FILE) and pass FILE with "
                               "--base")
     if not meta_file.is_file():
+        if (path / HF_CONFIG).is_file():
+            raise CheckpointError(f"{path}: a Hugging Face model directory without coconut.json: a base model, not a "
+                                  "Coconut checkpoint; give it as --base beside an official state-dict file (--ckpt "
+                                  "FILE), or train a Coconut model from it (`probe train`, config `base: DIR`)")
         raise CheckpointError(f"{path}: not a coconut-probe checkpoint (no coconut.json); --ckpt takes a directory "
                               "that `probe train` or `probe release` wrote, or an official state-dict file with --base")
+    meta = read_meta(path)
     try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{meta_file}: not valid JSON ({e})") from None
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_file}: format_version {meta['format_version']} is newer than this toolkit's")
-    try:
-        config = CoconutConfig.from_dict(meta)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{meta_file}: {e}") from None
+        config = CoconutConfig.from_dict(meta, str(meta_file))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     # save_pretrained writes weights past its max_shard_size as shards, with their index in place of model.safetensors
     missing = [name for name in OUR_FILES if not (path / name).is_file()
                and not (name == HF_WEIGHTS and (path / WEIGHT_INDEXES[0]).is_file())]

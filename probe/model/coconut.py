@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any, Iterator, Sequence
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
-from probe.data.render import IGNORE_INDEX, MODES, StageSpec, answer_length
+from probe.data.render import DATA_FORMATS, IGNORE_INDEX, MODES, StageSpec, answer_length
 from probe.finite import NonFiniteActivation
 from probe.model.architecture import ArchitectureError, find_architecture
 from probe.model.hook_names import FINAL, RESID, act_name, layer_index
@@ -60,9 +60,23 @@ class CoconutConfig:
         return cls(**asdict(special), **kw)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CoconutConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict[str, Any], source: str = "the config") -> "CoconutConfig":
+        """The config as coconut.json (format_version 1) holds it: every field, each checked
+        (probe.formats.read_field); `supervision`, which came later, defaults to "language", the only supervision
+        before it. Other keys are not the config's (format_version, metadata). Raises ValueError naming the source
+        and the field."""
+        from probe.data.supervision import SUPERVISIONS
+        from probe.formats import read_field
+
+        ids = asdict(SpecialTokens(0, 0, 0, 0, 0))
+        kw: dict[str, Any] = {k: read_field(d, k, int, source, minimum=0) for k in ids}
+        kw |= {"mode": read_field(d, "mode", str, source, choices=MODES),
+               "c_thought": read_field(d, "c_thought", int, source, minimum=1),
+               "max_latent_stage": read_field(d, "max_latent_stage", int, source, minimum=0),
+               "pad_latent_to_max": read_field(d, "pad_latent_to_max", bool, source),
+               "data_format": read_field(d, "data_format", str, source, choices=DATA_FORMATS),
+               "supervision": read_field(d, "supervision", str, source, default="language", choices=SUPERVISIONS)}
+        return cls(**kw)
 
     @property
     def special(self) -> SpecialTokens:
