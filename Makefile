@@ -50,7 +50,7 @@ app: setup
 	$(BIN)/streamlit run apps/explorer.py
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf runs .pytest_cache
