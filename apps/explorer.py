@@ -158,10 +158,11 @@ def item_activations(ckpt: str, base: str, tokenizer: str, item_json: str, hook:
 
 
 @st.cache_resource(show_spinner=False)
-def load_probe(path: str, model_hash: str, target: str | None = None):
+def load_probe(path: str, ckpt: str, base: str, tokenizer: str, target: str | None = None):
+    """A saved probe, checked against the checkpoint's model (SavedProbe.load refuses another model's)."""
     from probe.probes import SavedProbe
 
-    return SavedProbe.load(path, model_hash=model_hash, target=target)
+    return SavedProbe.load(path, load_model(ckpt, base, tokenizer)[0], target)
 
 
 @st.cache_resource(show_spinner=False)
@@ -231,7 +232,7 @@ def edited_run(ckpt: str, base: str, tokenizer: str, item_json: str, layer: int 
             path = shipped(ckpt, f"{PROBES_DIR}/frontier")
             if path is None:
                 raise ValueError("this checkpoint ships no frontier probe; steer along unembed or random")
-            probe = load_probe(str(path), weights_hash(ckpt, base, tokenizer), "frontier")
+            probe = load_probe(str(path), ckpt, base, tokenizer, "frontier")
         direction = steer_direction(model, tok, item, node, kind=kind, step=step, probe=probe)
         scale = float(reference_site(ckpt, base, tokenizer, layer, k).norm[step - 1])
         edit = steer_edit(direction, alpha * scale, step, n=1, k=k, layer=layer, positions=s.positions)
@@ -391,7 +392,7 @@ def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: 
         path = pick_directory("frontier probe", "probe", ckpt, f"{PROBES_DIR}/frontier", "probe probes fit")
         try:
             if path:
-                probe = load_probe(str(path), model_hash)
+                probe = load_probe(str(path), ckpt, base, tokenizer)
                 X = item_activations(ckpt, base, tokenizer, item_json, probe.hook, k)
                 z = np.full((k, item.n_nodes), np.nan)
                 fmt = load_model(ckpt, base, tokenizer)[0].config.data_format

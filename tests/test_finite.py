@@ -61,7 +61,7 @@ def test_readout_and_trace_files_holding_nan_or_inf_are_refused_naming_file_and_
                    model_hash=weights_hash(gpt2)).save(tmp_path / target)
         poison(tmp_path / target / "probe.safetensors", "intercept", [inf])
         with pytest.raises(ProbeError) as e:
-            SavedProbe.load(tmp_path / target, weights_hash(gpt2))
+            SavedProbe.load(tmp_path / target, gpt2)
         file = tmp_path / target / "probe.safetensors"
         assert str(e.value) == f"{file}: tensor intercept holds 1 inf value; {DAMAGED}"
     # an SAE

@@ -87,7 +87,7 @@ def test_a_lower_precision_copy_keeps_the_models_identity(tmp_path):
         assert next(low.parameters()).dtype == dtype
         assert weights_hash(low) == weights_hash(full) and readout_hash(low) == readout_hash(full)
         TunedLens.load(lens_file, low)
-        SavedProbe.load(probe_dir, weights_hash(low))
+        SavedProbe.load(probe_dir, low)
         SparseAutoencoder.load(sae_dir, model_hash=weights_hash(low))
     # one element of the unembedding changed: another model to every readout
     with torch.no_grad():
@@ -96,7 +96,7 @@ def test_a_lower_precision_copy_keeps_the_models_identity(tmp_path):
     with pytest.raises(LensError, match="trained for another model"):
         TunedLens.load(lens_file, full)
     with pytest.raises(ProbeError, match="fit on another model"):
-        SavedProbe.load(probe_dir, weights_hash(full))
+        SavedProbe.load(probe_dir, full)
     with pytest.raises(SAEError, match="another model"):
         SparseAutoencoder.load(sae_dir, model_hash=weights_hash(full))
     # a lens file whose hash is empty is tied to nothing: refused, not accepted silently
