@@ -93,13 +93,6 @@ def load_split(path: str):
     return load_items(path)
 
 
-@st.cache_resource(show_spinner=False)
-def weights_hash(ckpt: str, base: str, tokenizer: str) -> str:
-    from probe.model.identity import weights_hash as model_hash
-
-    return model_hash(load_model(ckpt, base, tokenizer)[0])
-
-
 def parse_item(item_json: str):
     from probe.data.prosqa import item_from_json
 
@@ -166,10 +159,12 @@ def load_probe(path: str, ckpt: str, base: str, tokenizer: str, target: str | No
 
 
 @st.cache_resource(show_spinner=False)
-def load_sae(path: str, model_hash: str):
+def load_sae(path: str, ckpt: str, base: str, tokenizer: str):
+    """A saved SAE, checked against the checkpoint's model, and the names `probe sae train`'s report gives its
+    features."""
     from probe.sae import SparseAutoencoder
 
-    sae = SparseAutoencoder.load(path, model_hash=model_hash)
+    sae = SparseAutoencoder.load(path, load_model(ckpt, base, tokenizer)[0])
     report = Path(path) / REPORT
     labels = {}
     if report.is_file():  # `probe sae train`'s: its best-ranked features, each named by a node
@@ -386,7 +381,6 @@ def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: 
     if k == 0:
         st.info("this checkpoint has no latent thoughts to read")
         return
-    model_hash = weights_hash(ckpt, base, tokenizer)
     left, right = st.columns(2)
     with left:
         path = pick_directory("frontier probe", "probe", ckpt, f"{PROBES_DIR}/frontier", "probe probes fit")
@@ -410,7 +404,7 @@ def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: 
         path = pick_directory("sparse autoencoder", "sae", ckpt, SAE_DIR, "probe sae train")
         try:
             if path:
-                sae, labels = load_sae(str(path), model_hash)
+                sae, labels = load_sae(str(path), ckpt, base, tokenizer)
                 X = item_activations(ckpt, base, tokenizer, item_json, sae.hook_point(), k)
                 st.plotly_chart(item_features(sae.encode(X).numpy(), labels), key="sae_features")
         except ValueError as e:

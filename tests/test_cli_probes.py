@@ -13,7 +13,6 @@ from probe.cli import app
 from probe.model.checkpoint import load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import special_tokens
-from probe.model.identity import weights_hash
 from probe.probes import SavedProbe
 from probe.sae import SparseAutoencoder
 
@@ -105,7 +104,7 @@ def test_sae_train_writes_saelens_files_and_a_report(ckpt, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["hook"] == "ln_final.hook_normalized" and rep["rows"] == 30 * 2
     model, tok = load_checkpoint(ckpt)
-    sae = SparseAutoencoder.load(out, model_hash=weights_hash(model))
+    sae = SparseAutoencoder.load(out, model)
     # the report's numbers are the library's on the same rows: 3 of the 30 (distinct) items held out, as
     # content_holdout draws them with the default seed, the other 27 trained
     from probe.data.generate import generate_items
