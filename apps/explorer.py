@@ -93,13 +93,6 @@ def load_split(path: str):
     return load_items(path)
 
 
-@st.cache_resource(show_spinner=False)
-def weights_hash(ckpt: str, base: str, tokenizer: str) -> str:
-    from probe.model.identity import weights_hash as model_hash
-
-    return model_hash(load_model(ckpt, base, tokenizer)[0])
-
-
 def parse_item(item_json: str):
     from probe.data.prosqa import item_from_json
 
@@ -158,17 +151,20 @@ def item_activations(ckpt: str, base: str, tokenizer: str, item_json: str, hook:
 
 
 @st.cache_resource(show_spinner=False)
-def load_probe(path: str, model_hash: str, target: str | None = None):
+def load_probe(path: str, ckpt: str, base: str, tokenizer: str, target: str | None = None):
+    """A saved probe, checked against the checkpoint's model (SavedProbe.load refuses another model's)."""
     from probe.probes import SavedProbe
 
-    return SavedProbe.load(path, model_hash=model_hash, target=target)
+    return SavedProbe.load(path, load_model(ckpt, base, tokenizer)[0], target)
 
 
 @st.cache_resource(show_spinner=False)
-def load_sae(path: str, model_hash: str):
+def load_sae(path: str, ckpt: str, base: str, tokenizer: str):
+    """A saved SAE, checked against the checkpoint's model, and the names `probe sae train`'s report gives its
+    features."""
     from probe.sae import SparseAutoencoder
 
-    sae = SparseAutoencoder.load(path, model_hash=model_hash)
+    sae = SparseAutoencoder.load(path, load_model(ckpt, base, tokenizer)[0])
     report = Path(path) / REPORT
     labels = {}
     if report.is_file():  # `probe sae train`'s: its best-ranked features, each named by a node
@@ -231,7 +227,7 @@ def edited_run(ckpt: str, base: str, tokenizer: str, item_json: str, layer: int 
             path = shipped(ckpt, f"{PROBES_DIR}/frontier")
             if path is None:
                 raise ValueError("this checkpoint ships no frontier probe; steer along unembed or random")
-            probe = load_probe(str(path), weights_hash(ckpt, base, tokenizer), "frontier")
+            probe = load_probe(str(path), ckpt, base, tokenizer, "frontier")
         direction = steer_direction(model, tok, item, node, kind=kind, step=step, probe=probe)
         scale = float(reference_site(ckpt, base, tokenizer, layer, k).norm[step - 1])
         edit = steer_edit(direction, alpha * scale, step, n=1, k=k, layer=layer, positions=s.positions)
@@ -385,13 +381,12 @@ def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: 
     if k == 0:
         st.info("this checkpoint has no latent thoughts to read")
         return
-    model_hash = weights_hash(ckpt, base, tokenizer)
     left, right = st.columns(2)
     with left:
         path = pick_directory("frontier probe", "probe", ckpt, f"{PROBES_DIR}/frontier", "probe probes fit")
         try:
             if path:
-                probe = load_probe(str(path), model_hash)
+                probe = load_probe(str(path), ckpt, base, tokenizer)
                 X = item_activations(ckpt, base, tokenizer, item_json, probe.hook, k)
                 z = np.full((k, item.n_nodes), np.nan)
                 fmt = load_model(ckpt, base, tokenizer)[0].config.data_format
@@ -409,7 +404,7 @@ def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: 
         path = pick_directory("sparse autoencoder", "sae", ckpt, SAE_DIR, "probe sae train")
         try:
             if path:
-                sae, labels = load_sae(str(path), model_hash)
+                sae, labels = load_sae(str(path), ckpt, base, tokenizer)
                 X = item_activations(ckpt, base, tokenizer, item_json, sae.hook_point(), k)
                 st.plotly_chart(item_features(sae.encode(X).numpy(), labels), key="sae_features")
         except ValueError as e:

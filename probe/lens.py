@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -32,6 +32,7 @@ from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_pieces
 from probe.data.prosqa import ProsQAItem
 from probe.finite import NonFiniteActivation, check_finite_tensors
+from probe.fitted import Fitted
 from probe.formats import check_version
 from probe.model.coconut import CoconutModel
 from probe.model.hook_names import RESID, act_name, layer_index
@@ -105,16 +106,25 @@ class TunedLensConfig:
             raise LensError(f"{source}: a broken tuned lens header ({type(e).__name__}: {e})") from None
 
 
-class TunedLens(Lens):
-    """One affine translator per layer (identity at start) before the final norm and unembedding."""
+class TunedLens(Lens, Fitted):
+    """One affine translator per layer (identity at start) before the final norm and unembedding.
+
+    A Fitted reader (probe.fitted): made for a model (`for_model`), it records that model's `readout_hash` in its
+    config (`model_hash_`), and `fit` trains it for that model; `check(model)` and `load(path, model)` refuse
+    another model's readout, or a lens that records no hash, with LensError.
+    """
 
     name = "tuned"
+    hash_of = staticmethod(readout_hash)
+    error = LensError
 
     def __init__(self, model: CoconutModel, config: TunedLensConfig | None = None):
+        """A lens bound to `model`: with config (read from a file), that config, checked (`check(model)`: LensError);
+        without, a new one recording the model's shape and readout hash."""
         super().__init__(model)
-        if config is not None:  # read from a file: it must be this model's
-            TunedLens._check_config(config, model)
-        self.config = config or TunedLensConfig(architecture(model).n_layers, model.d_model, readout_hash(model))
+        self.config = config or TunedLensConfig(architecture(model).n_layers, model.d_model, self.hash_of(model))
+        if config is not None:  # read from a file: it must be this model's, refused before its translators are made
+            self.check(model)
         self.translators = nn.ModuleList(nn.Linear(self.config.d_model, self.config.d_model)
                                          for _ in range(self.config.n_layers))
         for t in self.translators:
@@ -123,8 +133,13 @@ class TunedLens(Lens):
 
     @classmethod
     def for_model(cls, model: CoconutModel) -> "TunedLens":
-        """A new lens (every translator the identity) for the model."""
+        """A new lens (every translator the identity) for the model, recording its readout hash."""
         return cls(model)
+
+    @property
+    def model_hash_(self) -> str:
+        """The readout hash of the model the lens was made and fit for (its config's; "" when a file records none)."""
+        return self.config.model_hash
 
     def translate(self, resid: Tensor, layer: int) -> Tensor:
         """[..., d_model] residual of a layer -> its translated residual (float32, on the translators' device)."""
@@ -132,31 +147,31 @@ class TunedLens(Lens):
         return t(resid.to(t.weight))
 
     def check(self, model: CoconutModel) -> None:
-        """Raise LensError unless the lens was fit to `model`'s readout (and has its shape)."""
-        TunedLens._check_config(self.config, model)
-
-    @staticmethod
-    def _check_config(config: TunedLensConfig, model: CoconutModel) -> None:
-        if not config.model_hash:
-            raise LensError("this tuned lens records no model hash, so nothing ties it to a model; refit it "
-                            "(probe tuned-lens)")
-        theirs = readout_hash(model)
-        if config.model_hash != theirs:
-            raise LensError(f"this tuned lens was trained for another model (readout hash "
-                            f"{config.model_hash[:12]} != {theirs[:12]})")
+        """Raise LensError unless the lens was fit to `model`'s readout (and has its shape): one line, when the lens
+        records no hash, another readout's, or another number of layers or width."""
+        Fitted.check(self, model)
         shape = (architecture(model).n_layers, model.d_model)
-        if (config.n_layers, config.d_model) != shape:
-            raise LensError(f"this tuned lens has {config.n_layers} layers of width {config.d_model}; "
+        if (self.config.n_layers, self.config.d_model) != shape:
+            raise LensError(f"this tuned lens has {self.config.n_layers} layers of width {self.config.d_model}; "
                             f"the model has {shape[0]} of width {shape[1]}")
+
+    def _unhashed(self) -> str:
+        return "this tuned lens records no model hash, so nothing ties it to a model; refit it (probe tuned-lens)"
+
+    def _another_model(self, ours: str, theirs: str) -> str:
+        return f"this tuned lens was trained for another model (readout hash {ours[:12]} != {theirs[:12]})"
 
     def fit(self, traces: ThoughtTrace | TraceStore | Iterable[ThoughtTrace], epochs: int = 20, lr: float = 1e-3,
             batch_size: int = 256, seed: int = 0, progress: bool = True) -> "TunedLens":
-        """Train every translator but the last layer's on the traces' residuals (scikit-learn style: returns self).
+        """Train every translator but the last layer's on the traces' residuals (scikit-learn style: returns self)
+        and record the bound model's readout hash (`model_hash_`) as the one the lens is fit for.
 
-        traces: the bound model's, captured with every `hook_resid_post`.
+        traces: the bound model's, captured with every `hook_resid_post` ([batch, steps, layers, d_model] residuals,
+        [batch, steps, vocab] logits). Raises LensError when the training diverges (a translator not finite).
         """
         resid, target = _training_rows(traces)  # [n, layers, d], final logits [n, vocab]
         n_layers = resid.shape[1]
+        self.config = replace(self.config, model_hash=self.hash_of(self.model))
         if n_layers < 2:  # a one-layer model: its only translator is the last layer's, the identity
             return self
         norm, unembed = architecture(self.model).final_norm, self.model.base.get_output_embeddings()
@@ -195,7 +210,9 @@ class TunedLens(Lens):
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: CoconutModel) -> "TunedLens":
-        """Read a saved lens for `model`; refuse a missing or corrupt file, or one fit to another model."""
+        """Read a saved lens for `model` (required: a lens applies its model's readout, so it is bound to one; the
+        file stays one safetensors file, not a directory). Raises LensError, naming the file, for a missing or corrupt
+        file, a lens the tuned-lens library wrote, or one that fails `check(model)`."""
         path = Path(path)
         if (theirs := tuned_lens_library_lens(path)) is not None:
             raise LensError(f"{path}: {theirs}, not read: its unembed_hash (the unembedding as numpy prints it: its "
@@ -215,10 +232,11 @@ class TunedLens(Lens):
         except Exception as e:  # safetensors raises its own error types for a corrupt file
             raise LensError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
         check_finite_tensors(tensors.items(), str(path), LensError)
+        config = TunedLensConfig.from_header(meta, str(path))
         try:
-            lens = cls(model, TunedLensConfig.from_header(meta, str(path)))
+            lens = cls(model, config)  # checked against the model before any translator is made
         except LensError as e:
-            raise LensError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
+            raise LensError(f"{path}: {e}") from None
         d, n = lens.config.d_model, lens.config.n_layers
         shapes = {f"{l}.{k}": [d, d] if k == "weight" else [d] for l in range(n) for k in ("weight", "bias")}
         if missing := [k for k in shapes if k not in tensors]:

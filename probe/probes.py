@@ -33,6 +33,7 @@ from probe.data.prosqa import ProsQAItem, duplicates
 from probe.data.render import node_names
 from probe.data.splits import check_folds, content_folds
 from probe.finite import check_finite_tensors
+from probe.fitted import Fitted
 from probe.formats import check_version, read_field, read_json_object
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import weights_hash
@@ -303,8 +304,16 @@ def cross_validate(
 
 
 @dataclass(kw_only=True)
-class SavedProbe:
-    """Probes of one target at one layer, one per thought k, with what they were fit on."""
+class SavedProbe(Fitted):
+    """Probes of one target at one layer, one per thought k, with what they were fit on.
+
+    A Fitted reader (probe.fitted): `fit_probes` and `fit_halting_probe` fit it from a model and record that
+    model's `weights_hash` (`model_hash`, also `model_hash_`); `check(model)` and `load(path, model)` refuse a
+    probe of another model, or one recording no hash, with ProbeError.
+    """
+
+    hash_of = staticmethod(weights_hash)
+    error = ProbeError
 
     target: str
     kind: str
@@ -313,8 +322,13 @@ class SavedProbe:
     names: list[str]  # output columns (node names), or ["correct"] for the halting probe
     coef: np.ndarray  # [n_steps, n_out, d_model]
     intercept: np.ndarray  # [n_steps, n_out]
-    model_hash: str
+    model_hash: str  # weights_hash of the model whose activations it was fit on
     metrics: dict = field(default_factory=dict)
+
+    @property
+    def model_hash_(self) -> str:
+        """The recorded hash (`model_hash`), under the name of the contract every fitted reader shares."""
+        return self.model_hash
 
     def probe(self, k: int) -> LinearProbe:
         """The fitted probe of thought k."""
@@ -355,11 +369,16 @@ class SavedProbe:
         atomic_write_text(directory / PROBE_CONFIG, json.dumps({"format": PROBE_FORMAT, **meta}, indent=1))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model_hash: str | None = None, target: str | None = None) -> "SavedProbe":
+    def load(cls, path: str | os.PathLike, model=None, target: str | None = None) -> "SavedProbe":
         """Read a saved probe (probe.json: format by probe.formats.check_version, every field checked; the tensors'
-        shapes against it); with model_hash, refuse one fit on another model; with target, one of another target
-        (the halting probe's is "halt")."""
+        shapes against it: coef [steps, names, d_model], intercept [steps, names]); with model, refuse one that
+        `check(model)` refuses; with target, one of another target (the halting probe's is "halt"). Raises
+        ProbeError in one line naming the file."""
         path = Path(path)
+        return cls._read(path, target)._checked(path, model)
+
+    @classmethod
+    def _read(cls, path: Path, target: str | None = None) -> "SavedProbe":
         meta_file, weights = path / PROBE_CONFIG, path / PROBE_WEIGHTS
         if not meta_file.is_file() or not weights.is_file():
             raise ProbeError(f"{path}: not a saved probe (needs probe.json and probe.safetensors)")
@@ -393,10 +412,13 @@ class SavedProbe:
         if list(probe.intercept.shape) != shape:
             raise ProbeError(f"{weights}: intercept has shape {list(probe.intercept.shape)}, expected {shape} (one "
                              "per thought and name of probe.json)")
-        if model_hash is not None and probe.model_hash != model_hash:
-            raise ProbeError(f"{path}: this probe was fit on another model (weights hash {probe.model_hash[:12]}..., "
-                             f"this model {model_hash[:12]}...)")
         return probe
+
+    def _unhashed(self) -> str:
+        return "this probe records no model hash, so nothing ties it to a model; fit it again"
+
+    def _another_model(self, ours: str, theirs: str) -> str:
+        return f"this probe was fit on another model (weights hash {ours[:12]}..., this model {theirs[:12]}...)"
 
 
 def activations_at(trace, hook: str, k: int) -> np.ndarray:
@@ -449,8 +471,8 @@ def fit_probes(
     folds: int = 5, seed: int = 0, batch_size: int = 32, progress: bool = True, **probe_kw,
 ) -> ProbeReport:
     """Capture the layer's residual at every thought, then cross-validate (folds over items by content: copies of an
-    item share a fold) and fit one probe per thought k on every item. Raises ProbeError for a bad target, layer,
-    k_max or folds (more than the distinct items)."""
+    item share a fold) and fit one probe per thought k on every item; its SavedProbe records the model's
+    weights_hash. Raises ProbeError for a bad target, layer, k_max or folds (more than the distinct items)."""
     from probe.capture import capture
     from probe.values import values_by_k
 
@@ -478,7 +500,7 @@ def fit_probes(
         coefs.append(p.coef_)
         biases.append(p.intercept_)
     saved = SavedProbe(target=target, kind=kind, hook=hook, steps=list(scores), names=names, coef=np.stack(coefs),
-                       intercept=np.stack(biases), model_hash=weights_hash(model),
+                       intercept=np.stack(biases), model_hash=SavedProbe.hash_of(model),
                        metrics={str(k): s.as_dict() for k, s in scores.items()})
     return ProbeReport(target, hook, scores, saved)
 
@@ -521,8 +543,8 @@ def fit_halting_probe(
     """A probe that reads, after thought k, whether forcing <|end-latent|> now already gives the right answer.
 
     Cross-validated with min(folds, distinct items) folds over items by content (every thought of an item, and every
-    copy of it, in one fold) against labels shuffled over (item, k) rows. Raises ProbeError for a bad layer or
-    k_max, or fewer than two distinct items."""
+    copy of it, in one fold) against labels shuffled over (item, k) rows; the SavedProbe records the model's
+    weights_hash. Raises ProbeError for a bad layer or k_max, or fewer than two distinct items."""
     items = list(items)
     hook = resid_hook(model, layer)
     k_max = model.config.thought_count(k_max, 2, "k_max", ProbeError, "a halting probe needs a choice to stop early")
@@ -553,7 +575,7 @@ def fit_halting_probe(
                          duplicates_merged=dup.merged)
     p = LinearProbe("classification").fit(X, y)
     saved = SavedProbe(target="halt", kind="classification", hook=hook, steps=[k_max], names=["correct"],
-                       coef=p.coef_[None], intercept=p.intercept_[None], model_hash=weights_hash(model),
+                       coef=p.coef_[None], intercept=p.intercept_[None], model_hash=SavedProbe.hash_of(model),
                        metrics={"cv": scores.as_dict(), "k_max": k_max, "positive_rate": float(y.mean())})
     return saved, scores
 

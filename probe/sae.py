@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from probe.artifacts import SAE_CFG, SAE_EXTRA, SAE_WEIGHTS
 from probe.atomic import atomic_directory, atomic_write_text
 from probe.finite import check_finite_tensors
+from probe.fitted import Fitted
+from probe.model.identity import weights_hash
 from probe.saelens_files import TENSORS, SAEError, read_cfg, read_weights
 
 SAE_LENS_VERSION = "6.5.0"  # the SAELens file format these files follow
@@ -84,14 +86,22 @@ class SAEMetrics:
         return {"fvu": self.fvu, "l0": self.l0, "dead_fraction": self.dead_fraction}
 
 
-class SparseAutoencoder:
+class SparseAutoencoder(Fitted):
     """A TopK (or ReLU + L1) sparse autoencoder trained with Adam on [n, d_in] activations.
 
     The settings after apply_b_dec_to_input are SAELens's, for SAEs read from SAELens files (fit trains
     topk or relu SAEs in float32 without them): activation "jumprelu" or "gated", normalize_activations
     "constant_norm_rescale" or "layer_norm", rescale_acts_by_decoder_norm (topk), dtype (the weights and the
     arithmetic, as SAELens casts both to its cfg dtype).
+
+    A Fitted reader (probe.fitted): `fit(X, model=model, hook_name=hook)` records the `weights_hash` of the model
+    whose activations X are (`model_hash_`, None when fit without one) and their hook (`hook_name_`), both saved
+    with it; `check(model)` and `load(path, model)` refuse an SAE of another model, or one recording no hash (an
+    SAE from SAELens itself: load it without a model), with SAEError.
     """
+
+    hash_of = staticmethod(weights_hash)
+    error = SAEError
 
     def __init__(self, d_sae: int = 512, k: int = 8, activation: str = "topk", l1_coeff: float = 0.0,
                  lr: float = 1e-3, epochs: int = 50, batch_size: int = 256, seed: int = 0, device: str = "cpu",
@@ -129,8 +139,11 @@ class SparseAutoencoder:
             raise SAEError(f"activations have d_in={X.shape[1]}, this SAE was trained on {self.W_enc_.shape[0]}")
         return X
 
-    def fit(self, X) -> "SparseAutoencoder":
-        """Train on activations X [n, d_in]: MSE (+ L1 for ReLU), decoder rows kept at unit norm."""
+    def fit(self, X, y=None, *, model=None, hook_name: str | None = None) -> "SparseAutoencoder":
+        """Train on activations X [n, d_in]: MSE (+ L1 for ReLU), decoder rows kept at unit norm (scikit-learn
+        style: y is ignored, returns self). model: the model X was read from, whose weights_hash the SAE records
+        (`model_hash_`; None without one); hook_name: the hook X was read at (`hook_name_`, what `save` writes).
+        Raises SAEError for settings it cannot train, rows that are all equal, or a training that diverges."""
         self._check()
         X = self._rows(X).float().to(self.device)
         n, d = X.shape
@@ -169,6 +182,8 @@ class SparseAutoencoder:
                              advice="its training diverged (try a lower learning rate); nothing is written")
         for k, v in params.items():
             setattr(self, f"{k}_", v.detach().cpu())
+        self.model_hash_ = None if model is None else self.hash_of(model)
+        self.hook_name_, self.no_hook_ = hook_name, ""
         return self
 
     def _encode(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
@@ -251,20 +266,31 @@ class SparseAutoencoder:
         hook = getattr(self, "hook_name_", None)
         if hook:
             return hook
-        raise SAEError(getattr(self, "no_hook_", "") or "this SAE names no hook point (it was not loaded from "
-                       "files); pass the hook its activations came from")
+        raise SAEError(getattr(self, "no_hook_", "") or "this SAE names no hook point (it was fit without "
+                       "hook_name and not loaded from files); pass the hook its activations came from")
 
     # ------------------------------------------------------------------------ files
 
-    def save(self, path: str | os.PathLike, hook_name: str, model_name: str = "", extra: dict | None = None) -> Path:
-        """SAELens-format cfg.json and sae_weights.safetensors (plus coconut_probe.json), written atomically."""
+    def save(self, path: str | os.PathLike, hook_name: str | None = None, model_name: str = "",
+             extra: dict | None = None) -> Path:
+        """SAELens-format cfg.json and sae_weights.safetensors (plus coconut_probe.json), written atomically: see
+        write_into."""
         with atomic_directory(path, replace=True) as tmp:
             self.write_into(tmp, hook_name, model_name, extra)
         return Path(path)
 
-    def write_into(self, directory: Path, hook_name: str, model_name: str = "", extra: dict | None = None) -> None:
-        """The SAE's files, into an existing directory (SAELens 6's layout)."""
+    def write_into(self, directory: Path, hook_name: str | None = None, model_name: str = "",
+                   extra: dict | None = None) -> None:
+        """The SAE's files, into an existing directory (SAELens 6's layout). hook_name: the hook written in cfg.json
+        (default: the one it was fit at or read with, `hook_point()`); model_name: cfg.json's metadata.model_name;
+        coconut_probe.json holds the training settings, the recorded `model_hash_` (when there is one) and `extra`
+        (more of the run's record, e.g. k_max; never a model hash: SAEError). Raises SAEError for an SAE not fitted,
+        naming no hook, or decoding with a finetuning scaling factor."""
         p = self._params()
+        if extra and "model_hash" in extra:
+            raise SAEError("extra holds a model_hash: an SAE records the hash of the model it is fit on "
+                           "(fit(X, model=...)), never one given beside it")
+        hook_name = hook_name or self.hook_point()
         if getattr(self, "finetuning_scaling_factor_", None) is not None:
             raise SAEError("this SAE decodes with a finetuning scaling factor, which SAELens 6 files cannot hold; "
                            "fold it into W_dec first")
@@ -281,25 +307,29 @@ class SparseAutoencoder:
         if self.rescale_acts_by_decoder_norm:  # a SAELens 6.14 field: older SAELens would drop it and misread
             cfg["rescale_acts_by_decoder_norm"] = True
             cfg["metadata"]["sae_lens_version"] = RESCALE_VERSION
+        hashed = {"model_hash": self.model_hash_} if getattr(self, "model_hash_", None) else {}
         ours = {"activation": self.activation, "k": self.k, "l1_coeff": self.l1_coeff, "lr": self.lr,
-                "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed, **(extra or {})}
+                "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed, **hashed, **(extra or {})}
         save_file({k: v.contiguous() for k, v in p.items()}, str(directory / SAE_WEIGHTS))
         atomic_write_text(directory / SAE_CFG, json.dumps(cfg, indent=1))
         atomic_write_text(directory / SAE_EXTRA, json.dumps(ours, indent=1))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> "SparseAutoencoder":
+    def load(cls, path: str | os.PathLike, model=None) -> "SparseAutoencoder":
         """Read an SAE directory (ours, or any SAELens one) the way SAELens's load_from_disk reads it.
 
         Sets the weights (W_enc_ [d_in, d_sae], W_dec_ [d_sae, d_in], b_dec_ [d_in] and the architecture's
         others, [d_sae]), hook_name_ (None when the file names none: hook_point() then refuses, naming why),
-        metadata_ (model_name, prepend_bos, ...: kept, not applied) and notes_ (one line per default taken, old
-        field renamed or dtype cast). With model_hash (probe.model.identity.weights_hash of the model it will
-        read), refuse one trained on another model or recording no model (an SAE from SAELens itself: load it
-        without model_hash). Raises SAEError in one line naming the file and field for anything it cannot read
-        faithfully (docs/formats.md).
+        model_hash_ (coconut_probe.json's; None when there is none), metadata_ (model_name, prepend_bos, ...: kept,
+        not applied) and notes_ (one line per default taken, old field renamed or dtype cast). With model (the model
+        whose activations it will read), refuse one that `check(model)` refuses: trained on another model or
+        recording no model (an SAE from SAELens itself: load it without a model). Raises SAEError in one line naming
+        the file and field for anything it cannot read faithfully (docs/formats.md).
         """
-        path = Path(path)
+        return super().load(path, model)
+
+    @classmethod
+    def _read(cls, path: Path) -> "SparseAutoencoder":
         cfg_file, weights = path / SAE_CFG, path / SAE_WEIGHTS
         if not cfg_file.is_file() or not weights.is_file():
             raise SAEError(f"{path}: not an SAE directory (needs cfg.json and sae_weights.safetensors; SAELens "
@@ -313,9 +343,6 @@ class SparseAutoencoder:
         c = read_cfg(cfg, str(cfg_file))
         check_finite_tensors(raw.items(), str(weights), SAEError)
         tensors, notes = read_weights(raw, c, str(weights), str(cfg_file))
-        if model_hash is not None and ours.get("model_hash") != model_hash:
-            why = "records no model hash" if not ours.get("model_hash") else "was trained on another model's activations"
-            raise SAEError(f"{path}: this SAE {why}; refit it (probe sae train)")
         activation = next(a for a, arch in ARCHITECTURE.items() if arch == c.architecture)
         k = c.k if c.k is not None else ours.get("k", 8)
         sae = cls(d_sae=c.d_sae, k=k, activation=activation, apply_b_dec_to_input=c.apply_b_dec_to_input,
@@ -326,7 +353,14 @@ class SparseAutoencoder:
             setattr(sae, f"{name}_", t)
         sae.hook_name_, sae.no_hook_ = c.hook_name, c.no_hook
         sae.metadata_, sae.layout_, sae.notes_ = c.metadata, c.layout, [*c.notes, *notes]
+        sae.model_hash_ = ours.get("model_hash") if isinstance(ours, dict) else None
         return sae
+
+    def _unhashed(self) -> str:
+        return "this SAE records no model hash; refit it (probe sae train)"
+
+    def _another_model(self, ours: str, theirs: str) -> str:
+        return "this SAE was trained on another model's activations; refit it (probe sae train)"
 
 
 # ---------------------------------------------------------------------------- features
@@ -475,7 +509,8 @@ def train_sae(
 
     A `held_out` fraction of the distinct items, drawn with `seed` (`splits.content_holdout`: every thought of
     each, and every copy of it), is held out of training and measured apart; features are described on all rows
-    (feature_reports, groups of probe.frontier). Raises SAEError for settings the SAE refuses, a held_out fraction
+    (feature_reports, groups of probe.frontier). The SAE records the model's weights_hash and the hook (`fit`), so
+    `sae.save(path)` writes both. Raises SAEError for settings the SAE refuses, a held_out fraction
     outside (0, 1), or too few distinct items to train and hold out.
     """
     from probe.data.prosqa import duplicates
@@ -491,7 +526,7 @@ def train_sae(
     held = np.repeat(held_items, rows.k_max)
     sae = SparseAutoencoder(d_sae=d_sae, k=k, activation=activation, l1_coeff=l1_coeff, epochs=epochs, seed=seed,
                             device=device, progress=progress)
-    sae.fit(rows.X[~held])
+    sae.fit(rows.X[~held], model=model, hook_name=rows.hook)
     feats = feature_reports(sae.encode(rows.X).numpy(), rows.frontier, rows.present, rows.names, rows.groups, GROUPS)
     return SAETraining(sae=sae, rows=rows, n_items=len(items), held_out=held, duplicates_merged=dup.merged,
                        train_metrics=sae.metrics(rows.X[~held]),

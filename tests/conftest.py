@@ -101,6 +101,16 @@ def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(1.0 + 0.5 * torch.randn(p.shape, generator=g))
 
 
+def hashed_as(weights: str):
+    """A stand-in for a model whose weights hash is `weights` (pinned, as probe.model.identity.pin keeps it): what a
+    probe's or SAE's check(model) compares, for one saved with a made-up hash."""
+    from types import SimpleNamespace
+
+    from probe.model.identity import WEIGHTS
+
+    return SimpleNamespace(identity={WEIGHTS: weights})
+
+
 def tiny_base(kind: str, vocab: int, eos: int, seed: int = 0):
     """A two-layer random GPT-2 or Llama with randomised norms, in eval mode."""
     torch.manual_seed(seed)

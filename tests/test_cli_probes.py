@@ -13,7 +13,6 @@ from probe.cli import app
 from probe.model.checkpoint import load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import special_tokens
-from probe.model.identity import weights_hash
 from probe.probes import SavedProbe
 from probe.sae import SparseAutoencoder
 
@@ -42,7 +41,7 @@ def test_probes_fit_writes_probe_report_and_figure(ckpt, official_path, tmp_path
         assert s["selectivity"] == pytest.approx(s["auroc"] - s["control_auroc"])
     assert rep["control"]["steps"]["1"]["auroc"] == pytest.approx(rep["steps"]["1"]["auroc"])  # same model
     model, _ = load_checkpoint(ckpt)
-    saved = SavedProbe.load(out, weights_hash(model))
+    saved = SavedProbe.load(out, model)
     assert saved.steps == [1, 2] and saved.coef.shape[-1] == model.d_model
     assert (out / "scores.html").stat().st_size > 1000
     r = runner.invoke(app, ["probes", "fit", "--ckpt", str(ckpt), "--data", str(official_path), "--target", "height",
@@ -85,7 +84,7 @@ def test_halting_probe_then_eval_halt(answering_checkpoint, answering, official_
     res = json.loads(js.read_text())
     assert res["fixed"] == {str(k): pytest.approx(sum(c) / 12) for k, c in correct.items()}
     assert sum(res["thoughts_histogram"].values()) == 12 and 1 <= res["mean_thoughts"] <= 6
-    lib = halting_eval(model, tok, items, SavedProbe.load(out, weights_hash(model)), progress=False)
+    lib = halting_eval(model, tok, items, SavedProbe.load(out, model), progress=False)
     assert res["accuracy"] == pytest.approx(lib.accuracy) and res["thoughts_histogram"] == lib.as_dict()["thoughts_histogram"]
     assert "plotly" in js.with_suffix(".html").read_text()[:20000].lower()
     # A probe fit on another model is refused by name.
@@ -105,7 +104,7 @@ def test_sae_train_writes_saelens_files_and_a_report(ckpt, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["hook"] == "ln_final.hook_normalized" and rep["rows"] == 30 * 2
     model, tok = load_checkpoint(ckpt)
-    sae = SparseAutoencoder.load(out, model_hash=weights_hash(model))
+    sae = SparseAutoencoder.load(out, model)
     # the report's numbers are the library's on the same rows: 3 of the 30 (distinct) items held out, as
     # content_holdout draws them with the default seed, the other 27 trained
     from probe.data.generate import generate_items

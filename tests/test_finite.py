@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import prompt_by_hand, tiny_base
+from conftest import hashed_as, prompt_by_hand, tiny_base
 from probe.capture import CaptureError, TraceStore, architecture, capture, capture_batch, capture_to_disk
 from probe.decode import decode_item
 from probe.evaluate import evaluate
@@ -61,15 +61,15 @@ def test_readout_and_trace_files_holding_nan_or_inf_are_refused_naming_file_and_
                    model_hash=weights_hash(gpt2)).save(tmp_path / target)
         poison(tmp_path / target / "probe.safetensors", "intercept", [inf])
         with pytest.raises(ProbeError) as e:
-            SavedProbe.load(tmp_path / target, weights_hash(gpt2))
+            SavedProbe.load(tmp_path / target, gpt2)
         file = tmp_path / target / "probe.safetensors"
         assert str(e.value) == f"{file}: tensor intercept holds 1 inf value; {DAMAGED}"
     # an SAE
-    SparseAutoencoder(d_sae=8, k=2, epochs=1, progress=False).fit(torch.randn(40, 32)).save(
-        tmp_path / "sae", hook_name="ln_final.hook_normalized", extra={"model_hash": "abc"})
+    SparseAutoencoder(d_sae=8, k=2, epochs=1, progress=False).fit(torch.randn(40, 32), model=hashed_as("abc")).save(
+        tmp_path / "sae", hook_name="ln_final.hook_normalized")
     poison(tmp_path / "sae" / "sae_weights.safetensors", "W_dec", [nan, inf, -inf])
     with pytest.raises(SAEError) as e:
-        SparseAutoencoder.load(tmp_path / "sae", model_hash="abc")
+        SparseAutoencoder.load(tmp_path / "sae", hashed_as("abc"))
     assert str(e.value) == (f"{tmp_path / 'sae' / 'sae_weights.safetensors'}: tensor W_dec holds 1 NaN and 2 inf "
                             f"values; {DAMAGED}")
     # a trace store's shard

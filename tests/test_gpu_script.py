@@ -76,7 +76,6 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
     # ones gone, and the default's tuned lens, frontier probe and SAE refit on it (each tied to its weights)
     # with the latent-search section in its card.
     from probe.lens import TunedLens
-    from probe.model.identity import weights_hash
     from probe.probes import SavedProbe
     from probe.sae import SparseAutoencoder
 
@@ -96,8 +95,8 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
     theirs, _ = load_checkpoint(shipped / "rbs" / "checkpoint", base=shipped / "rbs" / "config.json", tokenizer="rbs")
     assert all(torch.equal(a, b) for a, b in zip(theirs.base.state_dict().values(), model.base.state_dict().values()))
     TunedLens.load(shipped / "tuned_lens.safetensors", model)
-    SavedProbe.load(shipped / "probes" / "frontier", weights_hash(model))
-    SparseAutoencoder.load(shipped / "sae", weights_hash(model))
+    SavedProbe.load(shipped / "probes" / "frontier", model)
+    SparseAutoencoder.load(shipped / "sae", model)
     card = (shipped / "README.md").read_text()
     assert "## Latent search" in card and "`probe analyze` on 4 items of valid8.json: `prosqa-coconut`" in card
     assert "thought k itself read through the unembedding" in card

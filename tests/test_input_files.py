@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from conftest import tiny_base
+from conftest import hashed_as, tiny_base
 from probe.capture import CaptureError, TraceStore, capture, capture_to_disk
 from probe.cli import app
 from probe.data.prosqa import DataError, item_key, items_from_json, load_items
@@ -453,7 +453,7 @@ def test_a_probe_json_with_a_key_it_does_not_know_reads_the_same_probe(probe_dir
     shutil.copytree(probe_dir, path)
     meta = json.loads((path / "probe.json").read_text())
     (path / "probe.json").write_text(json.dumps({**meta, "written_by": "a later script"}))
-    a, b = SavedProbe.load(probe_dir), SavedProbe.load(path, "h" * 64)
+    a, b = SavedProbe.load(probe_dir), SavedProbe.load(path, hashed_as("h" * 64))
     X = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)).double().numpy()
     assert (a.steps, a.names, a.hook, a.metrics) == (b.steps, b.names, b.hook, b.metrics)
     assert (a.read(X, 2, ["c", "a"]) == b.read(X, 2, ["c", "a"])).all()
@@ -498,7 +498,7 @@ def test_a_probe_file_that_cannot_be_read_is_refused_in_one_line(name, probe_dir
     shutil.copytree(probe_dir, path)
     change(path)
     with pytest.raises(ProbeError) as e:
-        SavedProbe.load(path, "h" * 64)
+        SavedProbe.load(path, hashed_as("h" * 64))
     assert str(e.value) == message.format(json=path / "probe.json", weights=path / "probe.safetensors")
 
 

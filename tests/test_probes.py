@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import hashed_as
 from probe.data.prosqa import ProsQAItem
 from probe.probes import (LinearProbe, ProbeError, SavedProbe, control_targets, cross_validate, fit_halting_probe,
                           fit_probes, halt_points, halting_eval, probe_targets)
@@ -91,7 +92,7 @@ def test_saved_probe_round_trip_and_errors(tmp_path):
                        names=["a", "b", "c"], coef=p.coef_[None], intercept=p.intercept_[None], model_hash="h" * 64,
                        metrics={"1": {"auroc": 1.0}})
     saved.save(tmp_path / "pr")
-    back = SavedProbe.load(tmp_path / "pr", model_hash="h" * 64)
+    back = SavedProbe.load(tmp_path / "pr", hashed_as("h" * 64))
     np.testing.assert_allclose(back.probe(1).decision_function(X), p.decision_function(X), rtol=1e-4, atol=1e-4)
     dirs = back.directions(1)
     assert set(dirs) == {"a", "b", "c"} and all(abs(np.linalg.norm(v) - 1) < 1e-6 for v in dirs.values())
@@ -101,7 +102,7 @@ def test_saved_probe_round_trip_and_errors(tmp_path):
     np.testing.assert_allclose(read[:, 2], p_all[:, 0], rtol=1e-4)
     assert np.isnan(read[:, 1]).all() and ((read[:, [0, 2]] > 0) & (read[:, [0, 2]] < 1)).all()
     with pytest.raises(ProbeError, match="fit on another model"):
-        SavedProbe.load(tmp_path / "pr", model_hash="x" * 64)
+        SavedProbe.load(tmp_path / "pr", hashed_as("x" * 64))
     with pytest.raises(ProbeError, match="no probe for thought 2"):
         back.probe(2)
     with pytest.raises(ProbeError, match="not a saved probe"):

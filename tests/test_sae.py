@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
+from conftest import hashed_as
 from probe.frontier import GROUPS
 from probe.sae import SAEError, SparseAutoencoder, auroc_table, feature_reports, thought_rows
 
@@ -51,9 +52,8 @@ def test_relu_l1_variant_is_sparse_and_reconstructs():
 
 def test_files_follow_saelens_and_round_trip(tmp_path):
     X, _ = planted_dictionary(n=500)
-    sae = SparseAutoencoder(d_sae=16, k=2, epochs=2, progress=False).fit(X)
-    sae.save(tmp_path / "sae", hook_name="ln_final.hook_normalized", model_name="prosqa-coconut",
-             extra={"model_hash": "abc"})
+    sae = SparseAutoencoder(d_sae=16, k=2, epochs=2, progress=False).fit(X, model=hashed_as("abc"))
+    sae.save(tmp_path / "sae", hook_name="ln_final.hook_normalized", model_name="prosqa-coconut")
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["d_in"] == 24 and cfg["d_sae"] == 16 and cfg["k"] == 2
     assert cfg["metadata"]["hook_name"] == "ln_final.hook_normalized"
@@ -66,16 +66,16 @@ def test_files_follow_saelens_and_round_trip(tmp_path):
     pre = (X - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
     top = pre.topk(2, dim=-1)
     want = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
-    back = SparseAutoencoder.load(tmp_path / "sae", model_hash="abc")
+    back = SparseAutoencoder.load(tmp_path / "sae", hashed_as("abc"))
     torch.testing.assert_close(back.encode(X), want)
     torch.testing.assert_close(back.decode(want), want @ w["W_dec"] + w["b_dec"])
     with pytest.raises(SAEError, match="another model"):
-        SparseAutoencoder.load(tmp_path / "sae", model_hash="xyz")
+        SparseAutoencoder.load(tmp_path / "sae", hashed_as("xyz"))
     unhashed = json.loads((tmp_path / "sae" / "coconut_probe.json").read_text())
     del unhashed["model_hash"]
     (tmp_path / "sae" / "coconut_probe.json").write_text(json.dumps(unhashed))
     with pytest.raises(SAEError, match="records no model hash"):  # tied to nothing: not accepted silently
-        SparseAutoencoder.load(tmp_path / "sae", model_hash="abc")
+        SparseAutoencoder.load(tmp_path / "sae", hashed_as("abc"))
     SparseAutoencoder.load(tmp_path / "sae")  # without a model to check against (an SAE from SAELens itself)
     with pytest.raises(SAEError, match="d_in=5"):
         back.encode(torch.zeros(3, 5))

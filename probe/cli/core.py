@@ -201,10 +201,9 @@ def eval_cmd(
     if model.config.data_format == "rbs":
         _rbs_options_note(items)
     if halt is not None:
-        from probe.model.identity import weights_hash
         from probe.probes import SavedProbe, halting_eval
 
-        result = halting_eval(model, tok, items, SavedProbe.load(halt, weights_hash(model), "halt"),
+        result = halting_eval(model, tok, items, SavedProbe.load(halt, model, "halt"),
                               threshold=threshold, batch_size=batch_size)
     else:
         res = evaluate(model, tok, items, k=k if k in (None, GOLD) else _int_option("--k", k), batch_size=batch_size)

@@ -50,7 +50,6 @@ def intervene_cmd(
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.data.prosqa import load_items
     from probe.interventions import ABLATIONS, run_interventions
-    from probe.model.identity import weights_hash
     from probe.probes import SavedProbe
     from probe.viz import INTERVENTION_FIGURES
 
@@ -72,7 +71,7 @@ def intervene_cmd(
     for i, ((path, b, t), (model, tok)) in enumerate(zip(runs, loaded)):
         probe = None
         if probe_dir is not None and i == 0:
-            probe = SavedProbe.load(probe_dir, weights_hash(model), "frontier")
+            probe = SavedProbe.load(probe_dir, model, "frontier")
         typer.echo(f"{path}:")
         rep = run_interventions(model, tok, items, k=k if i == 0 else reports[0].k, sites=site_list, kinds=kind_list,
                                 steer_step=steer_step, steer_layer=steer_layer, alphas=alpha_list, probe=probe,

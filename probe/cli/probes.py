@@ -158,7 +158,6 @@ def sae_train(
     from probe.artifacts import REPORT, SAE_CFG, SAE_WEIGHTS
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.cli.common import note_duplicates
-    from probe.model.identity import weights_hash
     from probe.probes import resid_hook
     from probe.sae import train_sae
     from probe.viz import sae_features
@@ -172,8 +171,8 @@ def sae_train(
                     d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)
     report = finite({"checkpoint": str(_default_ckpt(ckpt)), **run.report()})
     with atomic_directory(out, replace=True) as tmp:  # the claim refused the rest
-        run.sae.write_into(tmp, run.rows.hook, model_name=_default_ckpt(ckpt).name,
-                           extra={"model_hash": weights_hash(model), "k_max": run.rows.k_max, "n_items": run.n_items})
+        run.sae.write_into(tmp, model_name=_default_ckpt(ckpt).name,
+                           extra={"k_max": run.rows.k_max, "n_items": run.n_items})
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
         write_html(sae_features(run.features), tmp / "features.html")
     m, held = run.train_metrics, run.held_out_metrics
