@@ -31,7 +31,7 @@ import yaml
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
+from probe.artifacts import COCONUT_CONFIG, RUN_CHECKPOINTS, RUN_CONFIG, TRAINER_STATE
 from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES, generate_items
 from probe.atomic import atomic_write_text, interruptible
 from probe.data.prosqa import DataError, ProsQAItem, load_items
@@ -237,8 +237,8 @@ def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
     run_dir = cfg.run_dir
     last = latest_checkpoint(run_dir) if resume else None
     if resume and last is None:
-        raise ConfigError(f"{run_dir}: nothing to resume (no epoch-* checkpoint)")
-    if last is None and run_dir.exists() and any(run_dir.glob("epoch-*")):
+        raise ConfigError(f"{run_dir}: nothing to resume (no {RUN_CHECKPOINTS} checkpoint)")
+    if last is None and run_dir.exists() and any(run_dir.glob(RUN_CHECKPOINTS)):
         raise ConfigError(f"{run_dir}: holds checkpoints already; pass resume, or choose another out_dir")
     val_items = _load_data(cfg, cfg.val_data, cfg.val_size, train=False) if cfg.val_data else []
     # The pool before the model: its worker processes fork before anything touches a GPU.
@@ -264,7 +264,7 @@ def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
     _check_data(cfg, tok, model.config.data_format, pool, val_items, rank)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        atomic_write_text(run_dir / RUN_CONFIG, yaml.safe_dump(asdict(cfg), sort_keys=False))
     run = _Run(cfg, model, tok, state, last, val_items, pool, device, _hardware(device), rank=rank, world_size=size)
     if size > 1 and cfg.distributed == "fsdp":
         from torch.distributed.fsdp import fully_shard
