@@ -86,6 +86,7 @@ def train(
     Under torchrun (`torchrun --nproc_per_node N -m probe.cli train --config FILE`) the ranks train one model
     with DistributedDataParallel (each takes its rows of every batch; rank 0 writes and reports).
     """
+    from probe.analyze import search_summary
     from probe.distributed import world
     from probe.train import train as run
     from probe.train_config import TrainConfig, parse_overrides
@@ -99,7 +100,8 @@ def train(
     if rank == 0:  # under torchrun, rank 0 writes the run
         _claim_run(cfg, "--out-dir" if out_dir is not None else f"out_dir ({config})", resume)
     try:
-        result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)))
+        result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)),
+                     search=search_summary)
     except Exception as e:
         if size == 1 or isinstance(e, (InputError, OSError)):
             raise
