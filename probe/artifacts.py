@@ -1,13 +1,23 @@
 """The file names of everything the toolkit writes and reads, in one place (as SAELens keeps its constants).
 
-A checkpoint directory of ours holds the base model in transformers' own files (HF_CONFIG, HF_WEIGHTS and
-the tokenizer's), COCONUT_CONFIG, and when it comes from training TRAINER_STATE and the optimizer's files;
+A training run's directory holds its RUN_CONFIG and its checkpoints (RUN_CHECKPOINT, RUN_CHECKPOINT_STEP; all
+matched by RUN_CHECKPOINTS). A checkpoint directory of ours holds the base model in transformers' own files
+(HF_CONFIG, HF_WEIGHTS and the tokenizer's), COCONUT_CONFIG, a MODEL_CARD, and when it comes from training
+TRAINER_STATE and the optimizer's files;
 one in RbS's data format holds RBS_DIR (RBS_CHECKPOINT and RBS_CONFIG, their own files);
 a released one may also ship its readouts: TUNED_LENS, probes under PROBES_DIR, an SAE under SAE_DIR.
 """
 
+# a training run's directory (probe train); its checkpoint names sort in training order
+RUN_CONFIG = "config.yaml"  # the run's whole TrainConfig
+RUN_CHECKPOINT = "epoch-{epoch:03d}"  # after `epoch` whole epochs
+RUN_CHECKPOINT_STEP = "epoch-{epoch:03d}-step-{step:07d}"  # inside epoch + 1, at optimizer step `step`
+RUN_CHECKPOINTS = "epoch-*"  # the glob of both
+RANK_ERROR = "error-rank{rank}.txt"  # under torchrun: the traceback of a rank that failed
+
 # a checkpoint
 COCONUT_CONFIG = "coconut.json"
+MODEL_CARD = "README.md"
 HF_CONFIG = "config.json"  # transformers' names
 HF_WEIGHTS = "model.safetensors"
 TRAINER_STATE = "trainer_state.json"

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from probe.artifacts import TRAINER_STATE
+from probe.artifacts import RUN_CHECKPOINT, TRAINER_STATE
 from probe.data.prosqa import ProsQAItem, load_items
 from probe.data.render import check_tokenizer_writes
 from probe.evaluate import GOLD, evaluate
@@ -78,7 +78,7 @@ def lineage(ckpt: Path, config_paths: Sequence[str | Path]) -> list[Phase]:
     """The training phases behind a checkpoint, oldest first, matched to their config files."""
     state_file = ckpt / TRAINER_STATE
     if not state_file.is_file():
-        raise CheckpointError(f"{ckpt}: no trainer_state.json; release needs a checkpoint written by `probe train`")
+        raise CheckpointError(f"{ckpt}: no {TRAINER_STATE}; release needs a checkpoint written by `probe train`")
     state = read_json_object(state_file, CheckpointError, TRAINER_STATE)
     histories = []
     node: dict[str, Any] | None = state
@@ -317,7 +317,8 @@ def model_card(rel: Release, model: CoconutModel, summary: str = "") -> str:
         "",
         "```",
         *[f"probe train --config {p.config_path}" + _exact_epochs(p) for p in rel.phases],
-        f"probe release --ckpt {run_dir}/epoch-{last:03d} --out {rel.path} --data ../shared/data/{ev.data} "
+        f"probe release --ckpt {run_dir}/{RUN_CHECKPOINT.format(epoch=last)} --out {rel.path} "
+        f"--data ../shared/data/{ev.data} "
         + " ".join(f"--config {p.config_path}" for p in rel.phases),
         f"probe eval --ckpt {rel.path} --data ../shared/data/{ev.data}",
         "```",

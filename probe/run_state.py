@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from probe.artifacts import OPTIMIZER_GROUPS, OPTIMIZER_WEIGHTS, TRAINER_STATE
+from probe.artifacts import (OPTIMIZER_GROUPS, OPTIMIZER_WEIGHTS, RUN_CHECKPOINT, RUN_CHECKPOINT_STEP,
+                             RUN_CHECKPOINTS, TRAINER_STATE)
 from probe.atomic import atomic_directory, remove_directory
 from probe.data.stream import batches_per_epoch
 from probe.formats import read_field, read_json_object
@@ -77,7 +78,9 @@ class RunState:
     @property
     def name(self) -> str:
         """The checkpoint directory name of this position."""
-        return f"epoch-{self.epoch:03d}" if self.batch == 0 else f"epoch-{self.epoch:03d}-step-{self.step:07d}"
+        if self.batch == 0:
+            return RUN_CHECKPOINT.format(epoch=self.epoch)
+        return RUN_CHECKPOINT_STEP.format(epoch=self.epoch, step=self.step)
 
     def save(self, run_dir: Path, model, tokenizer, optimizer: torch.optim.Optimizer, metadata: dict[str, Any],
              weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
@@ -139,7 +142,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
     """A run's complete checkpoints, oldest first."""
-    return sorted(p for p in Path(run_dir).glob("epoch-*") if (p / TRAINER_STATE).is_file())
+    return sorted(p for p in Path(run_dir).glob(RUN_CHECKPOINTS) if (p / TRAINER_STATE).is_file())
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -2,10 +2,12 @@
 
 One YAML file configures a run; the same loop trains the paper's baselines (mode cot, no_cot,
 pause_as_thought, no_thoughts) and, with `supervision: optimal`, the recipe of "Reasoning by
-Superposition" (Zhu, Hao et al. 2025; probe.data.supervision). `train()` sets up (a new run, or
-the `RunState` of its latest checkpoint), then runs the stream of batches epoch by epoch,
-recording (and evaluating) and saving where due. Batch b of epoch e and its dropout are seeded
-from (seed, e, b), so a run resumed from any checkpoint continues exactly.
+Superposition" (Zhu, Hao et al. 2025; probe.data.supervision). `train()` reads as nanoGPT's loop does:
+set up (a new run, or the `RunState` of its latest checkpoint), make the plan, then one optimizer step
+after another over the stream of batches, closing a record (evaluating where due) and saving where due.
+Batch b of epoch e and its dropout are seeded from (seed, e, b), so a run resumed from any checkpoint
+continues exactly. What differs past one process is in probe.train_distributed; the search summary an
+evaluation logs is passed in (`search`), so that training imports no analysis.
 
 On a GPU: bfloat16 autocast (`precision`), data prepared by CPU workers ahead of the model
 (`num_workers`), the thought loop batched over rows (CoconutModel.forward), logits computed only at
@@ -18,38 +20,29 @@ from __future__ import annotations
 
 import math
 import platform
-import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import torch
-import torch.distributed as dist
 import yaml
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM
 
-from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
-from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES, generate_items
-from probe.atomic import atomic_write_text, interruptible
-from probe.data.prosqa import DataError, ProsQAItem, load_items
-from probe.data.rbs import load_training_items
-from probe.data.render import ROUND_TRIP_ITEMS, check_tokenizer_writes, question_text
+from probe.artifacts import RUN_CHECKPOINTS, RUN_CONFIG
+from probe.atomic import atomic_write_text
+from probe.data.prosqa import ProsQAItem
 from probe.data.stream import BatchStream, StreamSpec, batch_loader, generate_pool
-from probe.distributed import process_group, rank_device, rank_slice, world
-from probe.analyze import search_summary
+from probe.distributed import rank_device, world
 from probe.evaluate import evaluate
-from probe.model.architecture import find_architecture
-from probe.formats import read_json_object
-from probe.model.checkpoint import CheckpointError, check_weights, load_checkpoint, read_meta
-from probe.model.coconut import CoconutConfig, CoconutModel
+from probe.model.checkpoint import load_checkpoint
+from probe.model.coconut import CoconutModel
 from probe.model.placement import parse_device
-from probe.model.tokenizer import (add_latent_tokens, build_rbs_tokenizer, build_word_tokenizer, is_rbs_tokenizer,
-                                   load_tokenizer)
-from probe.run_state import Plan, RunState, latest_checkpoint, load_optimizer, prune, read_optimizer
+from probe.run_state import Plan, RunState, latest_checkpoint, prune
 from probe.train_config import ConfigError, TrainConfig
+from probe.train_distributed import Ranks, training_job
+from probe.train_start import build_model, check_data, load_data, run_record
 
 BUDGET_MARGIN = 0.08  # of max_minutes, left unplanned for what calibration cannot see
 
@@ -109,98 +102,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_model(cfg: TrainConfig, extra_names: list[str]) -> tuple[CoconutModel, Any]:
-    """The starting Coconut model and tokenizer of a run: a checkpoint, a local base directory, or from scratch."""
-    if cfg.load_model_path:
-        model, tok = load_checkpoint(cfg.load_model_path)
-        _check_tokenizer(cfg, tok, f"the tokenizer of {cfg.load_model_path}")
-        # The run's mode and curriculum replace the checkpoint's (a CoT model continued as Coconut or pause).
-        model.config = replace(
-            model.config, mode=cfg.mode, c_thought=0 if cfg.mode == "no_thoughts" else cfg.c_thought,
-            max_latent_stage=cfg.max_latent_stage, pad_latent_to_max=cfg.pad_latent_to_max, data_format=cfg.data_format,
-            supervision=cfg.supervision,
-        )
-        return model, tok
-    if cfg.tokenizer == "word":
-        tok = build_word_tokenizer([*PERSON_NAMES, *CONCEPT_NAMES, *extra_names])
-    elif cfg.tokenizer == "rbs":
-        tok = build_rbs_tokenizer()
-    else:
-        tok = load_tokenizer(cfg.tokenizer if cfg.tokenizer != "base" else cfg.base)
-    _check_tokenizer(cfg, tok, cfg.tokenizer)
-    special = add_latent_tokens(tok)
-    if cfg.base:
-        base = AutoModelForCausalLM.from_pretrained(cfg.base, local_files_only=True)
-        check_weights(base, cfg.base)
-        old = base.get_input_embeddings().num_embeddings
-        base.resize_token_embeddings(len(tok))
-        emb = base.get_input_embeddings().weight.data
-        # As the official code does: new tokens start from a known token's embedding ('<<' in GPT-2).
-        seed_id = tok.convert_tokens_to_ids("<<") if "<<" in tok.get_vocab() else tok.eos_token_id
-        for i in range(old, len(tok)):
-            emb[i] = emb[seed_id]
-    else:
-        kw = dict(cfg.model)
-        model_type = kw.pop("model_type", None)
-        if not model_type:
-            raise ConfigError("model: needs model_type (for example gpt2 or llama)")
-        ids = {"bos_token_id": special.eos_id, "eos_token_id": special.eos_id, "pad_token_id": special.pad_id}
-        hf_cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), **ids, **kw)
-        base = AutoModelForCausalLM.from_config(hf_cfg)
-    config = CoconutConfig.from_special(
-        special, mode=cfg.mode, c_thought=0 if cfg.mode == "no_thoughts" else cfg.c_thought,
-        max_latent_stage=cfg.max_latent_stage, pad_latent_to_max=cfg.pad_latent_to_max, data_format=cfg.data_format,
-        supervision=cfg.supervision,
-    )
-    model = CoconutModel(base, config)
-    model.check_computation()
-    return model, tok
-
-
-def _check_tokenizer(cfg: TrainConfig, tok, what: str) -> None:
-    """RbS's tokenizer writes RbS's layout only, and that layout only RbS's tokenizer (TrainConfig checks the names;
-    this, the tokenizer a checkpoint or a directory brings). Raises ConfigError."""
-    if is_rbs_tokenizer(tok) and cfg.data_format != "rbs":
-        raise ConfigError(f"{what} is RbS's, which writes only RbS's layout: data_format must be rbs, got "
-                          f"{cfg.data_format!r}")
-    if cfg.data_format == "rbs" and not is_rbs_tokenizer(tok):
-        raise ConfigError(f"data_format rbs is written in RbS's tokens, and {what} is not RbS's tokenizer")
-
-
-def _load_data(cfg: TrainConfig, path: str, limit: int | None, train: bool) -> list[ProsQAItem]:
-    """A run's training or validation items, each checked to render in the run's data format (RbS's layout holds
-    31 node indices) so that no item fails in the middle of the run. A training file of RbS's reachable sets is
-    refused (`rbs.load_training_items`). Raises DataError naming the file and the item."""
-    items = load_training_items(path, limit) if train else load_items(path, limit=limit)
-    for i, it in enumerate(items):
-        try:
-            question_text(it, cfg.data_format)
-        except ValueError as e:
-            raise DataError(f"{path}: item {i}: {e}") from None
-    return items
-
-
-def _check_data(cfg: TrainConfig, tok, fmt: str, pool: list[ProsQAItem] | None, val_items: list[ProsQAItem],
-                rank: int) -> None:
-    """Refuse, before any step, a tokenizer that cannot write the run's training or validation data
-    (check_tokenizer_writes; generated items when the pool is drawn anew every epoch), unless allow_lossy_tokenizer;
-    then rank 0 warns on stderr. Raises LossyTokenizerError (a ValueError) naming the data option."""
-    if pool is None:
-        pool, train_source = generate_items(ROUND_TRIP_ITEMS, seed=cfg.seed), "the generated training items"
-    else:
-        train_source = f"train_data {cfg.train_data}" if cfg.train_data else "the generated training pool"
-    for items, source in ((pool, train_source), (val_items, f"val_data {cfg.val_data}")):
-        if not items:
-            continue
-        warning = check_tokenizer_writes(items, tok, fmt, source=source, allow_lossy=cfg.allow_lossy_tokenizer,
-                                         override=LOSSY_OVERRIDE)
-        if warning and rank == 0:
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
-
-
-LOSSY_OVERRIDE = "set allow_lossy_tokenizer: true (probe train --allow-lossy-tokenizer)"
-
-
 # ---------------------------------------------------------------------------- setup
 
 
@@ -213,37 +114,44 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
+class Search(Protocol):
+    """The latent-search summary that train() logs at each evaluation of a run with search_items: the CLI passes
+    probe.analyze.search_summary (training imports no analysis). It returns a summary whose as_dict() is the
+    record's "search"."""
+
+    def __call__(self, model: CoconutModel, tokenizer: Any, items: list[ProsQAItem], *, batch_size: int) -> Any: ...
+
+
 @dataclass
 class _Run:
-    """What train() works on."""
+    """What train() works on: the config; the model, its tokenizer and where it trains (`ranks`: this process's
+    device and its place among torchrun's ranks); the counters and records (`state`, saved in every checkpoint);
+    the data; and the checkpoint it continues (None for a new run)."""
 
     cfg: TrainConfig
     model: CoconutModel
     tok: Any
+    ranks: Ranks
     state: RunState
-    resumed_from: Path | None
     val_items: list[ProsQAItem]
-    pool: list[ProsQAItem] | None
-    device: str
-    hardware: str = ""
-    started: float = field(default_factory=time.perf_counter)
-    rank: int = 0  # under torchrun: this process's rank, of world_size
-    world_size: int = 1
-    ddp: Any = None  # what runs the forward with world_size > 1: the DDP wrapper of model, or model itself (FSDP)
-    sharded: bool = False  # FSDP: model's parameters are sharded over the ranks
+    pool: list[ProsQAItem] | None  # the training pool; None: drawn anew every epoch (fresh_data_every_epoch)
+    resumed_from: Path | None
 
 
 def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
+    """A run ready for its loop: its data, then the model and state of its latest checkpoint (resume) or a new model
+    (the run's config written beside its checkpoints), wrapped for the ranks. Raises ConfigError for nothing to
+    resume or a run directory in use, DataError or LossyTokenizerError for data the run cannot train on."""
     run_dir = cfg.run_dir
     last = latest_checkpoint(run_dir) if resume else None
     if resume and last is None:
-        raise ConfigError(f"{run_dir}: nothing to resume (no epoch-* checkpoint)")
-    if last is None and run_dir.exists() and any(run_dir.glob("epoch-*")):
+        raise ConfigError(f"{run_dir}: nothing to resume (no {RUN_CHECKPOINTS} checkpoint)")
+    if last is None and run_dir.exists() and any(run_dir.glob(RUN_CHECKPOINTS)):
         raise ConfigError(f"{run_dir}: holds checkpoints already; pass resume, or choose another out_dir")
-    val_items = _load_data(cfg, cfg.val_data, cfg.val_size, train=False) if cfg.val_data else []
+    val_items = load_data(cfg, cfg.val_data, cfg.val_size, train=False) if cfg.val_data else []
     # The pool before the model: its worker processes fork before anything touches a GPU.
     if cfg.train_data:
-        pool = _load_data(cfg, cfg.train_data, cfg.train_size, train=True)
+        pool = load_data(cfg, cfg.train_data, cfg.train_size, train=True)
     elif not cfg.fresh_data_every_epoch:
         pool = generate_pool(cfg.train_size, cfg.seed, workers=cfg.num_workers)
     else:
@@ -256,51 +164,17 @@ def _setup(cfg: TrainConfig, resume: bool, device: str) -> _Run:
         # a word tokenizer writes every name of the run's data (the generator's names and those of its files)
         model, tok = build_model(cfg, sorted({s for it in [*val_items, *(pool or [])] for s in it.idx_to_symbol}))
         model.to(device)
-        init = {"path": cfg.load_model_path, **_run_record(Path(cfg.load_model_path))} if cfg.load_model_path else None
+        init = {"path": cfg.load_model_path, **run_record(Path(cfg.load_model_path))} if cfg.load_model_path else None
         plan = Plan(cfg.epoch_items or cfg.train_size, cfg.batch_size, cfg.gradient_accumulation_steps,
                     cfg.num_epochs, cfg.start_epoch)
         state = RunState(asdict(cfg), plan, epoch=cfg.start_epoch, init=init)
-    rank, size, _ = world()
-    _check_data(cfg, tok, model.config.data_format, pool, val_items, rank)
+    rank = world()[0]
+    check_data(cfg, tok, model.config.data_format, pool, val_items, rank)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-    run = _Run(cfg, model, tok, state, last, val_items, pool, device, _hardware(device), rank=rank, world_size=size)
-    if size > 1 and cfg.distributed == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        # Each decoder layer is its own unit (gathered for its call in every segment of the latent loop), and
-        # the root holds the rest for the whole forward, the thought loop inside it.
-        for layer in find_architecture(model.base).layers:
-            fully_shard(layer)
-        fully_shard(model)
-        run.ddp, run.sharded = model, True
-    elif size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        run.ddp = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda")
-                                          else None)
-    return run
-
-
-@contextmanager
-def _whole(run: _Run) -> Iterator[None]:
-    """The model's parameters gathered on every rank (FSDP) for what runs outside its forward: evaluation."""
-    if not run.sharded:
-        yield
-        return
-    run.model.unshard()
-    try:
-        yield
-    finally:
-        run.model.reshard()
-
-
-def _grad_sync(run: _Run, sync: bool):
-    """Whether this backward averages the gradients over the ranks (once per optimizer step)."""
-    if run.sharded:
-        run.model.set_requires_gradient_sync(sync)
-    return run.ddp.no_sync() if run.ddp is not None and not run.sharded and not sync else nullcontext()
+        atomic_write_text(run_dir / RUN_CONFIG, yaml.safe_dump(asdict(cfg), sort_keys=False))
+    return _Run(cfg, model, tok, Ranks.wrap(model, device, cfg.distributed), state, val_items, pool,
+                resumed_from=last)
 
 
 def _stream(run: _Run, plan: Plan) -> BatchStream:
@@ -319,6 +193,116 @@ def _to(batch: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
+# ---------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: TrainConfig, *, resume: bool = False, device: str = "cpu", progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None, search: Search | None = None,
+) -> TrainResult:
+    """Run the curriculum; record, evaluate and checkpoint where due; continue from the latest checkpoint if resume.
+
+    on_record is called with each record as it closes; search (probe.analyze.search_summary; required when the
+    config has search_items) gives the search summary that each evaluation logs.
+
+    Under torchrun (`torchrun --nproc_per_node N -m probe.cli train ...`) every rank runs this with
+    DistributedDataParallel (or FSDP): each takes its block of the rows of every batch, gradients are averaged so
+    that a step equals the single-process step on the same batch, the evaluation is split over the ranks and
+    summed, and rank 0 alone writes checkpoints and calls on_record (on cuda, each rank uses the GPU of its
+    local rank; gloo on the CPU, nccl on GPUs). probe.train_distributed holds each of those rules.
+
+    Raises ConfigError for a run that cannot start (nothing to resume, a used out_dir, a budget too small,
+    a batch smaller than the number of ranks, search_items without search), PlacementError for a device absent
+    here, LossyTokenizerError for a tokenizer that cannot write the training or validation data (without
+    allow_lossy_tokenizer).
+    """
+    if cfg.search_items and search is None:
+        raise ConfigError(f"search_items={cfg.search_items} logs the search summary at every evaluation: pass "
+                          "train(search=probe.analyze.search_summary), as `probe train` does")
+    _, size, _ = world()
+    device = parse_device(rank_device(device))
+    if size > 1 and cfg.batch_size < size:
+        raise ConfigError(f"batch_size={cfg.batch_size} gives some of the {size} ranks no rows")
+    if device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
+    with training_job(device):
+        run = _setup(cfg, resume, device)
+        state, budget = run.state, _plan(run, search)
+        opt, last = _resumed_optimizer(run), run.resumed_from
+        loader = batch_loader(_stream(run, state.plan), cfg.num_workers, pin_memory=device.startswith("cuda"))
+        bar = tqdm(total=state.plan.total_steps, initial=state.step, desc=cfg.name, unit="step",
+                   disable=not progress or run.ranks.rank != 0)
+        meter = _Meter(state, device)
+        run.model.train()
+        for micro in _steps(loader, state.plan, cfg.gradient_accumulation_steps):
+            epoch = micro[0]["epoch"]
+            if micro[0]["batch"] == 0 and (opt is None or cfg.resets_optimizer(epoch)):
+                opt = _optimizer(run.model, cfg)  # the run's first, or a fresh one at a stage change
+            meter.add(_optimizer_step(run, opt, micro))
+            bar.update(1)
+            stop = budget.out_of_time(run.ranks, finished=state.epoch == cfg.num_epochs and state.batch == 0)
+            due = _due(cfg, state, epoch, stop)
+            if due.record:
+                with meter.paused(state):  # evaluating is no training time
+                    record = _record(run, epoch, due.evaluate, search, budget.take_calibration())
+                    if stop:
+                        record["cut_by_budget"] = f"stopped at step {state.step} of {state.plan.total_steps}"
+                    bar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                    **({"val": f"{record['val_accuracy']:.3f}"} if "val_accuracy" in record else {}))
+                    if on_record and run.ranks.rank == 0:
+                        on_record(record)
+            if due.save:
+                with meter.paused(state):  # nor is saving
+                    last = _save(run, opt)
+            if stop:
+                break
+        bar.close()
+        if last is None:
+            raise ConfigError(f"{cfg.run_dir}: num_epochs={cfg.num_epochs} leaves nothing to train")
+        return TrainResult(cfg.run_dir, last, state.history)
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class _Budget:
+    """A run's wall-clock budget (max_minutes): when it stops, and what fitting its plan measured."""
+
+    deadline: float | None  # time.perf_counter() past which the run stops, saved and evaluated; None: no budget
+    calibration: dict[str, Any]  # fit_plan's measurements, logged with the first record
+
+    def out_of_time(self, ranks: Ranks, finished: bool) -> bool:
+        """Whether the run stops now, short of its plan: past the deadline on any rank (the ranks stop together)."""
+        if self.deadline is None:
+            return False
+        return ranks.any(time.perf_counter() > self.deadline and not finished)
+
+    def take_calibration(self) -> dict[str, Any]:
+        """The measurements, once (for the first record); {} after."""
+        calibration, self.calibration = self.calibration, {}
+        return calibration
+
+
+def _plan(run: _Run, search: Search | None) -> _Budget:
+    """The plan of the run (in its state) and its budget. With max_minutes a new run's plan is fitted to the time
+    left (fit_plan: rank 0's timing, which every rank follows; a resumed run keeps the plan it saved), and the run
+    stops by a deadline that leaves half the margin and one evaluation for a final evaluated checkpoint. Raises
+    ConfigError for a run with nothing left to train or a budget that holds no batch."""
+    cfg, state, started = run.cfg, run.state, time.perf_counter()
+    calibration: dict[str, Any] = {}
+    if cfg.max_minutes and run.resumed_from is None:
+        state.plan, calibration = run.ranks.from_rank0(fit_plan(run, started, search))
+    if state.epoch >= cfg.num_epochs:
+        raise ConfigError(f"{cfg.run_dir}: num_epochs={cfg.num_epochs} leaves nothing to train")
+    if not cfg.max_minutes:
+        return _Budget(None, calibration)
+    deadline = started + cfg.max_minutes * 60 * (1 - BUDGET_MARGIN / 2)
+    if calibration:
+        deadline -= calibration["seconds_per_eval"]
+    return _Budget(deadline, calibration)
+
+
 def _eval_points(cfg: TrainConfig, plan: Plan) -> int:
     """How many evaluations a run makes (for the budget)."""
     if cfg.eval_every_steps:
@@ -327,15 +311,16 @@ def _eval_points(cfg: TrainConfig, plan: Plan) -> int:
                for e in range(cfg.start_epoch, cfg.num_epochs))
 
 
-def fit_plan(run: _Run) -> tuple[Plan, dict[str, float]]:
-    """Size epoch_items so that the run fits max_minutes (counted from the start of train()).
+def fit_plan(run: _Run, started: float, search: Search | None = None) -> tuple[Plan, dict[str, Any]]:
+    """Size epoch_items so that the run fits max_minutes, counted from `started` (time.perf_counter(), when setup
+    ended).
 
     Times forward and backward (no optimizer step: the weights do not change) on the first batch of
-    each stage the run will meet, and one evaluation, then solves for the items per epoch. Returns
-    the plan and the measurements (seconds per item by stage, seconds per evaluation).
+    each stage the run will meet, and one evaluation (with its search summary), then solves for the items per
+    epoch. Returns the plan and the measurements (seconds per item by stage, seconds per evaluation).
     Raises ConfigError when not even one batch per epoch fits.
     """
-    cfg, model, device = run.cfg, run.model, run.device
+    cfg, model, device = run.cfg, run.model, run.ranks.device
     stream = _stream(run, run.state.plan)
     first_epoch: dict[int, int] = {}
     for e in range(cfg.start_epoch, cfg.num_epochs):
@@ -357,13 +342,13 @@ def fit_plan(run: _Run) -> tuple[Plan, dict[str, float]]:
     t_eval = 0.0
     if run.val_items:
         t0 = time.perf_counter()
-        with _whole(run):
+        with run.ranks.whole():
             evaluate(model, run.tok, run.val_items, stage=cfg.stage(cfg.num_epochs - 1),
                      batch_size=cfg.eval_batch_size, progress=False)
-            _search(run)
+            _search(run, search)
         t_eval = time.perf_counter() - t0
         model.train()
-    left = cfg.max_minutes * 60 * (1 - BUDGET_MARGIN) - (time.perf_counter() - run.started)
+    left = cfg.max_minutes * 60 * (1 - BUDGET_MARGIN) - (time.perf_counter() - started)
     cost = sum(per_item[cfg.stage(e)] for e in range(cfg.start_epoch, cfg.num_epochs))  # seconds per epoch item
     plan = run.state.plan
     for _ in range(3):  # the number of evaluations depends on the plan
@@ -371,124 +356,27 @@ def fit_plan(run: _Run) -> tuple[Plan, dict[str, float]]:
         plan = replace(plan, epoch_items=max(cfg.batch_size, items // cfg.batch_size * cfg.batch_size))
     if items < cfg.batch_size:
         raise ConfigError(f"max_minutes={cfg.max_minutes} holds {max(items, 0)} items per epoch, fewer than one batch "
-                          f"of {cfg.batch_size} (setup and timing took {time.perf_counter() - run.started:.0f} s); "
+                          f"of {cfg.batch_size} (setup and timing took {time.perf_counter() - started:.0f} s); "
                           "allow more minutes or fewer epochs")
     return plan, {"seconds_per_item": per_item, "seconds_per_eval": t_eval, "seconds_left": left,
                   "evaluations": _eval_points(cfg, plan)}
 
 
-# ---------------------------------------------------------------------------- the loop
+# ---------------------------------------------------------------------------- the step
 
 
-def train(
-    cfg: TrainConfig, *, resume: bool = False, device: str = "cpu", progress: bool = True,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainResult:
-    """Run the curriculum; record, evaluate and checkpoint where due; continue from the latest checkpoint if resume.
-
-    Under torchrun (`torchrun --nproc_per_node N -m probe.cli train ...`) every rank runs this with
-    DistributedDataParallel: each takes its block of the rows of every batch, gradients are averaged so that
-    a step equals the single-process step on the same batch, the evaluation is split over the ranks and
-    summed, and rank 0 alone writes checkpoints and calls on_record (on cuda, each rank uses the GPU of its
-    local rank; gloo on the CPU, nccl on GPUs).
-
-    Raises ConfigError for a run that cannot start (nothing to resume, a used out_dir, a budget too small,
-    a batch smaller than the number of ranks), PlacementError for a device absent here, LossyTokenizerError for a
-    tokenizer that cannot write the training or validation data (without allow_lossy_tokenizer).
-    """
-    _, size, _ = world()
-    device = parse_device(rank_device(device))
-    if size > 1 and cfg.batch_size < size:
-        raise ConfigError(f"batch_size={cfg.batch_size} gives some of the {size} ranks no rows")
-    if device.startswith("cuda"):
-        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
-    if size == 1:
-        return _train(cfg, resume, device, progress, on_record)
-    # torchrun stops the other ranks of a failed run with SIGTERM: as an exception (atomic.interruptible, the
-    # CLI's own where it runs), so that a checkpoint being written is removed, never left half-written.
-    with interruptible(), process_group(device):
-        return _train(cfg, resume, device, progress, on_record)
+def _optimizer(model: CoconutModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _train(cfg: TrainConfig, resume: bool, device: str, progress: bool,
-           on_record: Callable[[dict[str, Any]], None] | None) -> TrainResult:
-    run = _setup(cfg, resume, device)
-    state, model = run.state, run.model
-    calibration: dict[str, Any] = {}
-    if cfg.max_minutes and run.resumed_from is None:
-        state.plan, calibration = fit_plan(run)
-        if run.world_size > 1:  # every rank follows rank 0's timing
-            shared = [state.plan, calibration]
-            dist.broadcast_object_list(shared, src=0)
-            state.plan, calibration = shared
-    plan = state.plan
-    if state.epoch >= cfg.num_epochs:
-        raise ConfigError(f"{cfg.run_dir}: num_epochs={cfg.num_epochs} leaves nothing to train")
-    deadline = run.started + cfg.max_minutes * 60 * (1 - BUDGET_MARGIN / 2) if cfg.max_minutes else None
-    if deadline and calibration:
-        deadline -= calibration["seconds_per_eval"]
-    opt = None
-    if run.resumed_from is not None and not (state.batch == 0 and cfg.resets_optimizer(state.epoch)):
-        opt = _optimizer(model, cfg)
-        if run.sharded:
-            _load_sharded_optimizer(run, opt)
-        else:
-            load_optimizer(opt, run.resumed_from)
-    loader = batch_loader(_stream(run, plan), cfg.num_workers, pin_memory=device.startswith("cuda"))
-    # running sums on the device (read once per record, not per step): loss, and the gradient norm before clipping
-    sums = torch.tensor([state.pending["loss"], state.pending["grad_norm"]], dtype=torch.float64, device=device)
-    bar = tqdm(total=plan.total_steps, initial=state.step, desc=cfg.name, unit="step",
-               disable=not progress or run.rank != 0)
-    last, t0 = run.resumed_from, time.perf_counter()
-    model.train()
-    for micro in _steps(loader, plan, cfg.gradient_accumulation_steps):
-        epoch = micro[0]["epoch"]
-        if micro[0]["batch"] == 0 and (opt is None or cfg.resets_optimizer(epoch)):
-            opt = _optimizer(model, cfg)
-        sums += _optimizer_step(run, opt, micro)
-        state.epoch, state.batch = (epoch + 1, 0) if micro[-1]["batch"] + 1 == plan.batches_per_epoch \
-            else (epoch, micro[-1]["batch"] + 1)
-        bar.update(1)
-        end_of_epoch, finished = state.batch == 0, state.epoch == cfg.num_epochs and state.batch == 0
-        out_of_time = deadline is not None and time.perf_counter() > deadline and not finished
-        if deadline is not None and run.world_size > 1:  # the ranks stop together
-            flag = torch.tensor(int(out_of_time), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag)
-        evals = bool(cfg.eval_every_steps) and state.step % cfg.eval_every_steps == 0
-        if end_of_epoch or evals or out_of_time:  # close the record, evaluating where due
-            state.pending["loss"], state.pending["grad_norm"] = sums.tolist()
-            state.pending["seconds"] += time.perf_counter() - t0
-            due = evals or finished or out_of_time or (
-                not cfg.eval_every_steps and end_of_epoch and (epoch + 1) % cfg.eval_every_epochs == 0)
-            record = _record(run, epoch, evaluate_now=due, calibration=calibration)
-            if out_of_time:
-                record["cut_by_budget"] = f"stopped at step {state.step} of {plan.total_steps}"
-            sums.zero_()
-            calibration = {}
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
-                            **({"val": f"{record['val_accuracy']:.3f}"} if "val_accuracy" in record else {}))
-            if on_record and run.rank == 0:
-                on_record(record)
-            t0 = time.perf_counter()
-        if end_of_epoch or out_of_time or (cfg.save_every_steps and state.step % cfg.save_every_steps == 0):
-            state.pending["loss"], state.pending["grad_norm"] = sums.tolist()
-            state.pending["seconds"] += time.perf_counter() - t0
-            full = _full_states(run, opt) if run.sharded else {}  # a collective: every rank takes part
-            if run.rank == 0:
-                state.save(cfg.run_dir, model, run.tok, opt, metadata={"run": cfg.name, **(state.history or [{}])[-1]},
-                           **full)
-                prune(cfg.run_dir, cfg.keep_checkpoints)
-            if run.world_size > 1:
-                dist.barrier()  # no rank goes on (or ends) before the checkpoint is in place
-            last = cfg.run_dir / state.name
-            t0 = time.perf_counter()
-        if out_of_time:
-            break
-    bar.close()
-    if last is None:
-        raise ConfigError(f"{cfg.run_dir}: num_epochs={cfg.num_epochs} leaves nothing to train")
-    return TrainResult(cfg.run_dir, last, state.history)
+def _resumed_optimizer(run: _Run) -> torch.optim.Optimizer | None:
+    """The optimizer a resumed run goes on with, its checkpoint's state loaded; None for a new run, or for a resumed
+    one whose next epoch starts a fresh optimizer (at a stage change)."""
+    if run.resumed_from is None or (run.state.batch == 0 and run.cfg.resets_optimizer(run.state.epoch)):
+        return None
+    opt = _optimizer(run.model, run.cfg)
+    run.ranks.load_optimizer(run.model, opt, run.resumed_from)
+    return opt
 
 
 def _steps(loader, plan: Plan, accumulation: int) -> Iterator[list[dict[str, Any]]]:
@@ -502,81 +390,90 @@ def _steps(loader, plan: Plan, accumulation: int) -> Iterator[list[dict[str, Any
 
 
 def _optimizer_step(run: _Run, opt: torch.optim.Optimizer, micro: list[dict[str, Any]]) -> torch.Tensor:
-    """Forward and backward over one step's micro-batches (each with its own seeded dropout), then clip,
-    set the learning rate and step. Returns [summed micro-batch losses, gradient norm before clipping]
-    (float64, on the device, no sync)."""
-    cfg, state, model = run.cfg, run.state, run.model
-    total = torch.zeros((), dtype=torch.float64, device=run.device)
+    """Forward and backward over one step's micro-batches (each with its own seeded dropout; each rank its rows),
+    then clip, set the learning rate and step; the state moves past the step. Returns [summed micro-batch losses,
+    gradient norm before clipping] (float64, on the device, no sync)."""
+    cfg, state, ranks = run.cfg, run.state, run.ranks
+    total = torch.zeros((), dtype=torch.float64, device=ranks.device)
     for i, batch in enumerate(micro):
         torch.manual_seed(hash((cfg.seed, batch["epoch"], batch["batch"])) % 2**62)
         units = int((batch["target_pos"] >= 0).sum())  # of the whole batch, on every rank
-        rows, weight = _rows(len(batch["input_ids"]), run)
-        tensors = _to({k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, run.device)
-        with _grad_sync(run, i == len(micro) - 1):
-            with _autocast(cfg, run.device):
-                loss = weight * unit_loss_sum(run.ddp or model, tensors) / units
-            (loss * run.world_size / cfg.gradient_accumulation_steps).backward()
+        rows, weight = ranks.rows(len(batch["input_ids"]))
+        tensors = _to({k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, ranks.device)
+        with ranks.grad_sync(i == len(micro) - 1):
+            with _autocast(cfg, ranks.device):
+                loss = weight * unit_loss_sum(ranks.forward, tensors) / units
+            (loss * ranks.size / cfg.gradient_accumulation_steps).backward()
         total += loss.detach().double()
         state.pending["batches"] += 1
         state.pending["tokens"] += batch["n_tokens"]
         state.pending["sequences"] += len(batch["input_ids"])
-    if run.world_size > 1:
-        dist.all_reduce(total)  # the ranks' shares of each batch's loss
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
-    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
+    ranks.sum(total)  # the ranks' shares of each batch's loss
+    norm = ranks.clip_grad_norm(run.model, cfg.max_grad_norm)
     state.pending["steps"] += 1
     for g in opt.param_groups:
         g["lr"] = lr_at(state.step, state.plan.total_steps, cfg)
     opt.step()
     opt.zero_grad(set_to_none=True)
     state.step += 1
+    last = micro[-1]
+    state.epoch, state.batch = (last["epoch"] + 1, 0) if last["batch"] + 1 == state.plan.batches_per_epoch \
+        else (last["epoch"], last["batch"] + 1)
     return torch.stack([total, norm.detach().double()])
 
 
-def _full_states(run: _Run, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """FSDP: the whole model and optimizer state gathered on rank 0's CPU, in our checkpoint's layout (the base's
-    weights by name; the optimizer's state by parameter index, as a single process numbers them)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+class _Meter:
+    """The open record's loss and gradient-norm sums, kept on the device between records (read once per record, not
+    per step: no sync in the loop), and the clock of its training time. state.pending holds them on disk."""
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(run.model, options=opts)
-    optim = get_optimizer_state_dict(run.model, opt, options=opts)
-    if run.rank != 0:  # the gathered states land on rank 0 only
-        return {}
-    index = {name: i for i, (name, _) in enumerate(run.model.named_parameters())}
-    # one name per tensor, as a single process saves a tied unembedding (named_parameters drops the twin)
-    own = {n for n, _ in run.model.base.named_parameters()} | {n for n, _ in run.model.base.named_buffers()}
-    return {"weights": {k.removeprefix("base."): v for k, v in weights.items() if k.removeprefix("base.") in own},
-            "optimizer_state": _rekeyed(optim, index)}
+    def __init__(self, state: RunState, device: str):
+        self.device = device
+        self._restart(state)
 
+    def add(self, sums: torch.Tensor) -> None:
+        """Add one step's [loss, gradient norm] sums."""
+        self.sums += sums
 
-def _load_sharded_optimizer(run: _Run, opt: torch.optim.Optimizer) -> None:
-    """FSDP: a checkpoint's optimizer state (by parameter index) loaded into the sharded optimizer."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    @contextmanager
+    def paused(self, state: RunState) -> Iterator[None]:
+        """The sums and the training time so far written into state.pending for the block (a record, which empties
+        it, or a checkpoint, which saves it); the block's own time is no training time."""
+        state.pending["loss"], state.pending["grad_norm"] = self.sums.tolist()
+        state.pending["seconds"] += time.perf_counter() - self.t0
+        yield
+        self._restart(state)
 
-    names = dict(enumerate(name for name, _ in run.model.named_parameters()))
-    full = _rekeyed(read_optimizer(run.resumed_from), names)
-    set_optimizer_state_dict(run.model, opt, full, options=StateDictOptions(full_state_dict=True))
-
-
-def _rekeyed(sd: dict[str, Any], key: dict) -> dict[str, Any]:
-    """An optimizer state_dict with its parameters renamed by `key` (index -> name, or name -> index)."""
-    return {"state": {key[p]: st for p, st in sd["state"].items()},
-            "param_groups": [{**g, "params": [key[p] for p in g["params"]]} for g in sd["param_groups"]]}
+    def _restart(self, state: RunState) -> None:
+        self.sums = torch.tensor([state.pending["loss"], state.pending["grad_norm"]], dtype=torch.float64,
+                                 device=self.device)
+        self.t0 = time.perf_counter()
 
 
-def _rows(n: int, run: _Run) -> tuple[slice, float]:
-    """This rank's rows of a batch of n, and the weight of its loss: its contiguous block, or where a short
-    last batch leaves it none, the first row at weight 0 (so that every rank runs the same graph)."""
-    block = rank_slice(n, run.rank, run.world_size)
-    return (slice(block.start, block.stop), 1.0) if len(block) else (slice(0, 1), 0.0)
+class _Due(NamedTuple):
+    record: bool  # close the record
+    evaluate: bool  # ... with an evaluation
+    save: bool  # write a checkpoint
 
 
-def _optimizer(model: CoconutModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _due(cfg: TrainConfig, state: RunState, epoch: int, stop: bool) -> _Due:
+    """What is due after an optimizer step of epoch, the state now past it (stop: the budget ran out). A record at
+    every epoch end, every eval_every_steps steps and at a stop; it evaluates at every eval_every_steps step, at the
+    run's end and at a stop, and without eval_every_steps at every eval_every_epochs-th epoch end. A checkpoint at
+    every epoch end, every save_every_steps steps and at a stop."""
+    end_of_epoch = state.batch == 0
+    finished = state.epoch == cfg.num_epochs and end_of_epoch
+    evals = bool(cfg.eval_every_steps) and state.step % cfg.eval_every_steps == 0
+    evaluate_now = evals or finished or stop or (
+        not cfg.eval_every_steps and end_of_epoch and (epoch + 1) % cfg.eval_every_epochs == 0)
+    save = end_of_epoch or stop or bool(cfg.save_every_steps and state.step % cfg.save_every_steps == 0)
+    return _Due(end_of_epoch or evals or stop, evaluate_now, save)
 
 
-def _record(run: _Run, epoch: int, evaluate_now: bool, calibration: dict[str, Any]) -> dict[str, Any]:
+# ---------------------------------------------------------------------------- the record, evaluation and saving
+
+
+def _record(run: _Run, epoch: int, evaluate_now: bool, search: Search | None,
+            calibration: dict[str, Any]) -> dict[str, Any]:
     """Close the pending record (the training since the last one), evaluating if due; append it to the history."""
     cfg, state, p = run.cfg, run.state, run.state.pending
     seconds = max(p["seconds"], 1e-9)
@@ -587,56 +484,59 @@ def _record(run: _Run, epoch: int, evaluate_now: bool, calibration: dict[str, An
         "tokens_per_s": tokens_per_s,
         "tflops": flops_per_token(run.model, p["tokens"] / max(1, p["sequences"])) * tokens_per_s / 1e12,
         "seconds": seconds, "global_step": state.step, "lr": lr_at(max(0, state.step - 1), state.plan.total_steps, cfg),
-        "hardware": run.hardware,
+        "hardware": _hardware(run.ranks.device),
     }
     if calibration:
         record["calibration"] = calibration
         record["epoch_items"] = state.plan.epoch_items
     if evaluate_now and run.val_items:
-        block = rank_slice(len(run.val_items), run.rank, run.world_size)
-        mine = run.val_items[block.start : block.stop]
-        with _whole(run):
-            res = evaluate(run.model, run.tok, mine, stage=cfg.stage(epoch), batch_size=cfg.eval_batch_size,
-                           progress=False).items if mine else []
-            search = _search(run)  # every rank runs the same forwards: FSDP gathers each layer inside them
-        counts = torch.tensor([sum(r.correct for r in res), sum(r.n_thoughts for r in res), len(res)],
-                              dtype=torch.float64, device=run.device)
-        if run.world_size > 1:
-            dist.all_reduce(counts)
-        record.update(val_accuracy=float(counts[0] / counts[2]), val_mean_thoughts=float(counts[1] / counts[2]))
-        if search is not None:
-            record["search"] = search
-        run.model.train()
+        record.update(_evaluate(run, cfg.stage(epoch), search))
     state.history.append(record)
     state.seconds += seconds
     state.pending = RunState.empty_pending()
     return record
 
 
-def _search(run: _Run) -> dict[str, Any] | None:
+def _evaluate(run: _Run, stage: int, search: Search | None) -> dict[str, Any]:
+    """The validation accuracy and mean number of thoughts at a stage (each rank evaluates its block of the items;
+    the counts are summed over the ranks), and the search summary where the run logs one."""
+    mine = run.ranks.block(run.val_items)
+    with run.ranks.whole():
+        res = evaluate(run.model, run.tok, mine, stage=stage, batch_size=run.cfg.eval_batch_size,
+                       progress=False).items if mine else []
+        summary = _search(run, search)  # every rank runs the same forwards: FSDP gathers each layer inside them
+    counts = run.ranks.sum(torch.tensor([sum(r.correct for r in res), sum(r.n_thoughts for r in res), len(res)],
+                                        dtype=torch.float64, device=run.ranks.device))
+    out: dict[str, Any] = {"val_accuracy": float(counts[0] / counts[2]),
+                           "val_mean_thoughts": float(counts[1] / counts[2])}
+    if summary is not None:
+        out["search"] = summary
+    run.model.train()
+    return out
+
+
+def _search(run: _Run, search: Search | None) -> dict[str, Any] | None:
     """The latent-search summary on the first search_items validation items (None where the run logs none)."""
     n = run.cfg.search_items
-    if not n or not run.val_items or not run.model.config.stage_spec.markers:
+    if search is None or not n or not run.val_items or not run.model.config.stage_spec.markers:
         return None
-    return search_summary(run.model, run.tok, run.val_items[:n], batch_size=run.cfg.eval_batch_size).as_dict()
+    return search(run.model, run.tok, run.val_items[:n], batch_size=run.cfg.eval_batch_size).as_dict()
+
+
+def _save(run: _Run, opt: torch.optim.Optimizer) -> Path:
+    """A checkpoint of the run where it stands (rank 0 writes it; with FSDP the whole states are gathered to it
+    first), the newest keep_checkpoints kept; no rank goes on (or ends) before it is in place. Returns its path."""
+    cfg, state = run.cfg, run.state
+    full = run.ranks.full_states(run.model, opt)  # with FSDP a collective: every rank takes part
+    if run.ranks.rank == 0:
+        state.save(cfg.run_dir, run.model, run.tok, opt, metadata={"run": cfg.name, **(state.history or [{}])[-1]},
+                   **full)
+        prune(cfg.run_dir, cfg.keep_checkpoints)
+    run.ranks.barrier()
+    return cfg.run_dir / state.name
 
 
 def _hardware(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _run_record(ckpt: Path) -> dict[str, Any]:
-    """What a checkpoint says of how it was trained, for a run that starts from it: its trainer state,
-    or for a released checkpoint the phases in its coconut.json, rebuilt as the same chain of inits."""
-    state = ckpt / TRAINER_STATE
-    if state.is_file():
-        rec = read_json_object(state, CheckpointError, TRAINER_STATE)
-        return {"history": rec.get("history", []), "init": rec.get("init")}
-    if not (ckpt / COCONUT_CONFIG).is_file():
-        return {}
-    rec: dict[str, Any] = {}
-    for phase in read_meta(ckpt).get("metadata", {}).get("training", []):  # oldest first
-        rec = {"history": phase.get("history", []), "init": rec or None}
-    return rec

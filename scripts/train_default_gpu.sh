@@ -68,12 +68,13 @@ for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 "$PYTHON" - "$OUT" "$RUNS" "$START" "$TRAINED" <<'PY'
 import json, sys, time
 from pathlib import Path
+from probe.artifacts import COCONUT_CONFIG, MODEL_CARD
 out, runs, start, trained = Path(sys.argv[1]), sys.argv[2].split(), int(sys.argv[3]), int(sys.argv[4])
 names = {"coconut": "prosqa-coconut", "coconut_newest": "prosqa-coconut", "pause": "prosqa-pause",
          "no_thoughts": "prosqa-no-thoughts"}
 summary = {}
 for run in runs:
-    meta = json.loads((out / "release" / run / "coconut.json").read_text())["metadata"]
+    meta = json.loads((out / "release" / run / COCONUT_CONFIG).read_text())["metadata"]
     ev, hist = meta["evaluation"], meta["training"][-1]["history"]
     summary[run] = {
         "accuracy": ev["accuracy_by_k"][str(ev["default_k"])], "default_k": ev["default_k"],
@@ -94,7 +95,7 @@ for run in runs:
     if run in coconuts and run != best:
         name = "prosqa-coconut-alt"
     ship[run] = name
-    card = out / "release" / run / "README.md"
+    card = out / "release" / run / MODEL_CARD
     lines = card.read_text().split("\n")
     lines[0] = f"# {name}"
     if run in coconuts and len(coconuts) > 1:

@@ -291,7 +291,7 @@ def test_every_evaluation_logs_the_search_summary_of_the_model_it_evaluated(tmp_
     from probe.analyze import search_summary
 
     cfg = graph_config(tmp_path, val_data=str(official_path), val_size=6, search_items=3, num_epochs=2)
-    result = train(cfg, progress=False)
+    result = train(cfg, progress=False, search=search_summary)
     assert all("search" in h for h in result.history)
     last = result.history[-1]["search"]
     assert last["n"] == 3 and last["readout"] == "emitted" and set(last["frontier_mass"]) == {"1", "2"}
@@ -302,7 +302,23 @@ def test_every_evaluation_logs_the_search_summary_of_the_model_it_evaluated(tmp_
         assert again[key] == pytest.approx(last[key], rel=1e-4, abs=1e-6), key
     assert again["attention_gap"]["2"]["0"] == pytest.approx(last["attention_gap"]["2"]["0"], rel=1e-4, abs=1e-7)
     none = train(graph_config(tmp_path, out_dir=str(tmp_path / "nt"), mode="no_thoughts", val_data=str(official_path),
-                              val_size=2, search_items=3, num_epochs=1), progress=False)
+                              val_size=2, search_items=3, num_epochs=1), progress=False, search=search_summary)
     assert "val_accuracy" in none.history[-1] and "search" not in none.history[-1]
     with pytest.raises(ConfigError, match="search_items must be >= 0"):
         graph_config(tmp_path, search_items=-1)
+
+
+def test_training_imports_no_analysis_and_asks_for_the_search_it_logs(tmp_path):
+    """train() takes the search summary as a callback (the CLI passes analyze.search_summary): the training modules
+    import no analysis, and a run that asks for the summary without the callback is refused before any work."""
+    import subprocess
+    import sys
+
+    code = ("import sys, probe.train\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('plotly', 'streamlit') or m == 'probe.analyze'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"
+    with pytest.raises(ConfigError, match="search_items=3 logs the search summary"):
+        train(tiny_config(tmp_path, search_items=3), progress=False)
+    assert not (tmp_path / "run").exists()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from probe.analyze import search_summary
 from probe.train import train
 from probe.train_config import TrainConfig
 
@@ -60,7 +61,8 @@ def test_one_ddp_step_is_the_single_process_step(tmp_path, official_path, mode, 
     search summary logged at the evaluation is the single process's."""
     cfg = config(tmp_path, official_path, distributed=mode, gradient_accumulation_steps=accumulation,
                  train_size=8 * accumulation, search_items=3)
-    single = train(TrainConfig.from_yaml(cfg, out_dir=str(tmp_path / "one"), distributed="ddp"), progress=False)
+    single = train(TrainConfig.from_yaml(cfg, out_dir=str(tmp_path / "one"), distributed="ddp"), progress=False,
+                   search=search_summary)
     r = torchrun(["train", "--config", str(cfg), "--out-dir", str(tmp_path / "two")])
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("last checkpoint:") == 1  # rank 0 reports

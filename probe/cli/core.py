@@ -86,6 +86,7 @@ def train(
     Under torchrun (`torchrun --nproc_per_node N -m probe.cli train --config FILE`) the ranks train one model
     with DistributedDataParallel (each takes its rows of every batch; rank 0 writes and reports).
     """
+    from probe.analyze import search_summary
     from probe.distributed import world
     from probe.train import train as run
     from probe.train_config import TrainConfig, parse_overrides
@@ -99,7 +100,8 @@ def train(
     if rank == 0:  # under torchrun, rank 0 writes the run
         _claim_run(cfg, "--out-dir" if out_dir is not None else f"out_dir ({config})", resume)
     try:
-        result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)))
+        result = run(cfg, resume=resume, device=_device(device), on_record=lambda r: typer.echo(json.dumps(r)),
+                     search=search_summary)
     except Exception as e:
         if size == 1 or isinstance(e, (InputError, OSError)):
             raise
@@ -119,6 +121,7 @@ def _claim_run(cfg, option: str, resume: bool) -> None:
     """Hold the run directory for this run (another run training into it is refused), and refuse, before any
     work, a directory that holds checkpoints already when this is no --resume (or nothing to resume). After a
     failure or an interruption the line names its last complete checkpoint, from which --resume continues."""
+    from probe.artifacts import RUN_CHECKPOINTS
     from probe.run_state import latest_checkpoint
 
     run_dir = cfg.run_dir
@@ -131,8 +134,8 @@ def _claim_run(cfg, option: str, resume: bool) -> None:
     _claim(run_dir, option, directory=True, existing=True, kept=kept)
     last = latest_checkpoint(run_dir)
     if resume and last is None:
-        _fail(f"{option} {run_dir}: nothing to resume (no complete epoch-* checkpoint)")
-    if not resume and any(run_dir.glob("epoch-*")):
+        _fail(f"{option} {run_dir}: nothing to resume (no complete {RUN_CHECKPOINTS} checkpoint)")
+    if not resume and any(run_dir.glob(RUN_CHECKPOINTS)):
         _fail(f"{option} {run_dir}: holds checkpoints already; pass --resume to continue it, or choose another "
               f"--out-dir")
 
@@ -145,10 +148,11 @@ def _rank_failed(cfg, rank: int, size: int, error: Exception) -> None:
 
     import torch.distributed as dist
 
+    from probe.artifacts import RANK_ERROR
     from probe.atomic import atomic_write_text
     from probe.run_state import latest_checkpoint
 
-    log = cfg.run_dir / f"error-rank{rank}.txt"
+    log = cfg.run_dir / RANK_ERROR.format(rank=rank)
     atomic_write_text(log, "".join(traceback.format_exception(error)))
     peer = isinstance(error, dist.DistError) or any(s in str(error) for s in PEER_GONE)
     if not peer:

@@ -172,13 +172,13 @@ def analyze_cmd(
 ) -> None:
     """The latent-search measures (values, height, parallelism, categories, superposition, attention) with plots."""
     from probe.analyze import analyze, markdown_summary, replace_card_section
-    from probe.artifacts import REPORT, SUMMARY
+    from probe.artifacts import MODEL_CARD, REPORT, SUMMARY
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.data.prosqa import load_items
     from probe.viz import FIGURES
 
     _claim(out, overwrite=overwrite, directory=True, markers=(REPORT, SUMMARY))
-    card = _default_ckpt(ckpt) / "README.md"
+    card = _default_ckpt(ckpt) / MODEL_CARD
     if update_card:
         if not card.is_file():
             _fail(f"--update-card: {card} does not exist (only our checkpoint directories have a model card)")

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from probe.artifacts import (
-    COCONUT_CONFIG, DCP_METADATA, DCP_SUFFIX, HF_CONFIG, HF_WEIGHTS, RBS_CHECKPOINT, RBS_CONFIG, RBS_DIR,
+    COCONUT_CONFIG, DCP_METADATA, DCP_SUFFIX, HF_CONFIG, HF_WEIGHTS, MODEL_CARD, RBS_CHECKPOINT, RBS_CONFIG, RBS_DIR,
 )
 from probe.atomic import atomic_directory
 from probe.finite import check_finite_tensors
@@ -107,7 +107,7 @@ def write_checkpoint(
     (directory / COCONUT_CONFIG).write_text(json.dumps(meta, indent=2))
     if model.config.data_format == "rbs":
         write_rbs_files(model, directory, state_dict)
-    (directory / "README.md").write_text(card or default_card(model, metadata or {}))
+    (directory / MODEL_CARD).write_text(card or default_card(model, metadata or {}))
 
 
 def write_rbs_files(model: CoconutModel, directory: str | os.PathLike,
