@@ -210,10 +210,10 @@ def eval_cmd(
         res = evaluate(model, tok, items, k=k if k in (None, GOLD) else _int_option("--k", k), batch_size=batch_size)
     if halt is not None:
         if json_out:
-            from probe.viz import halting
+            from probe.viz import halting_figure
 
             atomic_write_text(json_out, json.dumps(result.as_dict(), indent=1))
-            write_html(halting(result.as_dict()), json_out.with_suffix(".html"))
+            write_html(halting_figure(result.as_dict()), json_out.with_suffix(".html"))
         fixed = ", ".join(f"k={k}: {a:.3f}" for k, a in result.fixed.items())
         typer.echo(f"halting probe: accuracy {result.accuracy:.4f} with {result.mean_thoughts:.2f} thoughts on average "
                    f"(fixed {fixed})")

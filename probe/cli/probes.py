@@ -50,7 +50,7 @@ def probes_fit(
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.cli.common import note_duplicates
     from probe.probes import fit_probes, items_for_folds
-    from probe.viz import probe_scores
+    from probe.viz import probe_scores_figure
 
     _claim(out, overwrite=overwrite, directory=True, markers=(PROBE_CONFIG, REPORT))
     items = _items(data, 0, 0, limit)
@@ -74,7 +74,7 @@ def probes_fit(
     with atomic_directory(out, replace=True) as tmp:  # the claim refused the rest
         rep.probe.write_into(tmp)
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
-        write_html(probe_scores(report, report.get("control")), tmp / "scores.html")
+        write_html(probe_scores_figure(report, report.get("control")), tmp / "scores.html")
     key = "auroc" if rep.probe.kind == "classification" else "r2"
     for k, sc in report["steps"].items():
         extra = f" | control checkpoint {_num(report['control']['steps'][k][key])}" if control is not None else ""
@@ -161,7 +161,7 @@ def sae_train(
     from probe.model.identity import weights_hash
     from probe.probes import resid_hook
     from probe.sae import train_sae
-    from probe.viz import sae_features
+    from probe.viz import sae_features_figure
 
     _claim(out, overwrite=overwrite, directory=True, markers=(SAE_CFG, SAE_WEIGHTS))
     items = _items(data, n, seed)
@@ -175,7 +175,7 @@ def sae_train(
         run.sae.write_into(tmp, run.rows.hook, model_name=_default_ckpt(ckpt).name,
                            extra={"model_hash": weights_hash(model), "k_max": run.rows.k_max, "n_items": run.n_items})
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
-        write_html(sae_features(run.features), tmp / "features.html")
+        write_html(sae_features_figure(run.features), tmp / "features.html")
     m, held = run.train_metrics, run.held_out_metrics
     typer.echo(f"SAE on {run.rows.hook} ({len(run.rows.X)} thoughts of {run.n_items} items): fvu {m.fvu:.3f} "
                f"(held out {held.fvu:.3f}), L0 {m.l0:.1f}, dead {m.dead_fraction:.1%}")
