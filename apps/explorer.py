@@ -496,7 +496,7 @@ def interventions_panel(ckpt: str, base: str, tokenizer: str, item_json: str, it
 
 
 def dataset_panel(ckpt: str, base: str, tokenizer: str) -> None:
-    from probe.analyze import markdown_summary
+    from probe.card import markdown_summary
     from probe.viz import FIGURES
 
     st.caption("The frontier measures of DESIGN.md over the first n validation items, this checkpoint beside a "

@@ -221,7 +221,7 @@ def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, off
 
 
 def test_the_card_section_is_replaced_not_repeated():
-    from probe.analyze import replace_card_section
+    from probe.card import replace_card_section
 
     card = "# m\n\nintro\n\n## Accuracy\n\n| a |\n"
     once = replace_card_section(card, "## Latent search\n\nold\n")

@@ -262,7 +262,8 @@ def plant(
     """Write the planted Coconut: "Reasoning by Superposition"'s construction compiled into a GPT-2 (nothing
     trained), with a card of every instrument's reading at S = 0 and at each --grades level."""
     from probe.artifacts import COCONUT_CONFIG
-    from probe.known_answers import instrument_readings, planted_card
+    from probe.card import planted_card
+    from probe.known_answers import instrument_readings
     from probe.model.checkpoint import save_checkpoint
     from probe.model.planted import planted_model
 

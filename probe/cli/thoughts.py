@@ -171,9 +171,10 @@ def analyze_cmd(
                                      help="Also write the summary into the checkpoint's model card (README.md)."),
 ) -> None:
     """The latent-search measures (values, height, parallelism, categories, superposition, attention) with plots."""
-    from probe.analyze import analyze, markdown_summary, replace_card_section
+    from probe.analyze import analyze
     from probe.artifacts import REPORT, SUMMARY
     from probe.atomic import atomic_directory, atomic_write_text
+    from probe.card import markdown_summary, replace_card_section
     from probe.data.prosqa import load_items
     from probe.viz import FIGURES
 
