@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from probe.artifacts import COCONUT_CONFIG, PROBES_DIR, REPORT, SAE_DIR, TUNED_LENS
+from probe.artifacts import COCONUT_CONFIG, OFFICIAL_VALID, PROBES_DIR, REPORT, SAE_DIR, TUNED_LENS
 from probe.data.prosqa import item_at, item_key
 from probe.data.render import gold_answer, node_labels, node_names
 
 ROOT = Path(__file__).resolve().parents[1]
-VALID = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
+VALID = ROOT.parent / "shared" / "data" / OFFICIAL_VALID
 OTHER = "another path..."
 SHIPPED, A_PATH, NONE = "shipped with the checkpoint", "a path", "none"
 N_REFERENCE = 64  # the first validation items: the mean ablation's data set, and steering's norm

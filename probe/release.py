@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from probe.artifacts import TRAINER_STATE
+from probe.artifacts import COCONUT_CONFIG, TRAINER_STATE
 from probe.data.prosqa import ProsQAItem, load_items
 from probe.data.render import check_tokenizer_writes
 from probe.evaluate import GOLD, evaluate
@@ -78,7 +78,7 @@ def lineage(ckpt: Path, config_paths: Sequence[str | Path]) -> list[Phase]:
     """The training phases behind a checkpoint, oldest first, matched to their config files."""
     state_file = ckpt / TRAINER_STATE
     if not state_file.is_file():
-        raise CheckpointError(f"{ckpt}: no trainer_state.json; release needs a checkpoint written by `probe train`")
+        raise CheckpointError(f"{ckpt}: no {TRAINER_STATE}; release needs a checkpoint written by `probe train`")
     state = read_json_object(state_file, CheckpointError, TRAINER_STATE)
     histories = []
     node: dict[str, Any] | None = state
@@ -163,7 +163,7 @@ def read_evaluation(path: str | Path) -> Evaluation:
     meta = read_meta(path)
     ev = meta.get("metadata", {}).get("evaluation")
     if ev is None:
-        raise CheckpointError(f"{path}: coconut.json records no evaluation (not a released checkpoint)")
+        raise CheckpointError(f"{path}: {COCONUT_CONFIG} records no evaluation (not a released checkpoint)")
     for key in ("accuracy_by_k", "correct_by_k"):
         ev[key] = {int(k): v for k, v in ev[key].items()}  # JSON keys are strings
     return Evaluation(**ev)
