@@ -5,7 +5,7 @@ trained, its learning curve, the emergence of the search over training (`search_
 `markdown_summary` is the latent-search section of a `probe analyze` report (its summary.md), which
 `--update-card` puts into a card (`replace_card_section`). `planted_card` is a planted checkpoint's (`probe plant`),
 around known_answers' readings table. The minimal card any save writes when given none (`checkpoint.default_card`)
-stays on the model floor, with `card_format`, what every card says of the data format.
+stays on the model floor, with `card_format` (what it and a release's card say of the data format).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from probe.known_answers import InstrumentReadings, readings_table
 from probe.model.checkpoint import card_format
 from probe.model.coconut import CoconutModel
 from probe.release import MARGIN_ITEMS, Phase, Release
+
 
 # ---------------------------------------------------------------------------- a released checkpoint's card
 
