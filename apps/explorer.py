@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from probe.artifacts import COCONUT_CONFIG, PROBES_DIR, REPORT, SAE_DIR, TUNED_LENS
+from probe.artifacts import COCONUT_CONFIG, OFFICIAL_VALID, PROBES_DIR, REPORT, SAE_DIR, TUNED_LENS
 from probe.data.prosqa import item_at, item_key
 from probe.data.render import gold_answer, node_labels, node_names
 
 ROOT = Path(__file__).resolve().parents[1]
-VALID = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
+VALID = ROOT.parent / "shared" / "data" / OFFICIAL_VALID
 OTHER = "another path..."
 SHIPPED, A_PATH, NONE = "shipped with the checkpoint", "a path", "none"
 N_REFERENCE = 64  # the first validation items: the mean ablation's data set, and steering's norm
@@ -326,21 +326,21 @@ def graph_panel(item, r: dict) -> None:
 
 def lens_panel(r: dict, tok) -> None:
     from probe.lens import LensReadout
-    from probe.viz import lens_heatmap
+    from probe.viz import lens_heatmap_figure
 
     st.caption("Each layer's residual at the position that emits each thought (and the answer), read by the lens: "
                "the colour is the probability on the frontier's names, the hover lists the top tokens.")
     ro = r["readout"]
     readout = LensReadout(lens=ro["lens"], layers=ro["layers"], top_ids=ro["top_ids"], top_probs=ro["top_probs"],
                           node_prob=None, node_rank=None, frontier=None, frontier_mass=ro["frontier_mass"])
-    st.plotly_chart(lens_heatmap(readout, tok, r["k"]), key="lens_heatmap")
+    st.plotly_chart(lens_heatmap_figure(readout, tok, r["k"]), key="lens_heatmap")
 
 
 def superposition_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item) -> None:
     fmt = load_model(ckpt, base, tokenizer)[0].config.data_format
     from probe.data.graph import ProsQAGraph
     from probe.frontier import GROUPS, node_groups
-    from probe.viz import attention, inner_products, node_heatmap, superposition
+    from probe.viz import attention_figure, inner_products_figure, node_heatmap_figure, superposition_figure
 
     a = item_analysis(ckpt, base, tokenizer, item_json)
     st.caption("Superposition: the inner product of thought k with each node name's input embedding, by node group "
@@ -351,14 +351,15 @@ def superposition_panel(ckpt: str, base: str, tokenizer: str, item_json: str, it
     view = st.radio("show", ["inner products", "decomposition", "node values", "attention", "continuations"],
                     key="sp_view", horizontal=True)
     if view == "inner products":
-        st.plotly_chart(inner_products(a), key="sp_inner")
+        st.plotly_chart(inner_products_figure(a), key="sp_inner")
     elif view == "decomposition":
-        st.plotly_chart(superposition(a), key="sp_decomposition")
+        st.plotly_chart(superposition_figure(a), key="sp_decomposition")
     elif view == "node values":
-        st.plotly_chart(node_heatmap(item, a.values[0, :, : item.n_nodes], title="Value of each node after k thoughts",
-                                     colorbar="value", fmt=fmt), key="sp_values")
+        st.plotly_chart(node_heatmap_figure(item, a.values[0, :, : item.n_nodes],
+                                            title="Value of each node after k thoughts", colorbar="value", fmt=fmt),
+                        key="sp_values")
     elif view == "attention":
-        st.plotly_chart(attention(a), key="sp_attention")
+        st.plotly_chart(attention_figure(a), key="sp_attention")
     else:
         rows = [{"k": v.k, "continuation": v.text, "category": v.category, "first node": v.first_node or "",
                  "its group": v.first_group or ""} for v in a.verbalised[0] if v is not None]
@@ -373,7 +374,7 @@ def superposition_panel(ckpt: str, base: str, tokenizer: str, item_json: str, it
 
 
 def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: int) -> None:
-    from probe.viz import item_features, node_heatmap
+    from probe.viz import item_features_figure, node_heatmap_figure
 
     st.caption("A linear frontier probe reads, from the residual at each thought, the probability that each name is "
                "in the frontier (blue squares: the true frontier). The SAE shows the features that fire on each "
@@ -392,8 +393,8 @@ def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: 
                 fmt = load_model(ckpt, base, tokenizer)[0].config.data_format
                 for j in (j for j in probe.steps if j <= k):
                     z[j - 1] = probe.read(X[j - 1 : j], j, node_names(item, fmt))[0]
-                st.plotly_chart(node_heatmap(item, z, title=f"{probe.target} probe on {probe.hook}",
-                                             colorbar="probe p", fmt=fmt),
+                st.plotly_chart(node_heatmap_figure(item, z, title=f"{probe.target} probe on {probe.hook}",
+                                                    colorbar="probe p", fmt=fmt),
                                 key="probe_readout")
                 cv = {s: v["auroc"] for s, v in probe.metrics.items() if isinstance(v, dict) and "auroc" in v}
                 if cv:
@@ -406,7 +407,7 @@ def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: 
             if path:
                 sae, labels = load_sae(str(path), ckpt, base, tokenizer)
                 X = item_activations(ckpt, base, tokenizer, item_json, sae.hook_point(), k)
-                st.plotly_chart(item_features(sae.encode(X).numpy(), labels), key="sae_features")
+                st.plotly_chart(item_features_figure(sae.encode(X).numpy(), labels), key="sae_features")
         except ValueError as e:
             st.error(str(e))
 
@@ -423,7 +424,7 @@ def pick_directory(label: str, key: str, ckpt: str, sub: str, command: str):
 def interventions_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, r: dict, model) -> None:
     from probe.interventions import ABLATIONS, STEER_KINDS, steer_target
     from probe.model.architecture import find_architecture
-    from probe.viz import intervention_effect, node_heatmap
+    from probe.viz import intervention_effect_figure, node_heatmap_figure
 
     st.caption(f"Edit the thoughts of this item and watch the answer and the node values change. An ablation "
                f"replaces thoughts by zero, the mean of the first {N_REFERENCE} validation items, a random vector of "
@@ -482,14 +483,15 @@ def interventions_panel(ckpt: str, base: str, tokenizer: str, item_json: str, it
         if r["readout_kind"] == "emitted" and (layer is None or layer == n_layers - 1):
             st.caption("This model emits a node with each thought, so an edited thought's own values read the edit "
                        "back; what the model makes of it shows from the next thought on.")
-        st.plotly_chart(intervention_effect(item, r["values"], out["values"], node), key="iv_effect")
-        st.plotly_chart(node_heatmap(item, out["values"] - r["values"],
-                                     title="Change in each node's value after k thoughts",
-                                     colorbar="edited - unedited", zmax=None, fmt=r["data_format"]), key="iv_delta")
+        st.plotly_chart(intervention_effect_figure(item, r["values"], out["values"], node), key="iv_effect")
+        st.plotly_chart(node_heatmap_figure(item, out["values"] - r["values"],
+                                            title="Change in each node's value after k thoughts",
+                                            colorbar="edited - unedited", zmax=None, fmt=r["data_format"]),
+                        key="iv_delta")
 
 
 def dataset_panel(ckpt: str, base: str, tokenizer: str) -> None:
-    from probe.analyze import markdown_summary
+    from probe.card import markdown_summary
     from probe.viz import FIGURES
 
     st.caption("The frontier measures of DESIGN.md over the first n validation items, this checkpoint beside a "

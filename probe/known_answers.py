@@ -149,38 +149,3 @@ def readings_table(rows: dict[float, InstrumentReadings]) -> str:
     body = ["| " + f"{s:g}" + " | " + " | ".join(f"{getattr(r, f):.3f}" for f, _, _ in COLUMNS) + " |"
             for s, r in rows.items()]
     return "\n".join([head, rule, want, *body])
-
-
-def planted_card(noise: float, seed: int, rows: dict[float, InstrumentReadings], data: str) -> str:
-    """The model card of a planted checkpoint: what it is, what it is for, and the readings table (`readings_table`,
-    measured on `data`)."""
-    from probe.model.planted import D_MODEL, N_HEAD, planted_config
-
-    cfg = planted_config()
-    grade = "the exact construction" if noise == 0 else f"the construction with noise S = {noise:g} (seed {seed})"
-    return "\n".join([
-        "# prosqa-planted",
-        "",
-        f"A planted Coconut: {grade}. Its search is **planted, not learned**: every weight of this 2-layer GPT-2 "
-        "is set by hand (probe/model/planted.py) so that thought k holds exactly the nodes reachable from the root "
-        "within k edges (2 at each, 0 elsewhere), and at `[A]` the option that lies in the last thought wins. "
-        "Nothing was trained.",
-        "",
-        "What it is good for: checking instruments against a known answer (as tracr and InterpBench do for "
-        "circuits). A lens, a probe, an attention measure or an intervention that does not find the search here is "
-        "broken. What it is not: evidence about trained Coconut models; whether they search this way is what the "
-        "instruments are for.",
-        "",
-        f"- format: data format rbs, RbS's 40-token vocabulary (`probe eval --ckpt checkpoints/prosqa-planted --data "
-        f"FILE --k 6` needs no other option); rbs/checkpoint and rbs/config.json load in their code unchanged",
-        f"- size: d_model {D_MODEL}, {N_HEAD} heads of {D_MODEL // N_HEAD}, MLP {4 * D_MODEL}, 2 layers, "
-        f"{cfg.n_positions} positions, gelu_new, tied embedding",
-        "- graded versions: `probe plant --noise S` multiplies every weight by 1 + S e, e ~ N(0, 1)",
-        "",
-        f"## Every instrument's reading ({data})",
-        "",
-        "Means over items and thoughts 1..4 (probe.known_answers); the first row is what the construction gives.",
-        "",
-        readings_table(rows),
-        "",
-    ])

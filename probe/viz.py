@@ -1,7 +1,10 @@
-"""Plotly figures of the frontier measures: functions that take Analysis results and return a go.Figure.
+"""Plotly figures: functions that take Analysis results (or reports, or one item's readings) and return a go.Figure.
 
-Each figure puts the model and its control (when given) side by side, one column each, on
-shared axes, so that a pattern is never shown without its control.
+Each is named for what it draws, `<what>_figure` (`frontier_mass_figure` draws what `frontier.frontier_mass`
+measures), so that no figure takes the name of a measure. Each figure of an Analysis puts the model and its control
+(when given) side by side, one column each, on shared axes, so that a pattern is never shown without its control.
+The keys of FIGURES and INTERVENTION_FIGURES name the pages `probe analyze` and `probe intervene` write (each key +
+artifacts.FIGURE_SUFFIX).
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ from plotly.subplots import make_subplots
 from probe.analyze import Analysis, last_layer
 from probe.data.graph import ProsQAGraph
 from probe.data.render import node_labels
-from probe.frontier import CATEGORIES, GROUPS, GroupMeans, nanmean_items
-from probe.frontier import frontier_mass as mass_on_frontier
+from probe.frontier import CATEGORIES, GROUPS, GroupMeans, frontier_mass, nanmean_items
 
 GROUP_COLORS = dict(zip(GROUPS, ("#d62728", "#ff7f0e", "#1f77b4", "#7f7f7f")))
 K_COLORS = qualitative.Plotly
@@ -69,12 +71,12 @@ def _stacked_fractions(a: Analysis, control: Analysis | None, counts: Callable[[
     return _side_by_side(_models(a, control), title, draw, "thoughts k", "fraction of items", barmode="stack")
 
 
-def values_by_group(a: Analysis, control: Analysis | None = None) -> go.Figure:
+def values_by_group_figure(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """Mean node value after k thoughts, by node group (the paper: value concentrates on the frontier)."""
     return _group_bars(a, control, lambda an: an.value_by_group, "Node value after k thoughts, by group", "mean value")
 
 
-def frontier_mass(a: Analysis, control: Analysis | None = None) -> go.Figure:
+def frontier_mass_figure(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """Total value on frontier_k after k thoughts, with accuracy at forced k beside it."""
     def draw(fig, an, col, first):
         mass = [np.nanmean(an.frontier_mass[:, i]) if np.isfinite(an.frontier_mass[:, i]).any() else None
@@ -88,7 +90,7 @@ def frontier_mass(a: Analysis, control: Analysis | None = None) -> go.Figure:
                          "probability / accuracy")
 
 
-def value_by_height(a: Analysis, control: Analysis | None = None, height: str = "shortest") -> go.Figure:
+def value_by_height_figure(a: Analysis, control: Analysis | None = None, height: str = "shortest") -> go.Figure:
     """Frontier nodes' mean value against their height, for nodes that reach the target and those that do not."""
     def draw(fig, an, col, first):
         for i, (k, vh) in enumerate(an.value_by_height[height].items()):
@@ -105,7 +107,7 @@ def value_by_height(a: Analysis, control: Analysis | None = None, height: str = 
                          "height", "mean value")
 
 
-def parallelism(a: Analysis, control: Analysis | None = None, ks: Sequence[int] = (1, 2, 3)) -> go.Figure:
+def parallelism_figure(a: Analysis, control: Analysis | None = None, ks: Sequence[int] = (1, 2, 3)) -> go.Figure:
     """Cumulative top-1/2/3 frontier values against their percentile over the data set (the paper's curves)."""
     q = np.arange(101)
     def draw(fig, an, col, first):
@@ -119,7 +121,7 @@ def parallelism(a: Analysis, control: Analysis | None = None, ks: Sequence[int] 
                          "cumulative value")
 
 
-def categories(a: Analysis, control: Analysis | None = None) -> go.Figure:
+def categories_figure(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """Reasoning-path categories of the continuation after forced k = 0..k_max thoughts, as fractions."""
     colors = dict(zip(CATEGORIES, ("#2ca02c", "#98df8a", "#d62728", "#ff7f0e", "#1f77b4", "#7f7f7f")))
     return _stacked_fractions(a, control, Analysis.categories, colors,
@@ -135,7 +137,7 @@ def named_nodes(an: Analysis) -> dict[int, dict[str, int]]:
     return an.first_groups()
 
 
-def verbalised(a: Analysis, control: Analysis | None = None) -> go.Figure:
+def verbalised_figure(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """Group of the node the model names after k thoughts: the node thought k emits (emitted readout) or the first
     node named when forced out of latent mode (language readout); `named_nodes`."""
     colors = {**GROUP_COLORS, "unknown": "#9467bd", "none": "#c7c7c7"}
@@ -143,13 +145,13 @@ def verbalised(a: Analysis, control: Analysis | None = None) -> go.Figure:
                               "The node named after k thoughts (emitted by thought k, or the forced step's first)")
 
 
-def inner_products(a: Analysis, control: Analysis | None = None) -> go.Figure:
+def inner_products_figure(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """<thought_k, embedding(v)> by node group (Zhu et al. 2025, Table 5)."""
     return _group_bars(a, control, lambda an: an.inner_product, "Superposition: <thought k, name embedding> by group",
                        "mean inner product")
 
 
-def attention(a: Analysis, control: Analysis | None = None) -> go.Figure:
+def attention_figure(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """Attention from the position emitting thought k to each edge fact, by edge group, one row per layer."""
     models = _models(a, control)
     n_layers = max(an.attention.per_item.shape[2] for an in models)
@@ -168,7 +170,7 @@ def attention(a: Analysis, control: Analysis | None = None) -> go.Figure:
     return fig
 
 
-def superposition(a: Analysis, control: Analysis | None = None) -> go.Figure:
+def superposition_figure(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """Each thought as a non-negative combination of its item's name rows: the mean share of the weight on each node
     group at step k (stacked), and the fit's mean R^2 (probe.superposition)."""
     def draw(fig, an, col, first):
@@ -183,7 +185,7 @@ def superposition(a: Analysis, control: Analysis | None = None) -> go.Figure:
                          draw, "thoughts k", "share of the weight / R²", barmode="stack")
 
 
-def attention_gap(a: Analysis, control: Analysis | None = None) -> go.Figure:
+def attention_gap_figure(a: Analysis, control: Analysis | None = None) -> go.Figure:
     """Per layer, attention on the edges leaving frontier_{k-1} minus the attention on the other edges (per edge,
     heads averaged), by thought."""
     def draw(fig, an, col, first):
@@ -195,7 +197,7 @@ def attention_gap(a: Analysis, control: Analysis | None = None) -> go.Figure:
                          "attention per edge (difference)")
 
 
-def emergence(histories: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 2, 3)) -> go.Figure:
+def emergence_figure(histories: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 2, 3)) -> go.Figure:
     """The search summary logged at each evaluation of training runs (records with "search"), against the step:
     frontier value mass, optimal value mass, the decomposition's frontier share and the last layer's attention gap,
     one panel each, a line per run and thought k. histories: {label: training records}."""
@@ -221,20 +223,20 @@ def emergence(histories: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 2, 3
 
 
 FIGURES: dict[str, Callable[..., go.Figure]] = {
-    "values_by_group": values_by_group,
-    "frontier_mass": frontier_mass,
-    "value_by_height": value_by_height,
-    "parallelism": parallelism,
-    "categories": categories,
-    "verbalised": verbalised,
-    "inner_product": inner_products,
-    "attention": attention,
-    "attention_gap": attention_gap,
-    "superposition": superposition,
+    "values_by_group": values_by_group_figure,
+    "frontier_mass": frontier_mass_figure,
+    "value_by_height": value_by_height_figure,
+    "parallelism": parallelism_figure,
+    "categories": categories_figure,
+    "verbalised": verbalised_figure,
+    "inner_product": inner_products_figure,
+    "attention": attention_figure,
+    "attention_gap": attention_gap_figure,
+    "superposition": superposition_figure,
 }
 
 
-def probe_scores(report: dict, control: dict | None = None) -> go.Figure:
+def probe_scores_figure(report: dict, control: dict | None = None) -> go.Figure:
     """A probe's cross-validated score per thought beside its control task (and a control checkpoint's probe)."""
     key = "auroc" if report["kind"] == "classification" else "r2"
     fig = go.Figure()
@@ -249,7 +251,7 @@ def probe_scores(report: dict, control: dict | None = None) -> go.Figure:
     return fig
 
 
-def halting(result: dict) -> go.Figure:
+def halting_figure(result: dict) -> go.Figure:
     """Accuracy against mean thoughts: the halting probe beside every fixed number of thoughts."""
     ks = sorted(int(k) for k in result["fixed"])
     fig = go.Figure()
@@ -261,7 +263,7 @@ def halting(result: dict) -> go.Figure:
     return fig
 
 
-def sae_features(features: Sequence, top: int = 40) -> go.Figure:
+def sae_features_figure(features: Sequence, top: int = 40) -> go.Figure:
     """The SAE features that track a node's frontier membership best: best AUROC, firing frequency, name on hover."""
     ranked = sorted((f for f in features if f.best_name is not None and np.isfinite(f.best_auroc)),
                     key=lambda f: -f.best_auroc)[:top]
@@ -285,7 +287,7 @@ def _model_label(rep: dict) -> str:
     return f"{Path(rep['checkpoint']).name or rep['mode']} ({rep['mode']})"
 
 
-def accuracy_by_thoughts(reports: Sequence[dict]) -> go.Figure:
+def accuracy_by_thoughts_figure(reports: Sequence[dict]) -> go.Figure:
     """Accuracy after 0..k forced thoughts, per model (a CoT control: at once and after its own chain)."""
     fig = go.Figure()
     for i, rep in enumerate(reports):
@@ -307,7 +309,7 @@ def _site_panels(reports: Sequence[dict], key: str) -> tuple[go.Figure, list[tup
     return fig, panels
 
 
-def ablations(reports: Sequence[dict]) -> go.Figure:
+def ablations_figure(reports: Sequence[dict]) -> go.Figure:
     """Accuracy change per ablation (rows) and thoughts ablated (columns), one panel per model and site."""
     fig, panels = _site_panels(reports, "ablations")
     for c, (rep, s) in enumerate(panels, start=1):
@@ -325,7 +327,7 @@ def ablations(reports: Sequence[dict]) -> go.Figure:
     return fig
 
 
-def patching(reports: Sequence[dict]) -> go.Figure:
+def patching_figure(reports: Sequence[dict]) -> go.Figure:
     """Counterfactual patching: how often B's answer takes A's root or A's concept, by thoughts patched."""
     fig, panels = _site_panels(reports, "patching")
     for c, (rep, s) in enumerate(panels, start=1):
@@ -345,7 +347,7 @@ def patching(reports: Sequence[dict]) -> go.Figure:
     return fig
 
 
-def steering(reports: Sequence[dict]) -> go.Figure:
+def steering_figure(reports: Sequence[dict]) -> go.Figure:
     """Dose-response of steering toward v: value(v) and answers naming v's option, by direction, per model."""
     fig = make_subplots(rows=2, cols=len(reports), shared_xaxes=True, vertical_spacing=0.08, horizontal_spacing=0.05,
                         subplot_titles=[f"{_model_label(r)}<br>thought {r['steering']['step']}, layer "
@@ -368,10 +370,10 @@ def steering(reports: Sequence[dict]) -> go.Figure:
 
 
 INTERVENTION_FIGURES: dict[str, Callable[[Sequence[dict]], go.Figure]] = {
-    "accuracy_by_k": accuracy_by_thoughts,
-    "ablations": ablations,
-    "patching": patching,
-    "steering": steering,
+    "accuracy_by_k": accuracy_by_thoughts_figure,
+    "ablations": ablations_figure,
+    "patching": patching_figure,
+    "steering": steering_figure,
 }
 
 
@@ -444,7 +446,7 @@ def graph_figure(item, k: int, *, values: np.ndarray | None = None, lens: np.nda
     return fig
 
 
-def lens_heatmap(readout, tokenizer, k: int) -> go.Figure:
+def lens_heatmap_figure(readout, tokenizer, k: int) -> go.Figure:
     """Layer x step heatmap of one item's frontier mass under a lens; hover shows each cell's top tokens."""
     mass = readout.frontier_mass[0].numpy().T  # [layers, k + 1]
     steps = [f"thought {s + 1}" for s in range(k)] + ["answer"]
@@ -469,7 +471,7 @@ def node_order(graph: ProsQAGraph) -> list[int]:
     return sorted(range(graph.n_nodes), key=lambda v: (not np.isfinite(graph.depth[v]), int(graph.layer[v]), v))
 
 
-def node_heatmap(item, z: np.ndarray, *, title: str, colorbar: str, zmax: float | None = 1.0,
+def node_heatmap_figure(item, z: np.ndarray, *, title: str, colorbar: str, zmax: float | None = 1.0,
                  fmt: str = "sentences") -> go.Figure:
     """Nodes x thoughts heatmap of z [k, n_nodes] for one item; cells of frontier_k marked, nodes root to leaves,
     labelled by `node_labels` of the model's data format fmt."""
@@ -493,7 +495,7 @@ def node_heatmap(item, z: np.ndarray, *, title: str, colorbar: str, zmax: float 
     return fig
 
 
-def item_features(acts: np.ndarray, labels: dict[int, str] | None = None, top: int = 12) -> go.Figure:
+def item_features_figure(acts: np.ndarray, labels: dict[int, str] | None = None, top: int = 12) -> go.Figure:
     """The SAE features most active on one item's thoughts (acts [k, d_sae]): activation per thought."""
     labels = labels or {}
     k = acts.shape[0]
@@ -511,13 +513,13 @@ def item_features(acts: np.ndarray, labels: dict[int, str] | None = None, top: i
     return fig
 
 
-def intervention_effect(item, before: np.ndarray, after: np.ndarray, node: int | None = None) -> go.Figure:
+def intervention_effect_figure(item, before: np.ndarray, after: np.ndarray, node: int | None = None) -> go.Figure:
     """Frontier value mass (and one node's value) after each thought, unedited and edited; values [k, n_nodes]."""
     graph = ProsQAGraph.from_item(item)
     ks = list(range(1, before.shape[0] + 1))
     fig = go.Figure()
     for label, v, dash in (("unedited", before, "solid"), ("edited", after, "dash")):
-        mass = [float(mass_on_frontier(v[j - 1][None], [graph], j)[0]) for j in ks]
+        mass = [float(frontier_mass(v[j - 1][None], [graph], j)[0]) for j in ks]
         fig.add_scatter(x=ks, y=mass, mode="lines+markers", name=f"frontier mass, {label}",
                         line=dict(color="#d62728", dash=dash))
         if node is not None:

@@ -221,7 +221,7 @@ def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, off
 
 
 def test_the_card_section_is_replaced_not_repeated():
-    from probe.analyze import replace_card_section
+    from probe.card import replace_card_section
 
     card = "# m\n\nintro\n\n## Accuracy\n\n| a |\n"
     once = replace_card_section(card, "## Latent search\n\nold\n")
@@ -283,15 +283,14 @@ def test_a_model_trained_to_emit_nodes_is_read_at_its_thoughts(tiny, official_it
     assert rep["items"][0]["emitted"].keys() == {"1", "2"}
     # The figures put each number where it belongs: the decomposition's shares and R^2, the gap per layer, and the
     # node each thought emits.
-    from probe.viz import attention_gap, named_nodes
-    from probe.viz import superposition as superposition_figure
+    from probe.viz import attention_gap_figure, named_nodes, superposition_figure
 
     fig = superposition_figure(a)
     bars = {t.name: t.y for t in fig.data if t.type == "bar"}
     np.testing.assert_allclose(bars["share on optimal"], np.nanmean(a.decomposition.share[:, :, 0], axis=0))
     r2 = next(t for t in fig.data if t.name == "R² of the fit")
     np.testing.assert_allclose(np.array(r2.y, dtype=float), np.nanmean(a.decomposition.r2, axis=0))
-    gap = attention_gap(a)
+    gap = attention_gap_figure(a)
     np.testing.assert_allclose(gap.data[1].y, a.attention.gap_mean[:, 1])
     assert named_nodes(a) == {k: {**c, "none": 0} for k, c in a.emitted_groups().items()}
 
@@ -340,13 +339,13 @@ def test_the_search_summary_is_the_mean_of_each_measure_by_thought(tiny, officia
 
 
 def test_the_emergence_figure_draws_each_logged_summary_against_its_step():
-    from probe.viz import emergence
+    from probe.viz import emergence_figure
 
     def rec(step: int, mass: float) -> dict:
         return {"step": step, "search": {"frontier_mass": {"1": mass, "2": mass / 2}, "optimal_mass": {"1": 0.1},
                                          "frontier_share": {"1": 0.5}, "attention_gap": {"1": {"0": 0.3, "1": 0.7}}}}
 
-    fig = emergence({"run": [rec(10, 0.2), {"step": 15}, rec(20, 0.6)]}, ks=(1, 2))
+    fig = emergence_figure({"run": [rec(10, 0.2), {"step": 15}, rec(20, 0.6)]}, ks=(1, 2))
     line = next(t for t in fig.data if t.name == "run k=1" and t.xaxis == "x")
     assert list(line.x) == [10, 20] and list(line.y) == [0.2, 0.6]
     k2 = next(t for t in fig.data if t.name == "run k=2" and t.xaxis == "x")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from probe.data.graph import ProsQAGraph
-from probe.viz import graph_figure, graph_positions, intervention_effect, item_features, node_heatmap, node_order
+from probe.viz import (graph_figure, graph_positions, intervention_effect_figure, item_features_figure,
+                       node_heatmap_figure, node_order)
 
 
 def test_layers_and_positions_of_the_first_official_item(official_items):
@@ -48,7 +49,7 @@ def test_the_graph_figure_colours_outlines_and_draws_the_path(official_items):
 def test_node_heatmap_marks_each_thoughts_frontier_and_orders_nodes_root_first(official_items):
     it = official_items[0]
     z = np.arange(3 * it.n_nodes, dtype=float).reshape(3, it.n_nodes) / (3 * it.n_nodes)
-    fig = node_heatmap(it, z, title="t", colorbar="p")
+    fig = node_heatmap_figure(it, z, title="t", colorbar="p")
     heat, marks = fig.data
     g = ProsQAGraph.from_item(it)
     order = node_order(g)
@@ -61,7 +62,7 @@ def test_node_heatmap_marks_each_thoughts_frontier_and_orders_nodes_root_first(o
 def test_item_features_and_intervention_effect_by_hand(official_items):
     acts = np.zeros((2, 10))
     acts[0, 7], acts[1, 3], acts[1, 7] = 2.0, 1.0, 0.5
-    fig = item_features(acts, {7: "terpus (AUROC 0.90)"})
+    fig = item_features_figure(acts, {7: "terpus (AUROC 0.90)"})
     assert list(fig.data[0].y) == ["7 · terpus (AUROC 0.90)", "3"]  # only the features that fire, strongest first
     np.testing.assert_allclose(np.asarray(fig.data[0].z), [[2.0, 0.5], [0.0, 1.0]])
     it = official_items[0]
@@ -69,7 +70,7 @@ def test_item_features_and_intervention_effect_by_hand(official_items):
     before = np.zeros((2, it.n_nodes))
     before[0, g.frontier(1)] = 0.5  # all value on frontier_1 after one thought
     after = before * 0
-    fig = intervention_effect(it, before, after, node=it.index("terpus"))
+    fig = intervention_effect_figure(it, before, after, node=it.index("terpus"))
     assert [tr.name for tr in fig.data] == ["frontier mass, unedited", "value of terpus, unedited",
                                             "frontier mass, edited", "value of terpus, edited"]
     np.testing.assert_allclose(fig.data[0].y, [0.5 * len(g.frontier(1)), 0.0])

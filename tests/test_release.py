@@ -127,7 +127,8 @@ def test_release_counts_what_evaluate_counts_on_a_model_that_answers(answering_c
 
 
 def test_the_card_tabulates_the_search_summary_each_evaluation_logged():
-    from probe.release import Phase, search_table
+    from probe.card import search_table
+    from probe.release import Phase
 
     def search(scale: float) -> dict:
         by_k = lambda f: {str(k): f(k) for k in (1, 2, 3, 4)}  # noqa: E731

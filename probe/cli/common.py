@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import typer
 
+from probe.artifacts import HF_CONFIG, PLOTLY_JS
+
 if TYPE_CHECKING:
     from probe.atomic import Claim, Interrupted
 
@@ -201,7 +203,7 @@ def _load(ckpt: Optional[Path], base: Optional[Path], device: str, dtype: Option
 
 
 BASE_OPTION = typer.Option(None, "--base", help="For an official state-dict file: its base model directory "
-                                                "(config.json and tokenizer), or a config JSON file (then give "
+                                                f"({HF_CONFIG} and tokenizer), or a config JSON file (then give "
                                                 "--tokenizer).")
 TOKENIZER_OPTION = typer.Option(None, "--tokenizer", help="'rbs' for RbS's built-in vocabulary, or a tokenizer "
                                                           "directory; for an official state-dict file with --base.")
@@ -278,7 +280,7 @@ def write_html(fig, path: Path) -> None:
     from probe.atomic import atomic_path, atomic_write_text
 
     path = Path(path)
-    script, js = path.parent / "plotly.min.js", get_plotlyjs()
+    script, js = path.parent / PLOTLY_JS, get_plotlyjs()
     if not script.is_file() or script.stat().st_size != len(js.encode()) or script.read_text() != js:
         atomic_write_text(script, js)
     with atomic_path(path) as tmp:

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from probe.artifacts import COCONUT_CONFIG, FIGURE_SUFFIX
 from probe.cli.common import (
     ALLOW_LOSSY_OPTION, app, BASE_OPTION, _claim, CKPT_OPTION, _Data, DATA_OPTION, data_app, _device, DEVICE_OPTION,
     _dtype, DTYPE_OPTION, _fail, _float_option, InputError, _int_option, _items, _load, _need_items, one_line_errors,
@@ -194,11 +195,11 @@ def eval_cmd(
     from probe.data.prosqa import load_items
     from probe.evaluate import GOLD, evaluate
 
-    if halt is not None and json_out is not None and json_out.suffix == ".html":
-        _fail(f"--json {json_out}: give a .json name (with --halt, its figure is written beside it as .html)")
+    if halt is not None and json_out is not None and json_out.suffix == FIGURE_SUFFIX:
+        _fail(f"--json {json_out}: give a .json name (with --halt, its figure is written beside it as {FIGURE_SUFFIX})")
     _claim(json_out, "--json", overwrite=overwrite)
     if halt is not None and json_out is not None:
-        _claim(json_out.with_suffix(".html"), "--json (its figure)", overwrite=overwrite)
+        _claim(json_out.with_suffix(FIGURE_SUFFIX), "--json (its figure)", overwrite=overwrite)
     items = load_items(data, limit=limit)
     _need_items(items, 1, data, "there is nothing to evaluate", limit)
     model, tok = _load(ckpt, base, device, dtype, tokenizer, _Data(items, _source(data), allow_lossy))
@@ -213,10 +214,10 @@ def eval_cmd(
         res = evaluate(model, tok, items, k=k if k in (None, GOLD) else _int_option("--k", k), batch_size=batch_size)
     if halt is not None:
         if json_out:
-            from probe.viz import halting
+            from probe.viz import halting_figure
 
             atomic_write_text(json_out, json.dumps(result.as_dict(), indent=1))
-            write_html(halting(result.as_dict()), json_out.with_suffix(".html"))
+            write_html(halting_figure(result.as_dict()), json_out.with_suffix(FIGURE_SUFFIX))
         fixed = ", ".join(f"k={k}: {a:.3f}" for k, a in result.fixed.items())
         typer.echo(f"halting probe: accuracy {result.accuracy:.4f} with {result.mean_thoughts:.2f} thoughts on average "
                    f"(fixed {fixed})")
@@ -264,8 +265,8 @@ def plant(
 ) -> None:
     """Write the planted Coconut: "Reasoning by Superposition"'s construction compiled into a GPT-2 (nothing
     trained), with a card of every instrument's reading at S = 0 and at each --grades level."""
-    from probe.artifacts import COCONUT_CONFIG
-    from probe.known_answers import instrument_readings, planted_card
+    from probe.card import planted_card
+    from probe.known_answers import instrument_readings
     from probe.model.checkpoint import save_checkpoint
     from probe.model.planted import planted_model
 
@@ -306,7 +307,6 @@ def release(
 ) -> None:
     """Evaluate a trained checkpoint at every forced k and at the gold depth; write it without optimizer state,
     with its model card."""
-    from probe.artifacts import COCONUT_CONFIG
     from probe.release import release as run
 
     _claim(out, overwrite=overwrite, directory=True, markers=(COCONUT_CONFIG,))

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from probe.artifacts import FIGURE_SUFFIX, REPORT
 from probe.cli.common import (
     ALLOW_LOSSY_OPTION, app, BASE_OPTION, CKPT_OPTION, _claim, _Data, DATA_OPTION, _default_ckpt, DEVICE_OPTION,
     DTYPE_OPTION, _fail, _float_option, InputError, _int_option, _load, _need_items, _num, one_line_errors,
@@ -21,7 +22,7 @@ def intervene_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
     out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
-                                           " for report.json and the figures."),
+                                           f" for {REPORT} and the figures."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     tokenizer: Optional[str] = TOKENIZER_OPTION,
@@ -46,14 +47,14 @@ def intervene_cmd(
     allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Causal tests of the thoughts: fewer thoughts, ablation, counterfactual patching, steering; beside controls."""
-    from probe.artifacts import REPORT
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.data.prosqa import load_items
     from probe.interventions import ABLATIONS, run_interventions
     from probe.probes import SavedProbe
     from probe.viz import INTERVENTION_FIGURES
 
-    _claim(out, overwrite=overwrite, directory=True, markers=(REPORT, f"{next(iter(INTERVENTION_FIGURES))}.html"))
+    first_page = f"{next(iter(INTERVENTION_FIGURES))}{FIGURE_SUFFIX}"
+    _claim(out, overwrite=overwrite, directory=True, markers=(REPORT, first_page))
     site_list = [None if x.strip() == "thought" else _int_option("--sites", x) for x in sites.split(",") if x.strip()]
     kind_list = [x.strip() for x in kinds.split(",") if x.strip()]
     if bad := [x for x in kind_list if x not in ABLATIONS]:
@@ -84,9 +85,9 @@ def intervene_cmd(
     with atomic_directory(out, replace=True) as tmp:  # the claim refused what was not to be replaced
         atomic_write_text(tmp / REPORT, json.dumps({"data": str(data), "reports": dicts}, indent=1))
         for name, figure in INTERVENTION_FIGURES.items():
-            write_html(figure(dicts), tmp / f"{name}.html")
+            write_html(figure(dicts), tmp / f"{name}{FIGURE_SUFFIX}")
     _print_interventions(dicts)
-    typer.echo(f"wrote {out}/report.json and {len(INTERVENTION_FIGURES)} figures")
+    typer.echo(f"wrote {out}/{REPORT} and {len(INTERVENTION_FIGURES)} figures")
 
 
 def _print_interventions(reports: list[dict]) -> None:
@@ -123,7 +124,6 @@ def _print_interventions(reports: list[dict]) -> None:
 def _report(path: Optional[Path], option: str, command: str) -> Optional[dict]:
     """A command's report.json (the directory it wrote, or the file), checked to be that command's and to hold what
     the findings table reads (probe.findings.check_report)."""
-    from probe.artifacts import REPORT
     from probe.findings import check_report
     from probe.formats import read_json
 

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from probe.artifacts import PROBE_CONFIG, PROBE_SCORES_PAGE, REPORT, SAE_CFG, SAE_FEATURES_PAGE, SAE_WEIGHTS
 from probe.cli.common import (
     ALLOW_LOSSY_OPTION, app, BASE_OPTION, CKPT_OPTION, _claim, CONTROL_BASE_OPTION, CONTROL_TOKENIZER_OPTION, _Data,
     _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _items, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION,
@@ -30,7 +31,7 @@ def probes_fit(
     target: str = typer.Option("frontier", "--target", help="frontier, reachable, value or depth."),
     layer: int = typer.Option(-1, "--layer", help="Residual stream after this layer (negative: from the end)."),
     out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
-                                           " for the probe, report.json and scores.html."),
+                                           f" for the probe, {REPORT} and {PROBE_SCORES_PAGE}."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     tokenizer: Optional[str] = TOKENIZER_OPTION,
@@ -46,11 +47,10 @@ def probes_fit(
     allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Cross-validated linear probes (and their control task) for every thought k at one layer."""
-    from probe.artifacts import PROBE_CONFIG, REPORT
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.cli.common import note_duplicates
     from probe.probes import fit_probes, items_for_folds
-    from probe.viz import probe_scores
+    from probe.viz import probe_scores_figure
 
     _claim(out, overwrite=overwrite, directory=True, markers=(PROBE_CONFIG, REPORT))
     items = _items(data, 0, 0, limit)
@@ -74,7 +74,7 @@ def probes_fit(
     with atomic_directory(out, replace=True) as tmp:  # the claim refused the rest
         rep.probe.write_into(tmp)
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
-        write_html(probe_scores(report, report.get("control")), tmp / "scores.html")
+        write_html(probe_scores_figure(report, report.get("control")), tmp / PROBE_SCORES_PAGE)
     key = "auroc" if rep.probe.kind == "classification" else "r2"
     for k, sc in report["steps"].items():
         extra = f" | control checkpoint {_num(report['control']['steps'][k][key])}" if control is not None else ""
@@ -89,7 +89,7 @@ def probes_fit(
 def probes_halt(
     ckpt: Optional[Path] = CKPT_OPTION,
     out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
-                                           " for the halting probe and report.json."),
+                                           f" for the halting probe and {REPORT}."),
     overwrite: bool = OVERWRITE_OPTION,
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
     n: int = typer.Option(1000, "--n", min=2, help="Generated items to train on, when no --data."),
@@ -104,7 +104,6 @@ def probes_halt(
     allow_lossy: bool = ALLOW_LOSSY_OPTION,
 ) -> None:
     """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
-    from probe.artifacts import PROBE_CONFIG, REPORT
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.cli.common import note_duplicates
     from probe.probes import fit_halting_probe
@@ -133,7 +132,7 @@ def probes_halt(
 def sae_train(
     ckpt: Optional[Path] = CKPT_OPTION,
     out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
-                                           ": cfg.json + sae_weights.safetensors (SAELens), report."),
+                                           f": {SAE_CFG} + {SAE_WEIGHTS} (SAELens), report."),
     overwrite: bool = OVERWRITE_OPTION,
     data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
     n: int = typer.Option(2000, "--n", min=10, help="Generated items, when no --data."),
@@ -155,12 +154,11 @@ def sae_train(
     """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires.
     10% of the distinct items (with every copy of them) are held out."""
     from probe.analyze import finite
-    from probe.artifacts import REPORT, SAE_CFG, SAE_WEIGHTS
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.cli.common import note_duplicates
     from probe.probes import resid_hook
     from probe.sae import train_sae
-    from probe.viz import sae_features
+    from probe.viz import sae_features_figure
 
     _claim(out, overwrite=overwrite, directory=True, markers=(SAE_CFG, SAE_WEIGHTS))
     items = _items(data, n, seed)
@@ -174,7 +172,7 @@ def sae_train(
         run.sae.write_into(tmp, model_name=_default_ckpt(ckpt).name,
                            extra={"k_max": run.rows.k_max, "n_items": run.n_items})
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
-        write_html(sae_features(run.features), tmp / "features.html")
+        write_html(sae_features_figure(run.features), tmp / SAE_FEATURES_PAGE)
     m, held = run.train_metrics, run.held_out_metrics
     typer.echo(f"SAE on {run.rows.hook} ({len(run.rows.X)} thoughts of {run.n_items} items): fvu {m.fvu:.3f} "
                f"(held out {held.fvu:.3f}), L0 {m.l0:.1f}, dead {m.dead_fraction:.1%}")

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from probe.artifacts import FIGURE_SUFFIX, MODEL_CARD, REPORT, SUMMARY, TRACE_MANIFEST, TUNED_LENS
 from probe.cli.common import (
     ALLOW_LOSSY_OPTION, app, BASE_OPTION, CKPT_OPTION, _claim, CONTROL_BASE_OPTION, CONTROL_TOKENIZER_OPTION, _Data,
     DATA_OPTION, _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _dtype, _fail, _item, _items, _layers, _load, _need_items,
@@ -25,7 +26,7 @@ def decode(
     tokenizer: Optional[str] = TOKENIZER_OPTION,
     lens: str = typer.Option("logit", "--lens", help="logit or tuned."),
     lens_file: Optional[Path] = typer.Option(None, "--lens-file",
-                                             help="A tuned lens (default: tuned_lens.safetensors in the checkpoint)."),
+                                             help=f"A tuned lens (default: {TUNED_LENS} in the checkpoint)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers, e.g. 0,2,-1 (default: all)."),
     k: Optional[int] = typer.Option(None, "--k", min=0, help="Thoughts to force (default: the checkpoint's)."),
     top: int = typer.Option(5, "--top", min=1, help="Top tokens per layer."),
@@ -37,7 +38,6 @@ def decode(
 ) -> None:
     """What every thought holds at every layer (logit or tuned lens), with frontier nodes marked."""
     from probe.atomic import atomic_write_text
-    from probe.artifacts import TUNED_LENS
     from probe.decode import decode_item
     from probe.lens import LENSES, open_lens
 
@@ -85,7 +85,7 @@ def capture_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
     out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
-                                           " for the safetensors shards and manifest.json."),
+                                           f" for the safetensors shards and {TRACE_MANIFEST}."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     tokenizer: Optional[str] = TOKENIZER_OPTION,
@@ -108,7 +108,6 @@ def capture_cmd(
     Under torchrun (`torchrun --nproc_per_node N -m probe.cli capture ...`) each process captures a block of the
     items (on cuda, the GPU of its local rank) and rank 0 merges them into one store.
     """
-    from probe.artifacts import TRACE_MANIFEST
     from probe.capture import architecture, capture_to_disk
     from probe.model.hook_names import select_hooks
     from probe.data.prosqa import load_items
@@ -153,7 +152,7 @@ def analyze_cmd(
     ckpt: Optional[Path] = CKPT_OPTION,
     data: Path = DATA_OPTION,
     out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
-                                           " for report.json and one HTML figure per measure."),
+                                           f" for {REPORT} and one HTML figure per measure."),
     overwrite: bool = OVERWRITE_OPTION,
     base: Optional[Path] = BASE_OPTION,
     tokenizer: Optional[str] = TOKENIZER_OPTION,
@@ -168,12 +167,12 @@ def analyze_cmd(
     dtype: Optional[str] = DTYPE_OPTION,
     allow_lossy: bool = ALLOW_LOSSY_OPTION,
     update_card: bool = typer.Option(False, "--update-card",
-                                     help="Also write the summary into the checkpoint's model card (README.md)."),
+                                     help=f"Also write the summary into the checkpoint's model card ({MODEL_CARD})."),
 ) -> None:
     """The latent-search measures (values, height, parallelism, categories, superposition, attention) with plots."""
-    from probe.analyze import analyze, markdown_summary, replace_card_section
-    from probe.artifacts import MODEL_CARD, REPORT, SUMMARY
+    from probe.analyze import analyze
     from probe.atomic import atomic_directory, atomic_write_text
+    from probe.card import markdown_summary, replace_card_section
     from probe.data.prosqa import load_items
     from probe.viz import FIGURES
 
@@ -202,9 +201,9 @@ def analyze_cmd(
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
         atomic_write_text(tmp / SUMMARY, summary)
         for name, figure in FIGURES.items():
-            write_html(figure(main, ctrl), tmp / f"{name}.html")
+            write_html(figure(main, ctrl), tmp / f"{name}{FIGURE_SUFFIX}")
     _print_analysis(main, ctrl)
-    typer.echo(f"wrote {out}/report.json, summary.md and {len(FIGURES)} figures")
+    typer.echo(f"wrote {out}/{REPORT}, {SUMMARY} and {len(FIGURES)} figures")
     if update_card:
         atomic_write_text(card, replace_card_section(card.read_text(), summary))
         typer.echo(f"updated {card}")

@@ -27,7 +27,8 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from probe.artifacts import (
-    COCONUT_CONFIG, DCP_METADATA, DCP_SUFFIX, HF_CONFIG, HF_WEIGHTS, MODEL_CARD, RBS_CHECKPOINT, RBS_CONFIG, RBS_DIR,
+    COCONUT_CONFIG, DCP_METADATA, DCP_SUFFIX, HF_CONFIG, HF_WEIGHT_FILES, HF_WEIGHT_INDEXES, HF_WEIGHTS, MODEL_CARD,
+    RBS_CHECKPOINT, RBS_CONFIG, RBS_DIR, TOKENIZER_CONFIG, TOKENIZER_FILE,
 )
 from probe.atomic import atomic_directory
 from probe.finite import check_finite_tensors
@@ -41,8 +42,8 @@ from probe.model.state_dicts import (
     read_state_dict, tied_keys,
 )
 from probe.model.tokenizer import (
-    RBS_VOCABULARY, TOKENIZER_CONFIG, TOKENIZER_FILE, TokenizerError, add_latent_tokens, build_rbs_tokenizer,
-    check_json_files, is_rbs_tokenizer, load_tokenizer, special_tokens,
+    RBS_VOCABULARY, TokenizerError, add_latent_tokens, build_rbs_tokenizer, check_json_files, is_rbs_tokenizer,
+    load_tokenizer, special_tokens,
 )
 
 FORMAT_VERSION = 1
@@ -51,9 +52,6 @@ RBS_TOKENIZER = "rbs"  # the tokenizer argument's word for RbS's built-in vocabu
 
 # What our format's directory must hold beside coconut.json (save_pretrained's files), in the order reported.
 OUR_FILES = (HF_CONFIG, HF_WEIGHTS, TOKENIZER_FILE, TOKENIZER_CONFIG)
-# transformers' weight files, and the indexes that map each tensor to its shard.
-WEIGHT_FILES = (HF_WEIGHTS, "pytorch_model.bin")
-WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 # The default model ships in the repository, beside the package (an editable install finds it).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "prosqa-coconut"
@@ -250,10 +248,10 @@ def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
                               "--base")
     if not meta_file.is_file():
         if (path / HF_CONFIG).is_file():
-            raise CheckpointError(f"{path}: a Hugging Face model directory without coconut.json: a base model, not a "
-                                  "Coconut checkpoint; give it as --base beside an official state-dict file (--ckpt "
-                                  "FILE), or train a Coconut model from it (`probe train`, config `base: DIR`)")
-        raise CheckpointError(f"{path}: not a coconut-probe checkpoint (no coconut.json); --ckpt takes a directory "
+            raise CheckpointError(f"{path}: a Hugging Face model directory without {COCONUT_CONFIG}: a base model, "
+                                  "not a Coconut checkpoint; give it as --base beside an official state-dict file "
+                                  "(--ckpt FILE), or train a Coconut model from it (`probe train`, config `base: DIR`)")
+        raise CheckpointError(f"{path}: not a coconut-probe checkpoint (no {COCONUT_CONFIG}); --ckpt takes a directory "
                               "that `probe train` or `probe release` wrote, or an official state-dict file with --base")
     meta = read_meta(path)
     try:
@@ -262,7 +260,7 @@ def _load_ours(path: Path) -> tuple[CoconutModel, PreTrainedTokenizerBase]:
         raise CheckpointError(str(e)) from None
     # save_pretrained writes weights past its max_shard_size as shards, with their index in place of model.safetensors
     missing = [name for name in OUR_FILES if not (path / name).is_file()
-               and not (name == HF_WEIGHTS and (path / WEIGHT_INDEXES[0]).is_file())]
+               and not (name == HF_WEIGHTS and (path / HF_WEIGHT_INDEXES[0]).is_file())]
     if missing:
         raise CheckpointError(f"{path}: the checkpoint is incomplete: missing {', '.join(missing)} (a checkpoint "
                               f"holds {', '.join((COCONUT_CONFIG, *OUR_FILES))}); copy the whole directory again")
@@ -288,14 +286,14 @@ def weights_file(directory: str | os.PathLike, name: str) -> Path:
     """The file of a Hugging Face model directory that stores the tensor `name`: its shard (by the index), the one
     weights file, or the directory itself when neither says."""
     directory = Path(directory)
-    for index in WEIGHT_INDEXES:
+    for index in HF_WEIGHT_INDEXES:
         try:
             shard = json.loads((directory / index).read_text()).get("weight_map", {}).get(name)
         except (OSError, ValueError, AttributeError):
             continue
         if shard:
             return directory / shard
-    return next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), directory)
+    return next((directory / f for f in HF_WEIGHT_FILES if (directory / f).is_file()), directory)
 
 
 def check_weights(model: PreTrainedModel, directory: str | os.PathLike) -> None:
@@ -316,7 +314,7 @@ def _check_match(path: Path, base: PreTrainedModel, tok: PreTrainedTokenizerBase
     for name in ("start_id", "end_id", "latent_id", "eos_id"):
         if getattr(ids, name) != getattr(config, name):
             raise CheckpointError(
-                f"{path}: tokenizer {name}={getattr(ids, name)} but coconut.json says {getattr(config, name)}"
+                f"{path}: tokenizer {name}={getattr(ids, name)} but {COCONUT_CONFIG} says {getattr(config, name)}"
             )
 
 
@@ -366,7 +364,7 @@ def load_official(
         raise CheckpointError(f"{base}: no such config file; --base takes a config JSON file or a base model "
                               "directory")
     else:
-        raise CheckpointError(f"{base}: the base directory must hold the base model's config.json and tokenizer")
+        raise CheckpointError(f"{base}: the base directory must hold the base model's {HF_CONFIG} and tokenizer")
     state = read_state_dict(path)
     check_finite_tensors(state.items(), str(path), CheckpointError)
     check_json_files(config_file.parent, (config_file.name,), CheckpointError)

@@ -10,6 +10,9 @@ from typing import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from probe.artifacts import (
+    GPT2_VOCAB, HF_CONFIG, SLOW_VOCABULARIES, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_FILE,
+)
 from probe.data.rbs import RBS_ANSWER, RBS_EDGE, RBS_EOS, RBS_NODES, RBS_QUESTION, RBS_ROOT
 
 # The official repository adds them in this order, as ordinary (not special) tokens.
@@ -115,12 +118,6 @@ def special_tokens(tokenizer: PreTrainedTokenizerBase) -> SpecialTokens:
     )
 
 
-# A tokenizer as transformers' save_pretrained writes it: its config, and its vocabulary either as one
-# tokenizers file or as a slow tokenizer's files (GPT-2's vocab.json, a sentencepiece model, BERT's vocab.txt).
-TOKENIZER_CONFIG, TOKENIZER_FILE = "tokenizer_config.json", "tokenizer.json"
-SLOW_VOCABULARIES = ("vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
-
-
 def check_json_files(directory: Path, names: Iterable[str], error: type[ValueError]) -> None:
     """The one rule for the JSON files of a model or tokenizer directory: each of `names` that exists must parse.
 
@@ -156,8 +153,8 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
         raise TokenizerError(f"{path}: the tokenizer is incomplete: no {' and no '.join(missing)} (transformers' "
                              f"save_pretrained writes {TOKENIZER_FILE} and {TOKENIZER_CONFIG}); copy the "
                              "tokenizer's files into it from where the model came from")
-    check_json_files(path, (TOKENIZER_CONFIG, TOKENIZER_FILE, "special_tokens_map.json", "config.json",
-                            "vocab.json"), TokenizerError)
+    check_json_files(path, (TOKENIZER_CONFIG, TOKENIZER_FILE, SPECIAL_TOKENS_MAP, HF_CONFIG, GPT2_VOCAB),
+                     TokenizerError)
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # transformers raises many types for an unreadable tokenizer
