@@ -30,8 +30,8 @@ from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, step_prompt, tokenize_item
 from probe.evaluate import prediction
 from probe.finite import check_finite_tensors
-from probe.model.architecture import Architecture, find_architecture
-from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_names, layer_index, layer_of, point_of
+from probe.model.architecture import Architecture, architecture
+from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_names, layer_index, layer_of
 from probe.model.hooks import PositionHook
 from probe.model.rows import rows_are
 from probe.model.coconut import CoconutModel
@@ -41,14 +41,6 @@ TRACE_FORMAT = 1
 
 class CaptureError(ValueError):
     """A capture that cannot run (bad hook filter, bad items, bad store)."""
-
-
-# ---------------------------------------------------------------------------- architecture
-
-
-def architecture(model: CoconutModel) -> Architecture:
-    """The decoder layers, attention, MLP and final norm of the model's base (GPT-2, Llama, NeoX, ...)."""
-    return find_architecture(model.base)
 
 
 # ---------------------------------------------------------------------------- the trace
@@ -141,18 +133,9 @@ class _Recorder:
     def __init__(self, arch: Architecture, names: list[str], wanted: Tensor, width: int, dtype: torch.dtype):
         self.hooks: dict[str, PositionHook] = {}
         for name in names:
-            if name == FINAL:
-                module, kw = arch.final_norm, {}
-            else:
-                layer = arch.layers[layer_of(name)]
-                attn, mlp = getattr(layer, arch.attn), getattr(layer, arch.mlp)
-                module, kw = {
-                    "hook_resid_pre": (layer, {"inputs": True}),
-                    "hook_resid_post": (layer, {}),
-                    "hook_attn_out": (attn, {}),
-                    "attn.hook_pattern": (attn, {"part": 1, "heads_first": True, "width": width}),
-                    "hook_mlp_out": (mlp, {}),
-                }[point_of(name)]
+            module, kw = arch.hook_point(name)
+            if kw.get("heads_first"):
+                kw["width"] = width
             self.hooks[name] = PositionHook(module, wanted, dtype=dtype, **kw)
         self.out: dict[str, Tensor] = {}  # filled when the block ends
         self._stack = ExitStack()

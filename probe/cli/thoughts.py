@@ -109,7 +109,8 @@ def capture_cmd(
     items (on cuda, the GPU of its local rank) and rank 0 merges them into one store.
     """
     from probe.artifacts import TRACE_MANIFEST
-    from probe.capture import architecture, capture_to_disk
+    from probe.capture import capture_to_disk
+    from probe.model.architecture import architecture
     from probe.model.hook_names import select_hooks
     from probe.data.prosqa import load_items
     from probe.distributed import capture_distributed, rank_device, world

@@ -24,7 +24,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from probe.data.render import DATA_FORMATS, IGNORE_INDEX, MODES, StageSpec, answer_length
 from probe.finite import NonFiniteActivation
-from probe.model.architecture import ArchitectureError, find_architecture
+from probe.model.architecture import ArchitectureError, architecture
 from probe.model.hook_names import FINAL, RESID, act_name, layer_index
 from probe.model.hooks import PositionHook
 from probe.model.rows import RowError
@@ -194,7 +194,7 @@ class _FiniteWatch:
 
     def __enter__(self) -> "_FiniteWatch":
         if self.on:
-            layers = find_architecture(self._model.base).layers
+            layers = architecture(self._model).layers
             first = act_name("hook_resid_pre", 0)
             self.flags = {first: [], **{act_name(RESID, l): [] for l in range(len(layers))}}
             self._handles.append(layers[0].register_forward_pre_hook(
@@ -346,7 +346,7 @@ class CoconutModel(nn.Module):
         if edit is None:
             yield
             return
-        layers = find_architecture(self.base).layers
+        layers = architecture(self).layers
         layer_index(edit.layer, len(layers))
         batch = is_latent.shape[0]
         if edit.positions is not None:
