@@ -27,7 +27,7 @@ from probe.evaluate import MAX_NEW_TOKENS, EvalResult, evaluate
 from probe.frontier import frontier_mass
 from probe.model.architecture import architecture
 from probe.model.hook_names import RESID, act_name, layer_index
-from probe.model.hooks import PositionHook
+from probe.model.hooks import read_at
 from probe.model.rows import rows_are
 from probe.model.coconut import FEEDBACK_MODES, CoconutModel, ThoughtEdit
 from probe.probes import LinearProbe, SavedProbe, name_vocabulary, probe_targets
@@ -282,12 +282,10 @@ def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int,
 def _residuals_at(model: CoconutModel, prompts: list[list[int]], positions: Tensor, layer: int) -> Tensor:
     """[n, k, d] a layer's residual output at prompt positions (-1: zeros) of left-padded prompts."""
     ids, mask = model.left_padded(prompts)
-    width = ids.shape[1]
-    pad = torch.tensor([width - len(p) for p in prompts])
-    cols = torch.where(positions >= 0, positions + pad[:, None], -1)
-    with PositionHook(architecture(model).layers[layer], cols, dtype=torch.float32) as hook:
-        model(ids, mask, logits_at=torch.tensor([width - 1]))  # the logits are not needed
-    return hook.kept.cpu()
+    name = act_name(RESID, layer)
+    with read_at(model, [name], positions, mask, dtype=torch.float32) as acts:
+        model(ids, mask, logits_at=torch.tensor([ids.shape[1] - 1]))  # the logits are not needed
+    return acts[name].cpu()
 
 
 # ---------------------------------------------------------------------------- the data-set runs
