@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from probe.capture import architecture, capture
+from probe.capture import capture
 from probe.superposition import Decomposition, superposition
 from probe.values import emitted_nodes, readout_of, values_by_k, values_from_logits
 from probe.model.hook_names import select_hooks
@@ -27,6 +27,7 @@ from probe.evaluate import evaluate, thoughts_for
 from probe.frontier import (CATEGORIES, GROUPS, AttentionByGroup, GroupMeans, Parallelism, ValueByHeight,
                             attention_by_group, frontier_mass, group_means, inner_products, node_groups, parallelism,
                             parse_steps, path_category, value_by_height)
+from probe.model.architecture import architecture
 from probe.model.coconut import CoconutModel
 from probe.model.rows import rows_are
 

@@ -1,7 +1,7 @@
 """Capture every continuous thought at every layer: a ThoughtTrace, under TransformerLens hook names.
 
-Plain torch hooks on the Hugging Face modules, named as TransformerLens 4 names them
-(`blocks.{l}.hook_resid_post`, `blocks.{l}.attn.hook_pattern`, `ln_final.hook_normalized`),
+Plain torch hooks on the Hugging Face modules (probe.model.hooks.read_at), named as TransformerLens 4
+names them (`blocks.{l}.hook_resid_post`, `blocks.{l}.attn.hook_pattern`, `ln_final.hook_normalized`),
 fire inside CoconutModel's own KV-cached latent loop, so what is captured is exactly what the
 model computes (see DESIGN.md, "Capture"). Each hook keeps only the positions that matter as
 its segment goes by: the position that emits thought k (k = 1..K) and the first answer
@@ -11,7 +11,7 @@ position (the one holding `<|end-latent|>`, whose logits give the first answer t
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -30,9 +30,9 @@ from probe.data.prosqa import ProsQAItem
 from probe.data.render import render_prompt, step_prompt, tokenize_item
 from probe.evaluate import prediction
 from probe.finite import check_finite_tensors
-from probe.model.architecture import Architecture, find_architecture
-from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_names, layer_index, layer_of, point_of
-from probe.model.hooks import PositionHook
+from probe.model.architecture import architecture
+from probe.model.hook_names import FINAL, RESID, act_name, check_names, hook_names, layer_index, layer_of
+from probe.model.hooks import padded_columns, read_at
 from probe.model.rows import rows_are
 from probe.model.coconut import CoconutModel
 
@@ -41,14 +41,6 @@ TRACE_FORMAT = 1
 
 class CaptureError(ValueError):
     """A capture that cannot run (bad hook filter, bad items, bad store)."""
-
-
-# ---------------------------------------------------------------------------- architecture
-
-
-def architecture(model: CoconutModel) -> Architecture:
-    """The decoder layers, attention, MLP and final norm of the model's base (GPT-2, Llama, NeoX, ...)."""
-    return find_architecture(model.base)
 
 
 # ---------------------------------------------------------------------------- the trace
@@ -135,38 +127,6 @@ class ThoughtTrace:
 _FIELDS = ("indices", "prompt_ids", "prompt_len", "question_len", "positions", "fact", "node", "thoughts", "logits")
 
 
-class _Recorder:
-    """One PositionHook per hook name, each keeping the wanted columns of its point ([batch, n, ...] in `out`)."""
-
-    def __init__(self, arch: Architecture, names: list[str], wanted: Tensor, width: int, dtype: torch.dtype):
-        self.hooks: dict[str, PositionHook] = {}
-        for name in names:
-            if name == FINAL:
-                module, kw = arch.final_norm, {}
-            else:
-                layer = arch.layers[layer_of(name)]
-                attn, mlp = getattr(layer, arch.attn), getattr(layer, arch.mlp)
-                module, kw = {
-                    "hook_resid_pre": (layer, {"inputs": True}),
-                    "hook_resid_post": (layer, {}),
-                    "hook_attn_out": (attn, {}),
-                    "attn.hook_pattern": (attn, {"part": 1, "heads_first": True, "width": width}),
-                    "hook_mlp_out": (mlp, {}),
-                }[point_of(name)]
-            self.hooks[name] = PositionHook(module, wanted, dtype=dtype, **kw)
-        self.out: dict[str, Tensor] = {}  # filled when the block ends
-        self._stack = ExitStack()
-
-    def __enter__(self) -> "_Recorder":
-        for hook in self.hooks.values():
-            self._stack.enter_context(hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
-        self.out = {name: hook.kept for name, hook in self.hooks.items()}
-
-
 @contextmanager
 def _eager_attention(model: CoconutModel, needed: bool):
     """Attention weights exist only in the eager implementation; switch to it for the capture."""
@@ -217,30 +177,21 @@ def capture_batch(
     p_len = torch.tensor([len(p) for p in prompts])
     width = int(p_len.max())
     positions = torch.cat([steps, (p_len - 1)[:, None]], dim=1)  # [batch, k + 1]
-    pad = width - p_len
     ids, mask = model.left_padded(prompts)
-    wanted = (positions + pad[:, None]).to(model.device)
     model.eval()
     recorded = names if markers or FINAL in names else [*names, FINAL]  # a CoT "thought" is read from FINAL
     with _eager_attention(model, any(n.endswith("hook_pattern") for n in names)), rows_are(index_list):
-        with _Recorder(arch, recorded, wanted, width, dtype) as rec:
-            out = model(ids, mask, logits_at=wanted)  # the last wanted column is the last column
+        with read_at(model, recorded, positions, mask, dtype=dtype) as acts:
+            out = model(ids, mask, logits_at=padded_columns(positions, mask))  # the last step's is the last column
     answer_ids = None
     if max_new_tokens > 0:
         with rows_are(index_list):
             answers = model.continue_greedy(out, mask, max_new_tokens)
         n = max(map(len, answers))
         answer_ids = torch.tensor([a + [-1] * (n - len(a)) for a in answers], dtype=torch.long)
-    thoughts = out.thoughts[:, :k] if markers else rec.out[FINAL][:, :k]
+    thoughts = out.thoughts[:, :k] if markers else acts[FINAL][:, :k]
     logits = out.logits.to(dtype)
-    cache = {n: rec.out[n] for n in names}
-    for n in names:  # pattern keys: padded columns -> prompt positions
-        if n.endswith("hook_pattern"):
-            t = cache[n]
-            shifted = torch.zeros_like(t)
-            for b in range(len(items)):
-                shifted[b, ..., : int(p_len[b])] = t[b, ..., int(pad[b]) :]
-            cache[n] = shifted
+    cache = {n: acts[n] for n in names}  # pattern keys by prompt position (read_at)
     layouts = [prompt_layout(it, tokenizer, cfg.data_format) for it in items]
     fact = torch.full((len(items), width), NONE)
     node = torch.full((len(items), width), NONE)
@@ -460,17 +411,16 @@ def continuation_residuals(
     model.check_positions([len(q) for q in seqs], None, [int(trace.indices[row]) for row, _, _ in continuations])
     out: list[Tensor] = []
     model.eval()
-    arch = architecture(model)
     for i in range(0, len(seqs), batch_size):
         chunk, conts = seqs[i : i + batch_size], continuations[i : i + batch_size]
         ids, mask = model.left_padded(chunk)
         width, n = ids.shape[1], max(len(c[2]) for c in conts)
-        # each row's appended tokens sit at its last len(tokens) columns; shorter rows repeat their first one
-        wanted = torch.tensor([[width - len(c[2]) + min(j, len(c[2]) - 1) for j in range(n)] for c in conts],
-                              device=model.device)
-        with _Recorder(arch, names, wanted, width, torch.float32) as rec, \
+        # each row's appended tokens are its last len(tokens) positions; shorter rows repeat their first one
+        wanted = torch.tensor([[len(q) - len(c[2]) + min(j, len(c[2]) - 1) for j in range(n)]
+                               for q, c in zip(chunk, conts)])
+        with read_at(model, names, wanted, mask, dtype=torch.float32) as acts, \
                 rows_are([int(trace.indices[c[0]]) for c in conts]):
             model(ids, mask, logits_at=torch.tensor([width - 1], device=model.device))
-        stacked = torch.stack([rec.out[name] for name in names], dim=2).cpu()  # [chunk, n, layers, d]
+        stacked = torch.stack([acts[name] for name in names], dim=2).cpu()  # [chunk, n, layers, d]
         out += [stacked[r, : len(c[2])] for r, c in enumerate(conts)]
     return out

@@ -7,13 +7,14 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from probe.capture import architecture, capture_batch
+from probe.capture import capture_batch
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import indistinct_names
 from probe.data.prosqa import ProsQAItem
 from probe.data.render import gold_answer, node_labels
 from probe.evaluate import MAX_NEW_TOKENS, is_correct
 from probe.lens import Lens, LensReadout, read_lens
+from probe.model.architecture import architecture
 from probe.model.hook_names import RESID, select_hooks
 from probe.model.coconut import CoconutModel
 

@@ -25,8 +25,9 @@ from probe.data.prosqa import ProsQAItem, duplicates
 from probe.data.render import node_names, tokenize_item
 from probe.evaluate import MAX_NEW_TOKENS, EvalResult, evaluate
 from probe.frontier import frontier_mass
+from probe.model.architecture import architecture
 from probe.model.hook_names import RESID, act_name, layer_index
-from probe.model.hooks import PositionHook
+from probe.model.hooks import read_at
 from probe.model.rows import rows_are
 from probe.model.coconut import FEEDBACK_MODES, CoconutModel, ThoughtEdit
 from probe.probes import LinearProbe, SavedProbe, name_vocabulary, probe_targets
@@ -247,7 +248,7 @@ def own_chains(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
 def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int, layer: int | None = None,
          batch_size: int = 32) -> Site:
     """Capture what an edit at this site (the thoughts, or one layer's residual) would replace."""
-    from probe.capture import architecture, capture
+    from probe.capture import capture
 
     items = list(items)
     cfg = model.config
@@ -280,15 +281,11 @@ def site(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k: int,
 
 def _residuals_at(model: CoconutModel, prompts: list[list[int]], positions: Tensor, layer: int) -> Tensor:
     """[n, k, d] a layer's residual output at prompt positions (-1: zeros) of left-padded prompts."""
-    from probe.capture import architecture
-
     ids, mask = model.left_padded(prompts)
-    width = ids.shape[1]
-    pad = torch.tensor([width - len(p) for p in prompts])
-    cols = torch.where(positions >= 0, positions + pad[:, None], -1)
-    with PositionHook(architecture(model).layers[layer], cols, dtype=torch.float32) as hook:
-        model(ids, mask, logits_at=torch.tensor([width - 1]))  # the logits are not needed
-    return hook.kept.cpu()
+    name = act_name(RESID, layer)
+    with read_at(model, [name], positions, mask, dtype=torch.float32) as acts:
+        model(ids, mask, logits_at=torch.tensor([ids.shape[1] - 1]))  # the logits are not needed
+    return acts[name].cpu()
 
 
 # ---------------------------------------------------------------------------- the data-set runs
@@ -358,7 +355,6 @@ def ablation_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *
     """Each ablation of all thoughts, then of each thought alone (or those named in `which`: None for all, j for
     thought j), beside one shared unedited run; the frontier mass at the first read of what the ablated thought
     became (`values.read_after`; with all thoughts ablated, after thought 1), where the model has latents."""
-    from probe.capture import architecture
     from probe.values import node_values, read_after
 
     items = list(items)
@@ -389,7 +385,6 @@ def patch_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     thought at a time (or those named in `which`: None for all, j for thought j); does B's answer (and frontier)
     follow A's? The frontier is read where the patched thoughts are first read (`values.read_after`; with all
     thoughts patched, after k)."""
-    from probe.capture import architecture
     from probe.values import node_values, read_after
 
     items = list(items)
@@ -522,7 +517,6 @@ def steer_runs(model: CoconutModel, tokenizer, items: Sequence[ProsQAItem], *, k
     """Dose-response: add alpha x (mean norm of the layer's residual at thought `step`) x a unit direction toward
     v (a parent of the wrong option) at thought `step`, for probe, unembedding and random directions. v's value is
     read where the steered thought is first read (`values.read_after`)."""
-    from probe.capture import architecture
     from probe.values import node_values, read_after
 
     items = list(items)
@@ -635,8 +629,6 @@ def run_interventions(
             ablations={}, patching={}, steering=[], steer_step=steer_step, steer_layer=steer_layer,
             skipped=[f"a {cfg.mode} model answers right after the question: nothing to ablate, patch or steer"])
     k = cfg.thought_count(k, 1, "k", InterventionError, "to intervene on thoughts")
-    from probe.capture import architecture
-
     n_layers = architecture(model).n_layers
     for layer in [*sites, steer_layer]:
         if layer is not None:

@@ -27,13 +27,14 @@ from tqdm.auto import tqdm
 
 from probe.artifacts import TUNED_LENS
 from probe.atomic import atomic_path
-from probe.capture import ThoughtTrace, TraceStore, architecture
+from probe.capture import ThoughtTrace, TraceStore
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_pieces
 from probe.data.prosqa import ProsQAItem
 from probe.finite import NonFiniteActivation, check_finite_tensors
 from probe.fitted import Fitted
 from probe.formats import check_version
+from probe.model.architecture import architecture
 from probe.model.coconut import CoconutModel
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import readout_hash

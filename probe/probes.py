@@ -35,6 +35,7 @@ from probe.data.splits import check_folds, content_folds
 from probe.finite import check_finite_tensors
 from probe.fitted import Fitted
 from probe.formats import check_version, read_field, read_json_object
+from probe.model.architecture import architecture
 from probe.model.hook_names import RESID, act_name, layer_index
 from probe.model.identity import weights_hash
 
@@ -461,8 +462,6 @@ class ProbeReport:
 
 def resid_hook(model, layer: int) -> str:
     """The residual-stream hook name of a layer (negative layers count from the end)."""
-    from probe.capture import architecture
-
     return act_name(RESID, layer_index(layer, architecture(model).n_layers, ProbeError))
 
 

@@ -42,10 +42,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probe.capture import architecture, capture
+from probe.capture import capture
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_tokens
 from probe.data.prosqa import ProsQAItem
+from probe.model.architecture import architecture
 from probe.model.coconut import CoconutModel
 from probe.model.hook_names import act_name
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import probe.capture as capture_mod
-from probe.capture import CaptureError, TraceStore, architecture, capture, capture_batch, capture_to_disk, concat_traces
+from probe.capture import CaptureError, TraceStore, capture, capture_batch, capture_to_disk, concat_traces
+from probe.model.architecture import architecture
 from probe.model.hook_names import FINAL, HookNameError, select_hooks
 from probe.data.layout import prompt_layout
 from probe.data.render import render_prompt, tokenize_item

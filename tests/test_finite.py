@@ -13,7 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import hashed_as, prompt_by_hand, tiny_base
-from probe.capture import CaptureError, TraceStore, architecture, capture, capture_batch, capture_to_disk
+from probe.capture import CaptureError, TraceStore, capture, capture_batch, capture_to_disk
+from probe.model.architecture import architecture
 from probe.decode import decode_item
 from probe.evaluate import evaluate
 from probe.finite import NonFiniteActivation

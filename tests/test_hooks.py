@@ -1,5 +1,5 @@
 """PositionHook: keeps or edits chosen columns of one module however the forward splits the sequence, and always
-removes itself."""
+removes itself. read_at: hook names read at prompt positions of a left-padded batch as each prompt alone gives them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from probe.model.hooks import PositionHook
+from probe.model.hook_names import FINAL, HookNameError
+from probe.model.hooks import PositionHook, padded_columns, read_at
 
 
 class Doubler(nn.Module):
@@ -83,3 +84,40 @@ def test_edits_the_wanted_columns_and_removes_itself_on_failure():
     with pytest.raises(ValueError, match="returned no tensor at output 1"):
         with PositionHook(sdpa_like, torch.tensor([[0]]), part=1):
             sdpa_like((torch.ones(1, 2, 2), None))
+
+
+def test_padded_columns_count_from_each_rows_first_real_column():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    got = padded_columns(torch.tensor([[0, 1, -1], [0, 3, -1]]), mask)
+    assert got.tolist() == [[2, 3, -1], [0, 3, -1]]
+
+
+def test_read_at_reads_a_left_padded_batch_as_each_prompt_alone(tiny_model):
+    c = tiny_model.config
+    prompts = [[5, 6, 7, 8, 9, c.start_id, c.latent_id, c.latent_id, c.end_id],
+               [7, 8, c.start_id, c.latent_id, c.latent_id, c.end_id]]
+    positions = torch.tensor([[5, 6, 8, -1], [2, 3, 5, 0]])  # the positions emitting each thought, the end, ...
+    names = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.0.hook_mlp_out", "blocks.1.hook_attn_out",
+             "blocks.1.attn.hook_pattern", FINAL]
+    tiny_model.base.set_attn_implementation("eager")
+
+    def read(ps, pos):
+        ids, mask = tiny_model.left_padded(ps)
+        with torch.no_grad(), read_at(tiny_model, names, pos, mask) as acts:
+            out = tiny_model(ids, mask)
+        return acts, out
+
+    batch, out = read(prompts, positions)
+    torch.testing.assert_close(batch[FINAL][0, :2], out.thoughts[0])  # a thought is FINAL at the position before it
+    assert (batch["blocks.1.hook_resid_post"][0, 3] == 0).all()  # no position: zeros
+    for b, p in enumerate(prompts):
+        alone, _ = read([p], positions[b : b + 1])
+        for n in names:
+            got = batch[n][b]
+            if n.endswith("hook_pattern"):  # keys by prompt position, zero past the prompt
+                assert got.shape[-1] == len(prompts[0]) and (got[..., len(p):] == 0).all()
+                got = got[..., : len(p)]
+            torch.testing.assert_close(got, alone[n][0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(HookNameError, match="out of range for a model with 2 layers"):
+        with read_at(tiny_model, ["blocks.2.hook_resid_post"], positions, torch.ones(2, 9)):
+            pass

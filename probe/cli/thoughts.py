@@ -108,7 +108,8 @@ def capture_cmd(
     Under torchrun (`torchrun --nproc_per_node N -m probe.cli capture ...`) each process captures a block of the
     items (on cuda, the GPU of its local rank) and rank 0 merges them into one store.
     """
-    from probe.capture import architecture, capture_to_disk
+    from probe.capture import capture_to_disk
+    from probe.model.architecture import architecture
     from probe.model.hook_names import select_hooks
     from probe.data.prosqa import load_items
     from probe.distributed import capture_distributed, rank_device, world

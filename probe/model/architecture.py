@@ -1,15 +1,31 @@
-"""Where a Hugging Face decoder keeps its layers, attention, MLP and final norm (GPT-2, Llama, NeoX, ...)."""
+"""Where a Hugging Face decoder keeps its layers, attention, MLP and final norm (GPT-2, Llama, NeoX, ...),
+and which of those modules each TransformerLens hook name (probe.model.hook_names) is read from."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from torch import nn
+
+from probe.model.hook_names import FINAL, layer_index, layer_of, point_of
+
+if TYPE_CHECKING:
+    from probe.model.coconut import CoconutModel
 
 
 class ArchitectureError(ValueError):
     """A base model whose decoder layers or final norm cannot be found."""
+
+
+# hook point -> (where in a block it is read: the block itself, its attention or MLP; PositionHook's options)
+_POINTS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "hook_resid_pre": (None, {"inputs": True}),
+    "hook_resid_post": (None, {}),
+    "hook_attn_out": ("attn", {}),
+    "attn.hook_pattern": ("attn", {"part": 1, "heads_first": True}),
+    "hook_mlp_out": ("mlp", {}),
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +41,20 @@ class Architecture:
     def n_layers(self) -> int:
         return len(self.layers)
 
+    def hook_point(self, name: str) -> tuple[nn.Module, dict[str, Any]]:
+        """The module a hook name is read from, with the PositionHook options that read it there.
+
+        `blocks.{l}.hook_resid_pre` is block l's input, `hook_resid_post` its output (element 0),
+        `hook_attn_out` and `hook_mlp_out` its attention's and MLP's output, `attn.hook_pattern` its
+        attention's weights (element 1, [batch, heads, seq, keys]: heads first); FINAL is the final norm's output.
+        Raises HookNameError for a name that is not a hook name or a block past this model's.
+        """
+        if name == FINAL:
+            return self.final_norm, {}
+        where, options = _POINTS[point_of(name)]
+        block = self.layers[layer_index(layer_of(name), self.n_layers)]
+        return (block if where is None else getattr(block, getattr(self, where))), dict(options)
+
 
 def _first_attr(obj: object, names: Sequence[str]) -> object | None:
     for name in names:
@@ -39,7 +69,9 @@ def _first_attr(obj: object, names: Sequence[str]) -> object | None:
 
 
 def find_architecture(base: nn.Module) -> Architecture:
-    """Find the decoder layers, attention, MLP and final norm of a Hugging Face causal LM."""
+    """Find the decoder layers, attention, MLP and final norm of a Hugging Face causal LM.
+
+    Raises ArchitectureError when its layers, final norm, attention or MLP cannot be found."""
     backbone = base.base_model
     layers = _first_attr(backbone, ("h", "layers", "decoder.layers", "blocks"))
     final = _first_attr(backbone, ("ln_f", "norm", "final_layer_norm", "decoder.final_layer_norm", "final_norm"))
@@ -52,3 +84,10 @@ def find_architecture(base: nn.Module) -> Architecture:
     if attn is None or mlp is None:
         raise ArchitectureError(f"{name}: cannot find the attention and MLP of its layers")
     return Architecture(layers, attn, mlp, final)
+
+
+def architecture(model: "CoconutModel") -> Architecture:
+    """The decoder layers, attention, MLP and final norm of a CoconutModel's base (GPT-2, Llama, NeoX, ...).
+
+    Raises ArchitectureError when they cannot be found."""
+    return find_architecture(model.base)

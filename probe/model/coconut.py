@@ -24,9 +24,9 @@ from transformers import DynamicCache, PreTrainedModel
 
 from probe.data.render import DATA_FORMATS, IGNORE_INDEX, MODES, StageSpec, answer_length
 from probe.finite import NonFiniteActivation
-from probe.model.architecture import ArchitectureError, find_architecture
-from probe.model.hook_names import FINAL, RESID, act_name, layer_index
-from probe.model.hooks import PositionHook
+from probe.model.architecture import ArchitectureError, architecture
+from probe.model.hook_names import FINAL, RESID, act_name
+from probe.model.hooks import read_at
 from probe.model.rows import RowError
 from probe.model.tokenizer import SpecialTokens
 
@@ -194,7 +194,7 @@ class _FiniteWatch:
 
     def __enter__(self) -> "_FiniteWatch":
         if self.on:
-            layers = find_architecture(self._model.base).layers
+            layers = architecture(self._model).layers
             first = act_name("hook_resid_pre", 0)
             self.flags = {first: [], **{act_name(RESID, l): [] for l in range(len(layers))}}
             self._handles.append(layers[0].register_forward_pre_hook(
@@ -346,18 +346,15 @@ class CoconutModel(nn.Module):
         if edit is None:
             yield
             return
-        layers = find_architecture(self.base).layers
-        layer_index(edit.layer, len(layers))
-        batch = is_latent.shape[0]
-        if edit.positions is not None:
-            pos = edit.positions.to(is_latent.device)
-            first = attention_mask.long().argmax(-1, keepdim=True)  # left padding: the first real column
-            emit = torch.where(pos >= 0, pos + first, torch.full_like(pos, -1))
-        else:
+        name = act_name(RESID, edit.layer, architecture(self).n_layers)
+        emit = edit.positions
+        if emit is None:  # the position before each latent, within its unpadded prompt
+            batch = is_latent.shape[0]
             rows, cols = torch.nonzero(is_latent, as_tuple=True)
+            first = attention_mask.long().argmax(-1)  # left padding: the first real column
             emit = torch.full((batch, int(is_latent.sum(-1).max()) if batch else 0), -1, device=is_latent.device)
-            emit[rows, slot_of[rows, cols]] = cols - 1
-        with PositionHook(layers[edit.layer], emit, edit=edit):
+            emit[rows, slot_of[rows, cols]] = cols - 1 - first[rows]
+        with read_at(self, [name], emit, attention_mask, edit=edit):
             yield
 
     def forward(

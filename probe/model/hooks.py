@@ -3,16 +3,25 @@
 A Coconut forward runs a sequence in segments (the positions up to a thought, then the next stretch), so a
 module sees its columns in several calls. `PositionHook` counts the columns it has seen and acts on the
 wanted ones in whichever call holds them, as baukit's `Trace` does for one call: a context manager over one
-module that always removes itself. Capture (probe.capture), layer edits of the thoughts (CoconutModel) and the
-residual reads of interventions are short uses of it.
+module that always removes itself.
+
+`read_at`, as baukit's `TraceDict` over it, is the one way to read (or edit) hook points by name at given positions
+of a batch of left-padded prompts: capture (probe.capture), the residual reads of interventions and layer edits of
+the thoughts (CoconutModel) use it.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from probe.model.architecture import architecture
+
+if TYPE_CHECKING:
+    from probe.model.coconut import CoconutModel
 
 # (rows, slots, values [n, ...]) -> the values to put in their place
 Edit = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -92,3 +101,55 @@ class PositionHook:
             else:
                 self.kept[rows, slots] = got
         return None
+
+
+def padded_columns(positions: Tensor, mask: Tensor) -> Tensor:
+    """[batch, n] long, on mask's device: the columns of a padded batch that hold given prompt positions.
+
+    positions: [batch, n], counted within each unpadded prompt, negative for none (-1 in the result).
+    mask: [batch, width], the batch's attention mask; a row's prompt starts at its first real column.
+    """
+    first = mask.long().argmax(-1, keepdim=True)  # left padding: the first real column
+    positions = positions.to(mask.device)
+    return torch.where(positions >= 0, positions + first, torch.full_like(positions, -1))
+
+
+@contextmanager
+def read_at(model: "CoconutModel", names: Sequence[str], positions: Tensor, mask: Tensor, *,
+            dtype: torch.dtype | None = None, edit: Edit | None = None) -> Iterator[dict[str, Tensor]]:
+    """Read hook points at given positions of a batch of left-padded prompts while the model runs on it.
+
+    A PositionHook per name (`Architecture.hook_point`) over the forward passes in the block, so the
+    positions are found in whichever segment of the latent loop holds them.
+    names: hook names ("blocks.3.hook_resid_post", "blocks.3.attn.hook_pattern", FINAL, ...).
+    positions: [batch, n] long, within each unpadded prompt, negative for none.
+    mask: [batch, width], the attention mask of the batch the forward runs (CoconutModel.left_padded).
+    dtype: the values' dtype (default: the module's).
+    edit: instead of reading, replace the values at the positions by edit(rows, slots, values) (not at
+        hook_resid_pre); the dict stays empty.
+    Yields a dict, filled when the block ends: name -> [batch, n, ...] (a residual [batch, n, d_model]; a
+    pattern [batch, n, heads, width], keys by prompt position, zero past a prompt's length); positions
+    that are negative or that no forward reached are zeros.
+    Raises HookNameError for a name that is no hook of this model (ArchitectureError: its modules cannot be
+    found), ValueError for an edit at hook_resid_pre or a pattern read under a non-eager attention.
+    """
+    arch, cols, width = architecture(model), padded_columns(positions, mask), mask.shape[1]
+    hooks = {}
+    for name in names:
+        module, options = arch.hook_point(name)
+        if options.get("heads_first"):
+            options["width"] = width  # a pattern's keys: every column of the batch
+        hooks[name] = PositionHook(module, cols, edit=edit, dtype=dtype, **options)
+    out: dict[str, Tensor] = {}
+    with ExitStack() as stack:
+        for hook in hooks.values():
+            stack.enter_context(hook)
+        yield out
+    if edit is None:
+        first = mask.long().argmax(-1).tolist()
+        for name, hook in hooks.items():
+            out[name] = hook.kept
+            if hook.heads_first:  # keys: padded columns -> prompt positions
+                out[name] = torch.zeros_like(hook.kept)
+                for b, f in enumerate(first):
+                    out[name][b, ..., : width - f] = hook.kept[b, ..., f:]

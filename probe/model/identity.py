@@ -16,7 +16,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from probe.model.architecture import find_architecture
+from probe.model.architecture import architecture
 
 WEIGHTS, READOUT = "weights", "readout"
 
@@ -30,7 +30,7 @@ def _sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
 
 
 def _readout_modules(model) -> tuple[nn.Module, nn.Module]:
-    return find_architecture(model.base).final_norm, model.base.get_output_embeddings()
+    return architecture(model).final_norm, model.base.get_output_embeddings()
 
 
 def weights_hash(model: nn.Module) -> str:
