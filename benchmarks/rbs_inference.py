@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     from probe.data.prosqa import load_items, persons_and_concepts
-    from probe.evaluate import evaluate
+    from probe.model.evaluate import evaluate
     from probe.model.coconut import CoconutConfig
     from probe.model.tokenizer import build_rbs_tokenizer, build_word_tokenizer, special_tokens
 

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from probe.data.prosqa import load_items
-from probe.evaluate import evaluate
+from probe.model.evaluate import evaluate
 from probe.model.checkpoint import load_checkpoint
 from probe.model.tokenizer import is_rbs_tokenizer
 
@@ -75,9 +75,9 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
     # scripts/ship_default.sh on what came back: the models swapped into a checkpoints folder, the retired
     # ones gone, and the default's tuned lens, frontier probe and SAE refit on it (each tied to its weights)
     # with the latent-search section in its card.
-    from probe.lens import TunedLens
-    from probe.probes import SavedProbe
-    from probe.sae import SparseAutoencoder
+    from probe.readouts.lens import TunedLens
+    from probe.readouts.probes import SavedProbe
+    from probe.readouts.sae import SparseAutoencoder
 
     ckpts = tmp_path / "checkpoints"
     (ckpts / "prosqa-cot").mkdir(parents=True)
