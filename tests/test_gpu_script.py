@@ -37,7 +37,7 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
         "        if name.split('.')[0] in ('plotly', 'streamlit'):\n"
         "            raise ImportError(f'{name} is not installed on the GPU machine')\n"
         "sys.meta_path.insert(0, Absent())\n")
-    env = {**os.environ, "DEVICE": "cpu", "MINUTES": "1.2", "DATA": str(data), "PYTHON": sys.executable,
+    env = {**os.environ, "DEVICE": "cpu", "MINUTES": "0.5", "DATA": str(data), "PYTHON": sys.executable,
            "RUNS": "coconut coconut_newest", "PROBE_SET": TINY, "PYTHONPATH": str(blocker)}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "train_default_gpu.sh"), str(out)], env=env,
                           capture_output=True, text=True, errors="replace", timeout=400)

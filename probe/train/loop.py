@@ -259,7 +259,11 @@ def train(
         bar.close()
         if last is None:
             raise ConfigError(f"{cfg.run_dir}: num_epochs={cfg.num_epochs} leaves nothing to train")
-        return TrainResult(cfg.run_dir, last, state.history)
+        result = TrainResult(cfg.run_dir, last, state.history)
+        # The DDP or FSDP wrapper, its optimizer and loader go while the process group is open: freed after it is
+        # destroyed, gloo's teardown has hung a rank that the others had already left.
+        del run, opt, loader, meter, budget
+    return result
 
 
 # ---------------------------------------------------------------------------- the plan
