@@ -20,6 +20,8 @@ from probe.cli import app
 from probe.capture.distributed import merge_stores
 from probe.model.ranks import rank_slice
 
+pytestmark = pytest.mark.xdist_group("torchrun")  # pytest -n 2: one torchrun job at a time
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -18,6 +18,8 @@ from probe.analyses.analyze import search_summary
 from probe.train.loop import train
 from probe.train.config import TrainConfig
 
+pytestmark = pytest.mark.xdist_group("torchrun")  # pytest -n 2: one torchrun job at a time
+
 HERE = Path(__file__).parent
 
 
