@@ -49,8 +49,10 @@ quickstart: setup
 app: setup
 	$(BIN)/streamlit run apps/explorer.py
 
+# Two workers, one per core, one thread each (the suite is mostly single-threaded Python); tests that start
+# processes of their own (torchrun, Jupyter kernels, the browser) run in groups on one worker (xdist_group).
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 clean:
 	rm -rf runs .pytest_cache

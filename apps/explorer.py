@@ -106,10 +106,10 @@ def item_readings(ckpt: str, base: str, tokenizer: str, item_json: str, lens: st
 
     from probe.data.graph import ProsQAGraph
     from probe.data.layout import name_tokens
-    from probe.decode import decode_item
-    from probe.lens import open_lens
-    from probe.superposition import superposition
-    from probe.values import readout_of, values_by_k
+    from probe.analyses.decode import decode_item
+    from probe.readouts.lens import open_lens
+    from probe.analyses.superposition import superposition
+    from probe.readouts.values import readout_of, values_by_k
 
     model, tok = load_model(ckpt, base, tokenizer)
     item = parse_item(item_json)
@@ -134,7 +134,7 @@ def item_readings(ckpt: str, base: str, tokenizer: str, item_json: str, lens: st
 @st.cache_resource(show_spinner="measuring this item", max_entries=32)
 def item_analysis(ckpt: str, base: str, tokenizer: str, item_json: str):
     """Every frontier measure of DESIGN.md on this one item (an Analysis of one item)."""
-    from probe.analyze import analyze
+    from probe.analyses.analyze import analyze
 
     model, tok = load_model(ckpt, base, tokenizer)
     return analyze(model, tok, [parse_item(item_json)], checkpoint=ckpt, progress=False)
@@ -143,7 +143,7 @@ def item_analysis(ckpt: str, base: str, tokenizer: str, item_json: str):
 @st.cache_data(show_spinner=False, max_entries=64)
 def item_activations(ckpt: str, base: str, tokenizer: str, item_json: str, hook: str, k: int) -> np.ndarray:
     """[k, d] the hook's activation at the positions emitting this item's thoughts."""
-    from probe.capture import capture
+    from probe.capture.trace import capture
 
     model, tok = load_model(ckpt, base, tokenizer)
     tr = capture(model, tok, [parse_item(item_json)], k=k, names=[hook], progress=False)
@@ -153,7 +153,7 @@ def item_activations(ckpt: str, base: str, tokenizer: str, item_json: str, hook:
 @st.cache_resource(show_spinner=False)
 def load_probe(path: str, ckpt: str, base: str, tokenizer: str, target: str | None = None):
     """A saved probe, checked against the checkpoint's model (SavedProbe.load refuses another model's)."""
-    from probe.probes import SavedProbe
+    from probe.readouts.probes import SavedProbe
 
     return SavedProbe.load(path, load_model(ckpt, base, tokenizer)[0], target)
 
@@ -162,7 +162,7 @@ def load_probe(path: str, ckpt: str, base: str, tokenizer: str, target: str | No
 def load_sae(path: str, ckpt: str, base: str, tokenizer: str):
     """A saved SAE, checked against the checkpoint's model, and the names `probe sae train`'s report gives its
     features."""
-    from probe.sae import SparseAutoencoder
+    from probe.readouts.sae import SparseAutoencoder
 
     sae = SparseAutoencoder.load(path, load_model(ckpt, base, tokenizer)[0])
     report = Path(path) / REPORT
@@ -181,7 +181,7 @@ def load_sae(path: str, ckpt: str, base: str, tokenizer: str):
 @st.cache_resource(show_spinner="capturing the reference items", max_entries=16)
 def reference_site(ckpt: str, base: str, tokenizer: str, layer: int | None, k: int):
     """What the edit site holds on the first N_REFERENCE validation items: the mean and the other items."""
-    from probe.interventions import site
+    from probe.analyses.interventions import site
 
     model, tok = load_model(ckpt, base, tokenizer)
     return site(model, tok, load_split(str(VALID))[:N_REFERENCE], k=k, layer=layer)
@@ -189,7 +189,7 @@ def reference_site(ckpt: str, base: str, tokenizer: str, layer: int | None, k: i
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def item_site(ckpt: str, base: str, tokenizer: str, item_json: str, layer: int | None, k: int):
-    from probe.interventions import site
+    from probe.analyses.interventions import site
 
     model, tok = load_model(ckpt, base, tokenizer)
     return site(model, tok, [parse_item(item_json)], k=k, layer=layer)
@@ -198,9 +198,9 @@ def item_site(ckpt: str, base: str, tokenizer: str, item_json: str, layer: int |
 @st.cache_data(show_spinner="running the edit", max_entries=128)
 def edited_run(ckpt: str, base: str, tokenizer: str, item_json: str, layer: int | None, k: int, spec: tuple) -> dict:
     """The item answered after k thoughts with one edit, and its node values after each thought."""
-    from probe.evaluate import evaluate
-    from probe.interventions import ablation_edit, steer_direction, steer_edit
-    from probe.values import values_by_k
+    from probe.model.evaluate import evaluate
+    from probe.analyses.interventions import ablation_edit, steer_direction, steer_edit
+    from probe.readouts.values import values_by_k
 
     model, tok = load_model(ckpt, base, tokenizer)
     item = parse_item(item_json)
@@ -241,7 +241,7 @@ def edited_run(ckpt: str, base: str, tokenizer: str, item_json: str, layer: int 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def dataset_analysis(ckpt: str, base: str, tokenizer: str, n: int):
     """The data-set report of the frontier measures on the first n validation items."""
-    from probe.analyze import analyze
+    from probe.analyses.analyze import analyze
 
     model, tok = load_model(ckpt, base, tokenizer)
     return analyze(model, tok, load_split(str(VALID))[:n], checkpoint=ckpt, progress=False)
@@ -285,7 +285,7 @@ def sidebar() -> tuple[str, str, str, str, str]:
         item_json = json.dumps(generate_items(1, seed=int(seed))[0].to_json())
     else:
         item_json = sb.text_area("one item in the official JSON format", key="json", height=200)
-    from probe.lens import LENSES
+    from probe.readouts.lens import LENSES
 
     lens = sb.radio("lens", list(LENSES), key="lens", horizontal=True)
     sb.checkbox(LOSSY_BOX, key="allow_lossy", help="Run even where the tokenizer cannot write the item's or the "
@@ -295,8 +295,8 @@ def sidebar() -> tuple[str, str, str, str, str]:
 
 
 def graph_panel(item, r: dict) -> None:
-    from probe.frontier import GROUPS
-    from probe.viz import graph_figure
+    from probe.analyses.frontier import GROUPS
+    from probe.viz.figures import graph_figure
 
     value = ("the probability that thought k itself, read through the unembedding, names it"
              if r["readout_kind"] == "emitted" else "the probability that the language step after k thoughts names it first")
@@ -325,8 +325,8 @@ def graph_panel(item, r: dict) -> None:
 
 
 def lens_panel(r: dict, tok) -> None:
-    from probe.lens import LensReadout
-    from probe.viz import lens_heatmap_figure
+    from probe.readouts.lens import LensReadout
+    from probe.viz.figures import lens_heatmap_figure
 
     st.caption("Each layer's residual at the position that emits each thought (and the answer), read by the lens: "
                "the colour is the probability on the frontier's names, the hover lists the top tokens.")
@@ -339,8 +339,8 @@ def lens_panel(r: dict, tok) -> None:
 def superposition_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item) -> None:
     fmt = load_model(ckpt, base, tokenizer)[0].config.data_format
     from probe.data.graph import ProsQAGraph
-    from probe.frontier import GROUPS, node_groups
-    from probe.viz import attention_figure, inner_products_figure, node_heatmap_figure, superposition_figure
+    from probe.analyses.frontier import GROUPS, node_groups
+    from probe.viz.figures import attention_figure, inner_products_figure, node_heatmap_figure, superposition_figure
 
     a = item_analysis(ckpt, base, tokenizer, item_json)
     st.caption("Superposition: the inner product of thought k with each node name's input embedding, by node group "
@@ -374,7 +374,7 @@ def superposition_panel(ckpt: str, base: str, tokenizer: str, item_json: str, it
 
 
 def probes_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, k: int) -> None:
-    from probe.viz import item_features_figure, node_heatmap_figure
+    from probe.viz.figures import item_features_figure, node_heatmap_figure
 
     st.caption("A linear frontier probe reads, from the residual at each thought, the probability that each name is "
                "in the frontier (blue squares: the true frontier). The SAE shows the features that fire on each "
@@ -422,9 +422,9 @@ def pick_directory(label: str, key: str, ckpt: str, sub: str, command: str):
 
 
 def interventions_panel(ckpt: str, base: str, tokenizer: str, item_json: str, item, r: dict, model) -> None:
-    from probe.interventions import ABLATIONS, STEER_KINDS, steer_target
+    from probe.analyses.interventions import ABLATIONS, STEER_KINDS, steer_target
     from probe.model.architecture import find_architecture
-    from probe.viz import intervention_effect_figure, node_heatmap_figure
+    from probe.viz.figures import intervention_effect_figure, node_heatmap_figure
 
     st.caption(f"Edit the thoughts of this item and watch the answer and the node values change. An ablation "
                f"replaces thoughts by zero, the mean of the first {N_REFERENCE} validation items, a random vector of "
@@ -491,8 +491,8 @@ def interventions_panel(ckpt: str, base: str, tokenizer: str, item_json: str, it
 
 
 def dataset_panel(ckpt: str, base: str, tokenizer: str) -> None:
-    from probe.card import markdown_summary
-    from probe.viz import FIGURES
+    from probe.release.card import markdown_summary
+    from probe.viz.figures import FIGURES
 
     st.caption("The frontier measures of DESIGN.md over the first n validation items, this checkpoint beside a "
                "control (the pause model by default): a pattern is only evidence of latent search if the control "

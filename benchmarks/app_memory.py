@@ -24,7 +24,7 @@ import json, resource, sys
 import torch
 mode, after = sys.argv[1], {}
 if mode == "floor":
-    import streamlit, plotly, probe.capture, probe.lens, probe.frontier  # noqa: F401  (what the app imports)
+    import streamlit, plotly, probe.capture.trace, probe.readouts.lens, probe.analyses.frontier  # noqa: F401  (what the app imports)
     from probe.model.checkpoint import load_checkpoint
     load_checkpoint("checkpoints/prosqa-coconut")
 else:

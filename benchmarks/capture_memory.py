@@ -17,7 +17,7 @@ import sys
 RUN = r"""
 import json, resource, sys, tempfile, torch
 from transformers import GPT2Config, GPT2LMHeadModel
-from probe.capture import capture, capture_to_disk
+from probe.capture.trace import capture, capture_to_disk
 from probe.data.generate import CONCEPT_NAMES, PERSON_NAMES, generate_items
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import add_latent_tokens, build_word_tokenizer

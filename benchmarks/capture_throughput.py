@@ -91,7 +91,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from probe.capture import capture
+    from probe.capture.trace import capture
     from probe.model.architecture import architecture
     from probe.model.hook_names import FINAL, RESID, act_name, hook_names
     from probe.data.prosqa import load_items

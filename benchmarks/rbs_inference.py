@@ -7,7 +7,7 @@ Two random GPT-2s of the same shape (default: "Reasoning by Superposition"'s, 2 
 RbS's format (its 40-token vocabulary, data format "rbs": "<eos> s t | ... [Q] a b [R] root", thoughts from the
 root, one answer token after "[A]"), one in ours (the word tokenizer, data format "graph", answers up to the
 official 128 tokens, here capped at --max-new-tokens; and again at one token, so that only the latent loop and
-the prompts differ). Both run `probe.evaluate.evaluate` on the same
+the prompts differ). Both run `probe.model.evaluate.evaluate` on the same
 validation items at the same k. Prints items/s and latent positions/s of each and the ratio (goal: RbS's format at
 least as fast as ours, ratio >= 1.0 within the machine's noise), then evaluates RbS's model one item at a time and
 says whether every prediction and every thought is the same as batched (they must be: the batch never changes an
@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     from probe.data.prosqa import load_items, persons_and_concepts
-    from probe.evaluate import evaluate
+    from probe.model.evaluate import evaluate
     from probe.model.coconut import CoconutConfig
     from probe.model.tokenizer import build_rbs_tokenizer, build_word_tokenizer, special_tokens
 

@@ -29,7 +29,7 @@ DATA = ROOT.parent / "shared" / "data" / "prosqa_valid.json"
 
 def tokens_per_s(model, batches: list[dict], steps: int, device: str, autocast) -> float:
     """Tokens/s of `steps` training steps (after one warm-up step) cycling over the batches."""
-    from probe.train import sequence_loss
+    from probe.train.loop import sequence_loss
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
@@ -71,7 +71,7 @@ def main() -> None:
 
     from functools import partial
 
-    from probe.train import TrainConfig, _autocast, _setup, _stream, flops_per_token
+    from probe.train.loop import TrainConfig, _autocast, _setup, _stream, flops_per_token
 
     with tempfile.TemporaryDirectory() as tmp:  # the run's tokenizer and stream; each size's model replaces its own
         cfg = TrainConfig.from_yaml(a.config, train_data=str(DATA), train_size=a.batch * a.steps, batch_size=a.batch,

@@ -24,7 +24,7 @@ HF_WEIGHTS = "model.safetensors"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_WEIGHTS = "optimizer.safetensors"
 OPTIMIZER_GROUPS = "optimizer.json"
-MODEL_CARD = "README.md"  # the model card (probe.card; checkpoint.default_card when none is given)
+MODEL_CARD = "README.md"  # the model card (probe.release.card; checkpoint.default_card when none is given)
 # transformers' weight files, and the indexes that map each tensor to its shard when they are sharded
 HF_WEIGHT_FILES = (HF_WEIGHTS, "pytorch_model.bin")
 HF_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")

@@ -47,7 +47,7 @@ def answering_checkpoint(tmp_path_factory, official_path):
     Comparisons of accuracies or correctness on it can fail, unlike 0 == 0 on a random model."""
     import json
 
-    from probe.train import TrainConfig, train
+    from probe.train.loop import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("answering")
     data = tmp / "first8.json"

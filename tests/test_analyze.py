@@ -10,16 +10,16 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_base
-from probe.analyze import _verbalise, analyze
-from probe.capture import capture_batch
+from probe.analyses.analyze import _verbalise, analyze
+from probe.capture.trace import capture_batch
 from probe.cli import app
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_tokens
 from probe.data.prosqa import ProsQAItem
 from probe.data.render import tokenize_item
-from probe.evaluate import evaluate
-from probe.findings import check_report
-from probe.frontier import CATEGORIES, GROUPS, node_groups
+from probe.model.evaluate import evaluate
+from probe.analyses.findings import check_report
+from probe.analyses.frontier import CATEGORIES, GROUPS, node_groups
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import special_tokens
 
@@ -221,7 +221,7 @@ def test_probe_analyze_writes_the_report_and_figures_with_a_control(shipped, off
 
 
 def test_the_card_section_is_replaced_not_repeated():
-    from probe.card import replace_card_section
+    from probe.release.card import replace_card_section
 
     card = "# m\n\nintro\n\n## Accuracy\n\n| a |\n"
     once = replace_card_section(card, "## Latent search\n\nold\n")
@@ -234,7 +234,7 @@ def test_the_card_section_is_replaced_not_repeated():
 
 
 def test_emitted_nodes_name_the_items_node_or_none():
-    from probe.values import emitted_nodes
+    from probe.readouts.values import emitted_nodes
 
     logits = torch.zeros(2, 2, 10)
     logits[0, 0, 4] = logits[0, 1, 9] = logits[1, 0, 2] = logits[1, 1, 5] = 1.0
@@ -251,7 +251,7 @@ def test_a_model_trained_to_emit_nodes_is_read_at_its_thoughts(tiny, official_it
     from scipy.optimize import nnls
 
     from conftest import prompt_by_hand
-    from probe.values import emitted_nodes
+    from probe.readouts.values import emitted_nodes
 
     model, tok = tiny
     model = CoconutModel(model.base, replace(model.config, data_format="graph", supervision="optimal"))
@@ -283,7 +283,7 @@ def test_a_model_trained_to_emit_nodes_is_read_at_its_thoughts(tiny, official_it
     assert rep["items"][0]["emitted"].keys() == {"1", "2"}
     # The figures put each number where it belongs: the decomposition's shares and R^2, the gap per layer, and the
     # node each thought emits.
-    from probe.viz import attention_gap_figure, named_nodes, superposition_figure
+    from probe.viz.figures import attention_gap_figure, named_nodes, superposition_figure
 
     fig = superposition_figure(a)
     bars = {t.name: t.y for t in fig.data if t.type == "bar"}
@@ -301,9 +301,9 @@ def test_the_search_summary_is_the_mean_of_each_measure_by_thought(tiny, officia
     from dataclasses import replace
 
     from conftest import prompt_by_hand
-    from probe.analyze import search_summary
-    from probe.superposition import superposition
-    from probe.values import values_by_k
+    from probe.analyses.analyze import search_summary
+    from probe.analyses.superposition import superposition
+    from probe.readouts.values import values_by_k
 
     model, tok = tiny
     model = CoconutModel(model.base, replace(model.config, data_format="graph", supervision="optimal"))
@@ -339,7 +339,7 @@ def test_the_search_summary_is_the_mean_of_each_measure_by_thought(tiny, officia
 
 
 def test_the_emergence_figure_draws_each_logged_summary_against_its_step():
-    from probe.viz import emergence_figure
+    from probe.viz.figures import emergence_figure
 
     def rec(step: int, mass: float) -> dict:
         return {"step": step, "search": {"frontier_mass": {"1": mass, "2": mass / 2}, "optimal_mass": {"1": 0.1},

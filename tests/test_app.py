@@ -81,7 +81,7 @@ def test_the_graph_shows_the_frontier_and_each_readout(app, official_items):
     """Outlined red: exactly frontier_k. Colour: the node values after k thoughts, or (either lens) the
     probability of each name's first token where the model emits thought k, computed here by hand: at the last
     layer the tuned lens's translator is the identity, so both lenses read the model's own logits there."""
-    from probe.values import node_values
+    from probe.readouts.values import node_values
     from probe.data.graph import ProsQAGraph
     from probe.data.layout import name_tokens
     from probe.data.render import render_prompt, tokenize_item
@@ -186,7 +186,7 @@ def test_superposition_panel_every_view(app, official_items):
     table = app.dataframe[0].value
     assert list(table["k"]) == list(range(7))  # k = 0..6
     # each row is what the model writes after k forced thoughts, as evaluate generates it
-    from probe.evaluate import evaluate
+    from probe.model.evaluate import evaluate
     from probe.model.checkpoint import load_checkpoint
 
     model, tok = load_checkpoint(Path(APP).parents[1] / "checkpoints" / "prosqa-coconut")
@@ -195,9 +195,9 @@ def test_superposition_panel_every_view(app, official_items):
 
 
 def test_probes_and_sae_panel_reads_the_shipped_probe_and_sae(app, official_items, tmp_path):
-    from probe.capture import capture
+    from probe.capture.trace import capture
     from probe.model.checkpoint import load_checkpoint
-    from probe.probes import SavedProbe
+    from probe.readouts.probes import SavedProbe
 
     open_tab(app, "probes & SAE")
     probe_fig, sae_fig = (json.loads(c.proto.spec) for c in charts(app))
@@ -238,9 +238,9 @@ def test_probes_and_sae_panel_reads_the_shipped_probe_and_sae(app, official_item
 
 
 def test_interventions_panel_ablates_and_steers(app, official_items):
-    from probe.capture import capture
-    from probe.evaluate import evaluate
-    from probe.interventions import patch_edit, steer_target
+    from probe.capture.trace import capture
+    from probe.model.evaluate import evaluate
+    from probe.analyses.interventions import patch_edit, steer_target
     from probe.model.checkpoint import load_checkpoint
     from probe.model.coconut import ThoughtEdit
 

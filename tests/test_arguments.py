@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probe.capture import capture_batch
+from probe.capture.trace import capture_batch
 from probe.data.prosqa import DataError, item_at
 from probe.model.hook_names import (
     FINAL, HookNameError, act_name, check_names, hook_names, layer_index, layer_of, parse_layers, point_of, select_hooks,

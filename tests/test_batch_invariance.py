@@ -79,7 +79,7 @@ def test_generate_gives_each_row_its_own_budget(limited):
 
 @pytest.mark.parametrize("k", [6, "gold"])
 def test_evaluate(limited, k):
-    from probe.evaluate import evaluate
+    from probe.model.evaluate import evaluate
 
     model, tok, items = limited
     runs = _runs(lambda **b: evaluate(model, tok, items, k=k, progress=False, **b))
@@ -92,7 +92,7 @@ def test_evaluate(limited, k):
 
 
 def test_capture_with_answers(limited):
-    from probe.capture import capture
+    from probe.capture.trace import capture
 
     model, tok, items = limited
     runs = _runs(lambda **b: capture(model, tok, items, k=6, max_new_tokens=128, progress=False, **b))
@@ -103,8 +103,8 @@ def test_capture_with_answers(limited):
 
 def test_decode_matches_the_batched_evaluation(limited):
     """decode (and the explorer, which calls it) runs one item alone; its answer is the batched one's."""
-    from probe.decode import decode_item
-    from probe.evaluate import evaluate
+    from probe.analyses.decode import decode_item
+    from probe.model.evaluate import evaluate
 
     model, tok, items = limited
     batched = evaluate(model, tok, items, k=6, progress=False).items
@@ -113,7 +113,7 @@ def test_decode_matches_the_batched_evaluation(limited):
 
 
 def test_values(limited):
-    from probe.values import values_by_k
+    from probe.readouts.values import values_by_k
 
     model, tok, items = limited
     runs = _runs(lambda **b: values_by_k(model, tok, items, 3, progress=False, **b))
@@ -122,7 +122,7 @@ def test_values(limited):
 
 
 def test_analyze(limited):
-    from probe.analyze import analyze
+    from probe.analyses.analyze import analyze
 
     model, tok, items = limited
     runs = _runs(lambda **b: analyze(model, tok, items, k_max=2, progress=False, **b).report())
@@ -131,7 +131,7 @@ def test_analyze(limited):
 
 
 def test_interventions(limited):
-    from probe.interventions import run_interventions
+    from probe.analyses.interventions import run_interventions
 
     model, tok, items = limited
     runs = _runs(lambda **b: run_interventions(model, tok, items[:SOME], k=2, sites=(None, 1), kinds=("mean",),
@@ -142,7 +142,7 @@ def test_interventions(limited):
 
 
 def test_probes(limited):
-    from probe.probes import fit_probes
+    from probe.readouts.probes import fit_probes
 
     model, tok, items = limited
     runs = _runs(lambda **b: fit_probes(model, tok, items, "frontier", k_max=2, folds=3, progress=False,
@@ -152,7 +152,7 @@ def test_probes(limited):
 
 
 def test_release_evaluation(limited):
-    from probe.release import evaluate_by_k
+    from probe.release.build import evaluate_by_k
 
     model, tok, items = limited
     runs = _runs(lambda **b: evaluate_by_k(model, tok, items[:SOME], data="valid", progress=False, **b))
@@ -166,8 +166,8 @@ def test_emitted_readout_and_rotary_positions(tiny_model, word_tokenizer, offici
     random GPT-2 and a random Llama (rotary positions: each row's own position ids), batch 1, 3 and default."""
     from dataclasses import asdict, replace
 
-    from probe.analyze import search_summary
-    from probe.values import values_by_k
+    from probe.analyses.analyze import search_summary
+    from probe.readouts.values import values_by_k
 
     tiny_model.config = replace(tiny_model.config, data_format="graph", supervision="optimal")
     items = official_items[:7]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import probe.capture as capture_mod
-from probe.capture import CaptureError, TraceStore, capture, capture_batch, capture_to_disk, concat_traces
+import probe.capture.trace as capture_mod
+from probe.capture.trace import CaptureError, TraceStore, capture, capture_batch, capture_to_disk, concat_traces
 from probe.model.architecture import architecture
 from probe.model.hook_names import FINAL, HookNameError, select_hooks
 from probe.data.layout import prompt_layout
@@ -75,7 +75,7 @@ def test_a_batch_equals_its_items_alone(tiny_model, word_tokenizer, items):
 
 
 def test_answers_come_from_the_same_pass(tiny_model, word_tokenizer, official_items):
-    from probe.evaluate import evaluate
+    from probe.model.evaluate import evaluate
 
     items = official_items[:9]  # batched by length, so batches mix data-set positions; returned in order
     tr = capture(tiny_model, word_tokenizer, items, k=2, batch_size=4, max_new_tokens=6, progress=False)

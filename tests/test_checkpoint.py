@@ -116,7 +116,7 @@ def test_weights_holding_nan_or_inf_are_refused_at_load_naming_file_and_tensor(s
         load_checkpoint(saved)
     assert str(e.value) == f"{weights}: tensor {name} holds {counts}; the file is damaged or came from a diverged run"
     # a base model to train from (probe train's `base`)
-    from probe.train import TrainConfig, build_model
+    from probe.train.loop import TrainConfig, build_model
 
     with pytest.raises(CheckpointError) as e:
         build_model(TrainConfig(name="x", out_dir=str(tmp_path / "run"), base=str(saved)), [])

@@ -8,11 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from probe.capture import TraceStore
+from probe.capture.trace import TraceStore
 from probe.cli import app
 from probe.data.graph import ProsQAGraph
 from probe.data.render import render_prompt, tokenize_item
-from probe.evaluate import evaluate
+from probe.model.evaluate import evaluate
 from probe.model.checkpoint import load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import build_word_tokenizer, special_tokens

@@ -13,8 +13,8 @@ from probe.cli import app
 from probe.model.checkpoint import load_checkpoint, save_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import special_tokens
-from probe.probes import SavedProbe
-from probe.sae import SparseAutoencoder
+from probe.readouts.probes import SavedProbe
+from probe.readouts.sae import SparseAutoencoder
 
 runner = CliRunner()
 
@@ -63,8 +63,8 @@ def test_halting_probe_then_eval_halt(answering_checkpoint, answering, official_
     """On a model that answers some items right after some k and not others, so that the reported rates and
     accuracies are compared with evaluate's, item by item, not 0 with 0."""
     from probe.data.prosqa import load_items
-    from probe.evaluate import evaluate
-    from probe.probes import halting_eval
+    from probe.model.evaluate import evaluate
+    from probe.readouts.probes import halting_eval
 
     ckpt, (model, tok) = answering_checkpoint, answering
     data = tmp_path / "twelve.json"
@@ -109,8 +109,8 @@ def test_sae_train_writes_saelens_files_and_a_report(ckpt, tmp_path):
     # content_holdout draws them with the default seed, the other 27 trained
     from probe.data.generate import generate_items
     from probe.data.splits import content_holdout
-    from probe.frontier import GROUPS
-    from probe.sae import feature_reports, thought_rows
+    from probe.analyses.frontier import GROUPS
+    from probe.readouts.sae import feature_reports, thought_rows
 
     held_items = content_holdout(np.arange(30), 0.1, seed=0)
     assert rep["held_out_items"] == np.flatnonzero(held_items).tolist() and rep["duplicates_merged"] == 0

@@ -9,7 +9,7 @@ from probe.data.render import StageSpec, render_prompt, render_stage, tokenize_i
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import special_tokens
 from probe.data.stream import collate
-from probe.train import sequence_loss
+from probe.train.loop import sequence_loss
 
 TOL = 1e-5
 

@@ -15,9 +15,12 @@ import torch
 
 from typer.testing import CliRunner
 
-from probe.capture import TraceStore
+from probe.capture.trace import TraceStore
 from probe.cli import app
-from probe.distributed import merge_stores, rank_slice
+from probe.capture.distributed import merge_stores
+from probe.model.ranks import rank_slice
+
+pytestmark = pytest.mark.xdist_group("torchrun")  # pytest -n 2: one torchrun job at a time
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +74,7 @@ def test_torchrun_two_processes_equal_one(tmp_path, official_path, batch, shard)
 
 
 def test_merge_refuses_parts_that_do_not_match(tmp_path, official_path):
-    from probe.capture import capture_to_disk
+    from probe.capture.trace import capture_to_disk
     from probe.data.prosqa import load_items
     from probe.model.checkpoint import load_checkpoint
 
@@ -81,7 +84,7 @@ def test_merge_refuses_parts_that_do_not_match(tmp_path, official_path):
     capture_to_disk(model, tok, items[:2], parts / "rank-00000", names=["blocks.0.hook_resid_post"], progress=False)
     capture_to_disk(model, tok, items[2:], parts / "rank-00001", first_index=2, names=["blocks.1.hook_resid_post"],
                     progress=False)
-    from probe.capture import CaptureError
+    from probe.capture.trace import CaptureError
 
     with pytest.raises(CaptureError, match=r"rank-00001: names \['blocks.1.hook_resid_post'\] differs"):
         merge_stores([parts / "rank-00000", parts / "rank-00001"], tmp_path / "out")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from probe.data.render import render_prompt, tokenize_item
-from probe.evaluate import evaluate, extract_answer
+from probe.model.evaluate import evaluate, extract_answer
 from probe.model.coconut import Generation
 from test_coconut import naive_forward, naive_generate
 
@@ -79,7 +79,7 @@ def test_an_answer_the_tokenizer_cannot_write_is_never_correct(tiny_model, word_
     import json
 
     from probe.data.prosqa import item_from_json
-    from probe.evaluate import prediction, unknown_names
+    from probe.model.evaluate import prediction, unknown_names
 
     raw = official_items[0].to_json()
     target = raw["idx_to_symbol"][raw["target"]]

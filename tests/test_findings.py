@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from probe.cli import app
-from probe.findings import PAPERS, findings_markdown
+from probe.analyses.findings import PAPERS, findings_markdown
 
 runner = CliRunner()
 GROUPS4 = {"optimal": 0.4, "frontier": 0.2, "reachable": 0.1, "unreachable": 0.05}

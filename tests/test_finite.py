@@ -13,18 +13,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import hashed_as, prompt_by_hand, tiny_base
-from probe.capture import CaptureError, TraceStore, capture, capture_batch, capture_to_disk
+from probe.capture.trace import CaptureError, TraceStore, capture, capture_batch, capture_to_disk
 from probe.model.architecture import architecture
-from probe.decode import decode_item
-from probe.evaluate import evaluate
-from probe.finite import NonFiniteActivation
-from probe.lens import LensError, TunedLens, fit_tuned_lens, read_lens
+from probe.analyses.decode import decode_item
+from probe.model.evaluate import evaluate
+from probe.model.finite import NonFiniteActivation
+from probe.readouts.lens import LensError, TunedLens, fit_tuned_lens, read_lens
 from probe.model.coconut import CoconutConfig, CoconutModel, ThoughtEdit
 from probe.model.identity import weights_hash
 from probe.model.tokenizer import special_tokens
-from probe.probes import ProbeError, SavedProbe
-from probe.sae import SAEError, SparseAutoencoder
-from probe.values import node_values
+from probe.readouts.probes import ProbeError, SavedProbe
+from probe.readouts.sae import SAEError, SparseAutoencoder
+from probe.readouts.values import node_values
 
 DAMAGED = "the file is damaged or came from a diverged run"
 OVERFLOW = ("the model's weights are finite, but its activations overflow float32 on this input (weights far too "

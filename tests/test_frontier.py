@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from probe.data.graph import ProsQAGraph
-from probe.frontier import (FRONTIER, OPTIMAL, REACHABLE, UNREACHABLE, attention_by_group, edge_groups, frontier_mass,
+from probe.analyses.frontier import (FRONTIER, OPTIMAL, REACHABLE, UNREACHABLE, attention_by_group, edge_groups, frontier_mass,
                             inner_products, node_groups, parallelism, value_by_height)
 
 # root 0 -> 1, 2; 1 -> 3 (target); 2 -> 4 (neg_target), 2 -> 5; 6 -> 4 (never reached from the root)
@@ -106,7 +106,7 @@ def test_node_values_are_next_name_probabilities(tiny_model, word_tokenizer, off
     from dataclasses import replace
 
     from conftest import prompt_by_hand
-    from probe.values import node_values, values_by_k
+    from probe.readouts.values import node_values, values_by_k
 
     tiny_model.config = replace(tiny_model.config, data_format=fmt)
     items = official_items[:3]
@@ -138,7 +138,7 @@ def test_emitted_values_read_each_thought_through_the_unembedding(tiny_model, wo
 
     from conftest import prompt_by_hand
     from probe.model.coconut import ThoughtEdit
-    from probe.values import node_values, readout_of, values_by_k
+    from probe.readouts.values import node_values, readout_of, values_by_k
 
     assert readout_of(tiny_model.config) == "language"
     tiny_model.config = replace(tiny_model.config, data_format="graph", supervision="optimal", mode=mode)
@@ -175,7 +175,7 @@ def test_emitted_values_read_each_thought_through_the_unembedding(tiny_model, wo
 
 def test_node_values_multiply_the_pieces_of_a_split_name(official_items, bpe_tokenizer):
     from conftest import tiny_base
-    from probe.values import node_values
+    from probe.readouts.values import node_values
     from probe.data.layout import name_pieces
     from probe.data.render import render_prompt, tokenize_item
     from probe.model.coconut import CoconutConfig, CoconutModel
@@ -207,7 +207,7 @@ def _item(names, edges, target, neg):
 
 
 def test_path_categories_by_hand():
-    from probe.frontier import path_category
+    from probe.analyses.frontier import path_category
 
     g = _item(["Tom", "a1", "b1", "tgt", "neg", "b2", "x"], G.edges, 3, 4)
     cases = {
@@ -232,7 +232,7 @@ def test_path_categories_by_hand():
 
 
 def test_parse_steps_in_both_formats():
-    from probe.frontier import parse_steps
+    from probe.analyses.frontier import parse_steps
 
     text = "Every a1 is a tgt.\nTom is a a1.\n### Tom is a tgt."
     assert parse_steps(text, "sentences") == [("a1", "tgt"), ("Tom", "a1")]

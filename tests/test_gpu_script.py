@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from probe.data.prosqa import load_items
-from probe.evaluate import evaluate
+from probe.model.evaluate import evaluate
 from probe.model.checkpoint import load_checkpoint
 from probe.model.tokenizer import is_rbs_tokenizer
 
@@ -37,7 +37,7 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
         "        if name.split('.')[0] in ('plotly', 'streamlit'):\n"
         "            raise ImportError(f'{name} is not installed on the GPU machine')\n"
         "sys.meta_path.insert(0, Absent())\n")
-    env = {**os.environ, "DEVICE": "cpu", "MINUTES": "1.2", "DATA": str(data), "PYTHON": sys.executable,
+    env = {**os.environ, "DEVICE": "cpu", "MINUTES": "0.5", "DATA": str(data), "PYTHON": sys.executable,
            "RUNS": "coconut coconut_newest", "PROBE_SET": TINY, "PYTHONPATH": str(blocker)}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "train_default_gpu.sh"), str(out)], env=env,
                           capture_output=True, text=True, errors="replace", timeout=400)
@@ -75,9 +75,9 @@ def test_the_gpu_script_trains_releases_and_packs(tmp_path, official_path):
     # scripts/ship_default.sh on what came back: the models swapped into a checkpoints folder, the retired
     # ones gone, and the default's tuned lens, frontier probe and SAE refit on it (each tied to its weights)
     # with the latent-search section in its card.
-    from probe.lens import TunedLens
-    from probe.probes import SavedProbe
-    from probe.sae import SparseAutoencoder
+    from probe.readouts.lens import TunedLens
+    from probe.readouts.probes import SavedProbe
+    from probe.readouts.sae import SparseAutoencoder
 
     ckpts = tmp_path / "checkpoints"
     (ckpts / "prosqa-cot").mkdir(parents=True)

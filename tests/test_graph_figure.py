@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from probe.data.graph import ProsQAGraph
-from probe.viz import (graph_figure, graph_positions, intervention_effect_figure, item_features_figure,
+from probe.viz.figures import (graph_figure, graph_positions, intervention_effect_figure, item_features_figure,
                        node_heatmap_figure, node_order)
 
 

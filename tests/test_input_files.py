@@ -16,18 +16,18 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from conftest import hashed_as, tiny_base
-from probe.capture import CaptureError, TraceStore, capture, capture_to_disk
+from probe.capture.trace import CaptureError, TraceStore, capture, capture_to_disk
 from probe.cli import app
 from probe.data.prosqa import DataError, item_key, items_from_json, load_items
 from probe.data.rbs import load_rbs, to_rbs_json
-from probe.distributed import merge_stores
-from probe.lens import LensError, TunedLens
+from probe.capture.distributed import merge_stores
+from probe.readouts.lens import LensError, TunedLens
 from probe.model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import special_tokens
-from probe.probes import ProbeError, SavedProbe
-from probe.release import lineage
-from probe.run_state import RunState
+from probe.readouts.probes import ProbeError, SavedProbe
+from probe.release.build import lineage
+from probe.train.state import RunState
 
 runner = CliRunner()
 CHECKPOINTS = DEFAULT_CHECKPOINT.parent
@@ -552,7 +552,7 @@ def test_a_report_findings_cannot_read_is_refused_in_one_line(name, tmp_path):
 def test_a_report_that_lacks_a_measure_reads_with_a_dash_there(tmp_path):
     """A report of a coconut-probe that measured less (no superposition; a patching run without its names row): those
     cells are dashes, as for a model not measured, and every other cell is as before."""
-    from probe.findings import findings_markdown
+    from probe.analyses.findings import findings_markdown
 
     analysis, interventions = _reports()
     del analysis["superposition"]

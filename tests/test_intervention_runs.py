@@ -1,4 +1,4 @@
-"""The data-set runs of probe/interventions.py: sites, ablations, counterfactual patching, steering, the CLI.
+"""The data-set runs of probe/analyses/interventions.py: sites, ablations, counterfactual patching, steering, the CLI.
 
 Known answers come from two places: edits that must be the identity (mean or another item's
 thought among identical items, a pause model's pause inputs, alpha = 0) and the shipped default
@@ -16,13 +16,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from probe.capture import capture_batch
+from probe.capture.trace import capture_batch
 from probe.cli import app
 from probe.data.graph import ProsQAGraph
 from probe.data.layout import name_pieces
-from probe.evaluate import evaluate
-from probe.findings import check_report
-from probe.interventions import (InterventionError, ablation_edit, ablation_runs, accuracy_without_thoughts, own_chains,
+from probe.model.evaluate import evaluate
+from probe.analyses.findings import check_report
+from probe.analyses.interventions import (InterventionError, ablation_edit, ablation_runs, accuracy_without_thoughts, own_chains,
                                  patch_runs, site, steer_direction, steer_runs, steer_target, steering_directions)
 from probe.model.checkpoint import load_checkpoint
 from probe.model.coconut import CoconutConfig, CoconutModel, ThoughtEdit
@@ -66,8 +66,8 @@ def test_an_emitted_readout_reads_an_ablated_thought_where_the_next_thought_cons
     read is made where none consumes the edit (thought k, or all thoughts replaced)."""
     from dataclasses import replace
 
-    from probe.frontier import frontier_mass
-    from probe.values import node_values, read_after
+    from probe.analyses.frontier import frontier_mass
+    from probe.readouts.values import node_values, read_after
 
     language = tiny_model.config
     assert [read_after(language, j, 3) for j in (1, 3, None)] == [1, 3, 1]
@@ -117,9 +117,9 @@ def test_patching_measures_what_a_patch_by_hand_gives(shipped, official_items):
     """A's thoughts captured, written into B's by a hand-built ThoughtEdit (all at once, and thought 1 alone),
     B answered: how often B's answer names A's person, follows A's concept, is right, or changed, equal what
     patch_runs reports. A property of the measurement, whatever the model's thoughts hold."""
-    from probe.capture import capture
+    from probe.capture.trace import capture
     from probe.data.counterfactual import counterfactual_pairs
-    from probe.interventions import answer_concept
+    from probe.analyses.interventions import answer_concept
     from probe.model.coconut import ThoughtEdit
 
     model, tok = shipped["prosqa-coconut"]
@@ -232,7 +232,7 @@ def test_probe_intervene_end_to_end_and_its_errors(tmp_path, official_path):
 
 
 def test_the_figures_put_each_number_where_it_belongs():
-    from probe.viz import INTERVENTION_FIGURES
+    from probe.viz.figures import INTERVENTION_FIGURES
 
     def rep(name, mode, shift):
         runs = [{"name": f"{kind} {col}", "accuracy_change": shift + i / 10} for i, (kind, col) in
@@ -261,7 +261,7 @@ def test_the_figures_put_each_number_where_it_belongs():
 
 
 def test_run_interventions_runs_the_parts_it_is_asked_for(tiny_model, word_tokenizer, official_items, answering):
-    from probe.interventions import run_interventions
+    from probe.analyses.interventions import run_interventions
 
     items = official_items[:4]
     rep = run_interventions(tiny_model, word_tokenizer, items, k=2, parts=["k"], progress=False)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from probe.values import node_values
+from probe.readouts.values import node_values
 from probe.data.render import render_prompt, tokenize_item
-from probe.interventions import InterventionError, ablation_edit, intervene, patch_edit, steer_edit
+from probe.analyses.interventions import InterventionError, ablation_edit, intervene, patch_edit, steer_edit
 from probe.model.architecture import find_architecture
 from probe.model.coconut import ThoughtEdit
 
@@ -92,7 +92,7 @@ def test_steering_with_alpha_zero_is_the_baseline_and_ablation_reports(setup):
 
 
 def _layer_trace(model, tok, items, k, layer):
-    from probe.capture import capture_batch
+    from probe.capture.trace import capture_batch
 
     name = f"blocks.{layer}.hook_resid_post"
     return capture_batch(model, tok, items, k=k, names=[name, "ln_final.hook_normalized"])

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probe.capture import capture
+from probe.capture.trace import capture
 from probe.data.generate import generate_items
 from probe.data.graph import ProsQAGraph
-from probe.lens import LensError, TunedLens, lens_logits, mean_kl_to_final, read_lens
+from probe.readouts.lens import LensError, TunedLens, lens_logits, mean_kl_to_final, read_lens
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import special_tokens
 from conftest import tiny_base
@@ -86,7 +86,7 @@ def test_decode_reads_each_thought_in_every_format(tiny_model, word_tokenizer, o
     from dataclasses import replace
 
     from conftest import prompt_by_hand
-    from probe.decode import decode_item
+    from probe.analyses.decode import decode_item
 
     tiny_model.config = replace(tiny_model.config, data_format=fmt)
     it = official_items[2]
@@ -104,7 +104,7 @@ def test_decode_reads_each_thought_in_every_format(tiny_model, word_tokenizer, o
         mass = sum(float(p[vocab[n]]) for n in {it.name(v) for v in g.frontier(j)})
         assert last.frontier_mass == pytest.approx(mass, abs=1e-5)
     # the answer, decoded from the capture pass, is the one evaluate generates
-    from probe.evaluate import evaluate
+    from probe.model.evaluate import evaluate
 
     res = evaluate(tiny_model, word_tokenizer, [it], k=3, progress=False).items[0]
     assert (dec.prediction, dec.correct, dec.generated) == (res.prediction, res.correct, res.text)
@@ -164,7 +164,7 @@ def test_every_lens_has_one_interface_and_a_saved_config(word_tokenizer, tmp_pat
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from probe.lens import LogitLens, TunedLensConfig, fit_tuned_lens
+    from probe.readouts.lens import LogitLens, TunedLensConfig, fit_tuned_lens
     from probe.model.identity import readout_hash
 
     model = _model(word_tokenizer, seed=0)
@@ -206,7 +206,7 @@ def test_every_lens_has_one_interface_and_a_saved_config(word_tokenizer, tmp_pat
 
 
 def test_a_lens_by_its_kind(word_tokenizer, tmp_path):
-    from probe.lens import LENSES, LogitLens, open_lens
+    from probe.readouts.lens import LENSES, LogitLens, open_lens
 
     model = _model(word_tokenizer, seed=0)
     assert LENSES == ("logit", "tuned") and type(open_lens("logit", model)) is LogitLens

@@ -300,12 +300,12 @@ def test_training_refuses_unless_the_config_allows(files, tmp_path, official_pat
 
 
 def test_release_refuses_before_evaluating(files, tmp_path, monkeypatch, no_forward):
-    import probe.release
+    import probe.release.build
 
     lossy, _, six = files
-    monkeypatch.setattr(probe.release, "lineage", lambda ckpt, configs: [])  # no training record to read here
+    monkeypatch.setattr(probe.release.build, "lineage", lambda ckpt, configs: [])  # no training record to read here
     with pytest.raises(LossyTokenizerError) as e:
-        probe.release.release(lossy, tmp_path / "rel", six, [])
+        probe.release.build.release(lossy, tmp_path / "rel", six, [])
     assert f"error: {e.value}" == refusal(six)
     assert not (tmp_path / "rel").exists()
 

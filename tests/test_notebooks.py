@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("kernels")  # pytest -n 2: one kernel or browser at a time
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
@@ -30,7 +32,7 @@ def check_01(printed: str) -> None:
     """The decoded answer of item 0, as the library decodes it; first the planted model's, right, with thought k's
     top tokens all within k edges of the root (its construction)."""
     from probe.data.graph import ProsQAGraph
-    from probe.decode import decode_item
+    from probe.analyses.decode import decode_item
 
     it = _items(1)[0]
     assert f"planted model: {it.target} | right answer: {it.target} | correct: True" in printed
@@ -48,7 +50,7 @@ def check_02(printed: str) -> None:
     """The values' shape and item 0's highest values after k = 1, 2, as analyze gives them on the same items."""
     import numpy as np
 
-    from probe.analyze import analyze
+    from probe.analyses.analyze import analyze
     from probe.data.graph import ProsQAGraph
 
     model, tok = _load("prosqa-coconut-mixed")
@@ -77,8 +79,8 @@ def check_03(printed: str) -> None:
 
 def check_04(printed: str) -> None:
     """Item 0 answered with item 1's thoughts, as the library's patch gives it."""
-    from probe.capture import capture
-    from probe.interventions import intervene, patch_edit
+    from probe.capture.trace import capture
+    from probe.analyses.interventions import intervene, patch_edit
 
     model, tok = _load("prosqa-coconut")
     items = _items(2)

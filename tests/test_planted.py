@@ -18,21 +18,21 @@ import numpy as np
 import pytest
 import torch
 
-from probe.analyze import analyze
-from probe.capture import capture
+from probe.analyses.analyze import analyze
+from probe.capture.trace import capture
 from probe.data.counterfactual import counterfactual_pairs
 from probe.data.graph import ProsQAGraph
 from probe.data.rbs import RBS_NODES
-from probe.evaluate import evaluate
-from probe.frontier import FRONTIER, OPTIMAL, REACHABLE, UNREACHABLE, edge_groups
-from probe.interventions import ablation_edit, intervene, patch_edit, site
-from probe.lens import read_lens
+from probe.model.evaluate import evaluate
+from probe.analyses.frontier import FRONTIER, OPTIMAL, REACHABLE, UNREACHABLE, edge_groups
+from probe.analyses.interventions import ablation_edit, intervene, patch_edit, site
+from probe.readouts.lens import read_lens
 from probe.model.hook_names import RESID, act_name
 from probe.model.planted import FREQUENCIES, N_POSITIONS, NODE_LEVEL, TOK_LEVEL, L, planted_model
-from probe.probes import fit_probes, probe_targets
-from probe.rbs_notebook import walk_sets
-from probe.sae import SparseAutoencoder, auroc_table, thought_rows
-from probe.values import values_by_k
+from probe.readouts.probes import fit_probes, probe_targets
+from probe.analyses.rbs_notebook import walk_sets
+from probe.readouts.sae import SparseAutoencoder, auroc_table, thought_rows
+from probe.readouts.values import values_by_k
 
 K = 4  # thoughts 1..K are read: reachable(<= 4) holds the target of 257 of the 300 validation items
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from probe.capture import capture
+from probe.capture.trace import capture
 from probe.model.hook_names import FINAL
 from probe.cli import app
-from probe.evaluate import evaluate
+from probe.model.evaluate import evaluate
 from probe.model.checkpoint import default_checkpoint, load_checkpoint
 
 RESID = "blocks.3.hook_resid_post"
@@ -74,10 +74,10 @@ def test_a_lower_precision_copy_keeps_the_models_identity(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from probe.lens import LensError, TunedLens
+    from probe.readouts.lens import LensError, TunedLens
     from probe.model.identity import readout_hash, weights_hash
-    from probe.probes import ProbeError, SavedProbe
-    from probe.sae import SAEError, SparseAutoencoder
+    from probe.readouts.probes import ProbeError, SavedProbe
+    from probe.readouts.sae import SAEError, SparseAutoencoder
 
     ckpt = default_checkpoint()
     lens_file, probe_dir, sae_dir = ckpt / "tuned_lens.safetensors", ckpt / "probes" / "frontier", ckpt / "sae"

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import hashed_as
 from probe.data.prosqa import ProsQAItem
-from probe.probes import (LinearProbe, ProbeError, SavedProbe, control_targets, cross_validate, fit_halting_probe,
+from probe.readouts.probes import (LinearProbe, ProbeError, SavedProbe, control_targets, cross_validate, fit_halting_probe,
                           fit_probes, halt_points, halting_eval, probe_targets)
 from probe.model.identity import weights_hash
 
@@ -124,7 +124,7 @@ def tiny(word_tokenizer):
 
 
 def test_probes_on_a_model_read_its_own_residuals(tiny, official_items):
-    from probe.capture import capture
+    from probe.capture.trace import capture
 
     model, tok = tiny
     items = official_items[:20]
@@ -162,7 +162,7 @@ def test_probes_on_a_model_read_its_own_residuals(tiny, official_items):
 def test_halting_eval_with_a_probe_that_always_or_never_fires(answering, official_items):
     """On a model that answers some items right and some wrong at every k, so that each item's correctness,
     not just a 0 == 0 accuracy, is compared."""
-    from probe.evaluate import evaluate
+    from probe.model.evaluate import evaluate
 
     model, tok = answering
     items = official_items[:12]
@@ -231,8 +231,8 @@ def test_copies_of_an_item_share_a_fold_and_their_control_labels():
 
 
 def _spy_folds(monkeypatch) -> list:
-    """Record the folds every fit of probe.probes draws (the real content_folds)."""
-    import probe.probes as probes_module
+    """Record the folds every fit of probe.readouts.probes draws (the real content_folds)."""
+    import probe.readouts.probes as probes_module
 
     seen, real = [], probes_module.content_folds
 

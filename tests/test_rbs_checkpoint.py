@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from probe.cli import app
 from probe.data.rbs import RBS_NODES, to_rbs_json
 from probe.data.render import RBS_OPTION_SEED, rbs_question, rbs_target_first
-from probe.evaluate import evaluate
+from probe.model.evaluate import evaluate
 from probe.model.checkpoint import (
     DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint, rbs_state_dict, save_checkpoint,
 )

@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import latent_forward_by_hand, randomize_norms
 from probe.data.render import render_prompt, tokenize_item
-from probe.evaluate import evaluate
+from probe.model.evaluate import evaluate
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import RBS_VOCABULARY, build_rbs_tokenizer, special_tokens
 

@@ -1,4 +1,4 @@
-"""The RbS notebook's measures (probe.rbs_notebook): walk sets and groups on a hand-built DAG with known answers,
+"""The RbS notebook's measures (probe.analyses.rbs_notebook): walk sets and groups on a hand-built DAG with known answers,
 and every number against the notebook's own construction computed by hand (its prompts, a plain Hugging Face
 forward with the thoughts written in, output_attentions, its loops over edges and nodes)."""
 
@@ -16,7 +16,7 @@ from probe.data.prosqa import ProsQAItem
 from probe.data.render import tokenize_item
 from probe.model.coconut import CoconutConfig, CoconutModel
 from probe.model.tokenizer import RBS_VOCABULARY, build_rbs_tokenizer, special_tokens
-from probe.rbs_notebook import (NOTEBOOK_GROUPS, edge_attention, notebook_measures, thought_inner_products,
+from probe.analyses.rbs_notebook import (NOTEBOOK_GROUPS, edge_attention, notebook_measures, thought_inner_products,
                                 walk_sets)
 
 # A DAG in which yumpus (2) is reached both after one edge (Tom -> yumpus) and after two (Tom -> wumpus -> yumpus):

@@ -13,7 +13,7 @@ from probe.data.graph import ProsQAGraph
 from probe.data.prosqa import DataError, item_from_json, item_key
 from probe.data.rbs import RBS_NODES, permute_nodes, rbs_view, to_rbs_json
 from probe.model.tokenizer import RBS_VOCABULARY
-from probe.train import ConfigError, TrainConfig, _setup, _stream, train
+from probe.train.loop import ConfigError, TrainConfig, _setup, _stream, train
 
 WORD = {w: i for i, w in enumerate(RBS_VOCABULARY)}
 

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from probe.cli import app
 from probe.data.prosqa import load_items
-from probe.evaluate import evaluate
+from probe.model.evaluate import evaluate
 from probe.model.checkpoint import CheckpointError, load_checkpoint
-from probe.release import lineage, read_evaluation, release
-from probe.train import TrainConfig, train
+from probe.release.build import lineage, read_evaluation, release
+from probe.train.loop import TrainConfig, train
 
 TINY = {"model": {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2}, "train_size": 32,
         "batch_size": 16, "max_latent_stage": 2, "lr": 3e-3}
@@ -127,8 +127,8 @@ def test_release_counts_what_evaluate_counts_on_a_model_that_answers(answering_c
 
 
 def test_the_card_tabulates_the_search_summary_each_evaluation_logged():
-    from probe.card import search_table
-    from probe.release import Phase
+    from probe.release.card import search_table
+    from probe.release.build import Phase
 
     def search(scale: float) -> dict:
         by_k = lambda f: {str(k): f(k) for k in (1, 2, 3, 4)}  # noqa: E731

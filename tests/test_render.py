@@ -10,7 +10,7 @@ from probe.data.render import (
     IGNORE_INDEX, StageSpec, render_prompt, render_stage, step_texts, question_text, tokenize_item,
 )
 from probe.data.prosqa import persons_and_concepts
-from probe.evaluate import extract_answer
+from probe.model.evaluate import extract_answer
 from probe.model.tokenizer import LATENT_TOKENS, add_latent_tokens, load_tokenizer, special_tokens
 
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from conftest import hashed_as
-from probe.frontier import GROUPS
-from probe.sae import SAEError, SparseAutoencoder, auroc_table, feature_reports, thought_rows
+from probe.analyses.frontier import GROUPS
+from probe.readouts.sae import SAEError, SparseAutoencoder, auroc_table, feature_reports, thought_rows
 
 
 def planted_dictionary(n=4000, d=24, n_atoms=32, active=3, seed=0):
@@ -154,7 +154,7 @@ def test_saelens_fields_that_change_the_computation_are_applied_or_refused(tmp_p
 
 
 def test_features_rank_by_auroc_and_the_split_is_checked():
-    from probe.sae import FeatureReport, rank_features, train_sae
+    from probe.readouts.sae import FeatureReport, rank_features, train_sae
 
     reps = [FeatureReport(0, 0.1, "a", 0.6, [], {}), FeatureReport(1, 0.0, None, float("nan"), [], {}),
             FeatureReport(2, 0.2, "b", 0.9, [], {}), FeatureReport(3, 0.3, "c", float("nan"), [], {})]
@@ -170,7 +170,7 @@ def test_the_held_out_items_have_no_copy_in_training(official_items, word_tokeni
     from probe.data.prosqa import item_key
     from probe.model.coconut import CoconutConfig, CoconutModel
     from probe.model.tokenizer import special_tokens
-    from probe.sae import train_sae
+    from probe.readouts.sae import train_sae
 
     sp = special_tokens(word_tokenizer)
     model = CoconutModel(tiny_base("gpt2", len(word_tokenizer), sp.eos_id), CoconutConfig.from_special(sp))

@@ -15,7 +15,7 @@ import re
 import pytest
 import torch
 
-from probe.sae import SAEError, SparseAutoencoder
+from probe.readouts.sae import SAEError, SparseAutoencoder
 from saelens.format_cases import CASES, D_IN, HOOK, TOPK, Case, E, inputs, v2, v5, v6
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from probe.data.prosqa import load_items
-from probe.evaluate import evaluate
-from probe.lens import TunedLens
+from probe.model.evaluate import evaluate
+from probe.readouts.lens import TunedLens
 from probe.model.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint, load_checkpoint
-from probe.release import MARGIN_ITEMS, read_evaluation
+from probe.release.build import MARGIN_ITEMS, read_evaluation
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SHIPPED = {"prosqa-coconut": "coconut", "prosqa-coconut-mixed": "coconut", "prosqa-cot": "cot",

@@ -8,7 +8,7 @@ import torch
 from probe.data.prosqa import parse_question
 from probe.data.render import question_text
 from probe.data.stream import batch_loader, generate_pool
-from probe.train import TrainConfig, _setup, _stream
+from probe.train.loop import TrainConfig, _setup, _stream
 
 
 def tiny(tmp_path, **kw) -> TrainConfig:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from probe.frontier import FRONTIER, OPTIMAL, REACHABLE, UNREACHABLE
-from probe.superposition import decompose, superposition
+from probe.analyses.frontier import FRONTIER, OPTIMAL, REACHABLE, UNREACHABLE
+from probe.analyses.superposition import decompose, superposition
 from tests.test_frontier import G, H
 
 

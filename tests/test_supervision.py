@@ -12,7 +12,7 @@ from probe.data.render import IGNORE_INDEX, StageSpec, question_text, step_texts
 from probe.data.stream import collate
 from probe.data.supervision import TrainingItem, optimal_targets, render_optimal, render_training
 from probe.model.tokenizer import special_tokens
-from probe.train import sequence_loss
+from probe.train.loop import sequence_loss
 
 # Tom reaches lempus in three steps along two shortest paths (through wumpus or yumpus, then zumpus);
 # numpus (depth 1) and gorpus (depth 2) are frontier nodes on no shortest path; Bob reaches rempus.

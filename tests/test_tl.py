@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("transformer_lens")
 
-from probe.capture import capture  # noqa: E402
-from probe.lens import lens_logits  # noqa: E402
-from probe.tl import TLError, bridge_for, from_activation_cache, to_activation_cache  # noqa: E402
+from probe.capture.trace import capture  # noqa: E402
+from probe.readouts.lens import lens_logits  # noqa: E402
+from probe.capture.tl import TLError, bridge_for, from_activation_cache, to_activation_cache  # noqa: E402
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_the_latent_loop_runs_through_a_bridge(tiny_model, word_tokenizer, offic
     """On tiny GPT-2 and Llama: a CoconutModel over the bridged modules feeds back the same thoughts and gives the
     same logits (to 1e-5), and run_with_cache on Coconut prompts holds, at the thought-emitting positions,
     what our capture holds there."""
-    from probe.tl import CoconutBridge
+    from probe.capture.tl import CoconutBridge
 
     items = official_items[:3]
     tr = capture(tiny_model, word_tokenizer, items, k=3, progress=False)
@@ -136,7 +136,7 @@ def test_head_results_of_the_thoughts(tiny_model, word_tokenizer, official_items
     """TL's per-head results on the bridged loop (set_use_attn_result, as in TransformerLens): for every layer
     the heads' results and the output bias sum to the attention output, and stack_head_results stacks them."""
     from probe.data.render import render_prompt, tokenize_item
-    from probe.tl import CoconutBridge
+    from probe.capture.tl import CoconutBridge
 
     cfg = tiny_model.config
     ids = torch.tensor([render_prompt(tokenize_item(official_items[0], word_tokenizer, cfg.data_format), 3,
@@ -158,7 +158,7 @@ def test_head_results_of_the_thoughts(tiny_model, word_tokenizer, official_items
 def test_a_checkpoint_opens_through_a_bridge(tmp_path, tiny_model, word_tokenizer, official_items):
     from probe.data.render import render_prompt, tokenize_item
     from probe.model.checkpoint import CheckpointError, save_checkpoint
-    from probe.tl import CoconutBridge
+    from probe.capture.tl import CoconutBridge
 
     save_checkpoint(tiny_model, word_tokenizer, tmp_path / "ckpt")
     cb = CoconutBridge.from_checkpoint(tmp_path / "ckpt")

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from probe.data.prosqa import load_items
-from probe.evaluate import evaluate
+from probe.model.evaluate import evaluate
 from probe.model.checkpoint import load_checkpoint
 from probe.model.coconut import CoconutModel
-from probe.train import ConfigError, TrainConfig, train
+from probe.train.loop import ConfigError, TrainConfig, train
 
 
 def tiny_config(tmp_path, **kw) -> TrainConfig:
@@ -198,7 +198,7 @@ def test_resume_inside_an_epoch_continues_exactly(tmp_path):
 
 
 def test_the_learning_rate_follows_warmup_and_cosine():
-    from probe.train import lr_at
+    from probe.train.loop import lr_at
 
     cfg = TrainConfig(name="x", lr=1.0, warmup_steps=4, schedule="cosine")
     assert [lr_at(s, 20, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -235,7 +235,7 @@ def test_a_budget_sizes_the_epochs_from_measured_costs(tmp_path):
 
 
 def test_configs_inherit_and_take_overrides(tmp_path):
-    from probe.train_config import parse_overrides
+    from probe.train.config import parse_overrides
 
     (tmp_path / "base.yaml").write_text("name: base\nlr: 1e-3\nmodel: {model_type: gpt2, n_layer: 2, n_embd: 64}\n")
     (tmp_path / "child.yaml").write_text("inherit: base.yaml\nname: child\nmode: pause_as_thought\n")
@@ -288,7 +288,7 @@ def test_the_recipe_learns_its_training_items_in_rbs_layout(tmp_path, official_p
 def test_every_evaluation_logs_the_search_summary_of_the_model_it_evaluated(tmp_path, official_path):
     """search_items: each record that evaluates carries analyze.search_summary of the model at that point (the
     last one equals a summary recomputed on the saved checkpoint); a mode without thoughts logs none."""
-    from probe.analyze import search_summary
+    from probe.analyses.analyze import search_summary
 
     cfg = graph_config(tmp_path, val_data=str(official_path), val_size=6, search_items=3, num_epochs=2)
     result = train(cfg, progress=False, search=search_summary)
@@ -314,8 +314,8 @@ def test_training_imports_no_analysis_and_asks_for_the_search_it_logs(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, probe.train\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('plotly', 'streamlit') or m == 'probe.analyze'))")
+    code = ("import sys, probe.train.loop\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('plotly', 'streamlit') or m == 'probe.analyses.analyze'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "[]"

@@ -14,9 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from probe.analyze import search_summary
-from probe.train import train
-from probe.train_config import TrainConfig
+from probe.analyses.analyze import search_summary
+from probe.train.loop import train
+from probe.train.config import TrainConfig
+
+pytestmark = pytest.mark.xdist_group("torchrun")  # pytest -n 2: one torchrun job at a time
 
 HERE = Path(__file__).parent
 
@@ -80,7 +82,7 @@ def test_one_ddp_step_is_the_single_process_step(tmp_path, official_path, mode, 
     assert two["search"]["frontier_mass"] == pytest.approx(one["search"]["frontier_mass"], abs=1e-6)
     assert two["search"]["attention_gap"]["1"]["0"] == pytest.approx(one["search"]["attention_gap"]["1"]["0"],
                                                                     abs=1e-6)
-    from probe.run_state import read_optimizer
+    from probe.train.state import read_optimizer
 
     oa, ob = read_optimizer(single.last_checkpoint), read_optimizer(tmp_path / "two" / "epoch-001")
     assert sorted(oa["state"]) == sorted(ob["state"]) and oa["param_groups"] == ob["param_groups"]

@@ -154,17 +154,17 @@ def no_work(monkeypatch):
     a report) fails the test: a refusal must come before all of it."""
     import probe.data.generate
     import probe.data.prosqa
-    import probe.findings
+    import probe.analyses.findings
     import probe.model.checkpoint
-    import probe.release
-    import probe.train
+    import probe.release.build
+    import probe.train.loop
 
     def work(*args, **kwargs):
         raise RuntimeError("the work began before the output was claimed")
 
     for module, name in ((probe.data.prosqa, "load_items"), (probe.data.generate, "generate_items"),
-                         (probe.model.checkpoint, "load_checkpoint"), (probe.train, "train"),
-                         (probe.release, "release"), (probe.findings, "findings_markdown")):
+                         (probe.model.checkpoint, "load_checkpoint"), (probe.train.loop, "train"),
+                         (probe.release.build, "release"), (probe.analyses.findings, "findings_markdown")):
         monkeypatch.setattr(module, name, work)
 
 
@@ -270,7 +270,7 @@ def test_sigterm_during_capture_leaves_nothing(tmp_path, official_path):
 
 def test_ctrl_c_while_analyze_replaces_its_output_keeps_the_old_one(tmp_path, official_path, monkeypatch,
                                                                     signal_guard):
-    import probe.cli.thoughts as thoughts
+    import probe.cli.analyze as thoughts
 
     out = tmp_path / "an"
     out.mkdir()
@@ -297,7 +297,7 @@ def test_ctrl_c_while_analyze_replaces_its_output_keeps_the_old_one(tmp_path, of
 
 def test_sigterm_while_train_writes_a_checkpoint_keeps_the_complete_ones_and_resume_goes_on(
         tmp_path, official_path, monkeypatch, signal_guard):
-    import probe.run_state as run_state
+    import probe.train.state as run_state
 
     cfg = tmp_path / "tiny.yaml"
     run = tmp_path / "run"
@@ -379,7 +379,7 @@ def test_a_file_size_limit_during_capture_is_one_line_and_leaves_nothing(tmp_pat
 
 def test_a_full_disk_is_one_line_naming_the_output(tmp_path, official_path, monkeypatch):
     """safetensors says ENOSPC in words only (a SafetensorError, not an OSError): it is read and named."""
-    import probe.capture as capture_mod
+    import probe.capture.trace as capture_mod
     from safetensors import SafetensorError
 
     def full(*args, **kwargs):

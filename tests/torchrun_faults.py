@@ -7,8 +7,8 @@ sends it to the ranks of a failed run) while it writes its first checkpoint.
 import os
 import signal
 
-import probe.run_state as run_state
-import probe.train as train_mod
+import probe.train.state as run_state
+import probe.train.loop as train_mod
 from probe.cli import app
 
 RANK = int(os.environ.get("RANK", 0))

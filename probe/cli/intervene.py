@@ -11,8 +11,8 @@ import typer
 from probe.artifacts import FIGURE_SUFFIX, REPORT
 from probe.cli.common import (
     ALLOW_LOSSY_OPTION, app, BASE_OPTION, CKPT_OPTION, _claim, _Data, DATA_OPTION, _default_ckpt, DEVICE_OPTION,
-    DTYPE_OPTION, _fail, _float_option, InputError, _int_option, _load, _need_items, _num, one_line_errors,
-    OVERWRITE_OPTION, _source, TOKENIZER_OPTION, write_html,
+    DTYPE_OPTION, _fail, _float_option, _int_option, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION,
+    _source, TOKENIZER_OPTION, write_html,
 )
 
 
@@ -49,9 +49,9 @@ def intervene_cmd(
     """Causal tests of the thoughts: fewer thoughts, ablation, counterfactual patching, steering; beside controls."""
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.data.prosqa import load_items
-    from probe.interventions import ABLATIONS, run_interventions
-    from probe.probes import SavedProbe
-    from probe.viz import INTERVENTION_FIGURES
+    from probe.analyses.interventions import ABLATIONS, run_interventions
+    from probe.readouts.probes import SavedProbe
+    from probe.viz.figures import INTERVENTION_FIGURES
 
     first_page = f"{next(iter(INTERVENTION_FIGURES))}{FIGURE_SUFFIX}"
     _claim(out, overwrite=overwrite, directory=True, markers=(REPORT, first_page))
@@ -79,7 +79,7 @@ def intervene_cmd(
                                 batch_size=batch_size, seed=seed,
                                 checkpoint=str(path), parts=[x.strip() for x in only.split(",") if x.strip()])
         reports.append(rep)
-    from probe.analyze import finite
+    from probe.analyses.analyze import finite
 
     dicts = [finite(r.as_dict()) for r in reports]
     with atomic_directory(out, replace=True) as tmp:  # the claim refused what was not to be replaced
@@ -119,43 +119,3 @@ def _print_interventions(reports: list[dict]) -> None:
                 table.add_row(f"steer {p['direction']} alpha={p['alpha']:g}: value(v) / to v's option",
                               f"{_num(p['value'])} / {_num(p['to_option'])}", "", _num(p["changed"]))
         console.print(table)
-
-
-def _report(path: Optional[Path], option: str, command: str) -> Optional[dict]:
-    """A command's report.json (the directory it wrote, or the file), checked to be that command's and to hold what
-    the findings table reads (probe.findings.check_report)."""
-    from probe.findings import check_report
-    from probe.formats import read_json
-
-    if path is None:
-        return None
-    file = path / REPORT if path.is_dir() else path
-    if not file.is_file():
-        raise InputError(f"{option} {path}: no {REPORT} there")
-    try:
-        return check_report(read_json(file, what=REPORT), command, str(file))
-    except ValueError as e:
-        raise InputError(f"{option} {e}") from None
-
-
-@app.command("findings")
-@one_line_errors
-def findings_cmd(
-    analysis: Optional[list[Path]] = typer.Option(None, "--analysis", help="The directory `probe analyze` wrote "
-                                                                           "(repeat it: their models side by side)."),
-    interventions: Optional[list[Path]] = typer.Option(None, "--interventions",
-                                                       help="The directory `probe intervene` wrote (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table to this markdown file."),
-    overwrite: bool = OVERWRITE_OPTION,
-) -> None:
-    """The findings table: every model of the two reports side by side, the papers' figures beside them."""
-    from probe.atomic import atomic_write_text
-    from probe.findings import findings_markdown
-
-    _claim(out, overwrite=overwrite)
-    table = findings_markdown([_report(p, "--analysis", "analyze") for p in analysis or []],
-                              [_report(p, "--interventions", "intervene") for p in interventions or []])
-    typer.echo(table)
-    if out is not None:
-        atomic_write_text(out, table)
-        typer.echo(f"wrote {out}")

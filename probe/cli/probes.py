@@ -1,4 +1,4 @@
-"""`probe probes fit|halt` and `probe sae train`: probes and sparse autoencoders on the thoughts."""
+"""`probe probes fit` and `probe probes halt`: linear probes on thoughts, with control tasks; the halting probe."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from probe.artifacts import PROBE_CONFIG, PROBE_SCORES_PAGE, REPORT, SAE_CFG, SAE_FEATURES_PAGE, SAE_WEIGHTS
+from probe.artifacts import PROBE_CONFIG, PROBE_SCORES_PAGE, REPORT
 from probe.cli.common import (
     ALLOW_LOSSY_OPTION, app, BASE_OPTION, CKPT_OPTION, _claim, CONTROL_BASE_OPTION, CONTROL_TOKENIZER_OPTION, _Data,
     _default_ckpt, DEVICE_OPTION, DTYPE_OPTION, _items, _load, _need_items, _num, one_line_errors, OVERWRITE_OPTION,
@@ -17,9 +17,9 @@ from probe.cli.common import (
 
 
 probes_app = typer.Typer(help="Linear probes on thoughts, with control tasks; the halting probe.", no_args_is_help=True)
-sae_app = typer.Typer(help="Sparse autoencoders on thoughts (SAELens file format).", no_args_is_help=True)
+
+
 app.add_typer(probes_app, name="probes")
-app.add_typer(sae_app, name="sae")
 
 
 @probes_app.command("fit")
@@ -49,8 +49,8 @@ def probes_fit(
     """Cross-validated linear probes (and their control task) for every thought k at one layer."""
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.cli.common import note_duplicates
-    from probe.probes import fit_probes, items_for_folds
-    from probe.viz import probe_scores_figure
+    from probe.readouts.probes import fit_probes, items_for_folds
+    from probe.viz.figures import probe_scores_figure
 
     _claim(out, overwrite=overwrite, directory=True, markers=(PROBE_CONFIG, REPORT))
     items = _items(data, 0, 0, limit)
@@ -68,7 +68,7 @@ def probes_fit(
         c_rep = fit_probes(c_model, c_tok, items, target, layer=layer, k_max=max(rep.scores), folds=folds,
                            seed=seed)
         report["control"] = {"checkpoint": str(control), **c_rep.as_dict()}
-    from probe.analyze import finite
+    from probe.analyses.analyze import finite
 
     report = finite(report)
     with atomic_directory(out, replace=True) as tmp:  # the claim refused the rest
@@ -106,7 +106,7 @@ def probes_halt(
     """Train the halting probe: from thought k, will forcing <|end-latent|> now give the right answer?"""
     from probe.atomic import atomic_directory, atomic_write_text
     from probe.cli.common import note_duplicates
-    from probe.probes import fit_halting_probe
+    from probe.readouts.probes import fit_halting_probe
 
     _claim(out, overwrite=overwrite, directory=True, markers=(PROBE_CONFIG, REPORT))
     items = _items(data, n, seed)
@@ -114,7 +114,7 @@ def probes_halt(
                 "out): it needs at least 2")
     model, tok = _load(ckpt, base, device, dtype, tokenizer, _Data(items, _source(data, n), allow_lossy))
     saved, scores = fit_halting_probe(model, tok, items, layer=layer, k_max=k_max, folds=folds)
-    from probe.analyze import finite
+    from probe.analyses.analyze import finite
 
     with atomic_directory(out, replace=True) as tmp:  # the claim refused the rest
         saved.write_into(tmp)
@@ -125,58 +125,3 @@ def probes_halt(
     typer.echo(f"halting probe on {saved.hook}: cross-validated AUROC {cv['auroc']:.3f} (control {cv['control_auroc']:.3f}), "
                f"right answers among (item, k) pairs {saved.metrics['positive_rate']:.1%}; wrote {out}")
     note_duplicates(scores.duplicates_merged)
-
-
-@sae_app.command("train")
-@one_line_errors
-def sae_train(
-    ckpt: Optional[Path] = CKPT_OPTION,
-    out: Path = typer.Option(..., "--out", help="Directory (new, or this command's own with --overwrite)"
-                                           f": {SAE_CFG} + {SAE_WEIGHTS} (SAELens), report."),
-    overwrite: bool = OVERWRITE_OPTION,
-    data: Optional[Path] = typer.Option(None, "--data", help="ProsQA JSON to train on (default: generated items)."),
-    n: int = typer.Option(2000, "--n", min=10, help="Generated items, when no --data."),
-    seed: int = typer.Option(12345, "--seed"),
-    layer: Optional[int] = typer.Option(None, "--layer", help="A layer's residual at the thought positions "
-                                                               "(default: the thoughts fed back)."),
-    base: Optional[Path] = BASE_OPTION,
-    tokenizer: Optional[str] = TOKENIZER_OPTION,
-    d_sae: int = typer.Option(512, "--d-sae", min=1),
-    k: int = typer.Option(8, "--k", min=1, help="Active features per row (TopK)."),
-    activation: str = typer.Option("topk", "--activation", help="topk, or relu (with --l1)."),
-    l1: float = typer.Option(0.0, "--l1", min=0.0),
-    epochs: int = typer.Option(50, "--epochs", min=1),
-    k_max: Optional[int] = typer.Option(None, "--k-max", min=1),
-    device: str = DEVICE_OPTION,
-    dtype: Optional[str] = DTYPE_OPTION,
-    allow_lossy: bool = ALLOW_LOSSY_OPTION,
-) -> None:
-    """Train a sparse autoencoder on every thought of a data set; report FVU, L0, dead features and what fires.
-    10% of the distinct items (with every copy of them) are held out."""
-    from probe.analyze import finite
-    from probe.atomic import atomic_directory, atomic_write_text
-    from probe.cli.common import note_duplicates
-    from probe.probes import resid_hook
-    from probe.sae import train_sae
-    from probe.viz import sae_features_figure
-
-    _claim(out, overwrite=overwrite, directory=True, markers=(SAE_CFG, SAE_WEIGHTS))
-    items = _items(data, n, seed)
-    _need_items(items, 2, data, "an SAE is trained on some items and checked on others held out (10%, at least "
-                "one): it needs at least 2")
-    model, tok = _load(ckpt, base, device, dtype, tokenizer, _Data(items, _source(data, n), allow_lossy))
-    run = train_sae(model, tok, items, hook=resid_hook(model, layer) if layer is not None else None, k_max=k_max,
-                    d_sae=d_sae, k=k, activation=activation, l1_coeff=l1, epochs=epochs, device=device)
-    report = finite({"checkpoint": str(_default_ckpt(ckpt)), **run.report()})
-    with atomic_directory(out, replace=True) as tmp:  # the claim refused the rest
-        run.sae.write_into(tmp, model_name=_default_ckpt(ckpt).name,
-                           extra={"k_max": run.rows.k_max, "n_items": run.n_items})
-        atomic_write_text(tmp / REPORT, json.dumps(report, indent=1))
-        write_html(sae_features_figure(run.features), tmp / SAE_FEATURES_PAGE)
-    m, held = run.train_metrics, run.held_out_metrics
-    typer.echo(f"SAE on {run.rows.hook} ({len(run.rows.X)} thoughts of {run.n_items} items): fvu {m.fvu:.3f} "
-               f"(held out {held.fvu:.3f}), L0 {m.l0:.1f}, dead {m.dead_fraction:.1%}")
-    note_duplicates(run.duplicates_merged)
-    for f in run.ranked[:5]:
-        typer.echo(f"  feature {f.feature}: frontier AUROC {f.best_auroc:.3f} for {f.best_name}, fires {f.frequency:.1%}")
-    typer.echo(f"wrote {out}")

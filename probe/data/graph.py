@@ -112,3 +112,18 @@ class ProsQAGraph:
     def shortest_paths(self) -> list[list[int]]:
         """Every shortest root -> target path."""
         return [list(p) for p in nx.all_shortest_paths(self.nx, self.root, self.target)]
+
+
+# Nodes fall in four disjoint groups at step k (1-based): optimal (optimal_k), frontier (frontier_k outside
+# optimal_k), reachable (depth < k) and unreachable (depth > k, or never reached).
+GROUPS = ("optimal", "frontier", "reachable", "unreachable")
+OPTIMAL, FRONTIER, REACHABLE, UNREACHABLE = range(4)
+
+
+def node_groups(g: ProsQAGraph, k: int) -> np.ndarray:
+    """[n_nodes] group index (OPTIMAL, FRONTIER, REACHABLE, UNREACHABLE) of every node at step k."""
+    groups = np.full(g.n_nodes, UNREACHABLE)
+    groups[g.depth < k] = REACHABLE
+    groups[g.depth == k] = FRONTIER
+    groups[g.optimal(k)] = OPTIMAL
+    return groups

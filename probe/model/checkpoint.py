@@ -31,7 +31,7 @@ from probe.artifacts import (
     RBS_CHECKPOINT, RBS_CONFIG, RBS_DIR, TOKENIZER_CONFIG, TOKENIZER_FILE,
 )
 from probe.atomic import atomic_directory
-from probe.finite import check_finite_tensors
+from probe.model.finite import check_finite_tensors
 from probe.formats import check_version, read_json_object
 from probe.model.architecture import ArchitectureError
 from probe.model.coconut import CoconutConfig, CoconutModel
@@ -297,7 +297,7 @@ def weights_file(directory: str | os.PathLike, name: str) -> Path:
 
 
 def check_weights(model: PreTrainedModel, directory: str | os.PathLike) -> None:
-    """Refuse a Hugging Face model, loaded from `directory`, whose weights hold NaN or inf (probe.finite, the one
+    """Refuse a Hugging Face model, loaded from `directory`, whose weights hold NaN or inf (probe.model.finite, the one
     check of every loader): CheckpointError naming the file and the first bad tensor."""
     check_finite_tensors(model.state_dict().items(), lambda name: str(weights_file(directory, name)), CheckpointError)
 

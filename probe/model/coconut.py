@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
 from probe.data.render import DATA_FORMATS, IGNORE_INDEX, MODES, StageSpec, answer_length
-from probe.finite import NonFiniteActivation
+from probe.model.finite import NonFiniteActivation
 from probe.model.architecture import ArchitectureError, architecture
 from probe.model.hook_names import FINAL, RESID, act_name
 from probe.model.hooks import read_at

@@ -6,7 +6,7 @@ wanted ones in whichever call holds them, as baukit's `Trace` does for one call:
 module that always removes itself.
 
 `read_at`, as baukit's `TraceDict` over it, is the one way to read (or edit) hook points by name at given positions
-of a batch of left-padded prompts: capture (probe.capture), the residual reads of interventions and layer edits of
+of a batch of left-padded prompts: capture (probe.capture.trace), the residual reads of interventions and layer edits of
 the thoughts (CoconutModel) use it.
 """
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from probe.sae import SAEError, SparseAutoencoder  # noqa: E402
+from probe.readouts.sae import SAEError, SparseAutoencoder  # noqa: E402
 from saelens.format_cases import CASES, inputs  # noqa: E402
 
 out = Path(sys.argv[1])

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from probe.sae import SparseAutoencoder
+from probe.readouts.sae import SparseAutoencoder
 
 path = Path(sys.argv[1])
 sae = SparseAutoencoder.load(path)
